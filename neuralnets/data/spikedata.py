@@ -68,10 +68,10 @@ class SpikeData:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.spikes = _as_float32(self.spikes)
+        self.spikes = _as_float32(self.spikes, f"{self.source}: field 'spikes'")
         if self.n_heldin is None and self.spikes.ndim == 3:
             self.n_heldin = self.spikes.shape[2]
-        if self.split is None and self.spikes.ndim == 3:
+        if self.split is None and self.spikes.ndim == 3 and self.spikes.shape[0] > 0:
             self.split = default_split(self.spikes.shape[0])
         if self.split is not None:
             self.split = np.asarray(self.split).astype(str)
@@ -80,7 +80,7 @@ class SpikeData:
         for name in ("behavior", "rates", "latents"):
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, _as_float32(value))
+                setattr(self, name, _as_float32(value, f"{self.source}: field {name!r}"))
         if self.condition is not None:
             self.condition = np.asarray(self.condition)
         self.validate()
@@ -158,7 +158,9 @@ class SpikeData:
         src = self.source
         x = self.spikes
         if x.ndim != 3:
-            raise DataError(f"{src}: field 'spikes' must have rank 3 (trials, time, neurons); got shape {x.shape}")
+            raise DataError(
+                f"{src}: field 'spikes' must have rank 3 (trials, time, neurons); got shape {x.shape}"
+            )
         if 0 in x.shape:
             raise DataError(f"{src}: field 'spikes' is empty (shape {x.shape})")
         _check_counts(x, f"{src}: field 'spikes'")
@@ -166,7 +168,8 @@ class SpikeData:
             raise DataError(f"{src}: bin_size must be a positive number of seconds; got {self.bin_size!r}")
         if not 0 < self.n_heldin <= self.n_neurons:
             raise DataError(
-                f"{src}: n_heldin={self.n_heldin} does not fit {self.n_neurons} neurons (need 1..{self.n_neurons})"
+                f"{src}: n_heldin={self.n_heldin} does not fit {self.n_neurons} neurons "
+                f"(need 1..{self.n_neurons})"
             )
         if not 0 <= self.n_fwd < self.n_bins:
             raise DataError(
@@ -175,7 +178,7 @@ class SpikeData:
             )
         if self.split.shape != (self.n_trials,):
             raise DataError(f"{src}: field 'split' has shape {self.split.shape}; expected ({self.n_trials},)")
-        bad = sorted(set(np.unique(self.split)) - set(SPLITS))
+        bad = sorted(set(map(str, np.unique(self.split))) - set(SPLITS))
         if bad:
             raise DataError(f"{src}: field 'split' has unknown split names {bad}; expected {SPLITS}")
         if self.observed is not None and self.observed.shape != x.shape:
@@ -211,10 +214,14 @@ class SpikeData:
             f"(bin {self.bin_size * 1e3:g} ms)",
             f"  held-in {self.n_heldin} / held-out {self.n_heldout} neurons; "
             f"observed {self.n_obs} / forward {self.n_fwd} bins",
-            f"  splits: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+            "  splits: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             f"  mean rate {self.spikes[self.observed_mask()].mean() / self.bin_size:.2f} Hz",
         ]
-        extras = [n for n in ("behavior", "condition", "rates", "latents", "observed") if getattr(self, n) is not None]
+        extras = [
+            n
+            for n in ("behavior", "condition", "rates", "latents", "observed")
+            if getattr(self, n) is not None
+        ]
         if extras:
             lines.append("  also: " + ", ".join(extras))
         return "\n".join(lines)
@@ -261,17 +268,22 @@ def default_split(n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2, 
     order = rng.permutation(n_trials)
     n_val, n_test = int(round(val_frac * n_trials)), int(round(test_frac * n_trials))
     if n_trials - n_val - n_test < 1:
-        raise DataError(f"{n_trials} trials are too few for val={val_frac}, test={test_frac} with a train trial")
+        raise DataError(
+            f"{n_trials} trials are too few for val={val_frac}, test={test_frac} with a train trial"
+        )
     labels = np.full(n_trials, "train", dtype="<U5")
     labels[order[:n_val]] = "val"
     labels[order[n_val : n_val + n_test]] = "test"
     return labels
 
 
-def _as_float32(x) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype == object:
-        raise DataError(f"expected a numeric array, got dtype object (ragged or mixed input?)")
+def _as_float32(x, where: str = "") -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise DataError(f"{where} is not a regular numeric array ({e})") from e
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{where} must be a numeric array; got dtype {arr.dtype} (ragged or mixed input?)")
     return arr.astype(np.float32, copy=False)
 
 

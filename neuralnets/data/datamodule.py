@@ -1,0 +1,143 @@
+"""LightningDataModule that keeps the whole dataset on the training device.
+
+Spiking datasets are small next to device memory, so batches are index slices of resident tensors:
+no worker processes, no host-to-device copies per step. Under DDP each rank takes an interleaved
+shard of a permutation that all ranks draw from the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from neuralnets.data.spikedata import DataError, SpikeData
+
+
+def batch_tensors(data: SpikeData, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """All trials as tensors on `device`, keyed as in the model contract (neuralnets.models.base)."""
+    tensors = {
+        "spikes": torch.as_tensor(data.spikes, device=device),  # (trials, T, N)
+        "index": torch.arange(data.n_trials, device=device),  # (trials,)
+    }
+    if data.observed is not None:
+        tensors["observed"] = torch.as_tensor(data.observed, device=device)  # (trials, T, N) bool
+    if data.behavior is not None:
+        tensors["behavior"] = torch.as_tensor(data.behavior, device=device)  # (trials, T_obs, D)
+    return tensors
+
+
+def make_batch(tensors: dict[str, Tensor], idx: Tensor, n_obs: int, n_heldin: int) -> dict[str, Tensor]:
+    """Slice trials `idx` (B,) and add the model input `heldin (B, T_obs, N_in)`."""
+    batch = {k: v[idx] for k, v in tensors.items()}
+    batch["heldin"] = batch["spikes"][:, :n_obs, :n_heldin]
+    return batch
+
+
+class TrialBatches:
+    """Iterable of batches over a fixed set of trials; reshuffled each pass when `shuffle`."""
+
+    def __init__(
+        self,
+        tensors: dict[str, Tensor],
+        trials: np.ndarray,
+        batch_size: int,
+        n_obs: int,
+        n_heldin: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+        self.n_obs, self.n_heldin = n_obs, n_heldin
+        self.rank, self.world_size = rank, world_size
+        device = tensors["spikes"].device
+        self.trials = torch.as_tensor(trials, dtype=torch.long, device=device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _order(self) -> Tensor:
+        order = self.trials
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=self.generator).to(order.device)]
+        # Every rank sees the same number of batches, or DDP would wait forever on the longest rank.
+        per_rank = len(order) // self.world_size if self.world_size > 1 else len(order)
+        return order[self.rank :: self.world_size][:per_rank]
+
+    def __len__(self) -> int:
+        n = len(self.trials) // self.world_size if self.world_size > 1 else len(self.trials)
+        return -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        order = self._order()
+        for start in range(0, len(order), self.batch_size):
+            yield make_batch(self.tensors, order[start : start + self.batch_size], self.n_obs, self.n_heldin)
+
+
+class SpikeDataModule(pl.LightningDataModule):
+    """Serves `SpikeData` splits as batches of device-resident tensors.
+
+    `data` is a SpikeData, or a built-in name / file path given to `neuralnets.data.load`
+    together with `load_kwargs`.
+    """
+
+    def __init__(
+        self,
+        data: SpikeData | str,
+        batch_size: int = 128,
+        seed: int = 0,
+        load_kwargs: dict | None = None,
+    ):
+        super().__init__()
+        if isinstance(data, str):
+            from neuralnets.data.loaders import load
+
+            data = load(data, **dict(load_kwargs or {}))
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1; got {batch_size}")
+        self.data, self.batch_size, self.seed = data, int(batch_size), seed
+        for split in ("train", "val"):
+            if data.indices(split).size == 0:
+                raise DataError(f"{data.source}: split {split!r} has no trials; training needs train and val")
+        self.tensors: dict[str, Tensor] | None = None
+
+    @property
+    def spec(self):
+        return self.data.spec
+
+    def setup(self, stage: str | None = None) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.tensors is None or self.tensors["spikes"].device != device:
+            self.tensors = batch_tensors(self.data, device)
+
+    def _batches(self, split: str, shuffle: bool) -> TrialBatches:
+        if self.tensors is None:
+            self.setup()
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return TrialBatches(
+            self.tensors,
+            self.data.indices(split),
+            self.batch_size,
+            self.data.n_obs,
+            self.data.n_heldin,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+
+    def train_dataloader(self) -> TrialBatches:
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self) -> TrialBatches:
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self) -> TrialBatches:
+        return self._batches("test", shuffle=False)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # already resident on the device

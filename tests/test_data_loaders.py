@@ -1,0 +1,554 @@
+"""Loaders: npz, LFADS HDF5 (round trip), NLB HDF5 (bundled MC_Maze_Small), NWB (real file and
+hand-written files with hand-computed counts), `load` dispatch, and one test per bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from neuralnets.data import (
+    DataError,
+    load,
+    load_lfads_h5,
+    load_nlb_h5,
+    load_npz,
+    load_nwb,
+    save_lfads_h5,
+)
+from neuralnets.data.loaders import MC_MAZE_SMALL_PATH
+
+
+def _write_h5(path: Path, arrays: dict, attrs: dict | None = None) -> Path:
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f[k] = v
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    return path
+
+
+# ============================================================================================ npz
+def test_plain_npz_minimal_keys(tmp_path):
+    spikes = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 3
+    np.savez(tmp_path / "plain.npz", spikes=spikes, bin_size=0.02)
+    d = load_npz(tmp_path / "plain.npz")
+    np.testing.assert_array_equal(d.spikes, spikes)
+    assert (d.bin_size, d.n_heldin, d.n_fwd, d.name) == (0.02, 4, 0, "plain")
+    assert d.source == str(tmp_path / "plain.npz")
+
+
+def test_plain_npz_optional_keys(tmp_path):
+    split = np.array(["train", "val", "test"])
+    np.savez(
+        tmp_path / "p.npz", spikes=np.ones((3, 4, 5)), bin_size=0.01, n_heldin=3, n_fwd=1, split=split,
+        behavior=np.zeros((3, 3, 2)), condition=np.array([2, 0, 2]),
+    )  # fmt: skip
+    d = load_npz(tmp_path / "p.npz")
+    assert (d.n_heldin, d.n_fwd, d.n_obs) == (3, 1, 3)
+    np.testing.assert_array_equal(d.split, split)
+    np.testing.assert_array_equal(d.condition, [2, 0, 2])
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        (dict(bin_size=0.01), r"missing key 'spikes'; keys found: \['bin_size'\]"),
+        (dict(spikes=np.ones((2, 3, 4))), r"missing key 'bin_size'"),
+        (dict(spikes=np.ones((2, 3, 4)), bin_size=0.01, extra=1), r"unknown keys \['extra'\]; accepted"),
+        (dict(spikes=-np.ones((2, 3, 4)), bin_size=0.01), r"key 'spikes' has negative counts"),
+        (dict(spikes=np.full((2, 3, 4), 1.5), bin_size=0.01), r"key 'spikes' has fractional counts"),
+        (dict(spikes=np.full((2, 3, 4), np.nan), bin_size=0.01), r"key 'spikes' has non-finite"),
+        (dict(spikes=np.ones((2, 3)), bin_size=0.01), r"field 'spikes' must have rank 3"),
+        (dict(spikes=np.ones((0, 3, 4)), bin_size=0.01), r"field 'spikes' is empty"),
+        (dict(spikes=np.ones((2, 3, 4)), bin_size=[0.01, 0.02]), r"key 'bin_size' must be a scalar"),
+        (dict(spikes=np.ones((2, 3, 4)), bin_size=0.01, n_fwd=1.5), r"key 'n_fwd' must be an integer"),
+        (dict(spikes=np.ones((2, 3, 4)), bin_size=0.01, behavior=np.ones((3, 3, 1))), r"field 'behavior'"),
+        (
+            dict(spikes=np.ones((2, 3, 4)), bin_size=0.01, split=np.array(["train", "x"])),
+            r"split names \['x'\]",
+        ),
+        (dict(spikes=np.ones((2, 3, 4)), bin_size=0.01, n_heldin=5), r"n_heldin=5 does not fit 4"),
+        (dict(spikes=np.ones((2, 3, 4)), bin_size=0.01, n_fwd=3), r"n_fwd=3 forward bins do not fit 3"),
+    ],
+)
+def test_npz_bad_input_names_file_and_key(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message) as err:
+        load_npz(path)
+    assert str(path) in str(err.value)
+
+
+def test_npz_not_a_zip_and_missing_file(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_text("not a zip file")
+    with pytest.raises(DataError, match=r"junk.npz: cannot read as a .npz file"):
+        load_npz(path)
+    with pytest.raises(FileNotFoundError, match="nothere.npz"):
+        load_npz(tmp_path / "nothere.npz")
+
+
+# ============================================================================================ LFADS
+def test_lfads_round_trip_is_exact(tiny_data, tmp_path):
+    path = save_lfads_h5(tiny_data, tmp_path / "tiny_lfads.h5")
+    with h5py.File(path, "r") as f:
+        # the standard keys, with encod = held-in neurons over observed bins, recon = everything
+        assert f["train_encod_data"].shape == (3, 6, 3)
+        assert f["valid_recon_data"].shape == (2, 8, 5)
+        assert f["test_encod_data"].shape == (1, 6, 3)
+        np.testing.assert_array_equal(f["train_encod_data"][()], tiny_data.spikes[:3, :6, :3])
+        np.testing.assert_array_equal(f["valid_inds"][()], [3, 4])
+        np.testing.assert_array_equal(f["test_truth"][()], tiny_data.rates[5:])
+    back = load_lfads_h5(path)
+    for name in ("spikes", "split", "behavior", "condition", "rates", "latents"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(tiny_data, name), err_msg=name)
+    assert (back.n_heldin, back.n_fwd, back.bin_size, back.name) == (3, 2, 0.01, "tiny")
+    assert back.observed is None
+    np.testing.assert_array_equal(load(path).spikes, tiny_data.spikes)  # dispatch by keys
+
+
+def test_lfads_round_trip_keeps_observed_mask(tiny_data, tmp_path):
+    observed = np.ones(tiny_data.spikes.shape, bool)
+    observed[5, 6:] = False
+    spikes = np.where(observed, tiny_data.spikes, 0)
+    d = dataclasses.replace(tiny_data, spikes=spikes, observed=observed)
+    back = load_lfads_h5(save_lfads_h5(d, tmp_path / "m.h5"))
+    np.testing.assert_array_equal(back.observed, observed)
+    np.testing.assert_array_equal(back.spikes, spikes)
+
+
+def test_lfads_writer_refuses_to_overwrite(tiny_data, tmp_path):
+    path = save_lfads_h5(tiny_data, tmp_path / "x.h5")
+    with pytest.raises(FileExistsError, match="x.h5"):
+        save_lfads_h5(tiny_data, path)
+
+
+def _lfads_arrays(rng=None):
+    """train 3 trials, valid 2: recon has 4 bins x 5 neurons, encod the first 3 bins x 3 neurons."""
+    rng = rng or np.random.default_rng(1)
+    train_recon = rng.poisson(1.0, (3, 4, 5)).astype(float)
+    valid_recon = rng.poisson(1.0, (2, 4, 5)).astype(float)
+    return {
+        "train_encod_data": train_recon[:, :3, :3],
+        "train_recon_data": train_recon,
+        "valid_encod_data": valid_recon[:, :3, :3],
+        "valid_recon_data": valid_recon,
+    }
+
+
+def test_lfads_hand_written_file(tmp_path):
+    a = _lfads_arrays()
+    test_encod = np.ones((2, 3, 3))
+    path = _write_h5(tmp_path / "l.h5", {**a, "test_encod_data": test_encod})
+    d = load_lfads_h5(path, bin_size=0.02)
+    assert (d.n_trials, d.n_bins, d.n_neurons, d.n_heldin, d.n_fwd) == (7, 4, 5, 3, 1)
+    np.testing.assert_array_equal(d.split, ["train"] * 3 + ["val"] * 2 + ["test"] * 2)
+    np.testing.assert_array_equal(d.spikes[:3], a["train_recon_data"])
+    np.testing.assert_array_equal(d.spikes[3:5], a["valid_recon_data"])
+    # test trials have no recon data: held-out neurons and forward bins are unobserved zeros
+    np.testing.assert_array_equal(d.spikes[5:, :3, :3], test_encod)
+    assert d.observed[:5].all() and d.observed[5:, :3, :3].all()
+    assert not d.observed[5:, 3:].any() and not d.observed[5:, :, 3:].any()
+    assert d.spikes[5:, 3:].sum() == 0 and d.spikes[5:, :, 3:].sum() == 0
+
+
+def test_lfads_inds_conversion_factor_and_partial_behavior(tmp_path):
+    a = _lfads_arrays()
+    truth = {"train_truth": np.full((3, 4, 5), 4.0), "valid_truth": np.full((2, 4, 5), 8.0)}
+    inds = {"train_inds": np.array([4, 0, 2]), "valid_inds": np.array([1, 3])}
+    extra = {"conversion_factor": 2.0, "train_behavior": np.ones((3, 3, 2))}
+    d = load_lfads_h5(_write_h5(tmp_path / "l.h5", {**a, **truth, **inds, **extra}), bin_size=0.01)
+    np.testing.assert_array_equal(d.split, ["train", "val", "train", "val", "train"])
+    np.testing.assert_array_equal(d.spikes[4], a["train_recon_data"][0])
+    np.testing.assert_array_equal(d.spikes[1], a["valid_recon_data"][0])
+    np.testing.assert_array_equal(d.rates[[0, 2, 4]], 2.0)  # truth / conversion_factor
+    np.testing.assert_array_equal(d.rates[[1, 3]], 4.0)
+    np.testing.assert_array_equal(d.behavior[[0, 2, 4]], 1.0)
+    np.testing.assert_array_equal(d.behavior[[1, 3]], 0.0)  # placeholders, flagged in meta:
+    assert d.meta["behavior_splits"] == ["train"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: [a.pop("train_encod_data"), a.pop("valid_encod_data")], r"'train_recon_data' has no"),
+        (lambda a: a.update(valid_recon_data=a["valid_recon_data"][:1]), r"key 'valid_recon_data' has shape"),
+        (lambda a: a.update(train_recon_data=-a["train_recon_data"]), r"key 'train_recon_data' has negative"),
+        (
+            lambda a: a.update(train_encod_data=a["train_encod_data"] + 0.5),
+            r"key 'train_encod_data' has frac",
+        ),
+        (
+            lambda a: a.update(train_encod_data=np.full((3, 3, 3), np.inf)),
+            r"'train_encod_data' has non-finite",
+        ),
+        (lambda a: a.update(train_encod_data=np.ones((3, 3))), r"key 'train_encod_data' must have rank 3"),
+        (lambda a: a.update(train_encod_data=a["train_encod_data"] + 1), r"'train_recon_data' differs from"),
+        (lambda a: a.update(valid_encod_data=np.ones((2, 3, 2))), r"key 'valid_encod_data' has shape"),
+        (lambda a: a.update(train_inds=np.arange(3), valid_inds=np.array([3, 3])), r"permutation of 0..4"),
+        (lambda a: a.update(train_inds=np.arange(3)), r"'valid_inds'\] missing"),
+        (lambda a: a.update(train_truth=np.ones((2, 4, 5))), r"'train_truth' has 2 trials but"),
+        (lambda a: a.update(train_truth=np.ones((3, 4, 5))), r"'train_truth' is present but"),
+        (
+            lambda a: a.update(train_observed=np.zeros((3, 4, 5)), valid_observed=np.ones((2, 4, 5))),
+            r"'train_recon_data' has spikes where 'train_observed' is False",
+        ),
+    ],
+)
+def test_lfads_bad_input_names_file_and_key(tmp_path, change, message):
+    a = _lfads_arrays()
+    change(a)
+    path = _write_h5(tmp_path / "bad_lfads.h5", a)
+    with pytest.raises(DataError, match=message) as err:
+        load_lfads_h5(path, bin_size=0.01)
+    assert str(path) in str(err.value)
+
+
+def test_lfads_needs_bin_size_and_encod_keys(tmp_path):
+    path = _write_h5(tmp_path / "l.h5", _lfads_arrays())
+    with pytest.raises(DataError, match=r"l.h5: the file has no 'bin_size' attribute; pass bin_size="):
+        load_lfads_h5(path)
+    empty = _write_h5(tmp_path / "e.h5", {"foo": np.ones(3)})
+    with pytest.raises(DataError, match=r"e.h5: missing key 'train_encod_data'.*keys found: \['foo'\]"):
+        load_lfads_h5(empty, bin_size=0.01)
+
+
+# ============================================================================================ NLB
+@pytest.fixture(scope="module")
+def maze():
+    return load("mc_maze_small")
+
+
+def test_nlb_fixture_layout(maze):
+    assert (maze.n_trials, maze.n_bins, maze.n_neurons) == (100, 180, 142)
+    assert (maze.n_heldin, maze.n_fwd, maze.bin_size, maze.name) == (107, 40, 0.005, "mc_maze_small")
+    assert [int((maze.split == s).sum()) for s in ("train", "val", "test")] == [60, 15, 25]
+    assert set(maze.split[:75]) == {"train", "val"} and set(maze.split[75:]) == {"test"}
+    with h5py.File(MC_MAZE_SMALL_PATH, "r") as f:
+        h = {k: f[k][()] for k in f}
+    np.testing.assert_array_equal(maze.spikes[:75, :140, :107], h["train_spikes_heldin"])
+    np.testing.assert_array_equal(maze.spikes[:75, :140, 107:], h["train_spikes_heldout"])
+    np.testing.assert_array_equal(maze.spikes[:75, 140:, :107], h["train_spikes_heldin_forward"])
+    np.testing.assert_array_equal(maze.spikes[:75, 140:, 107:], h["train_spikes_heldout_forward"])
+    np.testing.assert_array_equal(maze.spikes[75:, :140, :107], h["eval_spikes_heldin"])
+    np.testing.assert_array_equal(maze.spikes[75:, :140, 107:], h["eval_spikes_heldout"])
+    np.testing.assert_array_equal(maze.behavior[:75], h["train_behavior"])
+    # eval trials have no forward bins: exactly those are unobserved, stored as 0
+    expected = np.ones((100, 180, 142), bool)
+    expected[75:, 140:] = False
+    np.testing.assert_array_equal(maze.observed, expected)
+    assert maze.spikes[75:, 140:].sum() == 0
+    # eval trials have no behaviour: zeros that are not data, and the meta says which splits are real
+    assert maze.meta["behavior_splits"] == ["train", "val"]
+    np.testing.assert_array_equal(maze.behavior[75:], 0)
+
+
+def test_nlb_seed_changes_only_the_val_choice(maze):
+    other = load_nlb_h5(MC_MAZE_SMALL_PATH, seed=1)
+    np.testing.assert_array_equal(other.spikes, maze.spikes)
+    assert not np.array_equal(other.split, maze.split)
+    assert int((other.split == "val").sum()) == 15
+
+
+def _nlb_arrays(n_train=4, n_eval=2, t=6, t_fwd=2, n_in=3, n_out=2):
+    rng = np.random.default_rng(0)
+    c = lambda *s: rng.poisson(0.5, s).astype(np.float32)  # noqa: E731
+    return {
+        "train_spikes_heldin": c(n_train, t, n_in),
+        "train_spikes_heldout": c(n_train, t, n_out),
+        "train_spikes_heldin_forward": c(n_train, t_fwd, n_in),
+        "train_spikes_heldout_forward": c(n_train, t_fwd, n_out),
+        "train_behavior": rng.standard_normal((n_train, t, 2)),
+        "eval_spikes_heldin": c(n_eval, t, n_in),
+        "eval_spikes_heldout": c(n_eval, t, n_out),
+    }
+
+
+def test_nlb_test_phase_file_without_eval_heldout(tmp_path):
+    a = _nlb_arrays()
+    del a["eval_spikes_heldout"]
+    d = load_nlb_h5(_write_h5(tmp_path / "n.h5", a), val_frac=0.25)
+    assert d.spikes.shape == (6, 8, 5)
+    assert [int((d.split == s).sum()) for s in ("train", "val", "test")] == [3, 1, 2]
+    assert d.observed[:4].all()
+    assert d.observed[4:, :6, :3].all()  # eval held-in over observed bins: the only eval data
+    assert not d.observed[4:, :, 3:].any() and not d.observed[4:, 6:].any()
+
+
+def test_nlb_unknown_keys_warn_and_are_listed(tmp_path):
+    a = {**_nlb_arrays(), "train_decode_mask": np.ones((4, 1))}
+    with pytest.warns(UserWarning, match=r"ignoring keys .*train_decode_mask"):
+        d = load_nlb_h5(_write_h5(tmp_path / "n.h5", a))
+    assert d.meta["ignored_keys"] == ["train_decode_mask"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.pop("train_spikes_heldout"), r"missing key 'train_spikes_heldout'.*keys found: \["),
+        (
+            lambda a: a.update(train_spikes_heldout=np.ones((3, 6, 2))),
+            r"key 'train_spikes_heldout' has shape",
+        ),
+        (lambda a: a.update(eval_spikes_heldout=np.ones((2, 6, 4))), r"key 'eval_spikes_heldout' has shape"),
+        (lambda a: a.update(train_behavior=np.ones((4, 5, 2))), r"key 'train_behavior' has shape"),
+        (
+            lambda a: a.update(eval_spikes_heldin=-np.ones((2, 6, 3))),
+            r"key 'eval_spikes_heldin' has negative",
+        ),
+        (
+            lambda a: a.update(train_spikes_heldin=np.full((4, 6, 3), 0.5)),
+            r"'train_spikes_heldin' has fractional",
+        ),
+        (
+            lambda a: a.update(train_behavior=np.full((4, 6, 2), np.nan)),
+            r"key 'train_behavior' has non-finite",
+        ),
+        (lambda a: a.update(train_spikes_heldin=np.ones((4, 6))), r"'train_spikes_heldin' must have rank 3"),
+        (lambda a: a.update(train_spikes_heldin=np.ones((0, 6, 3))), r"key 'train_spikes_heldin' is empty"),
+        (lambda a: a.pop("train_spikes_heldout_forward"), r"but 'train_spikes_heldout_forward' is missing"),
+        (lambda a: a.pop("eval_spikes_heldin"), r"need 'eval_spikes_heldin', which is missing"),
+    ],
+)
+def test_nlb_bad_input_names_file_and_key(tmp_path, change, message):
+    a = _nlb_arrays()
+    change(a)
+    path = _write_h5(tmp_path / "bad_nlb.h5", a)
+    with pytest.raises(DataError, match=message) as err:
+        load_nlb_h5(path)
+    assert str(path) in str(err.value)
+
+
+# ============================================================================================ NWB
+def test_nwb_real_fixture(nwb_fixture):
+    import pynwb
+
+    d = load_nwb(nwb_fixture, bin_size=0.005)
+    assert (d.n_trials, d.n_bins, d.n_neurons, d.n_heldin, d.n_fwd) == (100, 140, 107, 107, 0)
+    assert set(d.split) == {"test"}
+    assert d.observed is None  # obs_intervals cover every trial
+    assert d.meta["unit_ids"][:3] == [1011, 1022, 1031] and d.meta["window"] == pytest.approx([0, 0.7])
+    with pynwb.NWBHDF5IO(str(nwb_fixture), "r") as io:
+        nwb = io.read()
+        starts = nwb.trials["start_time"][:]
+        times = [np.asarray(nwb.units["spike_times"][u]) for u in (0, 50, 106)]
+        n_spikes = len(nwb.units["spike_times"].target.data)
+    assert d.spikes.sum() == n_spikes  # every spike of the file lies in a trial window
+    for j, t in zip((0, 50, 106), times, strict=True):
+        for i in (0, 37, 99):
+            ref = np.histogram(t, bins=starts[i] + 0.005 * np.arange(141))[0]
+            np.testing.assert_array_equal(d.spikes[i, :, j], ref)
+    # the same windows aligned on movement onset (0.25 s after each start)
+    moved = load_nwb(nwb_fixture, bin_size=0.005, align_event="move_onset_time", window=(-0.25, 0.45))
+    np.testing.assert_array_equal(moved.spikes, d.spikes)
+    np.testing.assert_array_equal(load(nwb_fixture, bin_size=0.005).spikes, d.spikes)
+
+
+def _write_nwb(path: Path, units: list[dict], trials: list[dict], extra=None) -> Path:
+    """Units: dicts with spike_times (+ columns); trials: dicts with start/stop_time (+ columns)."""
+    from pynwb import NWBHDF5IO, NWBFile
+
+    nwb = NWBFile(
+        session_description="test",
+        identifier=path.stem,
+        session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc),
+    )
+    for col in units[0]:
+        if col not in ("spike_times", "id", "obs_intervals"):
+            nwb.add_unit_column(name=col, description=col)
+    for u in units:
+        nwb.add_unit(**u)
+    for col in trials[0]:
+        if col not in ("start_time", "stop_time"):
+            nwb.add_trial_column(name=col, description=col)
+    for t in trials:
+        nwb.add_trial(**t)
+    if extra is not None:
+        extra(nwb)
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+UNITS = [
+    dict(id=10, spike_times=[0.05, 0.25, 0.27, 2.15, 5.0], heldout=True),
+    dict(id=11, spike_times=[0.95, 1.5, 2.55, 2.99], heldout=False),
+    dict(id=12, spike_times=[0.45], heldout=False),
+    dict(id=13, spike_times=[], heldout=False),
+]
+TRIALS = [
+    dict(start_time=0.0, stop_time=1.0, go=0.5, split="train"),
+    dict(start_time=2.0, stop_time=3.0, go=2.4, split="valid"),
+    dict(start_time=4.0, stop_time=5.0, go=4.5, split="none"),
+]
+
+
+def _add_behavior(nwb):
+    from pynwb import TimeSeries
+    from pynwb.behavior import Position, SpatialSeries
+
+    t = np.round(np.arange(0, 301) * 0.01, 10)  # 0..3 s, 100 Hz
+    pos = Position(name="Position")
+    hand = SpatialSeries(
+        name="hand_pos", data=np.stack([2 * t + 1, -t], axis=1), reference_frame="origin", timestamps=t
+    )
+    pos.add_spatial_series(hand)
+    nwb.create_processing_module("behavior", "behaviour").add(pos)
+    # 10 Hz samples of t^2, from 0 s
+    samples = (np.arange(31) * 0.1) ** 2
+    nwb.add_acquisition(TimeSeries(name="tsq", data=samples, unit="a.u.", rate=10.0, starting_time=0.0))
+
+
+def test_nwb_exact_counts_and_order(tmp_path):
+    d = load_nwb(_write_nwb(tmp_path / "s.nwb", UNITS, TRIALS), bin_size=0.1)
+    # trial 3 is split 'none': excluded; 'valid' maps to 'val'; held-in units first, order kept
+    assert d.meta["unit_ids"] == [11, 12, 13, 10] and d.n_heldin == 3
+    assert d.meta["trial_ids"] == [0, 1] and d.meta["excluded_trial_ids"] == [2]
+    np.testing.assert_array_equal(d.split, ["train", "val"])
+    expected = np.zeros((2, 10, 4))
+    expected[0, 9, 0] = 1  # unit 11 at 0.95 s
+    expected[1, 5, 0] = expected[1, 9, 0] = 1  # unit 11 at 2.55, 2.99 (1.5 s is between trials)
+    expected[0, 4, 1] = 1  # unit 12 at 0.45
+    expected[0, 0, 3] = 1  # unit 10 at 0.05
+    expected[0, 2, 3] = 2  # unit 10 at 0.25 and 0.27
+    expected[1, 1, 3] = 1  # unit 10 at 2.15
+    np.testing.assert_array_equal(d.spikes, expected)
+
+
+def test_nwb_alignment_window_and_forward_bins(tmp_path):
+    path = _write_nwb(tmp_path / "s.nwb", UNITS, TRIALS)
+    d = load_nwb(path, bin_size=0.1, align_event="go", window=(-0.2, 0.3), n_fwd=2)
+    assert (d.n_bins, d.n_obs, d.n_fwd) == (5, 3, 2)
+    expected = np.zeros((2, 5, 4))
+    expected[0, 1, 1] = 1  # unit 12 at 0.45 s, go 0.5 s: bin [-0.1, 0)
+    expected[1, 3, 0] = 1  # unit 11 at 2.55 s, go 2.4 s: bin [0.1, 0.2)
+    np.testing.assert_array_equal(d.spikes, expected)
+    assert d.meta["window"] == pytest.approx([-0.2, 0.3])
+
+
+def test_nwb_bins_are_half_open(tmp_path):
+    units = [dict(spike_times=[0.0, 0.25, 0.5, 0.999, 1.0])]
+    path = _write_nwb(tmp_path / "edges.nwb", units, [dict(start_time=0.0, stop_time=1.0)])
+    d = load_nwb(path, bin_size=0.25)
+    np.testing.assert_array_equal(d.spikes[0, :, 0], [1, 1, 1, 1])  # 1.0 s belongs to the next bin
+    assert d.n_heldin == 1  # no 'heldout' column: every unit is held-in
+    assert d.split.shape == (1,) and d.split[0] == "train"  # no split column: default_split
+
+
+def test_nwb_behavior_resampled_to_bin_centres(tmp_path):
+    path = _write_nwb(tmp_path / "b.nwb", UNITS, TRIALS[:2], extra=_add_behavior)
+    d = load_nwb(path, bin_size=0.1, behavior="hand_pos", n_fwd=3)
+    assert d.behavior.shape == (2, 7, 2)  # observed bins only
+    centres = np.array([0.0, 2.0])[:, None] + 0.05 + 0.1 * np.arange(7)  # (trials, T_obs)
+    np.testing.assert_allclose(d.behavior[..., 0], 2 * centres + 1, atol=1e-5)
+    np.testing.assert_allclose(d.behavior[..., 1], -centres, atol=1e-5)
+    # acquisition series given by rate: linear interpolation between 10 Hz samples of t^2
+    d2 = load_nwb(path, bin_size=0.1, behavior="tsq")
+    k = np.arange(10)
+    np.testing.assert_allclose(d2.behavior[0, :, 0], 0.01 * (k**2 + (k + 1) ** 2) / 2, atol=1e-6)
+    np.testing.assert_allclose(d2.behavior[1, :, 0], 0.01 * ((k + 20) ** 2 + (k + 21) ** 2) / 2, atol=1e-4)
+
+
+def test_nwb_condition_column(tmp_path):
+    trials = [dict(start_time=float(i), stop_time=i + 0.5, target="LR"[i % 2]) for i in range(4)]
+    d = load_nwb(_write_nwb(tmp_path / "c.nwb", UNITS, trials), bin_size=0.1, condition_column="target")
+    np.testing.assert_array_equal(d.condition, [0, 1, 0, 1])
+    assert d.meta["condition_names"] == ["L", "R"]
+
+
+def test_nwb_obs_intervals_mark_unobserved_bins(tmp_path):
+    units = [
+        dict(spike_times=[0.05, 2.05], obs_intervals=[[0.0, 1.0], [2.0, 3.0]]),
+        dict(spike_times=[0.15], obs_intervals=[[0.0, 1.5]]),  # not recorded during trial 2
+    ]
+    trials = [dict(start_time=0.0, stop_time=1.0), dict(start_time=2.0, stop_time=3.0)]
+    d = load_nwb(_write_nwb(tmp_path / "o.nwb", units, trials), bin_size=0.5)
+    expected = np.ones((2, 2, 2), bool)
+    expected[1, :, 1] = False
+    np.testing.assert_array_equal(d.observed, expected)
+    # a spike where the unit was not recorded contradicts the file: error (or opt out)
+    units[1]["spike_times"] = [0.15, 2.2]
+    path = _write_nwb(tmp_path / "o2.nwb", units, trials)
+    with pytest.raises(DataError, match=r"o2.nwb: unit 1 has spikes in trial 1 outside its 'obs_intervals'"):
+        load_nwb(path, bin_size=0.5)
+    assert load_nwb(path, bin_size=0.5, use_obs_intervals=False).spikes[1, 0, 1] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(align_event="cue"), r"trials table has no column 'cue' to align on; columns: \["),
+        (dict(window=(0.0, 0.35)), r"window \(0, 0.35\) s is 3.5 bins"),
+        (dict(window=(0.3, 0.1)), r"holds no whole bin"),
+        (dict(n_fwd=10), r"n_fwd=10 forward bins do not fit the window's 10 bins"),
+        (
+            dict(behavior="eye"),
+            r"no TimeSeries named 'eye' for behaviour; TimeSeries in the file: \['hand_pos'",
+        ),
+        (dict(bin_size=0.0), r"bin_size must be a positive"),
+        (dict(exclude_splits=()), r"trials column 'split' has unknown split names \['none'\]"),
+        (dict(condition_column="target"), r"trials table has no column 'target'"),
+    ],
+)
+def test_nwb_bad_arguments_name_file_and_column(tmp_path, kwargs, message):
+    path = _write_nwb(tmp_path / "bad.nwb", UNITS, TRIALS, extra=_add_behavior)
+    with pytest.raises(DataError, match=message) as err:
+        load_nwb(path, **{"bin_size": 0.1, **kwargs})
+    assert str(path) in str(err.value)
+
+
+def test_nwb_behavior_is_never_extrapolated(tmp_path):
+    trials = [dict(start_time=0.0, stop_time=1.0), dict(start_time=3.5, stop_time=4.5)]
+    path = _write_nwb(tmp_path / "x.nwb", UNITS, trials, extra=_add_behavior)
+    with pytest.raises(DataError, match=r"'hand_pos' covers 0..3 s but trial index 1 needs a value at 3.55"):
+        load_nwb(path, bin_size=0.1, behavior="hand_pos")
+
+
+def test_nwb_all_units_held_out_and_unreadable_file(tmp_path):
+    units = [dict(spike_times=[0.1], heldout=True)]
+    path = _write_nwb(tmp_path / "h.nwb", units, [dict(start_time=0.0, stop_time=1.0)])
+    with pytest.raises(DataError, match=r"h.nwb: n_heldin=0 does not fit 1 neurons"):
+        load_nwb(path, bin_size=0.1)
+    junk = tmp_path / "junk.nwb"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match=r"junk.nwb: cannot read as an NWB file"):
+        load_nwb(junk, bin_size=0.1)
+
+
+def test_nwb_without_trials(tmp_path):
+    from pynwb import NWBHDF5IO, NWBFile
+
+    nwb = NWBFile(
+        session_description="t", identifier="t", session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc)
+    )
+    nwb.add_unit(spike_times=[0.1])
+    with NWBHDF5IO(str(tmp_path / "nt.nwb"), "w") as io:
+        io.write(nwb)
+    with pytest.raises(DataError, match=r"nt.nwb: the NWB file has no trials"):
+        load_nwb(tmp_path / "nt.nwb", bin_size=0.1)
+
+
+# ============================================================================================ load
+def test_load_dispatch_and_errors(tmp_path, tiny_data):
+    assert load("lorenz", n_trials=10, n_bins=20, n_fwd=4).n_trials == 10
+    assert load("chaotic_rnn", n_trials=10, n_bins=20, n_fwd=4).name == "chaotic_rnn"
+    with pytest.raises(DataError, match=r"'lorenzz' is neither a built-in dataset \['chaotic_rnn', 'lorenz'"):
+        load("lorenzz")
+    with pytest.raises(DataError, match=r"known suffix \['.npz', '.h5', '.hdf5', '.nwb'\]"):
+        load(tmp_path / "data.mat")
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        load(tmp_path / "missing.h5")
+    with pytest.raises(DataError, match=r"unknown options \['window'\] for lorenz"):
+        load("lorenz", window=(0, 1))
+    with pytest.raises(DataError, match=r"pass bin_size="):
+        load(Path(__file__).parent / "fixtures" / "sub-Jenkins_ses-small_desc-test_ecephys.nwb")
+    other = _write_h5(tmp_path / "other.hdf5", {"x": np.ones(2)})
+    with pytest.raises(DataError, match=r"other.hdf5: HDF5 keys match neither.*keys found: \['x'\]"):
+        load(other)
+    nlb = _write_h5(tmp_path / "n.hdf5", _nlb_arrays())
+    assert load(nlb, bin_size=0.01).n_trials == 6
