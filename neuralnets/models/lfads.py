@@ -1,0 +1,269 @@
+"""LFADS: latent factor analysis via dynamical systems (Sussillo et al. 2016; Pandarinath et al. 2018).
+
+A sequential variational autoencoder for single-trial spiking:
+
+- IC encoder: a bidirectional GRU over the held-in spikes `(B, T_obs, N_in)` (after input dropout);
+  the final states of both directions, concatenated and dropped out, map linearly to the mean and
+  log-variance of the diagonal Gaussian posterior of the generator's initial state `g0 (gen_dim)`
+  (variance floored at `ic_post_var_min`). KL to a learnable `MultivariateNormalPrior` -> `kl_ic`.
+- Controller-input encoder (when `co_dim > 0`): a second bidirectional GRU over the same dropped-out
+  input; its per-bin output `ci_t = [forward state at t, backward state at t]` (B, T_obs, 2·ci_enc_dim),
+  dropped out, is the controller's input at bin t (no time lag: simple, and coordinated dropout
+  already removes the incentive to copy input spikes to rates).
+- Controller: a clipped GRU cell with input `[ci_t, f_{t−1}]` (f_{−1} = factors of g0); its state maps
+  linearly to the posterior mean and log-variance of the inferred input `u_t (co_dim)`, sampled per
+  bin. KL to a learnable AR(1) prior (`AutoregressivePrior`) -> `kl_co`: the Monte-Carlo estimate
+  `log q(u) − log p(u)` at the samples when sampling (training, as in the paper), the exact KL for the
+  diagonal posterior when using posterior means (eval), so validation KLs are deterministic and >= 0.
+- Generator: a clipped GRU cell with input `u_t` (no input when `co_dim == 0`), initial state g0;
+  factors `f_t = W_fac · dropout(g_t)` with a bias-free, unit-norm-row `W_fac` (B, T, fac_dim);
+  log-rates are an affine readout of the factors and `rates = exp(log-rates)` for ALL neurons over
+  `T = T_obs + T_fwd` bins. Beyond T_obs there are no data to encode, so the generator runs on
+  with zero inferred input.
+- L2 penalties on the recurrent weights (`weight_hh`) of the generator and controller:
+  `l2 = 0.5 · Σ w² / n_weights` (half the mean square) -> `l2_gen`, `l2_con`.
+
+Training mode samples g0 and u_t by reparameterisation; eval mode uses the posterior means (and no
+dropout), so it is deterministic. `sample_average` averages rates over posterior samples.
+
+Loss units (the contract with the training module): `kl_ic` and `kl_co` are per-trial nats (summed
+over latent dimensions and bins, MEAN over the batch), NOT divided by bins or neurons. The
+reconstruction term must be in the same units: the SUM over bins and neurons of −log p(y | rates),
+MEAN over trials (with masks: `neuralnets.nn.augmentations.masked_trial_sum`). Then
+`loss = recon + Σ_k aux_weights[k](step) · aux_losses[k]` is the negative ELBO (plus L2) once the
+KL ramps reach scale 1. `aux_weights` has exactly the keys of `aux_losses`
+(`kl_ic`, `l2_gen`, and with a controller `kl_co`, `l2_con`).
+
+Defaults (chosen for the small built-in Lorenz data: 40 neurons, 50 bins of which 10 forward):
+gen 64, factors 8, IC encoder 64, CI encoder 32, controller 32, 2 inferred inputs, dropout 0.1,
+clip 5, posterior variance floor 1e-4, IC prior variance 0.1, AR prior τ = 10 bins and variance 0.1;
+KL scales 1 (the true ELBO), ramped from 0 over the first 1000 steps; L2 scale 2000 on the generator
+(0.5 · mean-square convention: about 16 nats per trial at initialisation) and 0 on the controller,
+ramped over 1000 steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from neuralnets.data.spikedata import DataSpec
+from neuralnets.models.base import ModelOutput, Ramp, SpikeModel, positive_rates
+from neuralnets.nn.clipped_gru import BidirectionalGRU, ClippedGRUCell
+from neuralnets.nn.priors import AutoregressivePrior, MultivariateNormalPrior
+from neuralnets.nn.readout import LogRateReadout, NormalizedLinear
+
+
+class LFADS(SpikeModel):
+    """LFADS sequential VAE. `forward(batch)` reads `batch['heldin'] (B, T_obs, N_in)` and returns
+    `ModelOutput(rates (B, T, N), latents = factors (B, T, fac_dim), aux_losses,
+    inputs (B, T_obs, co_dim) or None)`.
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec | dict,
+        gen_dim: int = 64,
+        fac_dim: int = 8,
+        ic_enc_dim: int = 64,
+        ci_enc_dim: int = 32,
+        con_dim: int = 32,
+        co_dim: int = 2,
+        dropout: float = 0.1,
+        cell_clip: float = 5.0,
+        ic_post_var_min: float = 1e-4,
+        co_post_var_min: float = 1e-4,
+        ic_prior_var: float = 0.1,
+        co_tau_init: float = 10.0,
+        co_prior_var: float = 0.1,
+        kl_ic_scale: float = 1.0,
+        kl_co_scale: float = 1.0,
+        l2_gen_scale: float = 2000.0,
+        l2_con_scale: float = 0.0,
+        kl_ramp_start: int = 0,
+        kl_ramp_steps: int = 1000,
+        l2_ramp_start: int = 0,
+        l2_ramp_steps: int = 1000,
+    ):
+        super().__init__(spec)
+        for name, value in dict(gen_dim=gen_dim, fac_dim=fac_dim, ic_enc_dim=ic_enc_dim).items():
+            if value <= 0:
+                raise ValueError(f"LFADS: {name} must be > 0; got {value}")
+        if co_dim < 0:
+            raise ValueError(f"LFADS: co_dim must be >= 0 (0 disables the controller); got {co_dim}")
+        if co_dim > 0 and (ci_enc_dim <= 0 or con_dim <= 0):
+            raise ValueError(
+                f"LFADS: with co_dim > 0, ci_enc_dim and con_dim must be > 0; got {ci_enc_dim}, {con_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LFADS: dropout must be in [0, 1); got {dropout}")
+        if not (ic_post_var_min > 0 and co_post_var_min > 0):
+            raise ValueError("LFADS: posterior variance floors must be > 0")
+        s = self.spec
+        self.gen_dim, self.fac_dim, self.co_dim = gen_dim, fac_dim, co_dim
+        self.ci_dim = 2 * ci_enc_dim if co_dim > 0 else 0
+        self.log_ic_var_min = math.log(ic_post_var_min)
+        self.log_co_var_min = math.log(co_post_var_min)
+
+        self.dropout = nn.Dropout(dropout)
+        self.ic_encoder = BidirectionalGRU(s.n_heldin, ic_enc_dim)
+        self.ic_linear = nn.Linear(2 * ic_enc_dim, 2 * gen_dim)  # -> [mean, raw log-var] of g0
+        self.ic_prior = MultivariateNormalPrior(gen_dim, var_init=ic_prior_var)
+        _init_logvar_bias(self.ic_linear, gen_dim, ic_prior_var)
+        if co_dim > 0:
+            self.ci_encoder = BidirectionalGRU(s.n_heldin, ci_enc_dim)
+            self.controller = ClippedGRUCell(self.ci_dim + fac_dim, con_dim, clip_value=cell_clip)
+            self.con_h0 = nn.Parameter(torch.zeros(con_dim))  # (C,) learnable controller initial state
+            self.co_linear = nn.Linear(con_dim, 2 * co_dim)  # -> [mean, raw log-var] of u_t
+            self.co_prior = AutoregressivePrior(co_dim, tau_init=co_tau_init, noise_var_init=co_prior_var)
+            _init_logvar_bias(self.co_linear, co_dim, co_prior_var)
+        self.generator = ClippedGRUCell(co_dim, gen_dim, clip_value=cell_clip)
+        self.factors = NormalizedLinear(gen_dim, fac_dim)
+        self.readout = LogRateReadout(fac_dim, s.n_neurons)
+
+        self.aux_weights = {
+            "kl_ic": Ramp(kl_ic_scale, kl_ramp_start, kl_ramp_steps),
+            "l2_gen": Ramp(l2_gen_scale, l2_ramp_start, l2_ramp_steps),
+        }
+        if co_dim > 0:
+            self.aux_weights["kl_co"] = Ramp(kl_co_scale, kl_ramp_start, kl_ramp_steps)
+            self.aux_weights["l2_con"] = Ramp(l2_con_scale, l2_ramp_start, l2_ramp_steps)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, Tensor], sample: bool | None = None) -> ModelOutput:
+        """`sample`: draw from the posteriors (default: in training mode) or use their means."""
+        heldin = batch["heldin"]
+        self.check_input(heldin)
+        sample = self.training if sample is None else sample
+        x = self.dropout(heldin.to(self.readout.weight.dtype))  # (B, T_obs, N_in)
+
+        _, ic_final = self.ic_encoder(x)  # (B, 2·ic_enc_dim)
+        ic_mean, ic_raw = self.ic_linear(self.dropout(ic_final)).chunk(2, dim=-1)  # (B, G) each
+        ic_logvar = _floored_logvar(ic_raw, self.log_ic_var_min)  # log(exp(raw) + var_min)
+        g0 = _sample(ic_mean, ic_logvar) if sample else ic_mean  # (B, G)
+
+        ci = None
+        if self.co_dim > 0:
+            ci_out, _ = self.ci_encoder(x)  # (B, T_obs, 2·ci_enc_dim)
+            ci = self.dropout(ci_out)
+
+        factors, co_mean, co_logvar, co_u = self._unroll(g0, ci, sample)
+        # Log-rates in float32 even under autocast: bf16 rounding of log-rates would blur the likelihood.
+        with torch.autocast(device_type=factors.device.type, enabled=False):
+            rates = positive_rates(self.readout(factors.float()))  # (B, T, N)
+
+        aux = {
+            "kl_ic": self.ic_prior.kl(ic_mean, ic_logvar).mean(),
+            "l2_gen": _half_mean_square(self.generator.weight_hh),
+        }
+        if self.co_dim > 0:
+            # Sampled: the paper's Monte-Carlo KL at the samples. Not sampled (eval): the exact KL, since
+            # the MC formula evaluated at the posterior mean is not a KL estimate (it can be negative).
+            if sample:
+                kl_co = self.co_prior.kl(co_u, co_mean, co_logvar)
+            else:
+                kl_co = self.co_prior.kl_analytic(co_mean, co_logvar)
+            aux["kl_co"] = kl_co.mean()
+            aux["l2_con"] = _half_mean_square(self.controller.weight_hh)
+        return ModelOutput(rates=rates, latents=factors, aux_losses=aux, inputs=co_u)
+
+    def _unroll(
+        self, g0: Tensor, ci: Tensor | None, sample: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """Run controller + generator over T_obs bins, then the generator alone over T_fwd bins.
+
+        `g0 (B, G)`, `ci (B, T_obs, CI)` or None (no controller) -> `factors (B, T, F)` and the inferred
+        inputs' posterior `mean, logvar` and the inputs used `u` (each `(B, T_obs, U)`, or None).
+        A plain Python loop over time: the reference for any faster (compiled / fused) version.
+        """
+        T_obs, T = self.spec.n_obs_bins, self.spec.n_bins
+        B = g0.shape[0]
+        gen = self.generator
+        zero_in = gen.input_proj(g0.new_zeros(B, self.co_dim))  # (B, 3G): projection of a zero input
+
+        if ci is None:
+            g, states = g0, []
+            for _ in range(T):
+                g = gen.step(zero_in, g)
+                states.append(g)
+            gen_states = torch.stack(states, dim=1)  # (B, T, G)
+            return self.factors(self.dropout(gen_states)), None, None, None
+
+        con = self.controller
+        # Input projection of the encoder part for all bins at once; the factor feedback is added per step.
+        ci_proj = F.linear(ci, con.weight_ih[:, : self.ci_dim], con.bias_ih)  # (B, T_obs, 3C)
+        w_fb = con.weight_ih[:, self.ci_dim :]  # (3C, F)
+        c = self.con_h0.expand(B, -1)  # (B, C)
+        g = g0
+        f = self.factors(self.dropout(g0))  # (B, F) f_{-1}
+        means, logvars, us, facs = [], [], [], []
+        for t in range(T_obs):
+            c = con.step(ci_proj[:, t] + F.linear(f, w_fb), c)
+            mean, raw = self.co_linear(c).chunk(2, dim=-1)  # (B, U) each
+            logvar = _floored_logvar(raw, self.log_co_var_min)
+            u = _sample(mean, logvar) if sample else mean
+            g = gen.step(gen.input_proj(u), g)
+            f = self.factors(self.dropout(g))
+            means.append(mean)
+            logvars.append(logvar)
+            us.append(u)
+            facs.append(f)
+        fwd_states = []
+        for _ in range(T_obs, T):  # forward-prediction bins: no data, zero inferred input
+            g = gen.step(zero_in, g)
+            fwd_states.append(g)
+        factors = torch.stack(facs, dim=1)  # (B, T_obs, F)
+        if fwd_states:
+            fwd_factors = self.factors(self.dropout(torch.stack(fwd_states, dim=1)))  # (B, T_fwd, F)
+            factors = torch.cat([factors, fwd_factors], dim=1)  # (B, T, F)
+        stack = lambda xs: torch.stack(xs, dim=1)  # noqa: E731  list of (B, U) -> (B, T_obs, U)
+        return factors, stack(means), stack(logvars), stack(us)
+
+    # ------------------------------------------------------------------ utilities
+    @torch.no_grad()
+    def sample_average(self, batch: dict[str, Tensor], n_samples: int = 20) -> ModelOutput:
+        """Posterior-sample average (as LFADS does at inference): eval mode (no dropout), `n_samples`
+        draws of g0 and u; returns the mean rates, factors, inputs and aux losses."""
+        if n_samples <= 0:
+            raise ValueError(f"sample_average: n_samples must be > 0; got {n_samples}")
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [self(batch, sample=True) for _ in range(n_samples)]
+        finally:
+            self.train(was_training)
+        mean = lambda xs: torch.stack(xs).mean(dim=0)  # noqa: E731
+        return ModelOutput(
+            rates=mean([o.rates for o in outs]),
+            latents=mean([o.latents for o in outs]),
+            aux_losses={k: mean([o.aux_losses[k] for o in outs]) for k in outs[0].aux_losses},
+            inputs=None if outs[0].inputs is None else mean([o.inputs for o in outs]),
+        )
+
+    def init_readout_bias(self, mean_counts: Tensor) -> None:
+        """Start the readout at each neuron's mean count per bin `mean_counts (N,)` (optional)."""
+        self.readout.set_bias_from_mean(mean_counts)
+
+
+@torch.no_grad()
+def _init_logvar_bias(linear: nn.Linear, dim: int, var: float) -> None:
+    """Start a posterior's variance near its prior's, so the first KL values are not dominated by a
+    variance mismatch (the linear layer's outputs are [mean (dim), raw log-var (dim)])."""
+    linear.bias[dim:].fill_(math.log(var))
+
+
+def _floored_logvar(raw: Tensor, log_var_min: float) -> Tensor:
+    """log(exp(raw) + var_min): a log-variance whose variance never falls below var_min."""
+    return torch.logaddexp(raw, torch.full_like(raw, log_var_min))
+
+
+def _sample(mean: Tensor, logvar: Tensor) -> Tensor:
+    """Reparameterised draw from N(mean, exp(logvar))."""
+    return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+
+def _half_mean_square(w: Tensor) -> Tensor:
+    return 0.5 * w.pow(2).mean()
