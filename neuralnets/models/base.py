@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +62,36 @@ class SpikeModel(nn.Module):
                 f"{type(self).__name__} expects held-in spikes of shape (B, {s.n_obs_bins}, {s.n_heldin}) "
                 f"(trials, observed bins, held-in neurons); got {tuple(heldin.shape)}"
             )
+
+    @torch.no_grad()
+    def predict_batches(self, heldin, batch_size: int = 256):
+        """Yield (start, ModelOutput) over trials of `heldin (trials, T_obs, N_in)`, in eval mode.
+
+        Accepts numpy or torch input; each chunk is moved to the model's device, so inputs far
+        larger than device memory stream through. The caller restores train mode if needed.
+        """
+        heldin = torch.as_tensor(heldin)
+        if not torch.is_floating_point(heldin):
+            heldin = heldin.float()
+        self.check_input(heldin)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.eval()
+        device = next(self.parameters()).device
+        for start in range(0, heldin.shape[0], batch_size):
+            chunk = heldin[start : start + batch_size].to(device, torch.float32)  # (b, T_obs, N_in)
+            yield start, self({"heldin": chunk})
+
+    def predict(self, heldin, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Rates `(trials, T, N)`, latents `(trials, T, K)` and, if the model has them, inferred
+        inputs `(trials, T_obs, U)` as float32 numpy arrays, computed in eval mode in batches."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for _, out in self.predict_batches(heldin, batch_size):
+            for key in ("rates", "latents", "inputs"):
+                value = getattr(out, key)
+                if value is not None:
+                    parts.setdefault(key, []).append(value.float().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
 
     @property
     def n_parameters(self) -> int:
