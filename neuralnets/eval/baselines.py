@@ -1,0 +1,330 @@
+"""Reference rows scored by the same harness as every model.
+
+- `smoothing_glm`: the NLB baseline. Held-in spikes smoothed with a Gaussian kernel are the held-in
+  rates; a Poisson GLM (log link) from the smoothed held-in spikes to each held-out neuron, fit on the
+  train trials, gives the held-out rates.
+- `true_rates`: the generating rates of synthetic data (the ceiling).
+- `mean_rates`: each neuron's mean train count per bin everywhere (the null model; co-bps ≈ 0).
+
+Each returns rates `(trials, T, N)` in counts per bin for all trials; `run_baselines` wraps them with
+fit time and parameter count for tables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter1d
+
+from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.eval import metrics as M
+
+GLM_FLOOR = 1e-9  # counts/bin; never predict exactly 0 from the GLM's exp link
+
+
+def smooth_spikes(
+    spikes: np.ndarray, mask: np.ndarray | None, bin_size: float, sigma_ms: float
+) -> np.ndarray:
+    """Gaussian-smoothed counts per bin along time, (trials, T, N) -> (trials, T, N) float64.
+
+    Normalised convolution (smooth(y·m) / smooth(m), zero padding): unrecorded bins do not count as
+    zeros and the edges are not biased low. Bins with no recorded bin within the kernel become 0.
+    """
+    if not (sigma_ms > 0 and bin_size > 0):
+        raise ValueError(f"sigma_ms ({sigma_ms}) and bin_size ({bin_size}) must be positive")
+    sigma = sigma_ms / 1000.0 / bin_size  # in bins
+    y = spikes.astype(np.float64)
+    if mask is None:
+        mask = np.ones(y.shape, dtype=bool)
+    w = mask.astype(np.float64)
+    num = gaussian_filter1d(y * w, sigma, axis=1, mode="constant")
+    den = gaussian_filter1d(w, sigma, axis=1, mode="constant")
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
+
+
+def fit_poisson_glm(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    alpha: float,
+    max_iter: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint Poisson GLM for all outputs: y[:, j] ~ Poisson(exp(x @ W[:, j] + b[j])).
+
+    x (S, F) features, y (S, J) counts, w (S, J) 0/1 weights (recorded entries). Minimises, per output,
+    the mean negative log-likelihood over its recorded samples + alpha/2 · ||W[:, j]||² (bias not
+    penalised), for all outputs at once with L-BFGS (the outputs are independent, so the sum of their
+    objectives has the same minimiser). Returns W (F, J), b (J,).
+    """
+    n_per = w.sum(0).clamp(min=1.0)  # (J,)
+    mean_y = (w * y).sum(0) / n_per
+    weights = torch.zeros(x.shape[1], y.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+    bias = torch.log(mean_y.clamp(min=GLM_FLOOR)).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [weights, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-12,
+        history_size=20, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        eta = (x @ weights + bias).clamp(max=30.0)  # (S, J) log-rates; clamp keeps exp finite
+        nll = ((w * (torch.exp(eta) - y * eta)).sum(0) / n_per).sum()
+        loss = nll + 0.5 * alpha * (weights**2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():  # callers may sit inside torch.no_grad() (e.g. evaluation during training)
+        opt.step(closure)
+    return weights.detach(), bias.detach()
+
+
+DEFAULT_GLM_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the GLM (standardised features)
+
+
+@dataclass
+class SmoothingGLMFit:
+    """A fitted smoothing + GLM baseline: its rates for all trials and how it was chosen."""
+
+    rates: np.ndarray  # (trials, T, N) float32 counts per bin
+    weights: np.ndarray  # (N_in, N_out) on standardised smoothed held-in spikes
+    bias: np.ndarray  # (N_out,)
+    alpha: float  # the L2 penalty used
+    alpha_scores: dict[float, float]  # held-out co-bps of each alpha tried (empty if only one)
+    selected_on: str  # "val trials", "3-fold CV on train trials" or "fixed"
+    sigma_ms: float
+
+
+def smoothing_glm(
+    data: SpikeData,
+    sigma_ms: float = 50.0,
+    alpha: float | Sequence[float] = DEFAULT_GLM_ALPHAS,
+    device: str | torch.device = "cpu",
+    max_iter: int = 500,
+) -> np.ndarray:
+    """The NLB smoothing baseline's rates (trials, T, N) float32 counts per bin; see `fit_smoothing_glm`."""
+    return fit_smoothing_glm(data, sigma_ms, alpha, device, max_iter).rates
+
+
+def fit_smoothing_glm(
+    data: SpikeData,
+    sigma_ms: float = 50.0,
+    alpha: float | Sequence[float] = DEFAULT_GLM_ALPHAS,
+    device: str | torch.device = "cpu",
+    max_iter: int = 500,
+) -> SmoothingGLMFit:
+    """The NLB smoothing baseline, fit on the train trials and predicted for all trials.
+
+    - held-in neurons, observed bins: the held-in spikes smoothed with a Gaussian of s.d. `sigma_ms`
+      (`smooth_spikes`);
+    - held-out neurons, observed bins: a Poisson GLM from the standardised smoothed held-in spikes (plus
+      bias) to each held-out neuron, fit jointly on the train trials' recorded bins with L2 penalty
+      `alpha` on the weights (`fit_poisson_glm`), floored at 1e-9. Given several alphas, the one with
+      the best held-out co-bps is kept: scored on the 'val' trials when there are any with recorded
+      held-out spikes, else by 3-fold cross-validation over the train trials. Test trials are never used.
+    - forward bins (all neurons): each neuron's mean count per bin over the train trials' recorded
+      forward bins (a constant: the smoothing baseline has no dynamics to extrapolate).
+    """
+    train = data.indices("train")
+    if train.size == 0:
+        raise DataError(
+            f"{data.source}: smoothing_glm needs train trials to fit the GLM; split 'train' is empty"
+        )
+    alphas = [float(alpha)] if np.isscalar(alpha) else [float(a) for a in alpha]
+    if not alphas or any(not (a >= 0 and np.isfinite(a)) for a in alphas):
+        raise ValueError(f"alpha must be a non-negative number or a non-empty list of them; got {alpha!r}")
+    t_obs, n_in, n_out = data.n_obs, data.n_heldin, data.n_heldout
+    mask = data.observed_mask()  # (trials, T, N)
+    smoothed = smooth_spikes(
+        data.heldin_obs, mask[:, :t_obs, :n_in], data.bin_size, sigma_ms
+    )  # (trials, T_obs, N_in)
+    rates = np.zeros(data.spikes.shape, dtype=np.float64)  # (trials, T, N)
+    rates[:, :t_obs, :n_in] = smoothed
+    weights, bias = np.zeros((n_in, n_out)), np.zeros(n_out)
+    scores: dict[float, float] = {}
+    selected_on = "fixed"
+
+    if n_out > 0:
+        dev = torch.device(device)
+        feats = torch.as_tensor(smoothed, device=dev)  # (trials, T_obs, N_in)
+        y_out = torch.as_tensor(
+            data.spikes[:, :t_obs, n_in:], dtype=torch.float64, device=dev
+        )  # (trials, T_obs, N_out)
+        w_out = torch.as_tensor(mask[:, :t_obs, n_in:], dtype=torch.float64, device=dev)
+
+        def fit(
+            trials: np.ndarray, a: float
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            idx = torch.as_tensor(trials, device=dev)
+            x = feats[idx].reshape(-1, n_in)  # (trials*T_obs, N_in)
+            mu, sd = x.mean(0), x.std(0)
+            sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # silent held-in neurons: feature stays 0
+            wts, b = fit_poisson_glm(
+                (x - mu) / sd, y_out[idx].reshape(-1, n_out), w_out[idx].reshape(-1, n_out), a, max_iter
+            )
+            return wts, b, mu, sd
+
+        def predict(params, trials: np.ndarray) -> torch.Tensor:
+            wts, b, mu, sd = params
+            x = (feats[torch.as_tensor(trials, device=dev)] - mu) / sd  # (trials, T_obs, N_in)
+            return torch.exp((x @ wts + b).clamp(max=30.0)).clamp(min=GLM_FLOOR)  # (trials, T_obs, N_out)
+
+        def heldout_bps(pred: torch.Tensor, trials: np.ndarray) -> float:
+            idx = torch.as_tensor(trials, device=dev)
+            return M.bits_per_spike(pred, y_out[idx], w_out[idx].bool())
+
+        val = data.indices("val")
+        val = val[(data.spikes[val, :t_obs, n_in:] * mask[val, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
+        fits: dict[float, tuple] = {}
+        if len(alphas) > 1 and val.size > 0:
+            selected_on = "val trials"
+            for a in alphas:
+                fits[a] = fit(train, a)
+                scores[a] = heldout_bps(predict(fits[a], val), val)
+        elif len(alphas) > 1:
+            if train.size < 3:
+                raise DataError(f"{data.source}: choosing the GLM alpha by 3-fold CV needs >= 3 train trials")
+            selected_on = "3-fold CV on train trials"
+            folds = np.array_split(np.random.default_rng(0).permutation(train), 3)
+            for a in alphas:
+                preds = []
+                for k in range(3):  # three fits per alpha; each is vectorised over neurons
+                    rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
+                    preds.append(predict(fit(rest, a), folds[k]))
+                order = np.concatenate(folds)
+                scores[a] = heldout_bps(torch.cat(preds), order)
+        best = max(scores, key=lambda a: scores[a]) if scores else alphas[0]
+        params = fits.get(best) or fit(train, best)
+        all_trials = np.arange(data.n_trials)
+        rates[:, :t_obs, n_in:] = predict(params, all_trials).cpu().numpy()
+        weights = (params[0] / params[3][:, None]).cpu().numpy()  # per unit of smoothed count
+        bias = (params[1] - params[2] @ (params[0] / params[3][:, None])).cpu().numpy()
+    else:
+        best = alphas[0]
+
+    if data.n_fwd > 0:
+        rates[:, t_obs:, :] = _mean_count(data, train, slice(t_obs, None))[None, None, :]
+    return SmoothingGLMFit(rates.astype(np.float32), weights, bias, best, scores, selected_on, sigma_ms)
+
+
+def _mean_count(data: SpikeData, trials: np.ndarray, bins: slice) -> np.ndarray:
+    """(N,) each neuron's mean count per bin over the recorded entries of `trials` × `bins`.
+
+    Neurons with no recorded entry there fall back to their mean over all recorded train bins.
+    """
+    y = data.spikes[trials][:, bins]  # (trials, T', N)
+    m = data.observed_mask()[trials][:, bins]
+    n = m.sum(axis=(0, 1))
+    mean = np.divide((y * m).sum(axis=(0, 1)), n, out=np.full(n.shape, np.nan), where=n > 0)
+    if np.isnan(mean).any():
+        y_all, m_all = data.spikes[trials], data.observed_mask()[trials]
+        n_all = m_all.sum(axis=(0, 1))
+        fallback = np.divide(
+            (y_all * m_all).sum(axis=(0, 1)), n_all, out=np.zeros(n_all.shape), where=n_all > 0
+        )
+        mean = np.where(np.isnan(mean), fallback, mean)
+    return mean
+
+
+def mean_rates(data: SpikeData) -> np.ndarray:
+    """The null row: each neuron's mean train count per bin (all recorded bins) everywhere, (trials, T, N)."""
+    train = data.indices("train")
+    if train.size == 0:
+        raise DataError(f"{data.source}: mean_rates needs train trials; split 'train' is empty")
+    mean = _mean_count(data, train, slice(None))  # (N,)
+    return np.broadcast_to(mean, data.spikes.shape).astype(np.float32)
+
+
+def true_rates(data: SpikeData) -> np.ndarray:
+    """The generating rates (trials, T, N) of synthetic data (the ceiling)."""
+    if data.rates is None:
+        raise DataError(
+            f"{data.source}: dataset {data.name!r} has no ground-truth rates (only synthetic data do)"
+        )
+    return data.rates
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@dataclass
+class BaselineRun:
+    """One baseline's predictions on a dataset, with what a comparison table shows about it."""
+
+    name: str
+    rates: np.ndarray  # (trials, T, N) counts per bin
+    latents: np.ndarray | None  # (trials, T, K) or None
+    train_time_s: float
+    n_parameters: int
+    info: dict = field(default_factory=dict)  # settings worth a column or an hparam (e.g. chosen alpha)
+
+
+BASELINES = ("smoothing_glm", "mean_rates", "true_rates")
+
+
+def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwargs) -> list[BaselineRun]:
+    """Compute baselines on `data`; default: smoothing_glm, mean_rates, true_rates if the data have them."""
+    if names is None:
+        names = [n for n in BASELINES if n != "true_rates" or data.rates is not None]
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {BASELINES}")
+    runs = []
+    for name in names:
+        t0 = time.perf_counter()
+        info: dict = {}
+        if name == "smoothing_glm":
+            fit = fit_smoothing_glm(data, **glm_kwargs)
+            rates, latents = fit.rates, None
+            info = {"alpha": fit.alpha, "sigma_ms": fit.sigma_ms, "alpha_selected_on": fit.selected_on}
+            n_par = data.n_heldin * data.n_heldout + data.n_heldout + (data.n_neurons if data.n_fwd else 0)
+        elif name == "mean_rates":
+            rates, latents, n_par = mean_rates(data), None, data.n_neurons
+        else:
+            rates, latents, n_par = true_rates(data), data.latents, 0
+        runs.append(BaselineRun(name, rates, latents, time.perf_counter() - t0, int(n_par), info))
+    return runs
+
+
+__all__ = [
+    "BASELINES",
+    "baseline_rows",
+    "BaselineRun",
+    "DEFAULT_GLM_ALPHAS",
+    "SmoothingGLMFit",
+    "fit_poisson_glm",
+    "fit_smoothing_glm",
+    "mean_rates",
+    "run_baselines",
+    "smooth_spikes",
+    "smoothing_glm",
+    "true_rates",
+]
+
+
+def baseline_rows(
+    data: SpikeData,
+    split: str = "test",
+    names: Sequence[str] | None = None,
+    data_label: str | None = None,
+    **glm_kwargs,
+) -> list[dict]:
+    """Table rows (as in metrics.json: model, data, split, metrics, train_time_s, n_parameters, info)
+    for the baselines on `data`, each scored by `neuralnets.eval.evaluate` on `split`."""
+    from neuralnets.eval.harness import evaluate
+
+    rows = []
+    for run in run_baselines(data, names, **glm_kwargs):
+        rows.append(
+            {
+                "model": f"baseline/{run.name}",
+                "data": data_label or data.name,
+                "split": split,
+                "metrics": evaluate(run.rates, data, split, run.latents),
+                "train_time_s": run.train_time_s,
+                "n_parameters": run.n_parameters,
+                "info": run.info,
+            }
+        )
+    return rows

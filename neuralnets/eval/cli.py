@@ -1,0 +1,228 @@
+"""Command-line tools of the harness.
+
+neuralnets-eval RUN_DIR                              # score a run's predictions on its own dataset
+neuralnets-eval rates.npz --data lorenz --split val  # score a rates file on a dataset
+neuralnets-eval --baselines --data mc_maze_small     # the baseline rows alone
+neuralnets-compare runs/a runs/b --csv out.csv --markdown out.md
+
+Errors (missing directory or file, a dataset that cannot be loaded, rates whose shape does not match
+the dataset) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralnets.data.spikedata import DataError
+
+EXIT_USAGE = 2
+_ERRORS = (
+    DataError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    OSError,
+    ImportError,
+    TypeError,
+)
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", metavar="OUT.csv", help="also write the table as CSV (full precision)")
+    p.add_argument("--markdown", metavar="OUT.md", help="also write the table as markdown")
+    p.add_argument(
+        "--tensorboard",
+        metavar="LOGDIR",
+        help="also write one TensorBoard run per row under LOGDIR (hparams table: rows side by side)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device for the metrics and the GLM (e.g. cuda)")
+    p.add_argument("--title", help="table title")
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neuralnets-eval",
+        description="Score predicted rates (a run directory or a rates file) on a dataset with the shared "
+        "NLB-style harness and print a table.",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="run directory (metrics.json + predictions.h5/.npz) or rates file (.h5/.npz with 'rates' "
+        "[and 'latents'], or .npy) of shape (trials, T, N) for all trials of the dataset",
+    )
+    p.add_argument(
+        "--data", help="dataset name (lorenz, chaotic_rnn, mc_maze_small) or file; default: the run's"
+    )
+    p.add_argument("--split", help="trials to score: train, val, test (default: the run's split, else test)")
+    p.add_argument("--model", help="model name for the table (default: the run's, else the file name)")
+    p.add_argument(
+        "--out", metavar="METRICS.json", help="write {model, data, split, metrics} to this JSON file"
+    )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add the baseline rows (smoothing + GLM, mean rates, and true rates for synthetic data)",
+    )
+    _add_output_args(p)
+    return p
+
+
+def _compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neuralnets-compare",
+        description="One table across run directories (model, data, each metric, training time, parameters), "
+        "with the baseline rows of every dataset present.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding metrics.json")
+    p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add baseline rows for each dataset present (default: yes)",
+    )
+    _add_output_args(p)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _run(prog: str, fn, argv: list[str] | None) -> int:
+    """Run `fn(argv)`; user-facing errors become one line on stderr and exit status 2."""
+    try:
+        return fn(argv)
+    except _ERRORS as e:
+        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _load_data(source: str, kwargs: dict | None = None):
+    from neuralnets.data.loaders import load
+
+    return load(source, **(kwargs or {}))
+
+
+def _to_device(x: np.ndarray | None, device: str):
+    if x is None or device == "cpu":
+        return x
+    import torch
+
+    return torch.as_tensor(x, device=device)
+
+
+def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from neuralnets.eval.tables import print_table, write_table
+
+    print_table(rows, title=args.title)
+    write_table(rows, args.csv, args.markdown)
+    if args.tensorboard:
+        write_tensorboard(rows, args.tensorboard)
+
+
+def write_tensorboard(rows: list[dict[str, Any]], logdir: str | Path) -> list[Path]:
+    """One TensorBoard run per row under `logdir`, named model__data__split, with its hparams and metrics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from neuralnets.eval.harness import log_to_tensorboard
+
+    paths = []
+    for r in rows:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{r['model']}__{r['data']}__{r.get('split', 'test')}")
+        path = Path(logdir) / name
+        hparams = {k: r.get(k) for k in ("model", "data", "split", "train_time_s", "n_parameters")}
+        hparams.update({f"info.{k}": v for k, v in (r.get("info") or {}).items()})
+        with SummaryWriter(log_dir=str(path)) as writer:
+            log_to_tensorboard(writer, {k: v for k, v in hparams.items() if v is not None}, r["metrics"])
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def _eval(argv: list[str] | None) -> int:
+    from neuralnets.eval.baselines import baseline_rows
+    from neuralnets.eval.harness import METRICS_FILE, evaluate, load_predictions, read_run
+
+    args = _eval_parser().parse_args(argv)
+    if args.target is None and not args.baselines:
+        raise ValueError("give a run directory or rates file to score, or --baselines with --data")
+    run: dict[str, Any] = {}
+    target = Path(args.target) if args.target else None
+    if target is not None:
+        if not target.exists():
+            raise FileNotFoundError(f"{target}: no such run directory or rates file")
+        if target.is_dir() and (target / METRICS_FILE).is_file():
+            run = read_run(target)
+    source = args.data or run.get("data_source") or run.get("data")
+    if source is None:
+        raise ValueError(f"{target}: no dataset recorded there; pass --data NAME_OR_PATH")
+    data = _load_data(source, None if args.data else run.get("data_kwargs"))
+    split = args.split or run.get("split") or "test"
+    label = args.data or run.get("data") or data.name
+    rows: list[dict[str, Any]] = []
+    if target is not None:
+        rates, latents = load_predictions(target)
+        metrics = evaluate(_to_device(rates, args.device), data, split, _to_device(latents, args.device))
+        model = args.model or run.get("model") or target.stem
+        rows.append(
+            {
+                "model": model,
+                "data": label,
+                "split": split,
+                "metrics": metrics,
+                "train_time_s": run.get("train_time_s"),
+                "n_parameters": run.get("n_parameters"),
+            }
+        )
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            record = {"model": model, "data": label, "split": split, "metrics": metrics}
+            out.write_text(json.dumps(record, indent=2) + "\n")
+    if args.baselines:
+        rows += baseline_rows(data, split, data_label=label, device=args.device)
+    _emit(rows, args)
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Entry point of `neuralnets-eval`."""
+    return _run("neuralnets-eval", _eval, argv)
+
+
+# ---------------------------------------------------------------------------------------------- compare
+def _compare(argv: list[str] | None) -> int:
+    from neuralnets.eval.baselines import baseline_rows
+    from neuralnets.eval.harness import read_run
+
+    args = _compare_parser().parse_args(argv)
+    rows = [read_run(d) for d in args.run_dirs]
+    if args.baselines:
+        seen: set[tuple] = set()
+        for r in list(rows):
+            source = r.get("data_source") or r["data"]
+            kwargs = r.get("data_kwargs") or {}
+            key = (str(source), json.dumps(kwargs, sort_keys=True), r["split"])
+            if key in seen:
+                continue
+            seen.add(key)
+            data = _load_data(source, kwargs)
+            rows += baseline_rows(data, r["split"], data_label=r["data"], device=args.device)
+    _emit(rows, args)
+    return 0
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    """Entry point of `neuralnets-compare`."""
+    return _run("neuralnets-compare", _compare, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(eval_main())

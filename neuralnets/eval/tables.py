@@ -1,0 +1,112 @@
+"""Comparison tables: one row per (model, data, split), one column per metric; rich, markdown and CSV.
+
+A row is a dict with keys `model`, `data`, `split`, `metrics` ({name: float}), `train_time_s`,
+`n_parameters` (the last two may be None). Metric columns follow `harness.METRICS` order and only
+metrics present in at least one row are shown; a row without a metric shows an empty cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from neuralnets.eval.harness import METRICS
+
+ID_COLUMNS = ("model", "data", "split")
+TAIL_COLUMNS = ("train_time_s", "n_parameters")
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    present = {k for r in rows for k in r.get("metrics", {})}
+    known = [k for k in METRICS if k in present]
+    return known + sorted(present - set(known))  # unknown metrics (from newer runs) at the end
+
+
+def _fmt(value: Any, column: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan"
+        if column == "train_time_s":
+            return f"{value:.1f}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def table_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(header, formatted cells) for any writer."""
+    metrics = metric_columns(rows)
+    header = [*ID_COLUMNS, *metrics, *TAIL_COLUMNS]
+    cells = []
+    for r in rows:
+        m = r.get("metrics", {})
+        cells.append(
+            [_fmt(r.get(c), c) for c in ID_COLUMNS]
+            + [_fmt(m.get(c), c) for c in metrics]
+            + [_fmt(r.get(c), c) for c in TAIL_COLUMNS]
+        )
+    return header, cells
+
+
+def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    header, cells = table_cells(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV with full-precision numbers (empty cell = not computed)."""
+    metrics = metric_columns(rows)
+    header = [*ID_COLUMNS, *metrics, *TAIL_COLUMNS]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in rows:
+        m = r.get("metrics", {})
+        values = (
+            [r.get(c) for c in ID_COLUMNS] + [m.get(c) for c in metrics] + [r.get(c) for c in TAIL_COLUMNS]
+        )
+        writer.writerow(["" if v is None else v for v in values])
+    return buf.getvalue()
+
+
+def to_rich(rows: Sequence[Mapping[str, Any]], title: str | None = None):
+    """A `rich.table.Table` (print it with `rich.console.Console().print`); cells are never cut."""
+    from rich.table import Table
+
+    header, cells = table_cells(rows)
+    table = Table(title=title)
+    for h in header:
+        table.add_column(h, justify="left" if h in ID_COLUMNS else "right", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> None:
+    """Print the table to stdout, widening the console past the terminal rather than cutting cells."""
+    from rich.console import Console
+
+    header, cells = table_cells(rows)
+    widths = [max(len(c) for c in col) for col in zip(header, *cells, strict=True)]
+    needed = sum(widths) + 3 * len(widths) + 1  # cell padding and borders
+    console = Console()
+    if needed > console.width:
+        console = Console(width=needed)
+    console.print(to_rich(rows, title))
+
+
+def write_table(
+    rows: Sequence[Mapping[str, Any]], csv_path: str | Path | None, md_path: str | Path | None
+) -> None:
+    for path, text in ((csv_path, to_csv), (md_path, to_markdown)):
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text(rows))

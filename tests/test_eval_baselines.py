@@ -1,0 +1,87 @@
+"""Baselines scored by the harness (neuralnets.eval.baselines)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.synthetic import lorenz
+from neuralnets.eval import baselines as B
+from neuralnets.eval.harness import evaluate
+
+
+@pytest.fixture(scope="module")
+def small_lorenz() -> SpikeData:
+    return lorenz(n_trials=120, seed=3)
+
+
+def test_smooth_spikes_keeps_constants_and_skips_unrecorded_bins():
+    y = np.full((2, 30, 3), 2.0)
+    np.testing.assert_allclose(B.smooth_spikes(y, None, 0.01, 50.0), 2.0, atol=1e-12)  # edges included
+    mask = np.ones(y.shape, dtype=bool)
+    mask[:, 10:15] = False
+    y2 = y.copy()
+    y2[:, 10:15] = 0.0  # unrecorded bins stored as 0 must not pull the estimate down
+    np.testing.assert_allclose(B.smooth_spikes(y2, mask, 0.01, 50.0), 2.0, atol=1e-12)
+
+
+def test_fit_poisson_glm_recovers_known_weights():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 3, generator=gen, dtype=torch.float64)
+    w_true = torch.tensor([[0.5, -0.3], [0.0, 0.4], [-0.2, 0.1]], dtype=torch.float64)
+    b_true = torch.tensor([0.2, -0.5], dtype=torch.float64)
+    y = torch.poisson(torch.exp(x @ w_true + b_true), generator=gen)
+    w, b = B.fit_poisson_glm(x, y, torch.ones_like(y), alpha=0.0)
+    torch.testing.assert_close(w, w_true, atol=0.03, rtol=0)
+    torch.testing.assert_close(b, b_true, atol=0.03, rtol=0)
+
+
+def test_glm_beats_mean_rates_and_true_rates_beat_glm_on_lorenz(small_lorenz):
+    d = small_lorenz
+    rows = {r.name: evaluate(r.rates, d, "test", r.latents) for r in B.run_baselines(d)}
+    assert set(rows) == {"smoothing_glm", "mean_rates", "true_rates"}
+    assert abs(rows["mean_rates"]["co_bps"]) < 0.05  # the null row sits near 0
+    assert rows["smoothing_glm"]["co_bps"] > rows["mean_rates"]["co_bps"] + 0.1
+    assert rows["true_rates"]["co_bps"] > rows["smoothing_glm"]["co_bps"]
+    assert rows["true_rates"]["rate_r2"] == pytest.approx(1.0)
+    assert rows["true_rates"]["latent_r2"] == pytest.approx(1.0)
+
+
+def test_smoothing_glm_never_looks_at_test_trials(small_lorenz):
+    d = small_lorenz
+    fit = B.fit_smoothing_glm(d)
+    assert fit.selected_on == "val trials" and fit.alpha in B.DEFAULT_GLM_ALPHAS
+    spikes = d.spikes.copy()
+    test = d.split == "test"
+    spikes[test, :, d.n_heldin :] = 0.0  # wipe the test trials' held-out (and forward) data
+    spikes[test, d.n_obs :] = 0.0
+    d2 = SpikeData(spikes=spikes, bin_size=d.bin_size, n_heldin=d.n_heldin, n_fwd=d.n_fwd, split=d.split)
+    np.testing.assert_allclose(B.smoothing_glm(d2), fit.rates, rtol=1e-5, atol=1e-9)
+
+
+def test_glm_alpha_by_cross_validation_without_val_trials(small_lorenz):
+    d = small_lorenz
+    split = np.where(d.split == "val", "train", d.split)
+    d2 = SpikeData(spikes=d.spikes, bin_size=d.bin_size, n_heldin=d.n_heldin, n_fwd=d.n_fwd, split=split)
+    fit = B.fit_smoothing_glm(d2, alpha=(1e-2, 1e2))
+    assert fit.selected_on == "3-fold CV on train trials"
+    assert fit.alpha == 1e-2 and fit.alpha_scores[1e-2] > fit.alpha_scores[1e2]
+
+
+def test_mean_rates_give_zero_co_bps_on_their_own_trials():
+    rng = np.random.default_rng(0)
+    spikes = rng.poisson(1.0, size=(8, 6, 4)).astype(np.float32)
+    d = SpikeData(spikes=spikes, bin_size=0.01, n_heldin=2, split=np.array(["train"] * 6 + ["test"] * 2))
+    # n_fwd = 0: the train mean over all bins is exactly the null model of the train trials
+    assert evaluate(B.mean_rates(d), d, "train")["co_bps"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_true_rates_need_ground_truth():
+    d = SpikeData(spikes=np.ones((4, 3, 2)), bin_size=0.01)
+    with pytest.raises(DataError, match="no ground-truth rates"):
+        B.true_rates(d)
+    assert [r.name for r in B.run_baselines(d, ["mean_rates"])] == ["mean_rates"]
+    with pytest.raises(ValueError, match="unknown baseline"):
+        B.run_baselines(d, ["oracle"])

@@ -1,0 +1,134 @@
+"""neuralnets-eval and neuralnets-compare on temporary run directories (neuralnets.eval.cli)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from neuralnets.data.synthetic import lorenz
+from neuralnets.eval import harness as H
+from neuralnets.eval.cli import compare_main, eval_main
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A small synthetic dataset saved as .npz (a path the loaders read), and the SpikeData itself."""
+    data = lorenz(n_trials=40, n_bins=30, n_fwd=5, seed=1)
+    path = data.save(tmp_path_factory.mktemp("data") / "tiny_lorenz.npz")
+    return path, data
+
+
+def make_run(root, name, data_path, rates, latents=None, **extra):
+    run_dir = root / name
+    H.save_predictions(run_dir, rates, latents)
+    record = {"model": name, "data": "tiny_lorenz", "data_source": str(data_path), "split": "test"}
+    record.update(train_time_s=12.5, n_parameters=1234, **extra)
+    H.write_metrics({}, run_dir, extra=record)
+    return run_dir
+
+
+def test_eval_scores_a_run_directory(tmp_path, dataset, capsys):
+    path, data = dataset
+    rates = np.clip(data.rates * 1.1, 0, None)
+    run = make_run(tmp_path, "scaled", path, rates, latents=data.latents)
+    out = tmp_path / "m.json"
+    assert eval_main([str(run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "scaled" in printed and "co_bps" in printed
+    saved = json.loads(out.read_text())
+    expected = H.evaluate(rates, data, "test", data.latents)
+    assert saved["metrics"] == pytest.approx(expected)
+    assert saved["model"] == "scaled" and saved["split"] == "test"
+
+
+def test_eval_rates_file_with_baselines(tmp_path, dataset, capsys):
+    path, data = dataset
+    np.save(tmp_path / "rates.npy", data.rates)
+    csv_path = tmp_path / "t.csv"
+    code = eval_main(
+        [
+            str(tmp_path / "rates.npy"),
+            "--data",
+            str(path),
+            "--split",
+            "val",
+            "--baselines",
+            "--csv",
+            str(csv_path),
+        ]
+    )
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert [r["model"] for r in rows] == [
+        "rates",
+        "baseline/smoothing_glm",
+        "baseline/mean_rates",
+        "baseline/true_rates",
+    ]
+    assert {r["split"] for r in rows} == {"val"}
+    # the rates file holds the true rates, so its row equals the true-rates baseline row
+    assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[3]["co_bps"]))
+    assert float(rows[0]["co_bps"]) == pytest.approx(H.evaluate(data.rates, data, "val")["co_bps"])
+
+
+def test_compare_makes_one_table_with_baseline_rows(tmp_path, dataset, capsys):
+    path, data = dataset
+    runs = []
+    for name, scale in (("model_a", 1.0), ("model_b", 0.8)):
+        rates = data.rates * scale
+        run = make_run(tmp_path, name, path, rates)
+        H.write_metrics(H.evaluate(rates, data, "test"), run)  # what training writes
+        runs.append(run)
+    csv_path, md_path = tmp_path / "cmp.csv", tmp_path / "cmp.md"
+    tb = tmp_path / "tb"
+    args = [*map(str, runs), "--csv", str(csv_path), "--markdown", str(md_path), "--tensorboard", str(tb)]
+    assert compare_main(args) == 0
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    models = [r["model"] for r in rows]
+    assert models == [
+        "model_a",
+        "model_b",
+        "baseline/smoothing_glm",
+        "baseline/mean_rates",
+        "baseline/true_rates",
+    ]
+    assert rows[0]["train_time_s"] == "12.5" and rows[0]["n_parameters"] == "1234"
+    assert float(rows[1]["co_bps"]) == pytest.approx(
+        json.loads((runs[1] / "metrics.json").read_text())["metrics"]["co_bps"]
+    )
+    assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[4]["co_bps"]))  # model_a = true rates
+    md = md_path.read_text().splitlines()
+    assert md[0].startswith("| model | data | split | co_bps") and len(md) == 2 + len(rows)
+    assert len(list(tb.iterdir())) == len(rows)  # one TensorBoard run per row
+    assert "model_b" in capsys.readouterr().out
+    assert compare_main([str(runs[0]), "--no-baselines", "--csv", str(csv_path)]) == 0
+    assert len(csv_path.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("which", ["eval", "compare"])
+def test_errors_are_one_line_with_exit_code_2(tmp_path, which, capsys):
+    main = eval_main if which == "eval" else compare_main
+    assert main([str(tmp_path / "missing_run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing_run" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    assert compare_main([str(tmp_path / "empty")]) == 2
+    assert "metrics.json not found" in capsys.readouterr().err
+
+
+def test_eval_shape_mismatch_names_both_shapes(tmp_path, dataset, capsys):
+    path, data = dataset
+    run = make_run(tmp_path, "wrong", path, data.rates[:, :, :-1])
+    assert eval_main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert str(tuple(data.rates[:, :, :-1].shape)) in err and str(data.spikes.shape) in err
+
+
+def test_eval_needs_a_dataset(tmp_path, capsys):
+    np.save(tmp_path / "r.npy", np.ones((2, 3, 4)))
+    assert eval_main([str(tmp_path / "r.npy")]) == 2
+    assert "--data" in capsys.readouterr().err
