@@ -1,0 +1,58 @@
+"""Callbacks: score the model with the shared harness during training and log figures."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytorch_lightning as pl
+
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.eval import evaluate
+from neuralnets.training import figures
+
+
+def log_figures(logger, data: SpikeData, pred: dict[str, np.ndarray], split: str, step: int) -> None:
+    """Raster vs rates, latent trajectories and (with conditions) PSTH fits for trials of `split`."""
+    writer = getattr(logger, "experiment", None)
+    if writer is None or not hasattr(writer, "add_figure"):
+        return
+    idx = data.indices(split)
+    spikes, rates = data.spikes[idx], pred["rates"][idx]  # (trials, T, N)
+    figs = {
+        "figures/raster_vs_rates": figures.raster_vs_rates(spikes, rates, data.bin_size),
+        "figures/latents": figures.latent_trajectories(
+            pred["latents"][idx], None if data.condition is None else data.condition[idx]
+        ),
+    }
+    if data.condition is not None:
+        # PSTHs over the observed bins, where every trial has data.
+        t_obs = data.n_obs
+        figs["figures/psth"] = figures.psth_fits(
+            rates[:, :t_obs], spikes[:, :t_obs], data.condition[idx], data.bin_size
+        )
+    for tag, fig in figs.items():
+        writer.add_figure(tag, fig, global_step=step)
+        plt.close(fig)
+
+
+class HarnessEvaluation(pl.Callback):
+    """Every `every_n_epochs` validation epochs: predict all trials, score the `split` trials with
+    `neuralnets.eval.evaluate`, log the metrics as `val/<metric>`, and log figures."""
+
+    def __init__(self, data: SpikeData, every_n_epochs: int = 5, split: str = "val", figures: bool = True):
+        self.data, self.every_n_epochs, self.split, self.figures = data, every_n_epochs, split, figures
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_epochs <= 0:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs and not trainer.should_stop:
+            return
+        # Every rank computes the same numbers (eval mode is deterministic), so monitors agree under DDP.
+        was_training = pl_module.model.training
+        pred = pl_module.model.predict(self.data.heldin_obs)
+        pl_module.model.train(was_training)
+        metrics = evaluate(pred["rates"], self.data, self.split, latents=pred["latents"])
+        for name, value in metrics.items():
+            pl_module.log(f"{self.split}/{name}", float(value), sync_dist=False)
+        if self.figures and trainer.is_global_zero:
+            log_figures(trainer.logger, self.data, pred, self.split, trainer.global_step)

@@ -1,0 +1,84 @@
+"""Figures a person looks at after training: spikes vs inferred rates, latent trajectories, PSTHs.
+
+Each function takes numpy arrays and returns a matplotlib Figure (the Agg backend: no screen needed).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from scipy.ndimage import gaussian_filter1d  # noqa: E402
+
+
+def raster_vs_rates(spikes: np.ndarray, rates: np.ndarray, bin_size: float, n_trials: int = 3) -> Figure:
+    """Spike counts (top) above inferred rates in Hz (bottom) for the first `n_trials` trials.
+
+    spikes, rates: (trials, T, N) counts per bin.
+    """
+    n = min(n_trials, len(spikes))
+    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5), squeeze=False, sharex=True)
+    extent = (0, spikes.shape[1] * bin_size, spikes.shape[2], 0)
+    for i in range(n):
+        axes[0, i].imshow(spikes[i].T, aspect="auto", cmap="Greys", extent=extent, interpolation="nearest")
+        axes[1, i].imshow(rates[i].T / bin_size, aspect="auto", cmap="viridis", extent=extent)
+        axes[0, i].set_title(f"trial {i}")
+        axes[1, i].set_xlabel("time (s)")
+    axes[0, 0].set_ylabel("neuron (spikes)")
+    axes[1, 0].set_ylabel("neuron (rate, Hz)")
+    fig.tight_layout()
+    return fig
+
+
+def latent_trajectories(
+    latents: np.ndarray, condition: np.ndarray | None = None, n_trials: int = 40
+) -> Figure:
+    """First `n_trials` trajectories in the top principal components of `latents (trials, T, K)`."""
+    lat = latents[:n_trials]
+    flat = lat.reshape(-1, lat.shape[-1])  # (trials*T, K)
+    flat = flat - flat.mean(0)
+    n_pc = min(3, flat.shape[1])
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    pcs = (flat @ vt[:n_pc].T).reshape(lat.shape[0], lat.shape[1], n_pc)  # (trials, T, n_pc)
+    colors = plt.cm.tab10(np.asarray(condition[:n_trials]) % 10) if condition is not None else None
+    fig = plt.figure(figsize=(5, 4.5))
+    ax = fig.add_subplot(projection="3d" if n_pc == 3 else None)
+    for i, traj in enumerate(pcs):
+        color = None if colors is None else colors[i]
+        if n_pc == 3:
+            ax.plot(traj[:, 0], traj[:, 1], traj[:, 2], lw=0.8, color=color)
+        else:
+            ax.plot(traj[:, 0], traj[:, -1], lw=0.8, color=color)
+    ax.set_title("latent trajectories (top PCs)")
+    fig.tight_layout()
+    return fig
+
+
+def psth_fits(
+    rates: np.ndarray,
+    spikes: np.ndarray,
+    condition: np.ndarray,
+    bin_size: float,
+    neurons: tuple[int, ...] = (0, 1, 2, 3),
+    sigma_s: float = 0.05,
+) -> Figure:
+    """Condition-averaged inferred rates (solid) vs smoothed spike PSTHs (dashed), in Hz, per neuron."""
+    neurons = tuple(n for n in neurons if n < spikes.shape[2])
+    conds = np.unique(condition)[:6]
+    smoothed = gaussian_filter1d(spikes.astype(np.float64), sigma_s / bin_size, axis=1)  # (trials, T, N)
+    t = np.arange(spikes.shape[1]) * bin_size
+    fig, axes = plt.subplots(1, len(neurons), figsize=(3 * len(neurons), 2.8), squeeze=False)
+    for ax, n in zip(axes[0], neurons, strict=True):
+        for j, c in enumerate(conds):
+            sel = condition == c
+            color = plt.cm.tab10(j % 10)
+            ax.plot(t, rates[sel, :, n].mean(0) / bin_size, color=color)
+            ax.plot(t, smoothed[sel, :, n].mean(0) / bin_size, color=color, ls="--", lw=0.8)
+        ax.set_title(f"neuron {n}")
+        ax.set_xlabel("time (s)")
+    axes[0, 0].set_ylabel("rate (Hz)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,164 @@
+"""The one LightningModule: trains any model that follows the contract in `neuralnets.models.base`.
+
+Loss per batch (units: nats per trial):
+    recon = mean over scored entries of -log p(y | rates), times T*N  (a per-trial NLL estimate)
+    loss  = recon + sum_k ramp_k(step) * aux_losses[k]
+Scored entries are observed (SBTT: missing data carry no gradient), and, in training, the entries
+that coordinated dropout hid from the input and those the model asks for (`recon_mask`). Averaging
+over scored entries and rescaling to a full trial keeps recon on the same scale as the per-trial
+KL terms whatever fraction is masked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import get_class, instantiate
+from torch import Tensor
+
+from neuralnets.data.spikedata import DataSpec
+from neuralnets.models.base import ModelOutput, SpikeModel
+from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask, masked_trial_sum, sbtt_mask
+from neuralnets.nn.likelihoods import make_likelihood
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot work; raised before any training starts."""
+
+
+def build_model(model_cfg: dict, spec: DataSpec) -> SpikeModel:
+    """Instantiate `model_cfg` (a dict with `_target_`) for data of shape `spec`, checking its fields."""
+    model_cfg = dict(model_cfg)
+    target = model_cfg.get("_target_")
+    if not target:
+        raise ConfigError(f"model config needs a `_target_` class path; got fields {sorted(model_cfg)}")
+    try:
+        cls = get_class(target)
+    except Exception as err:
+        raise ConfigError(f"model `_target_` {target!r} cannot be imported: {err}") from None
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(model_cfg) - {"_target_"} - set(params))
+    if unknown:
+        valid = sorted(set(params) - {"self", "spec"})
+        raise ConfigError(f"model {cls.__name__} has no option(s) {unknown}; valid options: {valid}")
+    return instantiate(model_cfg, spec=spec, _convert_="all")
+
+
+class SpikeModule(pl.LightningModule):
+    """Wraps a `SpikeModel` with likelihood, auxiliary-loss ramps, optimiser and LR schedule.
+
+    Everything needed to rebuild the model (its config with `_target_` and the data spec) is saved
+    as hyperparameters, so `SpikeModule.load_from_checkpoint(path, map_location="cpu")` needs no
+    config tree.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        spec: dict,
+        likelihood: str = "poisson",
+        lr: float = 3e-3,
+        lr_min: float = 1e-5,
+        lr_schedule: str = "plateau",
+        lr_patience: int = 10,
+        lr_factor: float = 0.5,
+        weight_decay: float = 0.0,
+        adam_eps: float = 1e-8,
+        coordinated_dropout: float = 0.0,
+        data_name: str = "",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if lr_schedule not in ("plateau", "cosine", "none"):
+            raise ConfigError(f"lr_schedule must be 'plateau', 'cosine' or 'none'; got {lr_schedule!r}")
+        if not 0.0 <= coordinated_dropout < 1.0:
+            raise ConfigError(f"coordinated_dropout must be in [0, 1); got {coordinated_dropout}")
+        self.spec = DataSpec(**spec)
+        self.model = build_model(model, self.spec)
+        self.likelihood = make_likelihood(likelihood, self.spec.n_neurons)
+        self.skipped_steps = 0
+
+    @property
+    def model_name(self) -> str:
+        return type(self.model).__name__
+
+    def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
+        return self.model(batch)
+
+    # ------------------------------------------------------------------ loss
+    def _loss(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        spikes = batch["spikes"]  # (B, T, N)
+        scored = sbtt_mask(batch.get("observed"), spikes)  # (B, T, N) bool
+        cd_rate = self.hparams.coordinated_dropout
+        if train and cd_rate > 0:
+            heldin, dropped = coordinated_dropout(batch["heldin"], cd_rate)  # (B, T_obs, N_in) each
+            batch = {**batch, "heldin": heldin}
+            scored = scored & expand_heldin_mask(dropped, spikes.shape[1], spikes.shape[2])
+        out = self.model(batch)
+        if train and out.recon_mask is not None:
+            scored = scored & out.recon_mask
+        nll = -self.likelihood.log_prob(out.rates, spikes)  # (B, T, N)
+        recon = masked_trial_sum(nll, scored)
+        parts = {"recon": recon}
+        loss = recon
+        for name, value in out.aux_losses.items():
+            weight = self.model.aux_weights[name](self.global_step) if name in self.model.aux_weights else 1.0
+            parts[name] = value
+            loss = loss + weight * value
+        return loss, parts
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        loss, parts = self._loss(batch, train=True)
+        if not torch.isfinite(loss):
+            # Returning None skips backward and the optimiser step: the weights stay finite.
+            self.skipped_steps += 1
+            log.warning("non-finite training loss at step %d (%s); step skipped", self.global_step, parts)
+            self.log("train/skipped_steps", float(self.skipped_steps))
+            return None
+        bs = batch["spikes"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        for name, ramp in self.model.aux_weights.items():
+            self.log(f"weights/{name}", ramp(self.global_step), batch_size=bs)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not all(torch.isfinite(g).all() for g in grads):
+            # A finite loss can still back-propagate inf/NaN; drop this step's gradients entirely.
+            self.skipped_steps += 1
+            log.warning("non-finite gradient at step %d; step skipped", self.global_step)
+            self.log("train/skipped_steps", float(self.skipped_steps))
+            for p in self.parameters():
+                p.grad = None
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, parts = self._loss(batch, train=False)
+        bs = batch["spikes"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        for name, value in parts.items():
+            self.log(f"val/{name}", value, batch_size=bs, sync_dist=True)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "none":
+            return opt
+        if hp.lr_schedule == "cosine":
+            max_epochs = max(int(self.trainer.max_epochs or 1), 1) if self.trainer else 1
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs, eta_min=hp.lr_min)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=hp.lr_factor, patience=hp.lr_patience, min_lr=hp.lr_min
+        )
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"},
+        }

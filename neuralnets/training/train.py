@@ -1,0 +1,209 @@
+"""`neuralnets-train`: the Hydra entry point (`python -m neuralnets.training.train`).
+
+    neuralnets-train experiment=lfads_lorenz
+    neuralnets-train model=lfads data=mc_maze_small trainer.max_epochs=50
+    neuralnets-train resume=runs/lfads_lorenz/2026-11-25_10-00-00   # continue a killed run in place
+
+Each run gets its own directory (`runs/<model>_<data>/<time>`) holding `config.yaml`, TensorBoard
+logs, `checkpoints/`, `predictions.h5` and `metrics.json`. An existing run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+from neuralnets.data.datamodule import SpikeDataModule
+from neuralnets.data.spikedata import DataError, DataSpec
+from neuralnets.eval import evaluate, harness
+from neuralnets.training.callbacks import HarnessEvaluation, log_figures
+from neuralnets.training.module import ConfigError, SpikeModule
+from neuralnets.training.outputs import read_predictions, write_predictions
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _run_dir(resume: str | None, new_dir: str) -> str:
+    """Hydra's run directory: the resumed run's own directory, or a new one."""
+    if not resume:
+        return new_dir
+    path = Path(resume)
+    return str(path.parent.parent if path.suffix == ".ckpt" else path)
+
+
+OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+
+
+def resume_checkpoint(resume: str) -> Path:
+    """`resume` is a run directory (its `checkpoints/last.ckpt` is used) or a checkpoint file."""
+    path = Path(resume)
+    ckpt = path / CHECKPOINT_DIR / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise ConfigError(f"resume={resume!r}: no checkpoint at {ckpt}")
+    return ckpt
+
+
+def prepare_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """For a new run, refuse a used directory; for a resumed one, reload the run's saved config and
+    apply only the overrides given on this command line (e.g. a larger `trainer.max_epochs`)."""
+    saved = run_dir / CONFIG_FILE
+    if cfg.get("resume"):
+        if not saved.is_file():
+            raise ConfigError(
+                f"resume={cfg.resume!r}: {saved} not found; is this a neuralnets run directory?"
+            )
+        extra = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+        resumed = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(extra))
+        resumed.resume = cfg.resume
+        return resumed
+    if saved.exists() or (run_dir / CHECKPOINT_DIR).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; refusing to overwrite it (use resume= to continue it)"
+        )
+    return cfg
+
+
+def build_callbacks(cfg: DictConfig, data, ckpt_dir: Path) -> tuple[list[pl.Callback], ModelCheckpoint]:
+    c = cfg.callbacks
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{epoch}",
+        monitor=c.monitor,
+        mode=c.mode,
+        save_last=True,
+        save_top_k=1,
+        every_n_epochs=1,
+    )
+    callbacks: list[pl.Callback] = [
+        checkpoint,
+        LearningRateMonitor(logging_interval="epoch"),
+        HarnessEvaluation(data, every_n_epochs=c.eval_every_n_epochs, split="val", figures=c.figures),
+    ]
+    if c.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(
+                monitor=c.monitor, mode=c.mode, patience=c.early_stopping_patience, check_finite=False
+            )
+        )
+    return callbacks, checkpoint
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train, then score the best checkpoint with the harness. Returns the contents of metrics.json."""
+    run_dir = Path(run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    dm = SpikeDataModule(
+        cfg.data.source,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        load_kwargs=OmegaConf.to_container(cfg.data.get("load_kwargs") or {}),
+    )
+    data = dm.data
+    ckpt_path = resume_checkpoint(cfg.resume) if cfg.get("resume") else None
+    if ckpt_path is not None:
+        saved_spec = DataSpec(
+            **torch.load(ckpt_path, map_location="cpu", weights_only=False)["hyper_parameters"]["spec"]
+        )
+        if saved_spec != data.spec:
+            raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {data.spec}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    module = SpikeModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        spec=data.spec.to_dict(),
+        data_name=cfg.data.name,
+        **OmegaConf.to_container(cfg.module, resolve=True),
+    )
+    logger = instantiate(cfg.logger, save_dir=str(run_dir))
+    callbacks, checkpoint = build_callbacks(cfg, data, run_dir / CHECKPOINT_DIR)
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+    )
+    log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    train_time = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return {}
+    return finish_run(cfg, run_dir, data, module, checkpoint, logger, train_time, trainer.global_step)
+
+
+def finish_run(
+    cfg, run_dir: Path, data, module: SpikeModule, checkpoint, logger, train_time: float, step: int
+):
+    """Reload the best weights, write predictions for all trials, score them, log the hparams table."""
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    if best:
+        module = SpikeModule.load_from_checkpoint(best, map_location=module.device)
+    pred_path = run_dir / harness.PREDICTIONS_FILE
+    if pred_path.exists():  # a resumed run re-scores its final weights
+        pred_path.unlink()
+    write_predictions(module.model, data, pred_path)
+    pred = read_predictions(pred_path)
+    scores = {
+        split: evaluate(pred["rates"], data, split, latents=pred["latents"]) for split in ("val", "test")
+    }
+    record = {
+        "model": module.model_name,
+        "data": cfg.data.name,
+        "data_source": str(cfg.data.source),
+        "data_kwargs": OmegaConf.to_container(cfg.data.get("load_kwargs") or {}),
+        "split": "test",
+        "val_metrics": scores["val"],
+        "train_time_s": round(train_time, 2),
+        "n_parameters": module.model.n_parameters,
+        "steps": step,
+        "checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+    }
+    harness.write_metrics(scores["test"], run_dir, extra=record)
+    record["metrics"] = scores["test"]
+    hparams = {
+        "model": module.model_name,
+        "data": cfg.data.name,
+        "model_cfg": OmegaConf.to_container(cfg.model),
+        "module": OmegaConf.to_container(cfg.module),
+    }
+    harness.log_to_tensorboard(logger, hparams, scores["test"])
+    log_figures(logger, data, pred, "test", step)
+    logger.finalize("success")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        cfg = prepare_config(cfg, run_dir, list(hydra_cfg.overrides.task))
+        record = train(cfg, run_dir)
+    except (ConfigError, DataError, FileExistsError) as err:
+        # A config or data problem is the user's to fix: say what and where, no traceback.
+        log.error("%s", err)
+        raise SystemExit(f"error: {err}") from None
+    if not record:
+        return None
+    print(harness.format_table([record], baselines=cfg.print_baselines))
+    print(f"run directory: {run_dir}")
+    # The value Hydra sweepers (Optuna) optimise.
+    return record["val_metrics"].get(cfg.get("sweep_metric", "co_bps"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""End-to-end training through the Hydra config tree, at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from neuralnets.data.datamodule import SpikeDataModule
+from neuralnets.data.synthetic import lorenz
+from neuralnets.training.module import ConfigError, SpikeModule, build_model
+from neuralnets.training.outputs import read_predictions
+from neuralnets.training.train import CONFIG_DIR, prepare_config, train
+
+TINY_DATA = [
+    f"data.load_kwargs.{k}={v}"
+    for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
+]
+TINY_LFADS = [
+    "model.gen_dim=16",
+    "model.fac_dim=4",
+    "model.ic_enc_dim=8",
+    "model.ci_enc_dim=8",
+    "model.con_dim=8",
+    "model.co_dim=1",
+    "model.kl_ramp_steps=10",
+    "model.l2_ramp_steps=10",
+]
+
+
+def tiny_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                *TINY_DATA,
+                "data.batch_size=16",
+                *TINY_LFADS,
+                "trainer.max_epochs=2",
+                "trainer.log_every_n_steps=1",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+                "callbacks.eval_every_n_epochs=1",
+                *overrides,
+            ],
+        )
+
+
+def lorenz_tiny():
+    return lorenz(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def lorenz_data():
+    return lorenz_tiny()
+
+
+def test_train_writes_a_complete_run(tmp_path):
+    run = tmp_path / "run"
+    record = train(tiny_cfg(), run)
+    assert record["model"] == "LFADS" and record["data"] == "lorenz"
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["metrics"]["co_bps"] == pytest.approx(record["metrics"]["co_bps"])
+    for key in ("co_bps", "fp_bps", "rate_r2", "latent_r2", "vel_r2", "psth_r2"):
+        assert np.isfinite(record["metrics"][key]), key
+    pred = read_predictions(run / "predictions.h5")
+    assert pred["rates"].shape == (40, 16, 12) and (pred["rates"] > 0).all()
+    assert pred["inputs"].shape == (40, 12, 1)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_tensorboard_has_scalars_hparams_and_figures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(tiny_cfg(), run)
+    tags = set()
+    for f in run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f), size_guidance={"images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+    assert {"train/loss", "val/loss", "val/co_bps", "train/kl_ic", "hp/co_bps"} <= tags
+    assert {"figures/raster_vs_rates", "figures/latents", "figures/psth"} <= tags
+
+
+def test_never_overwrites_an_existing_run(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg("trainer.max_epochs=1")
+    train(cfg, run)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_config(cfg, run, [])
+
+
+def test_checkpoint_rebuilds_without_config_and_predicts_the_same(tmp_path, lorenz_data):
+    run = tmp_path / "run"
+    train(tiny_cfg("trainer.max_epochs=1"), run)
+    module = SpikeModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    again = module.model.predict(lorenz_data.heldin_obs)
+    saved = read_predictions(run / "predictions.h5")
+    np.testing.assert_allclose(again["rates"], saved["rates"], rtol=1e-5, atol=1e-6)
+
+
+class _Kill(pl.Callback):
+    """Simulates a kill part-way through the second epoch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 1:
+            raise RuntimeError("simulated kill")
+
+
+def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = tiny_cfg("trainer.max_epochs=3")
+    import neuralnets.training.train as train_mod
+
+    real = train_mod.build_callbacks
+    monkeypatch.setattr(train_mod, "build_callbacks", lambda *a: (real(*a)[0] + [_Kill()], real(*a)[1]))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg, run)
+    monkeypatch.setattr(train_mod, "build_callbacks", real)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 0  # only the first epoch finished before the kill
+
+    resumed = prepare_config(OmegaConf.merge(cfg, {"resume": str(run)}), run, [f"resume={run}"])
+    record = train(resumed, run)
+    steps_per_epoch = -(-len(lorenz_tiny().indices("train")) // 16)  # batch size 16
+    assert record["steps"] == 3 * steps_per_epoch
+    assert (run / "metrics.json").is_file()
+
+
+def test_unknown_model_option_is_a_clear_error(lorenz_data):
+    with pytest.raises(ConfigError, match=r"no option\(s\) \['gen_dimm'\]"):
+        build_model({"_target_": "neuralnets.models.lfads.LFADS", "gen_dimm": 3}, lorenz_data.spec)
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        build_model({"_target_": "neuralnets.models.nope.Nope"}, lorenz_data.spec)
+
+
+def test_unknown_config_group_option_names_the_choices():
+    with pytest.raises(Exception, match="lfadz"):
+        tiny_cfg("model=lfadz")
+
+
+class _NaNLossModule(SpikeModule):
+    def _loss(self, batch, train):
+        loss, parts = super()._loss(batch, train)
+        return loss * float("nan"), parts
+
+
+def test_non_finite_loss_skips_the_step_and_keeps_weights(lorenz_data):
+    model_cfg = {
+        "_target_": "neuralnets.models.lfads.LFADS",
+        "gen_dim": 8,
+        "fac_dim": 2,
+        "ic_enc_dim": 4,
+        "co_dim": 0,
+    }
+    module = _NaNLossModule(model=model_cfg, spec=lorenz_data.spec.to_dict(), lr_schedule="none")
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, SpikeDataModule(lorenz_data, batch_size=8))
+    assert module.skipped_steps == len(lorenz_data.indices("train")) // 8 + bool(
+        len(lorenz_data.indices("train")) % 8
+    )
+    for b, p in zip(before, module.parameters(), strict=True):
+        assert torch.equal(b, p)
