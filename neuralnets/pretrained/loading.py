@@ -1,0 +1,366 @@
+"""`load_pretrained(name_or_path)`: a trained model, ready for inference, in one line.
+
+    model = neuralnets.load_pretrained("lfads_lorenz")          # bundled with the package
+    model = neuralnets.load_pretrained("runs/lfads_lorenz/2026-11-25_10-00-00")   # a run directory
+    model = neuralnets.load_pretrained("path/to/best-epoch=12.ckpt")              # a checkpoint file
+    out = model.predict(spikes)   # {"rates", "latents", ("inputs")} numpy arrays
+
+Loading reads local files only (never the network) and does not import PyTorch Lightning: the model
+is rebuilt from the hyperparameters saved in the checkpoint (its config with `_target_` and the data
+spec) and its weights are loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, _check_counts
+from neuralnets.models.base import SpikeModel
+from neuralnets.pretrained.registry import (
+    CHECKPOINT_FILE,
+    CHECKPOINTS_DIR,
+    bundled_dir,
+    list_pretrained,
+    read_card,
+)
+
+RUN_CONFIG = "config.yaml"  # written by neuralnets.training.train
+RUN_METRICS = "metrics.json"
+RUN_CHECKPOINTS = "checkpoints"
+
+
+class PretrainedModel:
+    """A trained `SpikeModel` in eval mode with what is known about it.
+
+    Attributes: `model` (the SpikeModel, eval mode, on `device`), `spec` (DataSpec it was trained for),
+    `config` (dict: the training config, or what the checkpoint holds of it), `metrics` (dict: harness
+    metrics on the test split of its data; empty when unknown), `card` (the model card of a bundled
+    model, else None), `name`, `path` (the checkpoint file).
+    """
+
+    def __init__(
+        self,
+        model: SpikeModel,
+        *,
+        name: str,
+        path: Path,
+        config: dict[str, Any],
+        metrics: dict[str, float],
+        card: dict[str, Any] | None = None,
+    ):
+        self.model = model.eval()
+        self.name, self.path = name, Path(path)
+        self.config, self.metrics, self.card = config, metrics, card
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def spec(self) -> DataSpec:
+        return self.model.spec
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_parameters(self) -> int:
+        return self.model.n_parameters
+
+    def to(self, device: str | torch.device) -> PretrainedModel:
+        """Move the model to `device` ('cpu', 'cuda', 'cuda:1', 'auto'); returns self."""
+        self.model.to(resolve_device(device))
+        return self
+
+    def __repr__(self) -> str:
+        s = self.spec
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in self.metrics.items()) or "unknown"
+        return (
+            f"PretrainedModel({self.name!r}: {type(self.model).__name__}, {self.n_parameters} parameters, "
+            f"on {self.device})\n"
+            f"  input: held-in spikes (trials, {s.n_obs_bins}, {s.n_heldin}), bin {s.bin_size * 1e3:g} ms\n"
+            f"  output: rates (trials, {s.n_bins}, {s.n_neurons}) = {s.n_obs_bins} observed + "
+            f"{s.n_fwd_bins} forward bins, {s.n_heldin} held-in + {s.n_heldout} held-out neurons\n"
+            f"  test metrics: {metrics}"
+        )
+
+    # ------------------------------------------------------------------ inference
+    def heldin(
+        self, spikes: SpikeData | np.ndarray | torch.Tensor, bin_size: float | None = None
+    ) -> np.ndarray:
+        """The model input `(trials, T_obs, N_in)` from `spikes`, after checking it against `spec`.
+
+        `spikes` is a SpikeData, held-in spikes `(trials, T_obs, N_in)`, or full spikes
+        `(trials, T_obs + T_fwd, N_in + N_out)` (held-in neurons first, observed bins first, the
+        SpikeData convention; only the held-in observed part is read). `bin_size` (seconds) is checked
+        when given; a SpikeData's own bin size is always checked.
+        """
+        s = self.spec
+        if isinstance(spikes, SpikeData):
+            got = spikes.spec
+            if (got.n_heldin, got.n_obs_bins, got.n_neurons) != (s.n_heldin, s.n_obs_bins, s.n_neurons):
+                raise DataError(
+                    f"{spikes.source}: data have {got.n_heldin} held-in of {got.n_neurons} neurons and "
+                    f"{got.n_obs_bins} observed bins, but model {self.name!r} was trained on {s.n_heldin} "
+                    f"held-in of {s.n_neurons} neurons and {s.n_obs_bins} observed bins"
+                )
+            if bin_size is not None and not np.isclose(bin_size, spikes.bin_size):
+                raise DataError(f"bin_size={bin_size} s contradicts the data's bin_size={spikes.bin_size} s")
+            bin_size = spikes.bin_size
+            x = spikes.heldin_obs  # (trials, T_obs, N_in)
+        else:
+            if isinstance(spikes, torch.Tensor):
+                spikes = spikes.detach().cpu().numpy()
+            x = np.asarray(spikes)
+            if x.dtype.kind not in "biuf":
+                raise DataError(f"spikes must be a numeric array of counts; got dtype {x.dtype}")
+            if x.ndim != 3:
+                hint = " (for one trial, pass spikes[None])" if x.ndim == 2 else ""
+                raise DataError(f"spikes must have rank 3 (trials, bins, neurons); got shape {x.shape}{hint}")
+            heldin_shape, full_shape = (s.n_obs_bins, s.n_heldin), (s.n_bins, s.n_neurons)
+            if x.shape[1:] == heldin_shape:
+                pass
+            elif x.shape[1:] == full_shape:
+                x = x[:, : s.n_obs_bins, : s.n_heldin]  # (trials, T_obs, N_in)
+            else:
+                raise DataError(
+                    f"spikes have shape {x.shape}, but model {self.name!r} expects held-in spikes "
+                    f"(trials, {s.n_obs_bins}, {s.n_heldin}) or full spikes (trials, {s.n_bins}, "
+                    f"{s.n_neurons}) (trials, bins, neurons); got {x.shape[1]} bins and {x.shape[2]} "
+                    f"neurons, the model was trained on {s.n_obs_bins} observed + {s.n_fwd_bins} forward "
+                    f"bins and {s.n_heldin} held-in + {s.n_heldout} held-out neurons"
+                )
+            if x.shape[0] == 0:
+                raise DataError(f"spikes have no trials (shape {x.shape})")
+            _check_counts(x, "spikes")
+        if bin_size is not None and not np.isclose(bin_size, s.bin_size, rtol=1e-6, atol=0.0):
+            raise DataError(
+                f"bin_size is {bin_size} s ({bin_size * 1e3:g} ms), but model {self.name!r} was trained on "
+                f"{s.bin_size} s ({s.bin_size * 1e3:g} ms) bins; rebin the data to {s.bin_size * 1e3:g} ms"
+            )
+        return x
+
+    def predict(
+        self,
+        spikes: SpikeData | np.ndarray | torch.Tensor,
+        bin_size: float | None = None,
+        batch_size: int = 256,
+    ) -> dict[str, np.ndarray]:
+        """Infer rates and latents for every trial of `spikes` (see `heldin` for the accepted inputs).
+
+        Returns float32 numpy arrays: `rates (trials, T_obs + T_fwd, N_all)` expected counts per bin
+        (divide by `spec.bin_size` for Hz), `latents (trials, T, K)` (LFADS: factors) and, for models
+        with a controller, `inputs (trials, T_obs, U)` (LFADS inferred inputs). Runs in eval mode,
+        `batch_size` trials at a time on the model's device, so large inputs fit in memory.
+        """
+        x = self.heldin(spikes, bin_size)
+        return self.model.predict(x, batch_size=batch_size)
+
+    def evaluate(self, data: SpikeData, split: str = "test", batch_size: int = 256) -> dict[str, float]:
+        """Harness metrics (`neuralnets.eval.evaluate`) of this model on `data`'s `split` trials.
+
+        Predicts every trial of `data` (the harness fits its regressions on the train trials)."""
+        from neuralnets.eval import evaluate
+
+        out = self.predict(data, batch_size=batch_size)
+        return evaluate(out["rates"], data, split, latents=out["latents"])
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' is CUDA when available, else CPU; anything else goes to `torch.device`."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def load_pretrained(name_or_path: str | Path, device: str | torch.device = "cpu") -> PretrainedModel:
+    """Load a trained model for inference, in eval mode on `device` ('cpu', 'cuda', 'auto').
+
+    `name_or_path`: a bundled name (`neuralnets.pretrained.list_pretrained()`; a string equal to a
+    bundled name always means the bundled model, pass a `Path` or './name' for a local folder of that
+    name), a checkpoint file written by training (`.ckpt`), a training run directory (its scored
+    checkpoint: the one `metrics.json` names, else `best-*.ckpt`, else `last.ckpt`), or a bundled-style
+    folder holding `model.ckpt` and `model_card.json`. Reads local files only.
+    """
+    dev = resolve_device(device)
+    if isinstance(name_or_path, str) and name_or_path in list_pretrained():
+        return _load_folder(bundled_dir(name_or_path), dev, name=name_or_path)
+    path = Path(name_or_path)
+    if not path.exists():
+        if isinstance(name_or_path, str) and not any(c in name_or_path for c in "/\\."):
+            bundled_dir(name_or_path)  # raises, listing the bundled names
+        raise FileNotFoundError(
+            f"{path}: no such checkpoint file or run directory "
+            f"(bundled models: {list_pretrained() or 'none'})"
+        )
+    if path.is_dir():
+        if (path / CHECKPOINT_FILE).is_file() and (path / "model_card.json").is_file():
+            return _load_folder(path, dev, name=path.name)
+        return _load_run_dir(path, dev)
+    return _load_checkpoint_file(path, dev)
+
+
+def _load_folder(folder: Path, device: torch.device, name: str) -> PretrainedModel:
+    """A bundled-style folder: model.ckpt + model_card.json."""
+    card = read_card(folder)
+    ckpt_path = folder / CHECKPOINT_FILE
+    expected = card["checkpoint"].get("sha256")
+    if expected:
+        digest = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+        if digest != expected:
+            raise ValueError(
+                f"{ckpt_path}: sha256 {digest[:12]}... does not match its model card ({expected[:12]}...); "
+                "the file is corrupt or was replaced without updating the card"
+            )
+    model = build_from_checkpoint(ckpt_path, device)
+    return PretrainedModel(
+        model,
+        name=name,
+        path=ckpt_path,
+        config=dict(card["config"]),
+        metrics=dict(card["metrics"]),
+        card=card,
+    )
+
+
+def _load_run_dir(run_dir: Path, device: torch.device) -> PretrainedModel:
+    ckpt_dir = run_dir / RUN_CHECKPOINTS
+    record = _read_json(run_dir / RUN_METRICS)
+    ckpt = None
+    if record and record.get("checkpoint") and (run_dir / record["checkpoint"]).is_file():
+        ckpt = run_dir / record["checkpoint"]
+    else:
+        best = sorted(ckpt_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+        last = ckpt_dir / "last.ckpt"
+        ckpt = best[-1] if best else (last if last.is_file() else None)
+    if ckpt is None:
+        found = sorted(p.name for p in run_dir.iterdir())
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint found (looked for the one named in {RUN_METRICS}, "
+            f"{RUN_CHECKPOINTS}/best-*.ckpt and {RUN_CHECKPOINTS}/last.ckpt); the folder holds {found}"
+        )
+    return _load_checkpoint_file(ckpt, device, name=run_dir.name)
+
+
+def _load_checkpoint_file(path: Path, device: torch.device, name: str | None = None) -> PretrainedModel:
+    ckpt = read_checkpoint(path)
+    model = build_from_checkpoint(path, device, ckpt)
+    hp = ckpt["hyper_parameters"]
+    # A checkpoint inside a run directory (run/checkpoints/x.ckpt) takes the run's config and, if this
+    # is the checkpoint the run scored, its metrics.
+    run_dir = path.resolve().parent.parent
+    config: dict[str, Any] | None = None
+    metrics: dict[str, float] = {}
+    if path.resolve().parent.name == RUN_CHECKPOINTS and (run_dir / RUN_CONFIG).is_file():
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
+        record = _read_json(run_dir / RUN_METRICS)
+        if record and record.get("checkpoint"):
+            scored = (run_dir / record["checkpoint"]).resolve()
+            if scored == path.resolve():
+                metrics = dict(record.get("metrics", {}))
+    if config is None:
+        module = {k: v for k, v in hp.items() if k not in ("model", "spec", "data_name")}
+        config = {"model": dict(hp["model"]), "module": module, "data": {"name": hp.get("data_name", "")}}
+    return PretrainedModel(
+        model,
+        name=name or path.stem,
+        path=path,
+        config=config,
+        metrics=metrics,
+        card=None,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """`torch.load` a training checkpoint safely (weights_only) and check it holds a neuralnets model."""
+    path = Path(path)
+    try:
+        # weights_only: tensors and plain containers only, no arbitrary code from the file.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors come in many types; name the file
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise ValueError(
+            f"{path}: not a neuralnets training checkpoint (needs 'state_dict' and 'hyper_parameters'; "
+            f"found {keys})"
+        )
+    hp = ckpt["hyper_parameters"]
+    missing = [k for k in ("model", "spec") if k not in hp]
+    if missing:
+        raise ValueError(
+            f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training (SpikeModule)?"
+        )
+    return ckpt
+
+
+def build_from_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", ckpt: Mapping[str, Any] | None = None
+) -> SpikeModel:
+    """Rebuild the `SpikeModel` saved in a training checkpoint, load its weights, eval mode on `device`."""
+    path = Path(path)
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
+    hp = ckpt["hyper_parameters"]
+    model_cfg = dict(hp["model"])
+    target = model_cfg.get("_target_", "")
+    cls = _model_class(target, path)
+    from hydra.utils import instantiate  # as neuralnets.training.module.build_model does
+
+    try:
+        model = instantiate(model_cfg, spec=DataSpec(**hp["spec"]), _convert_="all")
+    except Exception as e:  # noqa: BLE001 - surface which file and class failed to build
+        raise ValueError(f"{path}: cannot rebuild {cls.__name__} from its saved config ({e})") from None
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path}: weights do not fit {cls.__name__} built from its saved config: {e}"
+        ) from None
+    return model.to(device).eval()
+
+
+def _model_class(target: str, path: Path) -> type[SpikeModel]:
+    """Import the `_target_` class and check it is a SpikeModel (nothing else gets instantiated)."""
+    module_name, _, cls_name = target.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{path}: saved model config has no valid `_target_` (got {target!r})")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{path}: model class {target!r} cannot be imported ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, SpikeModel)):
+        raise ValueError(f"{path}: `_target_` {target!r} is not a neuralnets SpikeModel")
+    return cls
+
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "PretrainedModel",
+    "build_from_checkpoint",
+    "load_pretrained",
+    "read_checkpoint",
+    "resolve_device",
+]

@@ -1,0 +1,66 @@
+"""The bundled checkpoints: one folder per model under `neuralnets/pretrained/checkpoints/<name>/`.
+
+Each folder holds
+- `model.ckpt`: a slimmed Lightning checkpoint (model weights, hyperparameters, no optimiser state),
+  readable with `torch.load(weights_only=True)` and with `SpikeModule.load_from_checkpoint`;
+- `model_card.json`: data (name + load kwargs + spec), full training config, training command and
+  time, harness metrics on the test split, date, neuralnets version, checkpoint sha256;
+- `README.md`: the same card for people.
+
+The registry is the folder listing: nothing here touches the network. The checkpoints are trained
+and written by `experiments/train_pretrained.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINT_FILE = "model.ckpt"
+CARD_FILE = "model_card.json"
+CARD_README = "README.md"
+CARD_FORMAT = 1  # bump when the card layout changes incompatibly
+
+
+def list_pretrained() -> list[str]:
+    """Names of the bundled checkpoints (folders with a model card and a checkpoint), sorted."""
+    if not CHECKPOINTS_DIR.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in CHECKPOINTS_DIR.iterdir()
+        if p.is_dir() and (p / CARD_FILE).is_file() and (p / CHECKPOINT_FILE).is_file()
+    )
+
+
+def bundled_dir(name: str) -> Path:
+    """The folder of bundled model `name`; ValueError listing the bundled names if there is none."""
+    names = list_pretrained()
+    if name not in names:
+        raise ValueError(
+            f"no bundled pretrained model named {name!r}; bundled models: {names or 'none'}. "
+            "Pass a bundled name, a checkpoint file (.ckpt) or a training run directory."
+        )
+    return CHECKPOINTS_DIR / name
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """The parsed `model_card.json` in `folder`, with a clear error if it is missing or malformed."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model card")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    missing = [k for k in ("name", "data", "config", "metrics", "checkpoint") if k not in card]
+    if missing:
+        raise ValueError(f"{path} lacks the key(s) {missing}")
+    return card
+
+
+def model_card(name: str) -> dict[str, Any]:
+    """The model card of bundled model `name` (see `list_pretrained`)."""
+    return read_card(bundled_dir(name))
