@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytorch_lightning as pl
 
@@ -32,7 +31,6 @@ def log_figures(logger, data: SpikeData, pred: dict[str, np.ndarray], split: str
         )
     for tag, fig in figs.items():
         writer.add_figure(tag, fig, global_step=step)
-        plt.close(fig)
 
 
 class HarnessEvaluation(pl.Callback):

@@ -1,17 +1,18 @@
 """Figures a person looks at after training: spikes vs inferred rates, latent trajectories, PSTHs.
 
-Each function takes numpy arrays and returns a matplotlib Figure (the Agg backend: no screen needed).
+Each function takes numpy arrays and returns a matplotlib `Figure` built without pyplot, so it needs
+no screen, leaves the caller's backend alone (inline plots in notebooks keep working) and is freed
+when dropped.
 """
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from scipy.ndimage import gaussian_filter1d
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from scipy.ndimage import gaussian_filter1d  # noqa: E402
+_TAB10 = colormaps["tab10"]
 
 
 def raster_vs_rates(spikes: np.ndarray, rates: np.ndarray, bin_size: float, n_trials: int = 3) -> Figure:
@@ -20,7 +21,8 @@ def raster_vs_rates(spikes: np.ndarray, rates: np.ndarray, bin_size: float, n_tr
     spikes, rates: (trials, T, N) counts per bin.
     """
     n = min(n_trials, len(spikes))
-    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5), squeeze=False, sharex=True)
+    fig = Figure(figsize=(3.2 * n, 5))
+    axes = fig.subplots(2, n, squeeze=False, sharex=True)
     extent = (0, spikes.shape[1] * bin_size, spikes.shape[2], 0)
     for i in range(n):
         axes[0, i].imshow(spikes[i].T, aspect="auto", cmap="Greys", extent=extent, interpolation="nearest")
@@ -43,8 +45,8 @@ def latent_trajectories(
     n_pc = min(3, flat.shape[1])
     _, _, vt = np.linalg.svd(flat, full_matrices=False)
     pcs = (flat @ vt[:n_pc].T).reshape(lat.shape[0], lat.shape[1], n_pc)  # (trials, T, n_pc)
-    colors = plt.cm.tab10(np.asarray(condition[:n_trials]) % 10) if condition is not None else None
-    fig = plt.figure(figsize=(5, 4.5))
+    colors = _TAB10(np.asarray(condition[:n_trials]) % 10) if condition is not None else None
+    fig = Figure(figsize=(5, 4.5))
     ax = fig.add_subplot(projection="3d" if n_pc == 3 else None)
     for i, traj in enumerate(pcs):
         color = None if colors is None else colors[i]
@@ -70,11 +72,12 @@ def psth_fits(
     conds = np.unique(condition)[:6]
     smoothed = gaussian_filter1d(spikes.astype(np.float64), sigma_s / bin_size, axis=1)  # (trials, T, N)
     t = np.arange(spikes.shape[1]) * bin_size
-    fig, axes = plt.subplots(1, len(neurons), figsize=(3 * len(neurons), 2.8), squeeze=False)
+    fig = Figure(figsize=(3 * len(neurons), 2.8))
+    axes = fig.subplots(1, len(neurons), squeeze=False)
     for ax, n in zip(axes[0], neurons, strict=True):
         for j, c in enumerate(conds):
             sel = condition == c
-            color = plt.cm.tab10(j % 10)
+            color = _TAB10(j % 10)
             ax.plot(t, rates[sel, :, n].mean(0) / bin_size, color=color)
             ax.plot(t, smoothed[sel, :, n].mean(0) / bin_size, color=color, ls="--", lw=0.8)
         ax.set_title(f"neuron {n}")
