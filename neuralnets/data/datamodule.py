@@ -2,7 +2,9 @@
 
 Spiking datasets are small next to device memory, so batches are index slices of resident tensors:
 no worker processes, no host-to-device copies per step. Under DDP each rank takes an interleaved
-shard of a permutation that all ranks draw from the same seed.
+shard of a training permutation that all ranks draw from the same seed; validation and test batches
+are not sharded: every rank scores every trial (forward passes only, cheap next to training), so
+epoch means synced across ranks are exact and no trial is left out.
 """
 
 from __future__ import annotations
@@ -59,17 +61,27 @@ class TrialBatches:
         self.trials = torch.as_tensor(trials, dtype=torch.long, device=device)
         self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def per_rank(self) -> int:
+        """Trials each rank sees per pass: ceil(trials / world_size)."""
+        return -(-len(self.trials) // self.world_size)
+
     def _order(self) -> Tensor:
         order = self.trials
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator).to(order.device)]
-        # Every rank sees the same number of batches, or DDP would wait forever on the longest rank.
-        per_rank = len(order) // self.world_size if self.world_size > 1 else len(order)
-        return order[self.rank :: self.world_size][:per_rank]
+        if self.world_size == 1 or len(order) == 0:
+            return order
+        # Every rank must see the same number of batches, or DDP waits forever on the longest rank.
+        # Rather than drop the remainder, pad with the first trials of this pass's order (as
+        # torch's DistributedSampler does): every trial is used each pass, plus at most
+        # world_size - 1 repeats.
+        total = self.per_rank * self.world_size
+        order = order.repeat(-(-total // len(order)))[:total]  # (per_rank * world_size,)
+        return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        n = len(self.trials) // self.world_size if self.world_size > 1 else len(self.trials)
-        return -(-n // self.batch_size)
+        return -(-self.per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         order = self._order()
@@ -118,6 +130,10 @@ class SpikeDataModule(pl.LightningDataModule):
             self.setup()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if split != "train":
+            # Evaluation is not sharded: each rank scores all trials, so a `sync_dist` mean over ranks
+            # equals the single-process mean exactly and no trial is dropped or counted twice.
+            rank, world = 0, 1
         return TrialBatches(
             self.tensors,
             self.data.indices(split),

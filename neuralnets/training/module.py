@@ -82,6 +82,7 @@ class SpikeModule(pl.LightningModule):
         self.model = build_model(model, self.spec)
         self.likelihood = make_likelihood(likelihood, self.spec.n_neurons)
         self.skipped_steps = 0
+        self._drop_step = False  # set by training_step under DDP: drop this step's gradients
 
     @property
     def model_name(self) -> str:
@@ -114,12 +115,22 @@ class SpikeModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         loss, parts = self._loss(batch, train=True)
-        if not torch.isfinite(loss):
-            # Returning None skips backward and the optimiser step: the weights stay finite.
+        finite = bool(torch.isfinite(loss))
+        distributed = self._trainer is not None and self._trainer.world_size > 1
+        if distributed:
+            # Under DDP every rank must take the same decision, or the ranks fall out of step.
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             self.skipped_steps += 1
             log.warning("non-finite training loss at step %d (%s); step skipped", self.global_step, parts)
             self.log("train/skipped_steps", float(self.skipped_steps))
-            return None
+            if not distributed:
+                return None  # skips backward and the optimiser step: the weights stay finite
+            # DDP cannot skip backward (every rank must join the gradient all-reduce, and Lightning
+            # refuses a None loss there): back-propagate a zeroed loss and let
+            # `on_before_optimizer_step` drop this step's gradients on every rank.
+            self._drop_step = True
+            return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
         bs = batch["spikes"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in parts.items():
@@ -129,9 +140,15 @@ class SpikeModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if self._drop_step:  # non-finite loss under DDP (already counted in training_step)
+            self._drop_step = False
+            for p in self.parameters():
+                p.grad = None
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads and not all(torch.isfinite(g).all() for g in grads):
             # A finite loss can still back-propagate inf/NaN; drop this step's gradients entirely.
+            # (Under DDP the gradients are already all-reduced, so every rank decides the same.)
             self.skipped_steps += 1
             log.warning("non-finite gradient at step %d; step skipped", self.global_step)
             self.log("train/skipped_steps", float(self.skipped_steps))

@@ -11,6 +11,7 @@ logs, `checkpoints/`, `predictions.h5` and `metrics.json`. An existing run is ne
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -56,6 +58,13 @@ def resume_checkpoint(resume: str) -> Path:
     return ckpt
 
 
+def is_launch_rank_zero() -> bool:
+    """False in the extra processes of a distributed run (Lightning's DDP relaunch of the command,
+    torchrun, srun), known from the launcher's environment before any Trainer exists. Those processes
+    share rank 0's run directory: they must neither write its config nor refuse it as used."""
+    return all(int(os.environ.get(k) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def prepare_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
     """For a new run, refuse a used directory; for a resumed one, reload the run's saved config and
     apply only the overrides given on this command line (e.g. a larger `trainer.max_epochs`)."""
@@ -69,7 +78,7 @@ def prepare_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
         resumed = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(extra))
         resumed.resume = cfg.resume
         return resumed
-    if saved.exists() or (run_dir / CHECKPOINT_DIR).exists():
+    if is_launch_rank_zero() and (saved.exists() or (run_dir / CHECKPOINT_DIR).exists()):
         raise ConfigError(
             f"{run_dir} already holds a run; refusing to overwrite it (use resume= to continue it)"
         )
@@ -103,7 +112,7 @@ def build_callbacks(cfg: DictConfig, data, ckpt_dir: Path) -> tuple[list[pl.Call
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train, then score the best checkpoint with the harness. Returns the contents of metrics.json."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
     pl.seed_everything(cfg.seed, workers=True)
     dm = SpikeDataModule(
         cfg.data.source,
@@ -121,7 +130,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {data.spec}")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+        if is_launch_rank_zero():
+            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
     module = SpikeModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         spec=data.spec.to_dict(),
@@ -142,7 +152,23 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     train_time = time.perf_counter() - start
     if not trainer.is_global_zero:
         return {}
-    return finish_run(cfg, run_dir, data, module, checkpoint, logger, train_time, trainer.global_step)
+    step = trainer.global_step
+    if step == 0 and checkpoint.best_model_path:
+        step = recover_spawned_state(checkpoint, run_dir / CHECKPOINT_DIR)
+    return finish_run(cfg, run_dir, data, module, checkpoint, logger, train_time, step)
+
+
+def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path) -> int:
+    """After `ddp_spawn` this process gets back the weights and the best path only: read the final
+    step from last.ckpt and the best monitored score from the best checkpoint's callback state."""
+    last = ckpt_dir / "last.ckpt"
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last.is_file() else 0
+    if checkpoint.best_model_score is None:
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+        for key, cb_state in state.get("callbacks", {}).items():
+            if key.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None:
+                checkpoint.best_model_score = cb_state["best_model_score"]
+    return int(step)
 
 
 def finish_run(
@@ -171,6 +197,8 @@ def finish_run(
         "n_parameters": module.model.n_parameters,
         "steps": step,
         "checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        # The checkpoint monitor's best value (e.g. {"val/loss": ...}): a sweep objective too.
+        "monitor": {cfg.callbacks.monitor: _float_or_none(checkpoint.best_model_score)},
     }
     harness.write_metrics(scores["test"], run_dir, extra=record)
     record["metrics"] = scores["test"]
@@ -186,13 +214,52 @@ def finish_run(
     return record
 
 
+def _float_or_none(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def sweep_value(record: dict, metric: str) -> float:
+    """The number a Hydra sweeper optimises: a harness metric on the validation trials (`co_bps`,
+    `fp_bps`, ...) or the checkpoint monitor's best value (`val/loss`, `val/recon`)."""
+    if metric in record["val_metrics"]:
+        return record["val_metrics"][metric]
+    if record["monitor"].get(metric) is not None:
+        return record["monitor"][metric]
+    raise ConfigError(
+        f"sweep_metric={metric!r} is neither a validation metric {sorted(record['val_metrics'])} nor the "
+        f"checkpoint monitor {sorted(record['monitor'])} (set callbacks.monitor={metric} to optimise it)"
+    )
+
+
+def _relaunches_command(trainer_cfg: DictConfig) -> bool:
+    """True when Lightning would start the extra DDP processes by re-running this command line
+    (strategy `ddp` on one node without torchrun/SLURM having started the processes already)."""
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    if not strategy.startswith("ddp") or strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+        return False
+    devices = trainer_cfg.get("devices", 1)
+    several = int(trainer_cfg.get("num_nodes", 1)) > 1 or str(devices) not in ("1", "[0]")
+    launched_outside = "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS") or 1) > 1
+    return several and not launched_outside
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if hydra_cfg.mode == RunMode.MULTIRUN and _relaunches_command(cfg.trainer):
+            # Lightning would re-run this whole command line (the sweep included) in each extra process.
+            raise ConfigError(
+                f"trainer.strategy={cfg.trainer.strategy} re-runs the command in each extra process, which "
+                "would restart the whole sweep (a Lightning limitation); in a multirun use one device per "
+                "run (trainer=gpu), trainer.strategy=ddp_spawn, or the SLURM launcher (hydra/launcher=slurm) "
+                "with hydra.launcher.tasks_per_node equal to trainer.devices"
+            )
         cfg = prepare_config(cfg, run_dir, list(hydra_cfg.overrides.task))
         record = train(cfg, run_dir)
+        sweeping = hydra_cfg.mode == RunMode.MULTIRUN and bool(record)
+        value = sweep_value(record, cfg.get("sweep_metric", "co_bps")) if sweeping else None
     except (ConfigError, DataError, FileExistsError) as err:
         # A config or data problem is the user's to fix: say what and where, no traceback.
         log.error("%s", err)
@@ -201,8 +268,7 @@ def main(cfg: DictConfig) -> float | None:
         return None
     print(harness.format_table([record], baselines=cfg.print_baselines))
     print(f"run directory: {run_dir}")
-    # The value Hydra sweepers (Optuna) optimise.
-    return record["val_metrics"].get(cfg.get("sweep_metric", "co_bps"))
+    return value  # what Hydra sweepers (Optuna) optimise
 
 
 if __name__ == "__main__":

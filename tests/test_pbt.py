@@ -1,0 +1,142 @@
+"""Population-based training through Ray Tune (optional extra): config checks always, and a tiny
+local population when Ray is installed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from neuralnets.training.module import ConfigError
+from neuralnets.training.pbt import apply_hparams, check_config, clip_to_bounds, search_bounds, tune_metric
+from neuralnets.training.train import CONFIG_DIR
+
+TINY = [
+    *(f"data.load_kwargs.{k}={v}" for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4).items()),
+    "data.load_kwargs.n_bins=16",
+    "data.load_kwargs.n_fwd=4",
+    "data.batch_size=16",
+    "model.gen_dim=16",
+    "model.fac_dim=4",
+    "model.ic_enc_dim=8",
+    "model.ci_enc_dim=8",
+    "model.con_dim=8",
+    "model.co_dim=1",
+    "trainer.log_every_n_steps=1",
+    "print_baselines=false",
+]
+
+
+def pbt_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("pbt", overrides=[*TINY, *overrides])
+
+
+def test_pbt_config_holds_the_autolfads_search_space():
+    cfg = pbt_cfg()
+    bounds = search_bounds(cfg)
+    assert set(bounds) == {
+        "module.lr",
+        "model.dropout",
+        "module.coordinated_dropout",
+        "model.kl_ic_scale",
+        "model.kl_co_scale",
+        "model.l2_gen_scale",
+        "model.l2_con_scale",
+    }
+    assert bounds["module.lr"] == (1e-4, 1e-2, True) and bounds["model.dropout"] == (0.0, 0.6, False)
+    assert cfg.module.lr_schedule == "none"  # PBT owns the learning rate
+    check_config(OmegaConf.merge(cfg, {"trainer": {"max_epochs": 10}, "pbt": {"perturbation_interval": 5}}))
+
+
+def test_perturbed_values_are_kept_inside_the_bounds():
+    bounds = {"module.lr": (1e-4, 1e-2, True), "model.dropout": (0.0, 0.6, False)}
+    config = {"module.lr": 0.012, "model.dropout": -0.1, "other": 7}
+    assert clip_to_bounds(config, bounds) == {"module.lr": 1e-2, "model.dropout": 0.0, "other": 7}
+    assert clip_to_bounds({"module.lr": 5e-3}, bounds) == {"module.lr": 5e-3}
+
+
+def test_apply_hparams_sets_dotted_keys():
+    base = {"module": {"lr": 1.0}, "model": {"dropout": 0.1, "gen_dim": 4}}
+    cfg = apply_hparams(base, {"module.lr": 0.5, "model.dropout": 0.3})
+    assert (cfg.module.lr, cfg.model.dropout, cfg.model.gen_dim) == (0.5, 0.3, 4)
+    assert base["module"]["lr"] == 1.0  # the base is not modified
+    assert tune_metric("val/co_bps") == "val_co_bps"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["pbt.num_samples=1"], "at least 2 members"),
+        (["trainer.max_epochs=7", "pbt.perturbation_interval=5"], "multiple of pbt.perturbation_interval"),
+        (["+pbt.search_space.model.gen_dimm={low: 1, high: 2}"], "'model.gen_dimm' is not a numeric key"),
+        (["+pbt.search_space.module.likelihood={low: 1, high: 2}"], "'module.likelihood' is not a numeric"),
+        (["pbt.search_space.model.dropout=0.5"], "model.dropout must be {low, high, log}"),
+        (["pbt.search_space.module.lr.low=0.0"], "low > 0 with log"),
+        (["pbt.search_space.model.dropout.high=-1"], "need low < high"),
+        (["pbt.gpus_per_trial=0.5"], "trainer=gpu with gpus_per_trial"),
+        (["trainer=ddp_cpu"], "trainer.devices=1"),
+        (["pbt.metric=train/loss"], "validation metric"),
+        (["pbt.mode=best"], "'min' or 'max'"),
+    ],
+)
+def test_bad_pbt_settings_are_clear_errors(overrides, message):
+    cfg = pbt_cfg("trainer.max_epochs=10", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
+    pytest.importorskip("ray.tune")
+    from neuralnets.training.pbt import run_pbt
+
+    cfg = pbt_cfg(
+        "trainer.max_epochs=3",
+        "pbt.num_cpus=2",
+        "pbt.quantile_fraction=0.5",  # of 2 members, the worse copies the better at each generation
+        "pbt.synch=true",  # so that it does: every generation waits for both members
+        "callbacks.figures=false",
+    )
+    record = run_pbt(cfg, tmp_path, num_samples=2, perturbation_interval=1)
+
+    best = tmp_path / "best"
+    on_disk = json.loads((best / "metrics.json").read_text())
+    assert np.isfinite(on_disk["metrics"]["co_bps"]) and on_disk["pbt"] == record["pbt"]
+    saved = OmegaConf.load(best / "config.yaml")
+    for key, (low, high, _) in search_bounds(cfg).items():
+        value = OmegaConf.select(saved, key)
+        assert value == pytest.approx(record["pbt"]["hparams"][key]) and low <= value <= high, key
+    ckpt = torch.load(best / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # 24 train trials at batch 16: 2 steps an epoch; exploited members resume the donor's counters.
+    assert ckpt["global_step"] == 3 * 2 and ckpt["epoch"] == 2
+    assert ckpt["hyper_parameters"]["lr"] == pytest.approx(saved.module.lr)
+
+    tune_dir = tmp_path / "tune"
+    members = [p for p in tune_dir.iterdir() if p.is_dir() and p.name.startswith("pbt_trial")]
+    assert len(members) == 2
+    assert all(list(m.glob("events.out.tfevents.*")) for m in members)  # a TensorBoard run each
+    # Lines: [member, copied member, member's epoch, copied member's epoch, old config, new config].
+    exploits = [json.loads(line) for line in (tune_dir / "pbt_global.txt").read_text().splitlines()]
+    assert exploits, "no member ever copied another"
+    reports = {}
+    for member in members:
+        results = [json.loads(line) for line in (member / "result.json").read_text().splitlines()]
+        reports[member.name] = results
+        for r in results:
+            assert r["step"] == 2 * r["epoch"]
+            for key, (low, high, _) in search_bounds(cfg).items():
+                assert low <= r["config"][key] <= high, key
+    checked = 0
+    for target, _, _, clone_epoch, _, new_config in exploits:
+        # member tags start with the trial index: "1_model_dropout=...", dirs "pbt_trial_<id>_00001_1_..."
+        (name,) = [n for n in reports if n.split("_")[4] == target.split("_")[0]]
+        after = [r["epoch"] for r in reports[name] if r["config"]["module.lr"] == new_config["module.lr"]]
+        # The copied checkpoint was restored, epoch counter included: a member restarted from
+        # scratch with the new hyperparameters would report epoch 1 again.
+        assert all(e > clone_epoch for e in after), (after, clone_epoch)
+        checked += bool(after)
+    assert checked, "no report after an exploit"
