@@ -19,7 +19,7 @@ def test_prints_summary(capsys):
     assert main(["lorenz", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert out == lorenz(seed=1).summary() + "\n"
-    assert "lorenz: 400 trials x 50 bins x 40 neurons (bin 10 ms)" in out
+    assert "lorenz: 1000 trials x 50 bins x 40 neurons (bin 10 ms)" in out
 
 
 def test_save_writes_a_loadable_npz(tmp_path, capsys):

@@ -177,3 +177,33 @@ def test_non_finite_loss_skips_the_step_and_keeps_weights(lorenz_data):
     )
     for b, p in zip(before, module.parameters(), strict=True):
         assert torch.equal(b, p)
+
+
+def test_coordinated_dropout_scores_only_hidden_heldin_entries(lorenz_data):
+    """recon = mean NLL over (dropped held-in entries + all held-out/forward entries) * T * N."""
+    from neuralnets.data.datamodule import batch_tensors, make_batch
+    from neuralnets.nn.augmentations import coordinated_dropout
+
+    model_cfg = {
+        "_target_": "neuralnets.models.lfads.LFADS",
+        "gen_dim": 8,
+        "fac_dim": 2,
+        "ic_enc_dim": 4,
+        "co_dim": 0,
+    }
+    module = SpikeModule(model=model_cfg, spec=lorenz_data.spec.to_dict(), coordinated_dropout=0.4)
+    spec = lorenz_data.spec
+    batch = make_batch(batch_tensors(lorenz_data), torch.arange(8), spec.n_obs_bins, spec.n_heldin)
+    module.model.eval()  # deterministic rates, so only the mask differs between the two computations
+    torch.manual_seed(3)
+    recon = module._loss(batch, train=True)[1]["recon"]
+    torch.manual_seed(3)
+    _, dropped = coordinated_dropout(batch["heldin"], 0.4)
+    scored = torch.ones_like(batch["spikes"], dtype=torch.bool)
+    scored[:, : spec.n_obs_bins, : spec.n_heldin] = dropped
+    cd_input = {**batch, "heldin": torch.where(dropped, 0.0, batch["heldin"] / 0.6)}
+    rates = module.model(cd_input).rates
+    nll = rates - batch["spikes"] * torch.log(rates) + torch.lgamma(batch["spikes"] + 1)
+    expected = nll[scored].mean() * spec.n_bins * spec.n_neurons
+    assert 0 < dropped.float().mean() < 1
+    torch.testing.assert_close(recon, expected)

@@ -59,7 +59,7 @@ def _rk4_step(s: np.ndarray, h: float, sigma: float, rho: float, beta: float) ->
 
 @_single_threaded_blas
 def lorenz(
-    n_trials: int = 400,
+    n_trials: int = 1000,
     n_neurons: int = 40,
     n_bins: int = 50,
     bin_size: float = 0.01,
