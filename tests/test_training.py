@@ -33,12 +33,12 @@ TINY_LFADS = [
 ]
 
 
-def tiny_cfg(*overrides: str):
+def tiny_cfg(*overrides: str, data: list[str] = TINY_DATA):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(
             "train",
             overrides=[
-                *TINY_DATA,
+                *data,
                 "data.batch_size=16",
                 *TINY_LFADS,
                 "trainer.max_epochs=2",
@@ -207,3 +207,14 @@ def test_coordinated_dropout_scores_only_hidden_heldin_entries(lorenz_data):
     expected = nll[scored].mean() * spec.n_bins * spec.n_neurons
     assert 0 < dropped.float().mean() < 1
     torch.testing.assert_close(recon, expected)
+
+
+def test_trains_on_real_mc_maze_with_unrecorded_forward_bins(tmp_path):
+    """NLB's evaluation trials have no forward bins (observed=False): training and scoring skip them."""
+    cfg = tiny_cfg(
+        "trainer.max_epochs=1", "model.co_dim=0", data=["data=mc_maze_small", "data.batch_size=32"]
+    )
+    record = train(cfg, tmp_path / "run")
+    assert record["data"] == "mc_maze_small"
+    assert np.isfinite(record["metrics"]["co_bps"]) and "fp_bps" not in record["metrics"]
+    assert np.isfinite(record["val_metrics"]["fp_bps"]) and np.isfinite(record["val_metrics"]["vel_r2"])

@@ -110,15 +110,23 @@ def build_callbacks(cfg: DictConfig, data, ckpt_dir: Path) -> tuple[list[pl.Call
     return callbacks, checkpoint
 
 
+def load_kwargs(cfg: DictConfig) -> dict:
+    """The data loader's keyword arguments as a plain dict (`data.load_kwargs` may be absent or empty)."""
+    kwargs = cfg.data.get("load_kwargs")
+    return OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train, then score the best checkpoint with the harness. Returns the contents of metrics.json."""
     run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True)
     dm = SpikeDataModule(
         cfg.data.source,
         batch_size=cfg.data.batch_size,
         seed=cfg.seed,
-        load_kwargs=OmegaConf.to_container(cfg.data.get("load_kwargs") or {}),
+        load_kwargs=load_kwargs(cfg),
     )
     data = dm.data
     ckpt_path = resume_checkpoint(cfg.resume) if cfg.get("resume") else None
@@ -190,7 +198,7 @@ def finish_run(
         "model": module.model_name,
         "data": cfg.data.name,
         "data_source": str(cfg.data.source),
-        "data_kwargs": OmegaConf.to_container(cfg.data.get("load_kwargs") or {}),
+        "data_kwargs": load_kwargs(cfg),
         "split": "test",
         "val_metrics": scores["val"],
         "train_time_s": round(train_time, 2),
