@@ -218,3 +218,25 @@ def test_trains_on_real_mc_maze_with_unrecorded_forward_bins(tmp_path):
     assert record["data"] == "mc_maze_small"
     assert np.isfinite(record["metrics"]["co_bps"]) and "fp_bps" not in record["metrics"]
     assert np.isfinite(record["val_metrics"]["fp_bps"]) and np.isfinite(record["val_metrics"]["vel_r2"])
+
+
+def test_validation_loss_uses_full_aux_weights_while_training_ramps(lorenz_data):
+    from neuralnets.data.datamodule import batch_tensors, make_batch
+
+    model_cfg = {
+        "_target_": "neuralnets.models.lfads.LFADS",
+        "gen_dim": 8,
+        "fac_dim": 2,
+        "ic_enc_dim": 4,
+        "co_dim": 0,
+    }
+    model_cfg |= {"kl_ramp_steps": 100, "l2_ramp_steps": 100, "kl_ic_scale": 2.0}
+    module = SpikeModule(model=model_cfg, spec=lorenz_data.spec.to_dict())
+    spec = lorenz_data.spec
+    batch = make_batch(batch_tensors(lorenz_data), torch.arange(8), spec.n_obs_bins, spec.n_heldin)
+    module.model.eval()
+    train_loss, parts = module._loss(batch, train=True)  # global step 0: ramps at 0
+    val_loss, _ = module._loss(batch, train=False)
+    torch.testing.assert_close(train_loss, parts["recon"])
+    full = parts["recon"] + 2.0 * parts["kl_ic"] + module.model.aux_weights["l2_gen"].scale * parts["l2_gen"]
+    torch.testing.assert_close(val_loss, full)

@@ -6,7 +6,8 @@ Loss per batch (units: nats per trial):
 Scored entries are observed (SBTT: missing data carry no gradient), and, in training, the entries
 that coordinated dropout hid from the input and those the model asks for (`recon_mask`). Averaging
 over scored entries and rescaling to a full trial keeps recon on the same scale as the per-trial
-KL terms whatever fraction is masked.
+KL terms whatever fraction is masked. Validation weighs the auxiliary losses at their full scales,
+so `val/loss` (the checkpoint, early-stopping and LR-plateau monitor) is comparable across epochs.
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ class SpikeModule(pl.LightningModule):
         parts = {"recon": recon}
         loss = recon
         for name, value in out.aux_losses.items():
-            weight = self.model.aux_weights[name](self.global_step) if name in self.model.aux_weights else 1.0
+            ramp = self.model.aux_weights.get(name)
+            # Validation uses the full weights, so val/loss is one objective across epochs: with the
+            # ramped weights it would rise while the ramps do and favour the earliest checkpoints.
+            weight = 1.0 if ramp is None else ramp(self.global_step) if train else ramp.scale
             parts[name] = value
             loss = loss + weight * value
         return loss, parts
