@@ -24,7 +24,17 @@ A sequential variational autoencoder for single-trial spiking:
   `l2 = 0.5 · Σ w² / n_weights` (half the mean square) -> `l2_gen`, `l2_con`.
 
 Training mode samples g0 and u_t by reparameterisation; eval mode uses the posterior means (and no
-dropout), so it is deterministic. `sample_average` averages rates over posterior samples.
+dropout), so it is deterministic. `sample_average` averages rates over posterior samples. All the
+randomness of a forward pass (dropout masks, posterior samples) is drawn in fixed layouts before the
+recurrence, so the two implementations of the controller + generator loop consume the same draws.
+
+`recurrence` selects that implementation: "plain" is a per-step Python loop with autograd (the
+reference); "fused" is `neuralnets.nn.fast.lfads_unroll`, one autograd Function with a hand-written
+backpropagation through time (same numbers up to float rounding, tested); "auto" (default) = "fused",
+falling back to "plain" where the fused loop does not apply (cells with `reset_after=False` or
+different clip values, TorchScript). The encoders follow their own `recurrence` (default "auto":
+on CPU both encoders, both directions, run as one stacked scan; on GPU cuDNN's GRU). For the
+side-by-side comparison, `recurrence="plain"` also runs the encoders through `torch.nn.GRU`.
 
 Loss units (the contract with the training module): `kl_ic` and `kl_co` are per-trial nats (summed
 over latent dimensions and bins, MEAN over the batch), NOT divided by bins or neurons. The
@@ -52,7 +62,8 @@ from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, Ramp, SpikeModel, positive_rates
-from neuralnets.nn.clipped_gru import BidirectionalGRU, ClippedGRUCell
+from neuralnets.nn.clipped_gru import BidirectionalGRU, ClippedGRUCell, run_bidirectional
+from neuralnets.nn.fast import lfads_unroll, resolve_recurrence
 from neuralnets.nn.priors import AutoregressivePrior, MultivariateNormalPrior
 from neuralnets.nn.readout import LogRateReadout, NormalizedLinear
 
@@ -87,8 +98,10 @@ class LFADS(SpikeModel):
         kl_ramp_steps: int = 1000,
         l2_ramp_start: int = 0,
         l2_ramp_steps: int = 1000,
+        recurrence: str = "auto",
     ):
         super().__init__(spec)
+        resolve_recurrence(recurrence)  # validates the name early
         for name, value in dict(gen_dim=gen_dim, fac_dim=fac_dim, ic_enc_dim=ic_enc_dim).items():
             if value <= 0:
                 raise ValueError(f"LFADS: {name} must be > 0; got {value}")
@@ -104,6 +117,7 @@ class LFADS(SpikeModel):
             raise ValueError("LFADS: posterior variance floors must be > 0")
         s = self.spec
         self.gen_dim, self.fac_dim, self.co_dim = gen_dim, fac_dim, co_dim
+        self.recurrence = recurrence  # may be changed after construction; read at every forward
         self.ci_dim = 2 * ci_enc_dim if co_dim > 0 else 0
         self.log_ic_var_min = math.log(ic_post_var_min)
         self.log_co_var_min = math.log(co_post_var_min)
@@ -133,27 +147,48 @@ class LFADS(SpikeModel):
             self.aux_weights["l2_con"] = Ramp(l2_con_scale, l2_ramp_start, l2_ramp_steps)
 
     # ------------------------------------------------------------------ forward
+    def uses_fused(self) -> bool:
+        """Whether forward runs the fast recurrences (`neuralnets.nn.fast`) under `self.recurrence`."""
+        if resolve_recurrence(self.recurrence) == "plain":
+            return False
+        cells = [self.generator] + ([self.controller] if self.co_dim > 0 else [])
+        ok = all(c.reset_after for c in cells) and len({c.clip_value for c in cells}) == 1
+        ok = ok and not (torch.jit.is_scripting() or torch.jit.is_tracing())
+        if not ok and self.recurrence == "fused":
+            raise ValueError("LFADS: recurrence='fused' needs reset_after cells with one clip value")
+        return ok  # 'auto' falls back to the plain loop when the fused one does not apply
+
     def forward(self, batch: dict[str, Tensor], sample: bool | None = None) -> ModelOutput:
         """`sample`: draw from the posteriors (default: in training mode) or use their means."""
         heldin = batch["heldin"]
         self.check_input(heldin)
         sample = self.training if sample is None else sample
-        x = self.dropout(heldin.to(self.readout.weight.dtype))  # (B, T_obs, N_in)
+        fused = self.uses_fused()
+        x = self._dropout(heldin.to(self.readout.weight.dtype))  # (B, T_obs, N_in)
+        B = x.shape[0]
 
-        _, ic_final = self.ic_encoder(x)  # (B, 2·ic_enc_dim)
-        ic_mean, ic_raw = self.ic_linear(self.dropout(ic_final)).chunk(2, dim=-1)  # (B, G) each
+        encoders = [self.ic_encoder] + ([self.ci_encoder] if self.co_dim > 0 else [])
+        # One stacked scan for both encoders (CPU) unless plain; each encoder's own setting otherwise.
+        encoded = run_bidirectional(encoders, x, fused=False if not fused else None)
+        ic_final = encoded[0][1]  # (B, 2·ic_enc_dim)
+        ic_mean, ic_raw = self.ic_linear(self._dropout(ic_final)).chunk(2, dim=-1)  # (B, G) each
         ic_logvar = _floored_logvar(ic_raw, self.log_ic_var_min)  # log(exp(raw) + var_min)
         g0 = _sample(ic_mean, ic_logvar) if sample else ic_mean  # (B, G)
 
         ci = None
         if self.co_dim > 0:
-            ci_out, _ = self.ci_encoder(x)  # (B, T_obs, 2·ci_enc_dim)
-            ci = self.dropout(ci_out)
+            ci = self._dropout(encoded[1][0])  # (B, T_obs, 2·ci_enc_dim)
 
-        factors, co_mean, co_logvar, co_u = self._unroll(g0, ci, sample)
+        # All randomness of the unroll is drawn here, in one fixed layout, so that the plain and the
+        # fused paths consume the same random numbers (and give the same result for the same seed).
+        T_obs, T = self.spec.n_obs_bins, self.spec.n_bins
+        eps = torch.randn(T_obs, B, self.co_dim, dtype=x.dtype, device=x.device) if sample else None
+        mask = self._dropout_mask((T + 1, B, self.gen_dim), x)  # dropout multipliers of g0, g_0 .. g_{T-1}
+        unroll = self._unroll_fused if fused else self._unroll
+        factors, co_mean, co_logvar, co_u = unroll(g0, ci, eps if self.co_dim > 0 else None, mask)
         # Log-rates in float32 even under autocast: bf16 rounding of log-rates would blur the likelihood.
         with torch.autocast(device_type=factors.device.type, enabled=False):
-            rates = positive_rates(self.readout(factors.float()))  # (B, T, N)
+            rates = positive_rates(self.readout(factors.to(self.readout.weight.dtype)))  # (B, T, N)
 
         aux = {
             "kl_ic": self.ic_prior.kl(ic_mean, ic_logvar).mean(),
@@ -170,19 +205,40 @@ class LFADS(SpikeModel):
             aux["l2_con"] = _half_mean_square(self.controller.weight_hh)
         return ModelOutput(rates=rates, latents=factors, aux_losses=aux, inputs=co_u)
 
+    def _dropout_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+        """Inverted-dropout multipliers (0 or 1/(1-p)) of the given shape, or None when dropout is off.
+
+        Drawn in contiguous layout as `uniform < 1 - p` (nn.Dropout draws in the input's memory order,
+        so encoders returning different layouts would consume different draws; and on CPU a uniform
+        draw plus a compare is ~2.5x cheaper than `bernoulli_`, which matters at millions per step).
+        """
+        p = self.dropout.p
+        if not self.training or p == 0:
+            return None
+        keep = 1.0 - p
+        return torch.rand(shape, dtype=like.dtype, device=like.device).lt_(keep).div_(keep)
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        """Dropout with rate `self.dropout.p` in training mode (see `_dropout_mask`)."""
+        mask = self._dropout_mask(tuple(x.shape), x)
+        return x if mask is None else x * mask
+
     def _unroll(
-        self, g0: Tensor, ci: Tensor | None, sample: bool
+        self, g0: Tensor, ci: Tensor | None, eps: Tensor | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """Run controller + generator over T_obs bins, then the generator alone over T_fwd bins.
 
-        `g0 (B, G)`, `ci (B, T_obs, CI)` or None (no controller) -> `factors (B, T, F)` and the inferred
+        `g0 (B, G)`, `ci (B, T_obs, CI)` or None (no controller), `eps (T_obs, B, U)` standard normal
+        draws of the inferred inputs (None: use the posterior mean), `mask (T + 1, B, G)` dropout
+        multipliers of g0 and g_0 .. g_{T-1} (None: no dropout) -> `factors (B, T, F)` and the inferred
         inputs' posterior `mean, logvar` and the inputs used `u` (each `(B, T_obs, U)`, or None).
-        A plain Python loop over time: the reference for any faster (compiled / fused) version.
+        A plain Python loop over time with autograd: the reference for `_unroll_fused`.
         """
         T_obs, T = self.spec.n_obs_bins, self.spec.n_bins
         B = g0.shape[0]
         gen = self.generator
         zero_in = gen.input_proj(g0.new_zeros(B, self.co_dim))  # (B, 3G): projection of a zero input
+        drop = lambda h, t: h if mask is None else h * mask[t]  # noqa: E731  dropout of g_{t-1}
 
         if ci is None:
             g, states = g0, []
@@ -190,7 +246,9 @@ class LFADS(SpikeModel):
                 g = gen.step(zero_in, g)
                 states.append(g)
             gen_states = torch.stack(states, dim=1)  # (B, T, G)
-            return self.factors(self.dropout(gen_states)), None, None, None
+            if mask is not None:
+                gen_states = gen_states * mask[1:].transpose(0, 1)
+            return self.factors(gen_states), None, None, None
 
         con = self.controller
         # Input projection of the encoder part for all bins at once; the factor feedback is added per step.
@@ -198,15 +256,15 @@ class LFADS(SpikeModel):
         w_fb = con.weight_ih[:, self.ci_dim :]  # (3C, F)
         c = self.con_h0.expand(B, -1)  # (B, C)
         g = g0
-        f = self.factors(self.dropout(g0))  # (B, F) f_{-1}
+        f = self.factors(drop(g0, 0))  # (B, F) f_{-1}
         means, logvars, us, facs = [], [], [], []
         for t in range(T_obs):
             c = con.step(ci_proj[:, t] + F.linear(f, w_fb), c)
             mean, raw = self.co_linear(c).chunk(2, dim=-1)  # (B, U) each
             logvar = _floored_logvar(raw, self.log_co_var_min)
-            u = _sample(mean, logvar) if sample else mean
+            u = mean if eps is None else mean + torch.exp(0.5 * logvar) * eps[t]
             g = gen.step(gen.input_proj(u), g)
-            f = self.factors(self.dropout(g))
+            f = self.factors(drop(g, t + 1))
             means.append(mean)
             logvars.append(logvar)
             us.append(u)
@@ -217,10 +275,58 @@ class LFADS(SpikeModel):
             fwd_states.append(g)
         factors = torch.stack(facs, dim=1)  # (B, T_obs, F)
         if fwd_states:
-            fwd_factors = self.factors(self.dropout(torch.stack(fwd_states, dim=1)))  # (B, T_fwd, F)
-            factors = torch.cat([factors, fwd_factors], dim=1)  # (B, T, F)
+            fwd = torch.stack(fwd_states, dim=1)  # (B, T_fwd, G)
+            if mask is not None:
+                fwd = fwd * mask[T_obs + 1 :].transpose(0, 1)
+            factors = torch.cat([factors, self.factors(fwd)], dim=1)  # (B, T, F)
         stack = lambda xs: torch.stack(xs, dim=1)  # noqa: E731  list of (B, U) -> (B, T_obs, U)
         return factors, stack(means), stack(logvars), stack(us)
+
+    def _unroll_fused(
+        self, g0: Tensor, ci: Tensor | None, eps: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """Same inputs, outputs and numbers as `_unroll` (up to float rounding), through
+        `neuralnets.nn.fast.lfads_unroll`: no autograd inside the loop, hand-written BPTT, the factor
+        feedback folded into one (3C, G) matrix, all weight gradients as one matmul over all steps."""
+        gen = self.generator
+        G = self.gen_dim
+        zeros = g0.new_zeros(3 * G)
+        b_gh = zeros if gen.bias_hh is None else gen.bias_hh
+        b_gi = zeros if gen.bias_ih is None else gen.bias_ih
+        w_fac = self.factors.normalized_weight()  # (F, G)
+        kwargs = {}
+        if ci is not None:
+            con = self.controller
+            ci_proj = F.linear(ci, con.weight_ih[:, : self.ci_dim], con.bias_ih)  # (B, T_obs, 3C)
+            kwargs = dict(
+                ci_proj=ci_proj.transpose(0, 1),  # (T_obs, B, 3C) time-major view
+                c0=self.con_h0.expand(g0.shape[0], -1),  # (B, C)
+                w_fb=con.weight_ih[:, self.ci_dim :] @ w_fac,  # (3C, G): factor read-in folded in
+                w_ch=con.weight_hh,
+                b_ch=con.bias_hh if con.bias_hh is not None else zeros.new_zeros(3 * con.hidden_size),
+                w_co=self.co_linear.weight,
+                b_co=self.co_linear.bias,
+                eps=None if eps is None else eps.detach(),
+            )
+        states, mean, logvar, u = lfads_unroll(
+            g0,
+            self.spec.n_bins,
+            gen.weight_hh,
+            b_gh,
+            b_gi,
+            w_gi=gen.weight_ih,
+            mask=mask,
+            clip=gen.clip_value,
+            log_var_min=self.log_co_var_min,
+            **kwargs,
+        )
+        if mask is not None:
+            states = states * mask[1:]  # (T, B, G) dropout of the states read by the factors
+        factors = F.linear(states, w_fac).transpose(0, 1).contiguous()  # (B, T, F)
+        if ci is None:
+            return factors, None, None, None
+        bt = lambda x: x.transpose(0, 1)  # noqa: E731  (T_obs, B, U) -> (B, T_obs, U)
+        return factors, bt(mean), bt(logvar), bt(u).contiguous()
 
     # ------------------------------------------------------------------ utilities
     @torch.no_grad()
