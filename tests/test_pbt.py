@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tiny import TINY_LFADS
 
 from neuralnets.training.module import ConfigError
 from neuralnets.training.pbt import apply_hparams, check_config, clip_to_bounds, search_bounds, tune_metric
@@ -20,12 +21,7 @@ TINY = [
     "data.load_kwargs.n_bins=16",
     "data.load_kwargs.n_fwd=4",
     "data.batch_size=16",
-    "model.gen_dim=16",
-    "model.fac_dim=4",
-    "model.ic_enc_dim=8",
-    "model.ci_enc_dim=8",
-    "model.con_dim=8",
-    "model.co_dim=1",
+    *TINY_LFADS,
     "trainer.log_every_n_steps=1",
     "print_baselines=false",
 ]

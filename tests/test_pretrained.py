@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tiny import TINY_LFADS
 
 import neuralnets
 from neuralnets.data import load
@@ -34,12 +35,7 @@ TINY_DATA = dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4, see
 TINY = [
     *(f"data.load_kwargs.{k}={v}" for k, v in TINY_DATA.items()),
     "data.batch_size=16",
-    "model.gen_dim=16",
-    "model.fac_dim=4",
-    "model.ic_enc_dim=8",
-    "model.ci_enc_dim=8",
-    "model.con_dim=8",
-    "model.co_dim=1",
+    *TINY_LFADS,
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",

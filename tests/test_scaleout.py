@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_LFADS
 
 from neuralnets.data.datamodule import SpikeDataModule, TrialBatches, batch_tensors, make_batch
 from neuralnets.data.synthetic import lorenz
@@ -48,12 +49,7 @@ TINY = [
     "data.load_kwargs.n_bins=16",
     "data.load_kwargs.n_fwd=4",
     "data.batch_size=8",
-    "model.gen_dim=16",
-    "model.fac_dim=4",
-    "model.ic_enc_dim=8",
-    "model.ci_enc_dim=8",
-    "model.con_dim=8",
-    "model.co_dim=1",
+    *TINY_LFADS,
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",

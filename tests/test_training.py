@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tiny import TINY_LFADS
 
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.synthetic import lorenz
@@ -21,16 +22,7 @@ TINY_DATA = [
     f"data.load_kwargs.{k}={v}"
     for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
 ]
-TINY_LFADS = [
-    "model.gen_dim=16",
-    "model.fac_dim=4",
-    "model.ic_enc_dim=8",
-    "model.ci_enc_dim=8",
-    "model.con_dim=8",
-    "model.co_dim=1",
-    "model.kl_ramp_steps=10",
-    "model.l2_ramp_steps=10",
-]
+TINY_RAMPS = ["model.kl_ramp_steps=10", "model.l2_ramp_steps=10"]
 
 
 def tiny_cfg(*overrides: str, data: list[str] = TINY_DATA):
@@ -41,6 +33,7 @@ def tiny_cfg(*overrides: str, data: list[str] = TINY_DATA):
                 *data,
                 "data.batch_size=16",
                 *TINY_LFADS,
+                *TINY_RAMPS,
                 "trainer.max_epochs=2",
                 "trainer.log_every_n_steps=1",
                 "trainer.enable_progress_bar=false",
