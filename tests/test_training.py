@@ -22,6 +22,14 @@ TINY_DATA = [
     f"data.load_kwargs.{k}={v}"
     for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
 ]
+# A module-level LFADS small enough to build and step without a Trainer.
+MICRO_LFADS = {
+    "_target_": "neuralnets.models.lfads.LFADS",
+    "gen_dim": 8,
+    "fac_dim": 2,
+    "ic_enc_dim": 4,
+    "co_dim": 0,
+}
 TINY_RAMPS = ["model.kl_ramp_steps=10", "model.l2_ramp_steps=10"]
 
 
@@ -147,13 +155,7 @@ class _NaNLossModule(SpikeModule):
 
 
 def test_non_finite_loss_skips_the_step_and_keeps_weights(lorenz_data):
-    model_cfg = {
-        "_target_": "neuralnets.models.lfads.LFADS",
-        "gen_dim": 8,
-        "fac_dim": 2,
-        "ic_enc_dim": 4,
-        "co_dim": 0,
-    }
+    model_cfg = dict(MICRO_LFADS)
     module = _NaNLossModule(model=model_cfg, spec=lorenz_data.spec.to_dict(), lr_schedule="none")
     before = [p.detach().clone() for p in module.parameters()]
     trainer = pl.Trainer(
@@ -177,13 +179,7 @@ def test_coordinated_dropout_scores_only_hidden_heldin_entries(lorenz_data):
     from neuralnets.data.datamodule import batch_tensors, make_batch
     from neuralnets.nn.augmentations import coordinated_dropout
 
-    model_cfg = {
-        "_target_": "neuralnets.models.lfads.LFADS",
-        "gen_dim": 8,
-        "fac_dim": 2,
-        "ic_enc_dim": 4,
-        "co_dim": 0,
-    }
+    model_cfg = dict(MICRO_LFADS)
     module = SpikeModule(model=model_cfg, spec=lorenz_data.spec.to_dict(), coordinated_dropout=0.4)
     spec = lorenz_data.spec
     batch = make_batch(batch_tensors(lorenz_data), torch.arange(8), spec.n_obs_bins, spec.n_heldin)
@@ -216,13 +212,7 @@ def test_trains_on_real_mc_maze_with_unrecorded_forward_bins(tmp_path):
 def test_validation_loss_uses_full_aux_weights_while_training_ramps(lorenz_data):
     from neuralnets.data.datamodule import batch_tensors, make_batch
 
-    model_cfg = {
-        "_target_": "neuralnets.models.lfads.LFADS",
-        "gen_dim": 8,
-        "fac_dim": 2,
-        "ic_enc_dim": 4,
-        "co_dim": 0,
-    }
+    model_cfg = dict(MICRO_LFADS)
     model_cfg |= {"kl_ramp_steps": 100, "l2_ramp_steps": 100, "kl_ic_scale": 2.0}
     module = SpikeModule(model=model_cfg, spec=lorenz_data.spec.to_dict())
     spec = lorenz_data.spec
