@@ -15,8 +15,10 @@ recurrence is one `torch.autograd.Function`:
 - LFADS: the factor read-out feeding the controller is folded into one (3C, G) matrix, and all the
   randomness (dropout masks, posterior samples) comes in from outside, so the fused and the plain
   loops consume the same draws and agree up to float rounding;
-- on CPU, tanh is computed as `2 sigmoid(2x) - 1` (the same function; ATen's CPU tanh is ~3x slower
-  than its sigmoid, measured);
+- on CPU the gate math of a step (forward and backward) is one call of a fused, vectorised C++ kernel
+  (`neuralnets.nn.native`, built on first use); where it cannot be built, the same math runs as
+  PyTorch ops (`_cell_forward` / `_cell_backward` below, the reference), with tanh computed as
+  `2 sigmoid(2x) - 1` (the same function; ATen's CPU tanh is ~3x slower than its sigmoid, measured);
 - on any device and dtype (pure PyTorch ops); under autocast the recurrence runs in the weights'
   precision (the matmuls around it still autocast); on GPU, `GraphedStep` captures a whole training
   step as one CUDA graph, removing the per-kernel launch cost that dominates small recurrent models.
@@ -55,6 +57,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from neuralnets.nn.native import native_ops, use_native
 
 RECURRENCES = ("auto", "plain", "fused")
 
@@ -113,8 +117,13 @@ def _cell_forward(
 
     xp, hp: (..., 3H) input and hidden projections (biases included); h: (..., H) previous state.
     Writes h_out (..., H) new state, ru_out (..., 2H) = [r, u], n_out (..., H) candidate, and
-    keep_out (..., H) bool (True where the clip was inactive, i.e. the gradient passes) when given.
+    keep_out (..., H) 1 where the clip was inactive (the gradient passes), else 0, when given.
+    On CPU this is one call of the native kernel (`neuralnets.nn.native`) where it is available.
     """
+    if use_native(h_out):
+        xp = xp.expand(*h_out.shape[:-1], xp.shape[-1])  # the generator's bias-only input broadcasts
+        native_ops().gru_cell_forward(xp, hp, h, clip, h_out, ru_out, n_out, keep_out)
+        return
     H = h.shape[-1]
     torch.add(xp[..., : 2 * H], hp[..., : 2 * H], out=ru_out).sigmoid_()
     a = torch.addcmul(xp[..., 2 * H :], ru_out[..., :H], hp[..., 2 * H :])  # (..., H) x_c + r * h_c
@@ -146,9 +155,13 @@ def _cell_backward(
     w.r.t. the input projection is [dr_pre, du_pre, dn_pre]. Returns the direct part of the gradient
     w.r.t. h_prev, `dh * u` (the caller adds `dhh @ W_hh`).
     """
+    if use_native(dh):
+        direct = torch.empty_like(n)
+        native_ops().gru_cell_backward(dh, h_prev, ru, n, hc, keep, dhh_out, dan_out, direct)
+        return direct
     H = n.shape[-1]
     if keep is not None:
-        dh = torch.where(keep, dh, 0.0)  # no gradient where the state was clipped
+        dh = torch.where(keep != 0, dh, 0.0)  # no gradient where the state was clipped
     u = ru[..., H:]
     dh_direct = dh * u
     dn = dh - dh_direct  # dh (1 - u)
@@ -186,9 +199,7 @@ def _stacked_forward(x_proj, h0, w_hh, b_hh, clip, save):
             T, K, B, H3
         )  # hidden projections, time-major so that each step's bmm output is contiguous
         ru_all, n_all = new(K, T, B, 2 * H), new(K, T, B, H)
-        keep_all = (
-            torch.empty(K, T, B, H, dtype=torch.bool, device=x_proj.device) if clip is not None else None
-        )
+        keep_all = new(K, T, B, H) if clip is not None else None
     else:
         hp1, ru1, n1 = new(K, B, H3), new(K, B, 2 * H), new(K, B, H)
     h = h0
@@ -299,9 +310,7 @@ def _lfads_forward(args: tuple, save: bool):
     gs = new(T, B, G)
     n_keep = T if save else 1
     hp_g, ru_g, n_g = new(n_keep, B, 3 * G), new(n_keep, B, 2 * G), new(n_keep, B, G)
-    keep_g = (
-        torch.empty(n_keep, B, G, dtype=torch.bool, device=g0.device) if save and clip is not None else None
-    )
+    keep_g = new(n_keep, B, G) if save and clip is not None else None
     w_gh_t = w_gh.t()
     c_state = None
     if T_obs:
@@ -309,9 +318,7 @@ def _lfads_forward(args: tuple, save: bool):
         n_c = T_obs if save else 1
         cs = new(T_obs, B, C)
         hp_c, ru_c, n_cand = new(n_c, B, 3 * C), new(n_c, B, 2 * C), new(n_c, B, C)
-        keep_c = (
-            torch.empty(n_c, B, C, dtype=torch.bool, device=g0.device) if save and clip is not None else None
-        )
+        keep_c = new(n_c, B, C) if save and clip is not None else None
         out_co = new(T_obs, B, 2 * U)  # [mean, raw log-variance] of the inferred inputs
         logvar, us = new(T_obs, B, U), new(T_obs, B, U)
         lv_floor = torch.full((B, U), lv_min, dtype=g0.dtype, device=g0.device)

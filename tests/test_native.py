@@ -1,0 +1,153 @@
+"""Native CPU GRU-cell kernels (`neuralnets.nn.native`, csrc/gru_cell.cpp).
+
+They must compute what the pure-PyTorch kernels of `neuralnets.nn.fast` compute (the reference),
+on every layout the fused recurrences hand them (2-d and 3-d, strided per-step slices, a broadcast
+bias-only input), with and without the clip; reject bad arguments with a clear message; and the
+toolkit must fall back to the pure-PyTorch kernels when they cannot be built or are turned off.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from neuralnets.nn import fast, native
+
+F32 = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    loaded = native.native_ops()
+    if loaded is None:
+        pytest.skip("the native kernels could not be built here (see the warning); the fused path falls back")
+    return loaded
+
+
+def _inputs(lead, H, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xp = torch.randn(*lead, 3 * H, generator=g, dtype=dtype) * 3
+    hp = torch.randn(*lead, 3 * H, generator=g, dtype=dtype) * 3
+    h = torch.randn(*lead, H, generator=g, dtype=dtype) * 2
+    return xp, hp, h
+
+
+def _forward(xp, hp, h, clip):
+    lead, H = h.shape[:-1], h.shape[-1]
+    keep = None if clip is None else h.new_empty(*lead, H)  # as the recurrences pass it
+    outs = [h.new_empty(*lead, H), h.new_empty(*lead, 2 * H), h.new_empty(*lead, H), keep]
+    fast._cell_forward(xp, hp, h, clip, *outs)
+    return outs
+
+
+def _backward(dh, h, ru, n, hc, keep):
+    lead, H = h.shape[:-1], h.shape[-1]
+    dhh, dan = h.new_empty(*lead, 3 * H), h.new_empty(*lead, H)
+    direct = fast._cell_backward(dh, h, ru, n, hc, keep, dhh, dan)
+    return dhh, dan, direct
+
+
+@pytest.mark.parametrize("clip", [None, 2.0])
+@pytest.mark.parametrize("lead,H", [((5,), 3), ((7,), 13), ((2, 3), 9), ((4, 6), 64)])
+def test_native_kernels_equal_the_pytorch_kernels(ops, monkeypatch, lead, H, clip):
+    xp, hp, h = _inputs(lead, H)
+    native_fwd = _forward(xp, hp, h, clip)
+    dh = torch.randn(*lead, H)
+    native_bwd = _backward(dh, h, native_fwd[1], native_fwd[2], hp[..., 2 * H :], native_fwd[3])
+    monkeypatch.setitem(native._state, "ops", None)
+    ref_fwd = _forward(xp, hp, h, clip)
+    ref_bwd = _backward(dh, h, ref_fwd[1], ref_fwd[2], hp[..., 2 * H :], ref_fwd[3])
+    for got, want in zip(native_fwd[:3] + list(native_bwd), ref_fwd[:3] + list(ref_bwd), strict=True):
+        torch.testing.assert_close(got, want, **F32)
+    if clip is not None:
+        torch.testing.assert_close(native_fwd[3], ref_fwd[3], rtol=0, atol=0)
+        assert (
+            0 < native_fwd[3].sum() < native_fwd[3].numel()
+        )  # the clip was active somewhere, not everywhere
+
+
+def test_native_kernels_read_strided_slices_and_a_broadcast_input(ops, monkeypatch):
+    K, T, B, H = 2, 3, 4, 5
+    x_proj = torch.randn(K, B, T, 3 * H).transpose(1, 2)  # (K, T, B, 3H) time-major view, as fast builds it
+    xp, hp, h = x_proj[:, 1], torch.randn(K, B, 3 * H), torch.randn(K, T, B, H)[:, 1]
+    bias = torch.randn(3 * H)  # the generator's input after the controller stops: one bias row
+    got = [_forward(xp, hp, h, 1.0), _forward(bias, hp[0], h[0], 1.0)]
+    monkeypatch.setitem(native._state, "ops", None)
+    want = [_forward(xp, hp, h, 1.0), _forward(bias.expand(B, 3 * H), hp[0], h[0], 1.0)]
+    for g_outs, w_outs in zip(got, want, strict=True):
+        for g, w in zip(g_outs, w_outs, strict=True):  # states, gates, candidates, clip masks
+            torch.testing.assert_close(g, w, **F32)
+
+
+def test_native_backward_blocks_nan_where_clipped(ops):
+    # The reference selects (torch.where), so a non-finite gradient at a clipped entry does not leak.
+    H = 4
+    dh = torch.tensor([[float("nan"), 1.0, 2.0, float("inf")]])
+    keep = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    ru, n, h, hc = torch.full((1, 2 * H), 0.5), torch.zeros(1, H), torch.zeros(1, H), torch.ones(1, H)
+    dhh, dan, direct = _backward(dh, h, ru, n, hc, keep)
+    assert torch.isfinite(dhh).all() and torch.isfinite(dan).all() and torch.isfinite(direct).all()
+    torch.testing.assert_close(direct, torch.tensor([[0.0, 0.5, 1.0, 0.0]]))
+
+
+def test_native_kernels_reject_bad_arguments(ops):
+    xp, hp, h = _inputs((3,), 4)
+    outs = [torch.empty(3, 4), torch.empty(3, 8), torch.empty(3, 4), torch.empty(3, 4)]
+    with pytest.raises(RuntimeError, match="xp needs a contiguous last dim of size 12"):
+        ops.gru_cell_forward(xp[:, :10], hp, h, None, *outs)
+    with pytest.raises(RuntimeError, match="h has dtype Double"):
+        ops.gru_cell_forward(xp, hp, h.double(), None, *outs)
+    with pytest.raises(RuntimeError, match="leading dims must match"):
+        ops.gru_cell_forward(xp[:2], hp[:2], h[:2], None, *outs)
+    with pytest.raises(RuntimeError, match="float32/float64 only"):
+        ops.gru_cell_forward(xp.half(), hp.half(), h.half(), None, *(o.half() for o in outs))
+
+
+def test_lfads_unroll_native_equals_pytorch_kernels(ops, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    B, G, C, U, T, T_obs = 5, 12, 7, 2, 6, 4
+
+    def w(*shape):
+        return (torch.randn(*shape, generator=g) * 0.4).requires_grad_()
+
+    args = dict(
+        g0=w(B, G), n_bins=T, w_gh=w(3 * G, G), b_gh=w(3 * G), b_gi=w(3 * G), w_gi=w(3 * G, U),
+        ci_proj=w(T_obs, B, 3 * C), c0=w(B, C), w_fb=w(3 * C, G), w_ch=w(3 * C, C), b_ch=w(3 * C),
+        w_co=w(2 * U, C), b_co=w(2 * U), eps=torch.randn(T_obs, B, U, generator=g),
+        mask=(torch.rand(T + 1, B, G, generator=g) > 0.2).float() / 0.8, clip=0.6,
+    )  # fmt: skip
+    runs = []
+    for use in (ops, None):
+        monkeypatch.setitem(native._state, "ops", use)
+        outs = fast.lfads_unroll(**args)
+        grads = torch.autograd.grad(
+            sum(o.pow(2).sum() for o in outs),
+            [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad],
+        )
+        runs.append((outs, grads))
+    for got, want in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1], strict=True):
+        torch.testing.assert_close(got, want, **F32)
+
+
+def test_native_off_by_environment(monkeypatch):
+    monkeypatch.delitem(native._state, "ops", raising=False)  # forget the loaded kernels (restored after)
+    monkeypatch.setenv("NEURALNETS_NATIVE", "0")
+    assert native.native_ops() is None
+    assert not native.use_native(torch.zeros(1))
+
+
+def test_native_build_failure_warns_and_falls_back(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def broken(**kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.delitem(native._state, "ops", raising=False)
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.native_ops() is None
+    assert any("no C++ compiler found" in str(c.message) and "pure-PyTorch" in str(c.message) for c in caught)
+    # The fused recurrence still runs, on the pure-PyTorch kernels.
+    xp, hp, h = _inputs((3,), 4)
+    assert torch.isfinite(_forward(xp, hp, h, 1.0)[0]).all()
