@@ -204,6 +204,24 @@ def _run_steps(path: Run, batches: list[dict], device: torch.device) -> float:
     return seconds
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::matmul")
+
+
+def print_profile(label: str, path: Run, batches: list, device: torch.device) -> None:
+    """Where a path's step time goes: torch.profiler's top ops by self time, and the matmuls' share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _run_steps(path, batches, device)
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events)
+    matmul = sum(getattr(e, attr) for e in events if e.key in MATMUL_OPS)
+    print(f"\nprofile of {label}, {len(batches)} steps: matmuls are {matmul / total:.0%} of the self time")
+    print(events.table(sort_by=attr, row_limit=15))
+
+
 def validation_bps(module: SpikeModule, val: SpikeData, batch_size: int) -> tuple[float, float]:
     """co-bps and fp-bps of the model's eval-mode rates on the validation trials."""
     out = module.model.predict(val.heldin_obs, batch_size=batch_size)
@@ -253,6 +271,9 @@ def benchmark_model(key: str, data: SpikeData, args, device: torch.device) -> li
             if device.type == "cuda":
                 path.gpu_mb = np.nanmax([path.gpu_mb, torch.cuda.max_memory_allocated(device) / 2**20])
 
+    if args.profile:
+        for path in paths:
+            print_profile(f"{key}/{path.name}", path, timed[: args.profile], device)
     val = data.subset("val")
     rows = []
     plain_rate = statistics.median(paths[0].seconds)
@@ -320,6 +341,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="after timing, profile N steps of each path"
+    )
     args = p.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--steps and --repeats must be >= 1 and --warmup >= 0")
