@@ -1,0 +1,34 @@
+"""`experiments/benchmark.py` runs end to end (one tiny timed step; no timing is asserted) and its
+plain and fast LFADS paths train the same model: on CPU they consume the same random numbers, so
+their validation scores and last losses agree up to float rounding."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_and_paths_agree(benchmark, tmp_path):
+    out = tmp_path / "bench.md"
+    args = ["--device", "cpu", "--models", "lfads", "--steps", "2", "--repeats", "1", "--warmup", "1"]
+    report = benchmark.main([*args, "--trials", "500", "--threads", "1", "--out", str(out)])
+    assert out.read_text() == report
+    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| lfads")]
+    assert [r[1].strip() for r in rows] == ["plain", "fast"]
+    plain, fast = ({"co": float(r[5]), "fp": float(r[6]), "loss": float(r[7])} for r in rows)
+    assert fast["co"] == pytest.approx(plain["co"], abs=2e-4)
+    assert fast["fp"] == pytest.approx(plain["fp"], abs=2e-4)
+    assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    assert rows[0][-1].strip() == "1.00x"
