@@ -27,15 +27,6 @@ F64 = dict(rtol=1e-10, atol=1e-12)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops are dominated by thread overhead on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(spec=SPEC, B=4, seed=0, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     spikes = torch.poisson(torch.full((B, spec.n_bins, spec.n_neurons), 0.8), generator=g)  # (B, T, N)

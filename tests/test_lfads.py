@@ -11,15 +11,6 @@ SPEC = DataSpec(n_heldin=6, n_neurons=8, n_obs_bins=16, n_fwd_bins=4, bin_size=0
 SMALL = dict(gen_dim=16, fac_dim=4, ic_enc_dim=12, ci_enc_dim=8, con_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny recurrent ops are dominated by thread overhead on a shared 2-core machine (10x slower with 2)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(B=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     spikes = torch.poisson(torch.full((B, SPEC.n_bins, SPEC.n_neurons), 0.8), generator=g)  # (B, T, N)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import sine_batch
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, Ramp
@@ -20,24 +21,8 @@ N_TRIALS, T, N, N_OUT, T_FWD = 32, 20, 8, 2, 4
 SPEC = DataSpec(n_heldin=N - N_OUT, n_neurons=N, n_obs_bins=T - T_FWD, n_fwd_bins=T_FWD, bin_size=0.02)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_batch(seed: int = 0, n_trials: int = N_TRIALS) -> dict[str, torch.Tensor]:
-    """Poisson counts from smooth sinusoidal rates; each trial has its own phase."""
-    rng = np.random.default_rng(seed)
-    phase = rng.uniform(0, 2 * np.pi, size=(n_trials, 1, 1))  # (trials, 1, 1)
-    t = np.arange(T)[None, :, None]  # (1, T, 1)
-    offset = np.linspace(0, np.pi, N)[None, None, :]  # (1, 1, N)
-    rates = np.exp(0.3 + 1.0 * np.sin(2 * np.pi * t / T + phase + offset))  # (trials, T, N) counts/bin
-    spikes = torch.from_numpy(rng.poisson(rates).astype(np.float32))  # (trials, T, N)
-    return {"heldin": spikes[:, : SPEC.n_obs_bins, : SPEC.n_heldin], "spikes": spikes}
+    return sine_batch(SPEC, n_trials, seed)
 
 
 def per_trial_nll(out: ModelOutput, spikes: torch.Tensor) -> torch.Tensor:

@@ -146,20 +146,8 @@ def lorenz(
         steps_per_bin=steps_per_bin, burn_in=burn_in, base_rate=list(base_rate), modulation=modulation,
         behavior_noise=behavior_noise, sigma=sigma, rho=rho, beta=beta,
     )  # fmt: skip
-    return SpikeData(
-        spikes=spikes,
-        bin_size=bin_size,
-        n_heldin=n_neurons - n_heldout,
-        n_fwd=n_fwd,
-        split=default_split(n_trials, seed=seed),
-        behavior=behavior,
-        condition=condition,
-        rates=rates,
-        latents=latents,
-        name="lorenz",
-        source=f"lorenz(seed={seed})",
-        meta={"generator": "lorenz", "params": params, "latents": "z-scored Lorenz state (x, y, z)"},
-    )
+    return _package("lorenz", params, spikes, rates, latents, behavior, condition,
+                    latents_note="z-scored Lorenz state (x, y, z)")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- chaotic RNN
@@ -267,28 +255,35 @@ def chaotic_rnn(
         n_latents=n_latents, n_conditions=n_conditions, ic_noise=ic_noise, burn_in=burn_in, settle=settle,
         base_rate=list(base_rate), modulation=modulation, behavior_noise=behavior_noise,
     )  # fmt: skip
+    return _package(
+        "chaotic_rnn", params, spikes, rates, latents, behavior, condition,
+        latents_note=f"top {n_latents} principal components of tanh(x)", latent_variance_explained=explained,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _package(
+    generator: str, params: dict, spikes, rates, latents, behavior, condition, latents_note: str, **meta
+) -> SpikeData:
+    """The generated arrays as a SpikeData: the last `n_heldout` neurons held out, the default split,
+    and the generator's name and parameters in `meta` (so that the data can be regenerated)."""
+    seed = params["seed"]
     return SpikeData(
         spikes=spikes,
-        bin_size=bin_size,
-        n_heldin=n_neurons - n_heldout,
-        n_fwd=n_fwd,
-        split=default_split(n_trials, seed=seed),
+        bin_size=params["bin_size"],
+        n_heldin=params["n_neurons"] - params["n_heldout"],
+        n_fwd=params["n_fwd"],
+        split=default_split(params["n_trials"], seed=seed),
         behavior=behavior,
         condition=condition,
         rates=rates,
         latents=latents,
-        name="chaotic_rnn",
-        source=f"chaotic_rnn(seed={seed})",
-        meta={
-            "generator": "chaotic_rnn",
-            "params": params,
-            "latents": f"top {n_latents} principal components of tanh(x)",
-            "latent_variance_explained": explained,
-        },
+        name=generator,
+        source=f"{generator}(seed={seed})",
+        meta={"generator": generator, "params": params, "latents": latents_note, **meta},
     )
 
 
-# --------------------------------------------------------------------------------------------- helpers
 def _rngs(seed: int) -> list[np.random.Generator]:
     """Independent streams: dynamics, neuron parameters, spikes, behaviour."""
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
