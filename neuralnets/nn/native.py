@@ -37,18 +37,21 @@ def _cache_dir() -> Path:
 
 
 def _compile_command(output: Path) -> list[str]:
-    """The compiler call that builds SOURCE into the shared library `output`."""
-    from torch.utils import cpp_extension
-
+    """The compiler call that builds SOURCE into the shared library `output` (against the headers and
+    libraries inside the installed torch package)."""
+    torch_dir = Path(torch.__file__).parent
     flags = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w"]  # OpenMP: at::parallel_for
     flags.append(f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
     # AVX2 code where torch itself runs AVX2 or better (ATen's `Vectorized` then uses 8-float
     # registers); otherwise ATen's portable vector code.
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
-    lib_dirs = cpp_extension.library_paths()
-    libs = [f"-L{p}" for p in lib_dirs] + [f"-Wl,-rpath,{p}" for p in lib_dirs] + ["-lc10", "-ltorch_cpu"]
+    includes = [
+        f"-I{torch_dir / 'include'}",
+        f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+    ]
+    lib_dir = torch_dir / "lib"
+    libs = [f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}", "-lc10", "-ltorch_cpu"]
     return [os.environ.get("CXX", "c++"), *flags, *includes, str(SOURCE), "-o", str(output), *libs]
 
 
