@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -32,6 +33,8 @@ from neuralnets.training.module import ConfigError, SpikeModule
 from neuralnets.training.outputs import read_predictions, write_predictions
 
 log = logging.getLogger(__name__)
+# Lightning 2.6 calls a pytree API that torch deprecated, and says so on every run: not ours to fix.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_FILE = "config.yaml"
