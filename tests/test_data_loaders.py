@@ -537,7 +537,10 @@ def test_nwb_without_trials(tmp_path):
 def test_load_dispatch_and_errors(tmp_path, tiny_data):
     assert load("lorenz", n_trials=10, n_bins=20, n_fwd=4).n_trials == 10
     assert load("chaotic_rnn", n_trials=10, n_bins=20, n_fwd=4).name == "chaotic_rnn"
-    with pytest.raises(DataError, match=r"'lorenzz' is neither a built-in dataset \['chaotic_rnn', 'lorenz'"):
+    with pytest.raises(
+        DataError,
+        match=r"'lorenzz' is neither a built-in dataset \['ca1_linear_track', 'chaotic_rnn', 'lorenz'",
+    ):
         load("lorenzz")
     with pytest.raises(DataError, match=r"known suffix \['.npz', '.h5', '.hdf5', '.nwb'\]"):
         load(tmp_path / "data.mat")

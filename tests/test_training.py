@@ -77,6 +77,14 @@ def test_train_writes_a_complete_run(tmp_path):
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
+def test_csv_logger_run_finishes_with_metrics(tmp_path):
+    run = tmp_path / "run"
+    record = train(tiny_cfg("logger=csv", "trainer.max_epochs=1"), run)
+    assert np.isfinite(record["metrics"]["co_bps"])
+    logged = "".join(p.read_text() for p in run.rglob("metrics.csv"))
+    assert "hp/co_bps" in logged  # the harness scores reach the CSV log too
+
+
 def test_tensorboard_has_scalars_hparams_and_figures(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -1,4 +1,4 @@
-"""Data layer: the `SpikeData` container, loaders (npz, LFADS/NLB HDF5, NWB), synthetic systems.
+"""Data layer: the `SpikeData` container, loaders (npz, LFADS/NLB HDF5, NWB, rat CA1), synthetic systems.
 
 `SpikeDataModule` (the LightningDataModule) is imported lazily, so that `import neuralnets.data`
 (and the `neuralnets-data` command) does not pay for importing PyTorch Lightning.
@@ -6,6 +6,7 @@
 
 from neuralnets.data.loaders import (
     load,
+    load_ca1_linear_track,
     load_lfads_h5,
     load_nlb_h5,
     load_npz,
@@ -23,6 +24,7 @@ __all__ = [
     "chaotic_rnn",
     "default_split",
     "load",
+    "load_ca1_linear_track",
     "load_lfads_h5",
     "load_nlb_h5",
     "load_npz",

@@ -3,6 +3,7 @@
 neuralnets-data lorenz
 neuralnets-data chaotic_rnn --seed 3 --save rnn.npz
 neuralnets-data mc_maze_small
+neuralnets-data ca1_linear_track --bin-size 0.025
 neuralnets-data data.nwb --bin-size 0.005 --align-event move_onset_time --window -0.25 0.45
 """
 

@@ -60,7 +60,8 @@ def _eval_parser() -> argparse.ArgumentParser:
         "[and 'latents'], or .npy) of shape (trials, T, N) for all trials of the dataset",
     )
     p.add_argument(
-        "--data", help="dataset name (lorenz, chaotic_rnn, mc_maze_small) or file; default: the run's"
+        "--data",
+        help="dataset name (lorenz, chaotic_rnn, mc_maze_small, ca1_linear_track) or file; default: run's",
     )
     p.add_argument("--split", help="trials to score: train, val, test (default: the run's split, else test)")
     p.add_argument("--model", help="model name for the table (default: the run's, else the file name)")

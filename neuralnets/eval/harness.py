@@ -373,14 +373,21 @@ def log_to_tensorboard(
 ) -> None:
     """Log `metrics` as scalars `hp/<name>` and register them with `hparams` in TensorBoard's hparams table.
 
-    Accepts a Lightning `TensorBoardLogger` (uses `log_hyperparams(params, metrics)`) or a
+    Accepts a Lightning `TensorBoardLogger` (uses `log_hyperparams(params, metrics)`), any other
+    Lightning logger (e.g. CSV: hyperparameters and `hp/` metrics logged separately), or a
     `torch.utils.tensorboard.SummaryWriter` (writes the hparams summaries into the writer's own run
     directory, so the run shows up as one row).
     """
     params = _flat_hparams(hparams)
     tb_metrics = tb_metric_names(metrics)
     if hasattr(logger_or_writer, "log_hyperparams"):
-        logger_or_writer.log_hyperparams(params, tb_metrics)
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        if isinstance(logger_or_writer, TensorBoardLogger):
+            logger_or_writer.log_hyperparams(params, tb_metrics)
+        else:  # other Lightning loggers (CSV, ...): no hparams table, so hparams and metrics apart
+            logger_or_writer.log_hyperparams(params)
+            logger_or_writer.log_metrics(tb_metrics)
         return
     if not hasattr(logger_or_writer, "add_scalar"):
         raise TypeError(
