@@ -681,14 +681,10 @@ def load_nwb(
     edges = align[:, None] + t0 + bin_size * np.arange(n_bins + 1)
     centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (trials, n_bins)
     order = np.concatenate([np.flatnonzero(~units["heldout"]), np.flatnonzero(units["heldout"])])
-    n_units = len(order)
-    spikes = np.zeros((n_trials, n_bins, n_units), dtype=np.float32)  # (trials, T, N)
+    spikes = _bin_spike_times(units["times"], order, edges)  # (trials, T, N)
     observed = np.ones(spikes.shape, dtype=bool)  # (trials, T, N)
-    for j, u in enumerate(order):
-        times = units["times"][u]
-        cum = np.searchsorted(times, edges, side="left")  # (trials, n_bins + 1) spikes before each edge
-        spikes[:, :, j] = np.diff(cum, axis=1)
-        if units["intervals"] is not None:
+    if units["intervals"] is not None:
+        for j, u in enumerate(order):
             observed[:, :, j] = _inside_intervals(centres, units["intervals"][u])
     if units["intervals"] is not None:
         bad = (spikes > 0) & ~observed
@@ -854,6 +850,16 @@ def _resample(series: dict, centres: np.ndarray, src: str) -> np.ndarray:
     return out
 
 
+def _bin_spike_times(times: list[np.ndarray], order: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Spike counts `(trials, T, N)` in half-open bins `edges (trials, T + 1)` (seconds) of the units
+    `order` (indices into `times`, each a sorted array of spike times in seconds), in that order."""
+    spikes = np.zeros((edges.shape[0], edges.shape[1] - 1, len(order)), dtype=np.float32)
+    for j, u in enumerate(order):
+        cum = np.searchsorted(times[u], edges, side="left")  # (trials, T + 1) spikes before each edge
+        spikes[:, :, j] = np.diff(cum, axis=1)
+    return spikes
+
+
 def _inside_intervals(centres: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     """Boolean, same shape as `centres`: inside any closed interval of `intervals (m, 2)`."""
     if intervals.size == 0:
@@ -1010,12 +1016,7 @@ def load_ca1_linear_track(
     if heldout.all():
         raise DataError(f"{s_src}: heldout_every={heldout_every} holds out all {len(ids)} units")
     order = np.concatenate([np.flatnonzero(~heldout), np.flatnonzero(heldout)])
-    spikes = np.zeros((len(starts), n_bins, len(ids)), dtype=np.float32)  # (trials, T, N)
-    for j, u in enumerate(order):
-        cum = np.searchsorted(
-            units["times"][u], edges, side="left"
-        )  # (trials, T + 1) spikes before each edge
-        spikes[:, :, j] = np.diff(cum, axis=1)
+    spikes = _bin_spike_times(units["times"], order, edges)  # (trials, T, N)
 
     centres = edges[:, :n_obs] + 0.5 * bin_size  # (trials, T_obs)
     values = {
