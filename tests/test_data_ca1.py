@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from tiny import TINY_LFADS
 
 from neuralnets.data import DataError, load
-from neuralnets.data.loaders import (
+from neuralnets.data.datasets.ca1_linear_track import (
     CA1_SPIKES_PATH,
     CA1_TRAJECTORY_PATH,
     load_ca1_linear_track,

@@ -20,7 +20,7 @@ from neuralnets.data import (
     load_nwb,
     save_lfads_h5,
 )
-from neuralnets.data.loaders import MC_MAZE_SMALL_PATH
+from neuralnets.data.datasets.mc_maze_small import MC_MAZE_SMALL_PATH
 
 
 def _write_h5(path: Path, arrays: dict, attrs: dict | None = None) -> Path:

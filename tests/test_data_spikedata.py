@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from neuralnets.data import DataError, SpikeData, default_split, load, load_npz
+from neuralnets.data import DataError, SpikeData, default_split, load, load_npz, save_npz
 
 
 def test_shapes_views_and_spec(tiny_data):
@@ -56,7 +56,7 @@ def test_npz_round_trip_is_exact(tiny_data, tmp_path):
     spikes = tiny_data.spikes.copy()
     spikes[5, 6:, :] = 0
     d = dataclasses.replace(tiny_data, spikes=spikes, observed=observed)
-    path = d.save(tmp_path / "tiny")  # the suffix is added
+    path = save_npz(d, tmp_path / "tiny")  # the suffix is added
     assert path.name == "tiny.npz"
     back = load_npz(path)
     for name in ("spikes", "split", "observed", "behavior", "condition", "rates", "latents"):
@@ -64,14 +64,13 @@ def test_npz_round_trip_is_exact(tiny_data, tmp_path):
     assert (back.n_heldin, back.n_fwd, back.bin_size, back.name) == (3, 2, 0.01, "tiny")
     assert back.meta == {"note": "conftest"}
     assert back.source == str(path)
-    np.testing.assert_array_equal(SpikeData.load(path).spikes, d.spikes)
     np.testing.assert_array_equal(load(path).rates, d.rates)
 
 
 def test_save_refuses_to_overwrite(tiny_data, tmp_path):
-    path = tiny_data.save(tmp_path / "a.npz")
+    path = save_npz(tiny_data, tmp_path / "a.npz")
     with pytest.raises(FileExistsError, match="a.npz"):
-        tiny_data.save(path)
+        save_npz(tiny_data, path)
 
 
 def _good(**overrides):

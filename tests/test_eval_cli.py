@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.synthetic import lorenz
 from neuralnets.eval import harness as H
 from neuralnets.eval.cli import compare_main, eval_main
@@ -18,7 +19,7 @@ from neuralnets.eval.cli import compare_main, eval_main
 def dataset(tmp_path_factory):
     """A small synthetic dataset saved as .npz (a path the loaders read), and the SpikeData itself."""
     data = lorenz(n_trials=40, n_bins=30, n_fwd=5, seed=1)
-    path = data.save(tmp_path_factory.mktemp("data") / "tiny_lorenz.npz")
+    path = save_npz(data, tmp_path_factory.mktemp("data") / "tiny_lorenz.npz")
     return path, data
 
 

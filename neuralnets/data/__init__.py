@@ -1,22 +1,22 @@
-"""Data layer: the `SpikeData` container, loaders (npz, LFADS/NLB HDF5, NWB, rat CA1), synthetic systems.
+"""Data layer: the `SpikeData` container, file formats (npz, LFADS/NLB HDF5, NWB), built-in recordings
+(MC_Maze_Small, rat CA1), synthetic systems, and `load()` that picks among them.
 
 `SpikeDataModule` (the LightningDataModule) is imported lazily, so that `import neuralnets.data`
 (and the `neuralnets-data` command) does not pay for importing PyTorch Lightning.
 """
 
-from neuralnets.data.loaders import (
-    load,
-    load_ca1_linear_track,
-    load_lfads_h5,
-    load_nlb_h5,
-    load_npz,
-    load_nwb,
-    save_lfads_h5,
-)
+from neuralnets.data.datasets.ca1_linear_track import load_ca1_linear_track
+from neuralnets.data.datasets.mc_maze_small import load_mc_maze_small
+from neuralnets.data.formats.lfads_h5 import load_lfads_h5, save_lfads_h5
+from neuralnets.data.formats.nlb_h5 import load_nlb_h5
+from neuralnets.data.formats.npz import load_npz, save_npz
+from neuralnets.data.formats.nwb import load_nwb
+from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, default_split
 from neuralnets.data.synthetic import chaotic_rnn, lorenz
 
 __all__ = [
+    "BUILTIN_DATASETS",
     "DataError",
     "DataSpec",
     "SpikeData",
@@ -26,11 +26,13 @@ __all__ = [
     "load",
     "load_ca1_linear_track",
     "load_lfads_h5",
+    "load_mc_maze_small",
     "load_nlb_h5",
     "load_npz",
     "load_nwb",
     "lorenz",
     "save_lfads_h5",
+    "save_npz",
 ]
 
 

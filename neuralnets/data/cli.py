@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.spikedata import DataError
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load(args.source, **kwargs)
         print(data.summary())
         if args.save:
-            out = data.save(args.save)
+            out = save_npz(data, args.save)
             print(f"saved to {out}")
     except (DataError, FileNotFoundError, FileExistsError) as e:
         print(f"neuralnets-data: error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from neuralnets.data.loaders import load
 from neuralnets.data.spikedata import DataError, SpikeData
 
 
@@ -105,8 +106,6 @@ class SpikeDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if isinstance(data, str):
-            from neuralnets.data.loaders import load
-
             data = load(data, **dict(load_kwargs or {}))
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1; got {batch_size}")

@@ -15,9 +15,7 @@ Conventions (see DESIGN.md):
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -148,7 +146,7 @@ class SpikeData:
         per_trial = {
             f.name: getattr(self, f.name)[idx]
             for f in dataclasses.fields(self)
-            if f.name in _PER_TRIAL_FIELDS and getattr(self, f.name) is not None
+            if f.name in PER_TRIAL_FIELDS and getattr(self, f.name) is not None
         }
         return dataclasses.replace(self, **per_trial)
 
@@ -163,7 +161,7 @@ class SpikeData:
             )
         if 0 in x.shape:
             raise DataError(f"{src}: field 'spikes' is empty (shape {x.shape})")
-        _check_counts(x, f"{src}: field 'spikes'")
+        check_counts(x, f"{src}: field 'spikes'")
         if not (np.isfinite(self.bin_size) and self.bin_size > 0):
             raise DataError(f"{src}: bin_size must be a positive number of seconds; got {self.bin_size!r}")
         if not 0 < self.n_heldin <= self.n_neurons:
@@ -226,38 +224,9 @@ class SpikeData:
             lines.append("  also: " + ", ".join(extras))
         return "\n".join(lines)
 
-    # ------------------------------------------------------------------ file I/O
-    def save(self, path: str | Path) -> Path:
-        """Write everything to one compressed `.npz` file (refuses to overwrite)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        if path.exists():
-            raise FileExistsError(f"{path} exists; refusing to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), np.ndarray)
-        }
-        header = {
-            "bin_size": float(self.bin_size),
-            "n_heldin": int(self.n_heldin),
-            "n_fwd": int(self.n_fwd),
-            "name": self.name,
-            "meta": self.meta,
-        }
-        np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
-        return path
 
-    @classmethod
-    def load(cls, path: str | Path) -> SpikeData:
-        from neuralnets.data.loaders import load_npz
-
-        return load_npz(path)
-
-
-_PER_TRIAL_FIELDS = ("spikes", "split", "observed", "behavior", "condition", "rates", "latents")
+# Fields indexed by trial first (subset() takes them; .npz files store them).
+PER_TRIAL_FIELDS = ("spikes", "split", "observed", "behavior", "condition", "rates", "latents")
 
 
 def default_split(n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2, seed: int = 0) -> np.ndarray:
@@ -287,7 +256,7 @@ def _as_float32(x, where: str = "") -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _check_counts(x: np.ndarray, where: str) -> None:
+def check_counts(x: np.ndarray, where: str) -> None:
     """Counts must be finite, non-negative whole numbers."""
     if not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]

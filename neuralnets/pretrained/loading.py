@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, _check_counts
+from neuralnets.data.spikedata import DataError, DataSpec, SpikeData
+from neuralnets.data.spikedata import check_counts as _check_counts
 from neuralnets.models.base import SpikeModel
 from neuralnets.pretrained.registry import (
     CHECKPOINT_FILE,
