@@ -173,6 +173,25 @@ def test_lfads_inds_conversion_factor_and_partial_behavior(tmp_path):
     assert d.meta["behavior_splits"] == ["train"]
 
 
+def test_lfads_train_and_valid_only_has_no_test_trials(tmp_path, tiny_data):
+    a = _lfads_arrays()  # train_* and valid_* keys only
+    d = load(_write_h5(tmp_path / "tv.h5", a, attrs={"bin_size": 0.01}))
+    sizes = [d.indices(s).size for s in ("train", "val", "test")]
+    assert (d.n_trials, sizes) == (5, [3, 2, 0])
+    assert "test 0" in d.summary()
+    with pytest.raises(DataError, match=r"tv.h5: split 'test' has no trials"):
+        d.subset("test")
+    # and a SpikeData without test trials writes a file without test_* keys that reads back the same
+    no_test = tiny_data.subset(tiny_data.indices("train").tolist() + tiny_data.indices("val").tolist())
+    path = save_lfads_h5(no_test, tmp_path / "no_test.h5")
+    with h5py.File(path, "r") as f:
+        assert not [k for k in f if k.startswith("test_")]
+    back = load_lfads_h5(path)
+    assert back.indices("test").size == 0
+    np.testing.assert_array_equal(back.spikes, no_test.spikes)
+    np.testing.assert_array_equal(back.split, no_test.split)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
