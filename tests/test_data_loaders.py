@@ -207,6 +207,10 @@ def test_lfads_train_and_valid_only_has_no_test_trials(tmp_path, tiny_data):
             r"'train_encod_data' has non-finite",
         ),
         (lambda a: a.update(train_encod_data=np.ones((3, 3))), r"key 'train_encod_data' must have rank 3"),
+        (
+            lambda a: a.update(train_encod_data=np.full((3, 3, 3), 2**25)),
+            r"key 'train_encod_data' has counts up to 33554432",
+        ),
         (lambda a: a.update(train_encod_data=a["train_encod_data"] + 1), r"'train_recon_data' differs from"),
         (lambda a: a.update(valid_encod_data=np.ones((2, 3, 2))), r"key 'valid_encod_data' has shape"),
         (lambda a: a.update(train_inds=np.arange(3), valid_inds=np.array([3, 3])), r"permutation of 0..4"),

@@ -125,3 +125,19 @@ def test_summary_mentions_shapes_and_rate(tiny_data):
     assert "held-in 3 / held-out 2" in text and "train 3, val 2, test 1" in text
     rate = tiny_data.spikes.mean() / 0.01
     assert f"mean rate {rate:.2f} Hz" in text
+
+
+def test_counts_that_float32_would_round_are_refused(tmp_path):
+    big = np.ones((2, 3, 4), dtype=np.int64)
+    big[1, 2, 3] = 2**24  # the largest count float32 holds exactly: fine
+    assert SpikeData(**_good(spikes=big)).spikes[1, 2, 3] == 2**24
+    big[1, 2, 3] = 2**24 + 1  # float32(16777217) == 16777216: would be rounded silently
+    with pytest.raises(
+        DataError, match=r"my_file.xyz: field 'spikes' has counts up to 16777217 .*index \(1, 2, 3\)"
+    ):
+        SpikeData(**_good(spikes=big))
+    np.savez(tmp_path / "big.npz", spikes=big, bin_size=0.01)
+    with pytest.raises(
+        DataError, match=r"big.npz: key 'spikes' has counts up to 16777217.*2\*\*24 = 16777216"
+    ):
+        load_npz(tmp_path / "big.npz")

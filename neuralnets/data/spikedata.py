@@ -66,7 +66,7 @@ class SpikeData:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.spikes = _as_float32(self.spikes, f"{self.source}: field 'spikes'")
+        self.spikes = _as_float32(self.spikes, f"{self.source}: field 'spikes'", max_exact=MAX_EXACT_COUNT)
         if self.n_heldin is None and self.spikes.ndim == 3:
             self.n_heldin = self.spikes.shape[2]
         if self.split is None and self.spikes.ndim == 3 and self.spikes.shape[0] > 0:
@@ -246,18 +246,37 @@ def default_split(n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2, 
     return labels
 
 
-def _as_float32(x, where: str = "") -> np.ndarray:
+# float32 holds every whole number up to 2**24 exactly; larger counts would be rounded by the cast.
+MAX_EXACT_COUNT = 2**24
+
+
+def _as_float32(x, where: str = "", max_exact: float | None = None) -> np.ndarray:
+    """`x` as a float32 array; with `max_exact`, values above it are a DataError (checked before the cast)."""
     try:
         arr = np.asarray(x)
     except ValueError as e:  # ragged nested lists
         raise DataError(f"{where} is not a regular numeric array ({e})") from e
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{where} must be a numeric array; got dtype {arr.dtype} (ragged or mixed input?)")
+    if max_exact is not None:
+        _check_exact(arr, where, max_exact)
     return arr.astype(np.float32, copy=False)
 
 
+def _check_exact(x: np.ndarray, where: str, max_exact: float = MAX_EXACT_COUNT) -> None:
+    """Counts above `max_exact` (2**24) do not survive the float32 cast exactly: refuse them."""
+    too_big = (x > max_exact) & np.isfinite(x)  # non-finite values: left to check_counts
+    if too_big.any():
+        bad = tuple(int(i) for i in np.argwhere(too_big)[0])
+        raise DataError(
+            f"{where} has counts up to {x[too_big].max()} (first {x[bad]} at index {bad}), above "
+            f"2**24 = {MAX_EXACT_COUNT}, the largest count float32 holds exactly; spike counts per bin "
+            "that large are not supported (rebin, or check that the field holds counts)"
+        )
+
+
 def check_counts(x: np.ndarray, where: str) -> None:
-    """Counts must be finite, non-negative whole numbers."""
+    """Counts must be finite, non-negative whole numbers, at most 2**24 (exact in float32)."""
     if not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         raise DataError(f"{where} has non-finite values (first at index {tuple(int(i) for i in bad)})")
@@ -273,3 +292,4 @@ def check_counts(x: np.ndarray, where: str) -> None:
             f"{where} has fractional counts (first {x[tuple(bad)]} at index {tuple(int(i) for i in bad)}); "
             "spike counts must be whole numbers"
         )
+    _check_exact(x, where)
