@@ -112,6 +112,17 @@ def test_lfads_round_trip_is_exact(tiny_data, tmp_path):
     np.testing.assert_array_equal(load(path).spikes, tiny_data.spikes)  # dispatch by keys
 
 
+def test_lfads_ext_input_round_trip(tiny_data, tmp_path):
+    inputs = np.random.default_rng(2).standard_normal((6, 8, 2))  # (trials, T, U)
+    d = dataclasses.replace(tiny_data, inputs=inputs)
+    path = save_lfads_h5(d, tmp_path / "ext.h5")
+    with h5py.File(path, "r") as f:  # LFADS's key for known external inputs, over all bins
+        np.testing.assert_allclose(f["train_ext_input"][()], inputs[:3].astype(np.float32))
+        assert f["valid_ext_input"].shape == (2, 8, 2)
+    np.testing.assert_allclose(load_lfads_h5(path).inputs, inputs.astype(np.float32))
+    assert load_lfads_h5(save_lfads_h5(tiny_data, tmp_path / "no_ext.h5")).inputs is None
+
+
 def test_lfads_round_trip_keeps_observed_mask(tiny_data, tmp_path):
     observed = np.ones(tiny_data.spikes.shape, bool)
     observed[5, 6:] = False
@@ -217,6 +228,21 @@ def test_lfads_train_and_valid_only_has_no_test_trials(tmp_path, tiny_data):
         (lambda a: a.update(train_inds=np.arange(3)), r"'valid_inds'\] missing"),
         (lambda a: a.update(train_truth=np.ones((2, 4, 5))), r"'train_truth' has 2 trials but"),
         (lambda a: a.update(train_truth=np.ones((3, 4, 5))), r"'train_truth' is present but"),
+        (lambda a: a.update(train_ext_input=np.ones((3, 4, 1))), r"'train_ext_input' is present but"),
+        (
+            lambda a: a.update(train_ext_input=np.ones((3, 3, 1)), valid_ext_input=np.ones((2, 3, 1))),
+            r"key 'train_ext_input' has shape \(3, 3, 1\); expected \(3, 4, \*\) \(trials, 4 bins",
+        ),
+        (
+            lambda a: a.update(train_ext_input=np.ones((3, 4)), valid_ext_input=np.ones((2, 4))),
+            r"key 'train_ext_input' must have rank 3",
+        ),
+        (
+            lambda a: a.update(
+                train_ext_input=np.full((3, 4, 1), np.nan), valid_ext_input=np.ones((2, 4, 1))
+            ),
+            r"key 'train_ext_input' has non-finite values",
+        ),
         (
             lambda a: a.update(train_observed=np.zeros((3, 4, 5)), valid_observed=np.ones((2, 4, 5))),
             r"'train_recon_data' has spikes where 'train_observed' is False",

@@ -95,6 +95,12 @@ def _good(**overrides):
         (dict(behavior=np.full((4, 5, 2), np.nan)), r"field 'behavior' has non-finite"),
         (dict(rates=-np.ones((4, 5, 3))), r"field 'rates' has negative values"),
         (dict(latents=np.zeros((4, 4, 2))), r"field 'latents' has shape"),
+        (
+            dict(n_fwd=2, inputs=np.zeros((4, 3, 1))),
+            r"field 'inputs' has shape \(4, 3, 1\); expected \(4, 5, D\)",
+        ),
+        (dict(inputs=np.full((4, 5, 1), np.inf)), r"field 'inputs' has non-finite values"),
+        (dict(inputs=np.array([[["on"]]])), r"field 'inputs' must be a numeric array"),
         (dict(condition=np.zeros(5)), r"field 'condition' has shape \(5,\)"),
         (dict(split=np.array(["train"] * 3)), r"field 'split' has shape"),
         (dict(split=np.array(["train", "val", "foo", "test"])), r"unknown split names \['foo'\]"),
@@ -141,3 +147,14 @@ def test_counts_that_float32_would_round_are_refused(tmp_path):
         DataError, match=r"big.npz: key 'spikes' has counts up to 16777217.*2\*\*24 = 16777216"
     ):
         load_npz(tmp_path / "big.npz")
+
+
+def test_inputs_cover_all_bins_and_travel_with_the_trials(tiny_data, tmp_path):
+    inputs = np.arange(6 * 8 * 2, dtype=float).reshape(6, 8, 2) - 40  # (trials, T, U), negative allowed
+    d = dataclasses.replace(tiny_data, inputs=inputs)
+    assert d.inputs.dtype == np.float32 and "inputs" in d.summary()
+    np.testing.assert_array_equal(d.subset("val").inputs, inputs[[3, 4]])
+    np.testing.assert_array_equal(d.subset(np.array([5, 0])).inputs, inputs[[5, 0]])
+    back = load_npz(save_npz(d, tmp_path / "with_inputs.npz"))
+    np.testing.assert_array_equal(back.inputs, inputs)
+    assert load_npz(save_npz(tiny_data, tmp_path / "without.npz")).inputs is None

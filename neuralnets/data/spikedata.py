@@ -9,6 +9,8 @@ Conventions (see DESIGN.md):
   trained on. `None` means everything was recorded.
 - `behavior (trials, T_obs, D)` (e.g. hand velocity), `condition (trials,)` ints, ground truth
   `rates (trials, T, N)` (counts per bin) and `latents (trials, T, K)` for synthetic data.
+- `inputs (trials, T, U)` float, optional: known external inputs to the system (e.g. a stimulus),
+  over all bins (observed and forward), as LFADS's `ext_input`.
 - `split (trials,)` one of `train`, `val`, `test` per trial.
 """
 
@@ -61,6 +63,7 @@ class SpikeData:
     condition: np.ndarray | None = None
     rates: np.ndarray | None = None
     latents: np.ndarray | None = None
+    inputs: np.ndarray | None = None
     name: str = "data"
     source: str = "<memory>"  # file or generator the data came from; used in error messages
     meta: dict = field(default_factory=dict)
@@ -75,7 +78,7 @@ class SpikeData:
             self.split = np.asarray(self.split).astype(str)
         if self.observed is not None:
             self.observed = np.asarray(self.observed, dtype=bool)
-        for name in ("behavior", "rates", "latents"):
+        for name in ("behavior", "inputs", "rates", "latents"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, _as_float32(value, f"{self.source}: field {name!r}"))
@@ -182,6 +185,7 @@ class SpikeData:
         if self.observed is not None and self.observed.shape != x.shape:
             raise DataError(f"{src}: field 'observed' has shape {self.observed.shape}; expected {x.shape}")
         self._check_field("behavior", (self.n_trials, self.n_obs), allow_negative=True)
+        self._check_field("inputs", (self.n_trials, self.n_bins), allow_negative=True)
         self._check_field("rates", (self.n_trials, self.n_bins, self.n_neurons), allow_negative=False)
         self._check_field("latents", (self.n_trials, self.n_bins), allow_negative=True)
         if self.condition is not None and self.condition.shape != (self.n_trials,):
@@ -217,7 +221,7 @@ class SpikeData:
         ]
         extras = [
             n
-            for n in ("behavior", "condition", "rates", "latents", "observed")
+            for n in ("behavior", "inputs", "condition", "rates", "latents", "observed")
             if getattr(self, n) is not None
         ]
         if extras:
@@ -226,7 +230,7 @@ class SpikeData:
 
 
 # Fields indexed by trial first (subset() takes them; .npz files store them).
-PER_TRIAL_FIELDS = ("spikes", "split", "observed", "behavior", "condition", "rates", "latents")
+PER_TRIAL_FIELDS = ("spikes", "split", "observed", "behavior", "inputs", "condition", "rates", "latents")
 
 
 def default_split(n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2, seed: int = 0) -> np.ndarray:

@@ -46,6 +46,8 @@ def load_lfads_h5(path: str | Path, bin_size: float | None = None, name: str | N
       together a permutation of 0..n-1). Without them trials are ordered train, valid, test.
     - `{p}_behavior (trials, T_obs, D)`, optional. If some prefixes lack it, their trials get zeros
       and `meta['behavior_splits']` lists the splits with real behaviour.
+    - `{p}_ext_input (trials, T, U)`, optional (all prefixes or none): known external inputs over
+      all `T` bins of `recon_data` (LFADS's key) → `inputs`.
     - neuralnets extensions written by `save_lfads_h5`: `{p}_latents (trials, T, K)`,
       `{p}_condition (trials,)`, `{p}_observed (trials, T, N)` and root attributes `bin_size`, `name`.
 
@@ -109,7 +111,7 @@ def load_lfads_h5(path: str | Path, bin_size: float | None = None, name: str | N
     spikes = np.zeros((n_total, t_all, n_all), dtype=np.float32)  # (trials, T, N)
     observed = np.ones((n_total, t_all, n_all), dtype=bool)  # (trials, T, N)
     split = np.empty(n_total, dtype="<U5")
-    optional = {"truth": None, "latents": None, "condition": None}
+    optional = {"truth": None, "latents": None, "condition": None, "ext_input": None}
     beh_dim = {d["behavior"].shape[2] for d in parts.values() if "behavior" in d}
     if len(beh_dim) > 1:
         raise DataError(f"{src}: the *_behavior keys have different dimensions {sorted(beh_dim)}")
@@ -151,6 +153,10 @@ def load_lfads_h5(path: str | Path, bin_size: float | None = None, name: str | N
             )
             behavior[idx] = d["behavior"]
             has_beh[idx] = True
+    for p, d in parts.items():
+        if "ext_input" in d:
+            why = f"(trials, {t_all} bins: all bins of recon_data, U inputs)"
+            expect_shape(d["ext_input"], (d["n"], t_all, None), f"{p}_ext_input", src, why)
     for key in optional:
         present = [p for p in prefixes if key in parts[p]]
         if not present:
@@ -192,6 +198,7 @@ def load_lfads_h5(path: str | Path, bin_size: float | None = None, name: str | N
         condition=optional["condition"],
         rates=optional["truth"],
         latents=optional["latents"],
+        inputs=optional["ext_input"],
         name=name or (str(file_name) if file_name is not None else path.stem),
         source=src,
         meta=meta,
@@ -203,7 +210,15 @@ def _read_lfads_prefix(f, p: str, src: str) -> dict:
     d["n"] = d["encod"].shape[0]
     if f"{p}_recon_data" in f:
         d["recon"] = h5_array(f, f"{p}_recon_data", src, counts=True)
-    for key, rank in (("truth", 3), ("behavior", 3), ("latents", 3), ("condition", 1), ("observed", 3)):
+    optional = (
+        ("truth", 3),
+        ("behavior", 3),
+        ("latents", 3),
+        ("condition", 1),
+        ("observed", 3),
+        ("ext_input", 3),
+    )
+    for key, rank in optional:
         if f"{p}_{key}" in f:
             arr = h5_array(f, f"{p}_{key}", src, rank=rank)
             if arr.shape[0] != d["n"]:
@@ -250,7 +265,8 @@ def save_lfads_h5(data: SpikeData, path: str | Path) -> Path:
 
     Per split with trials (train → `train_*`, val → `valid_*`, test → `test_*`): `encod_data`
     (held-in neurons, observed bins), `recon_data` (all neurons and bins), `inds`, and when present
-    `truth` (= rates, with root `conversion_factor` 1.0), `behavior`, and the neuralnets extensions
+    `truth` (= rates, with root `conversion_factor` 1.0), `behavior`, `ext_input` (= inputs), and the
+    neuralnets extensions
     `latents`, `condition`, `observed`. Root attributes: `bin_size`, `name`, `neuralnets_meta` (JSON).
     """
     path = Path(path)
@@ -273,6 +289,7 @@ def save_lfads_h5(data: SpikeData, path: str | Path) -> Path:
             for key, value in (
                 ("truth", data.rates),
                 ("behavior", data.behavior),
+                ("ext_input", data.inputs),
                 ("latents", data.latents),
                 ("condition", data.condition),
                 ("observed", data.observed),

@@ -25,7 +25,8 @@ def load_npz(path: str | Path) -> SpikeData:
 
     Plain files need `spikes (trials, T, N)` counts and `bin_size` (scalar, seconds). Optional keys:
     scalars `n_heldin`, `n_fwd`, `name`; arrays `split (trials,)` of 'train'/'val'/'test',
-    `observed (trials, T, N)` bool, `behavior (trials, T_obs, D)`, `condition (trials,)`,
+    `observed (trials, T, N)` bool, `behavior (trials, T_obs, D)`, `inputs (trials, T, U)` (external
+    inputs, float), `condition (trials,)`,
     `rates (trials, T, N)` (expected counts per bin), `latents (trials, T, K)`. Any other key is an
     error (nothing is ignored silently). Files from `save_npz` also hold a JSON `__header__`.
     """
