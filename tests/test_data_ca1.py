@@ -116,6 +116,17 @@ def test_bad_options_raise():
         load("ca1_linear_track", window_s=2.41)
     with pytest.raises(DataError, match="behavior='speed'"):
         load("ca1_linear_track", behavior="speed")
+    for bad in (1, -4, 2.5, "4"):
+        with pytest.raises(
+            DataError, match=r"spikes.mat: heldout_every must be 0 \(no held-out units\) or a whole"
+        ):
+            load("ca1_linear_track", heldout_every=bad)
+
+
+def test_no_heldout_units_warns():
+    with pytest.warns(UserWarning, match=r"no held-out neurons \(heldout_every=0\).*co-bps"):
+        d = load_ca1_linear_track(heldout_every=0, behavior="position")
+    assert d.n_heldout == 0 and d.n_heldin == 31
 
 
 def _truncated_mat(tmp_path):

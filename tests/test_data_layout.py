@@ -13,6 +13,7 @@ DATA_DIR = Path(neuralnets.data.__file__).parent
 LAYERS = {
     "spikedata": 0,
     "binning": 1,
+    "heldout": 1,
     "formats.common": 1,
     "synthetic": 2,
     "formats.npz": 2,

@@ -15,6 +15,7 @@ import numpy as np
 
 from neuralnets.data.binning import bin_spike_times
 from neuralnets.data.formats.common import require_file
+from neuralnets.data.heldout import check_heldout, every_kth
 from neuralnets.data.spikedata import DataError, SpikeData, default_split
 
 CA1_LINEAR_TRACK_DIR = Path(__file__).parent.parent / "fixtures" / "ca1_linear_track"
@@ -102,10 +103,7 @@ def load_ca1_linear_track(
         raise DataError(
             f"{t_src}: behavior={behavior!r}: channels must be distinct names from {list(CA1_BEHAVIORS)}"
         )
-    if int(heldout_every) != heldout_every or heldout_every < 0 or heldout_every == 1:
-        raise DataError(
-            f"{s_src}: heldout_every must be 0 (no held-out units) or >= 2; got {heldout_every!r}"
-        )
+    every_kth(0, heldout_every, s_src, allow_zero=True)  # check the option before reading the files
 
     units = _read_matclust_spikes(spikes_path)
     track = _read_position_tracking(trajectory_path)
@@ -156,11 +154,10 @@ def load_ca1_linear_track(
     n_bins = n_obs + n_fwd
     edges = starts[:, None] + bin_size * np.arange(n_bins + 1)  # (trials, T + 1)
     ids = units["ids"]
-    heldout = np.zeros(len(ids), dtype=bool)
-    if heldout_every:
-        heldout[heldout_every - 1 :: heldout_every] = True
-    if heldout.all():
-        raise DataError(f"{s_src}: heldout_every={heldout_every} holds out all {len(ids)} units")
+    heldout = every_kth(len(ids), heldout_every, s_src, allow_zero=True)  # (units,) bool
+    no_heldout = check_heldout(heldout, s_src, f"heldout_every={heldout_every}")
+    if no_heldout:
+        warnings.warn(no_heldout, stacklevel=2)
     order = np.concatenate([np.flatnonzero(~heldout), np.flatnonzero(heldout)])
     spikes = bin_spike_times(units["times"], order, edges)  # (trials, T, N)
 
