@@ -1,28 +1,44 @@
-"""NWB files (via `pynwb`): units' spike times + trials table + behaviour time series → binned trials."""
+"""NWB files (via `pynwb`): units' spike times + a trials table + time series → binned, aligned trials.
+
+`load_nwb` reads the units table (`spike_times`, optional `obs_intervals` and a held-out column), one
+`TimeIntervals` table as the trials (`trials` by default, or any table under `intervals`), and any
+`TimeSeries`/`SpatialSeries` by name as behaviour or as external inputs.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from neuralnets.data import heldout as H
 from neuralnets.data.binning import bin_spike_times
 from neuralnets.data.formats.common import require_file
 from neuralnets.data.spikedata import DataError, SpikeData, default_split
 
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_DEFAULT_HELDOUT_COLUMN = "heldout"  # NLB's units column; its absence is not an error
 
 
 def load_nwb(
     path: str | Path,
     bin_size: float,
+    *,
+    trials_table: str | None = None,
     align_event: str = "start_time",
     window: tuple[float, float] | None = None,
-    behavior: str | None = None,
-    heldout_column: str | None = "heldout",
     n_fwd: int = 0,
+    behavior: str | Sequence[str] | None = None,
+    inputs: str | Sequence[str] | None = None,
+    heldout_column: str | None = _DEFAULT_HELDOUT_COLUMN,
+    heldout_units: Sequence[int] | None = None,
+    heldout_every: int | None = None,
+    heldout_fraction: float | None = None,
+    heldout_seed: int = 0,
     split_column: str | None = "split",
-    exclude_splits: tuple[str, ...] = ("none",),
+    exclude_splits: Sequence[str] = ("none",),
     condition_column: str | None = None,
     use_obs_intervals: bool = True,
     val_frac: float = 0.2,
@@ -33,18 +49,34 @@ def load_nwb(
     """Bin an NWB file's units into aligned trials.
 
     Args:
-        path: the `.nwb` file (units table with `spike_times`, trials table).
+        path: the `.nwb` file (units table with `spike_times`, a `TimeIntervals` table of trials).
         bin_size: bin width in seconds.
-        align_event: trials-table column (seconds) each trial is aligned on, e.g. 'move_onset_time'.
+        trials_table: name of the `TimeIntervals` table that holds the trials: `trials` (None, the
+            default) or any table under the file's `intervals` (e.g. 'encoding_table'). When it is
+            missing or empty the error lists the interval tables the file has.
+        align_event: numeric column of that table (seconds) each trial is aligned on, e.g.
+            'start_time' (default), 'stop_time', 'move_onset_time'.
         window: (t0, t1) seconds relative to the event; `(t1 - t0)` must be a whole number of bins.
             None: the largest window inside every trial (`max(start - event)` to `min(stop - event)`),
             cut down to a whole number of bins.
-        behavior: name of a TimeSeries anywhere in the file (acquisition, processing modules, nested
-            containers) resampled by linear interpolation to the centres of the observed bins; its
-            timestamps must cover them (no extrapolation). None: no behaviour.
-        heldout_column: boolean units column marking held-out neurons (held-in units come first, order
-            otherwise kept). If the column is absent every unit is held-in.
         n_fwd: the last `n_fwd` bins of the window are forward-prediction bins.
+        behavior: name (or list of names, concatenated) of `TimeSeries`/`SpatialSeries` anywhere in
+            the file (acquisition, processing modules, nested containers; 'parent/name' picks one of
+            several with the same name), linearly interpolated at the centres of the observed bins
+            → `behavior (trials, T_obs, D)`. The series must cover those times (never extrapolated).
+        inputs: the same for known external inputs (e.g. a stimulus) → `inputs (trials, T, U)`,
+            at the centres of all bins (observed and forward). Interpolating at bin centres suits
+            series sampled about as fast as the bins or slower; resample faster ones first.
+        heldout_column, heldout_units, heldout_every, heldout_fraction, heldout_seed: which units
+            are held out (predicted only, never model input); use one way at a time:
+            - `heldout_column`: a boolean units column (default 'heldout', NLB's; if the file has no
+              such column, no unit is held out). Pass None to use none of the file's columns.
+            - `heldout_units=[i, ...]`: 0-based positions in the units table.
+            - `heldout_every=k`: the k-th, 2k-th, ... units (k >= 2), as the CA1 loader does.
+            - `heldout_fraction=f`: `round(f * n_units)` units drawn with `heldout_seed`.
+            Giving two (including a file that has the `heldout_column` next to one of the others)
+            is an error. With no held-out unit a warning says co-bps cannot be computed.
+            Held-in units come first in `spikes`, each group in file order.
         split_column: trials column with 'train'/'val'/'test' (also 'valid'/'validation'). If absent,
             `default_split(n_trials, val_frac, test_frac, seed)`.
         exclude_splits: split labels whose trials are left out (NLB marks unused trials 'none');
@@ -55,7 +87,8 @@ def load_nwb(
             unit's intervals are marked unobserved (`observed` False); a spike in such a bin is an error.
 
     Binning: bin k of a trial covers `[e + t0 + k*bin_size, e + t0 + (k+1)*bin_size)` (half-open,
-    so adjacent windows never count a spike twice). `meta` holds `unit_ids`, `trial_ids`, `window`.
+    so adjacent windows never count a spike twice). `meta` holds `unit_ids`, `heldout_unit_ids`,
+    `heldout_choice`, `trial_ids`, `trials_table`, `align_event`, `window`.
 
     Returns:
         SpikeData `spikes (trials, T, N)` with `T = round((t1 - t0) / bin_size)`.
@@ -66,6 +99,7 @@ def load_nwb(
     src = str(path)
     if not (np.isfinite(bin_size) and bin_size > 0):
         raise DataError(f"{src}: bin_size must be a positive number of seconds; got {bin_size!r}")
+    behavior_names, input_names = _names(behavior, "behavior", src), _names(inputs, "inputs", src)
     try:
         io = NWBHDF5IO(str(path), "r")
         nwb = io.read()
@@ -73,12 +107,19 @@ def load_nwb(
         raise DataError(f"{src}: cannot read as an NWB file ({type(e).__name__}: {e})") from e
     try:
         units = _read_units(nwb, src, heldout_column, use_obs_intervals)
-        trials = _read_trials(nwb, src, align_event, split_column, condition_column)
-        series = _find_timeseries(nwb, behavior, src) if behavior is not None else None
+        trials = _read_trials(nwb, src, trials_table, align_event, split_column, condition_column)
+        beh_series = [_find_series(nwb, n, src, "behaviour") for n in behavior_names]
+        input_series = [_find_series(nwb, n, src, "inputs") for n in input_names]
     finally:
         io.close()
+    heldout, how = _choose_heldout(
+        units, src, heldout_column, heldout_units, heldout_every, heldout_fraction, heldout_seed
+    )
+    no_heldout = H.check_heldout(heldout, src, how)
+    if no_heldout:
+        warnings.warn(no_heldout, stacklevel=2)
 
-    keep = ~np.isin(trials["split_raw"], exclude_splits) if trials["split_raw"] is not None else None
+    keep = ~np.isin(trials["split_raw"], list(exclude_splits)) if trials["split_raw"] is not None else None
     if keep is not None and not keep.all():
         excluded_ids = trials["ids"][~keep].tolist()
         for k in ("align", "start", "stop", "ids", "split_raw", "cond_raw"):
@@ -114,7 +155,7 @@ def load_nwb(
     # Bin edges of every trial: (trials, n_bins + 1); counts by searchsorted (half-open bins).
     edges = align[:, None] + t0 + bin_size * np.arange(n_bins + 1)
     centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (trials, n_bins)
-    order = np.concatenate([np.flatnonzero(~units["heldout"]), np.flatnonzero(units["heldout"])])
+    order = np.concatenate([np.flatnonzero(~heldout), np.flatnonzero(heldout)])
     spikes = bin_spike_times(units["times"], order, edges)  # (trials, T, N)
     observed = np.ones(spikes.shape, dtype=bool)  # (trials, T, N)
     if units["intervals"] is not None:
@@ -130,8 +171,13 @@ def load_nwb(
             )
 
     beh = None
-    if series is not None:
-        beh = _resample(series, centres[:, : n_bins - n_fwd], src)  # (trials, T_obs, D)
+    if beh_series:  # (trials, T_obs, D)
+        beh = np.concatenate(
+            [_resample(s, centres[:, : n_bins - n_fwd], src, "behaviour") for s in beh_series], -1
+        )
+    ext = None
+    if input_series:  # (trials, T, U)
+        ext = np.concatenate([_resample(s, centres, src, "inputs") for s in input_series], axis=-1)
 
     if trials["split_raw"] is not None:
         split = np.array([_SPLIT_ALIASES.get(s, "?") for s in trials["split_raw"]])
@@ -149,25 +195,42 @@ def load_nwb(
         meta["condition_names"] = [str(x) for x in names]
     meta.update(
         unit_ids=[int(units["ids"][u]) for u in order],
+        heldout_unit_ids=[int(units["ids"][u]) for u in np.flatnonzero(heldout)],
+        heldout_choice=how,
         trial_ids=trials["ids"].tolist(),
         excluded_trial_ids=excluded_ids,
+        trials_table=trials["table"],
         align_event=align_event,
         window=[t0, t0 + n_bins * bin_size],
-        behavior_series=behavior,
+        behavior_series=[s["name"] for s in beh_series] or None,
+        input_series=[s["name"] for s in input_series] or None,
     )
     return SpikeData(
         spikes=spikes,
         bin_size=bin_size,
-        n_heldin=int((~units["heldout"]).sum()),
+        n_heldin=int((~heldout).sum()),
         n_fwd=n_fwd,
         split=split,
         observed=None if observed.all() else observed,
         behavior=beh,
+        inputs=ext,
         condition=condition,
         name=name or path.stem,
         source=src,
         meta=meta,
     )
+
+
+def _names(value: str | Sequence[str] | None, option: str, src: str) -> list[str]:
+    """`behavior=` / `inputs=` as a list of series names."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else list(value)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise DataError(f"{src}: {option}= must be a series name or a list of names; got {value!r}")
+    if len(set(names)) != len(names):
+        raise DataError(f"{src}: {option}= names a series more than once: {names}")
+    return names
 
 
 def _read_units(nwb, src: str, heldout_column: str | None, use_obs_intervals: bool) -> dict:
@@ -186,68 +249,161 @@ def _read_units(nwb, src: str, heldout_column: str | None, use_obs_intervals: bo
         if not np.isfinite(t).all():
             raise DataError(f"{src}: units 'spike_times' of unit {ids[u]} has non-finite values")
         times.append(np.sort(t))  # searchsorted needs sorted times; sorting loses nothing
-    heldout = np.zeros(len(ids), dtype=bool)
+    column = None
     if heldout_column is not None and heldout_column in units.colnames:
-        heldout = np.asarray(units[heldout_column].data[:])
-        if heldout.dtype != bool:
-            if not np.isin(heldout, (0, 1)).all():
-                raise DataError(
-                    f"{src}: units column {heldout_column!r} must be boolean; got {heldout[:5]}..."
-                )
-            heldout = heldout.astype(bool)
+        column = np.asarray(units[heldout_column].data[:])
     intervals = None
     if use_obs_intervals and "obs_intervals" in units.colnames:
         oc = units["obs_intervals"]
         flat_iv = np.asarray(oc.target.data[:], dtype=np.float64).reshape(-1, 2)
         iv_ends = np.asarray(oc.data[:], dtype=np.int64)
         intervals = [flat_iv[a:b] for a, b in zip(np.r_[0, iv_ends[:-1]], iv_ends, strict=True)]
-    return {"ids": ids, "times": times, "heldout": heldout, "intervals": intervals}
+    return {
+        "ids": ids,
+        "times": times,
+        "columns": list(units.colnames),
+        "heldout_column": column,
+        "intervals": intervals,
+    }
 
 
-def _read_trials(nwb, src: str, align_event: str, split_column: str | None, condition_column: str | None):
-    trials = nwb.trials
-    if trials is None or len(trials) == 0:
-        raise DataError(f"{src}: the NWB file has no trials (trials table missing or empty)")
-    cols = list(trials.colnames)
+def _choose_heldout(
+    units: dict,
+    src: str,
+    column: str | None,
+    indices: Sequence[int] | None,
+    every: int | None,
+    fraction: float | None,
+    seed: int,
+) -> tuple[np.ndarray, str]:
+    """The `(n_units,)` held-out mask and how it was chosen (for messages and `meta`)."""
+    n = len(units["ids"])
+    given = {
+        k: v
+        for k, v in (("heldout_units", indices), ("heldout_every", every), ("heldout_fraction", fraction))
+        if v is not None
+    }
+    if len(given) > 1:
+        raise DataError(f"{src}: held-out units are chosen one way at a time; got {sorted(given)}")
+    has_column = units["heldout_column"] is not None
+    if given and column is not None and (has_column or column != _DEFAULT_HELDOUT_COLUMN):
+        (option,) = given
+        what = "a column of the units table" if has_column else "given explicitly"
+        raise DataError(
+            f"{src}: {option}= and heldout_column={column!r} ({what}) both choose held-out units; "
+            f"pass heldout_column=None to choose them with {option}="
+        )
+    if "heldout_units" in given:
+        mask, how = H.from_indices(n, indices, src), f"heldout_units={list(indices)}"
+    elif "heldout_every" in given:
+        mask, how = H.every_kth(n, every, src), f"heldout_every={every}"
+    elif "heldout_fraction" in given:
+        mask = H.random_fraction(n, fraction, seed, src)
+        how = f"heldout_fraction={fraction} of {n} units, heldout_seed={seed}"
+    elif has_column:
+        mask, how = H.from_column(units["heldout_column"], column, src), f"units column {column!r}"
+    elif column is not None and column != _DEFAULT_HELDOUT_COLUMN:
+        raise DataError(f"{src}: units table has no column {column!r}; columns: {units['columns']}")
+    elif column is None:
+        mask, how = np.zeros(n, dtype=bool), "heldout_column=None"
+    else:
+        mask, how = np.zeros(n, dtype=bool), f"the units table has no {column!r} column"
+    return mask, how
+
+
+def _interval_tables(nwb) -> dict:
+    """Every `TimeIntervals` table of the file by name: trials, epochs, invalid_times, intervals/*."""
+    tables = {
+        n: getattr(nwb, n) for n in ("trials", "epochs", "invalid_times") if getattr(nwb, n, None) is not None
+    }
+    tables.update(dict(nwb.intervals))
+    return tables
+
+
+def _numeric_columns(table) -> list[str]:
+    """Columns with one number per row (ragged and table-reference columns excluded)."""
+    out = []
+    for c in table.colnames:
+        col = table[c]
+        if hasattr(col, "target") or hasattr(col, "table"):  # VectorIndex (ragged), DynamicTableRegion
+            continue
+        if np.asarray(col.data[:]).dtype.kind in "iuf" and np.ndim(col.data) == 1:
+            out.append(c)
+    return out
+
+
+def _read_trials(
+    nwb,
+    src: str,
+    table_name: str | None,
+    align_event: str,
+    split_column: str | None,
+    condition_column: str | None,
+) -> dict:
+    tables = _interval_tables(nwb)
+    name = "trials" if table_name is None else table_name
+    table = tables.get(name)
+    if table is None or len(table) == 0:
+        present = [f"{n} ({len(t)} rows)" for n, t in sorted(tables.items())]
+        problem = "is empty" if table is not None else "is missing"
+        hint = (
+            f"interval tables in the file: {present}; pass trials_table=<name> to use one of them"
+            if present
+            else "the file has no interval tables (nothing under 'intervals')"
+        )
+        raise DataError(f"{src}: the NWB file has no trials: the intervals table {name!r} {problem}; {hint}")
+    where = f"intervals table {name!r}"
+    cols = list(table.colnames)
+    numeric = _numeric_columns(table)
     if align_event not in cols:
-        raise DataError(f"{src}: trials table has no column {align_event!r} to align on; columns: {cols}")
+        raise DataError(
+            f"{src}: {where} has no column {align_event!r} to align on; numeric columns: {numeric}"
+        )
+    if align_event not in numeric:
+        raise DataError(
+            f"{src}: {where} column {align_event!r} is not one number (seconds) per trial, so it cannot "
+            f"be aligned on; numeric columns: {numeric}"
+        )
     if condition_column is not None and condition_column not in cols:
-        raise DataError(f"{src}: trials table has no column {condition_column!r}; columns: {cols}")
-    ids = np.asarray(trials.id.data[:])
-    align = np.asarray(trials[align_event].data[:], dtype=np.float64)
+        raise DataError(f"{src}: {where} has no column {condition_column!r}; columns: {cols}")
+    ids = np.asarray(table.id.data[:])
+    align = np.asarray(table[align_event].data[:], dtype=np.float64)
     if not np.isfinite(align).all():
         bad = ids[~np.isfinite(align)][:5].tolist()
-        raise DataError(f"{src}: trials column {align_event!r} has non-finite times (trial ids {bad})")
+        raise DataError(f"{src}: {where} column {align_event!r} has non-finite times (trial ids {bad})")
     out = {
+        "table": name,
         "ids": ids,
         "align": align,
-        "start": np.asarray(trials["start_time"].data[:], dtype=np.float64),
-        "stop": np.asarray(trials["stop_time"].data[:], dtype=np.float64),
+        "start": np.asarray(table["start_time"].data[:], dtype=np.float64),
+        "stop": np.asarray(table["stop_time"].data[:], dtype=np.float64),
         "split_raw": None,
         "cond_raw": None,
     }
     if split_column is not None and split_column in cols:
-        out["split_raw"] = np.asarray(trials[split_column].data[:]).astype(str)
+        out["split_raw"] = np.asarray(table[split_column].data[:]).astype(str)
     if condition_column is not None:
-        out["cond_raw"] = np.asarray(trials[condition_column].data[:])
+        out["cond_raw"] = np.asarray(table[condition_column].data[:])
     return out
 
 
-def _find_timeseries(nwb, name: str, src: str) -> dict:
+def _find_series(nwb, name: str, src: str, what: str) -> dict:
+    """The TimeSeries (or subclass) `name` or 'parent/name' → {name, t (n,) s, data (n, D)}."""
     from pynwb import TimeSeries  # imported on use, as in load_nwb
 
     found = [o for o in nwb.objects.values() if isinstance(o, TimeSeries)]
-    matches = [o for o in found if o.name == name]
+    matches = [o for o in found if name in (o.name, f"{o.parent.name}/{o.name}")]
     if not matches:
-        raise DataError(
-            f"{src}: no TimeSeries named {name!r} for behaviour; TimeSeries in the file: "
-            f"{sorted(o.name for o in found)}"
-        )
+        listed = sorted(f"{o.name} ({type(o).__name__})" for o in found)
+        raise DataError(f"{src}: no TimeSeries named {name!r} for {what}; series in the file: {listed}")
     if len(matches) > 1:
         where = sorted(f"{o.parent.name}/{o.name}" for o in matches)
-        raise DataError(f"{src}: several TimeSeries are named {name!r}: {where}")
+        raise DataError(f"{src}: several TimeSeries are named {name!r}: {where}; pass one of these paths")
     ts = matches[0]
-    data = np.asarray(ts.data[:], dtype=np.float64)
+    try:
+        data = np.asarray(ts.data[:], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{src}: TimeSeries {name!r} data are not numbers ({e})") from e
     if data.ndim == 1:
         data = data[:, None]
     if data.ndim != 2 or data.shape[0] == 0:
@@ -263,19 +419,19 @@ def _find_timeseries(nwb, name: str, src: str) -> dict:
     return {"name": name, "t": t, "data": data}
 
 
-def _resample(series: dict, centres: np.ndarray, src: str) -> np.ndarray:
-    """Linear interpolation of `series` at `centres (trials, T_obs)` → (trials, T_obs, D)."""
+def _resample(series: dict, centres: np.ndarray, src: str, what: str) -> np.ndarray:
+    """Linear interpolation of `series` at `centres (trials, T)` → (trials, T, D)."""
     t, data, name = series["t"], series["data"], series["name"]
     outside = (centres < t[0]) | (centres > t[-1])
     if outside.any():
         tr, k = np.argwhere(outside)[0]
         raise DataError(
             f"{src}: TimeSeries {name!r} covers {t[0]:g}..{t[-1]:g} s but trial index {tr} needs a value "
-            f"at {centres[tr, k]:g} s (bin {k}); behaviour is never extrapolated"
+            f"at {centres[tr, k]:g} s (bin {k}); values for {what} are never extrapolated"
         )
     flat = centres.ravel()
     out = np.stack([np.interp(flat, t, data[:, d]) for d in range(data.shape[1])], axis=-1)
-    out = out.reshape(centres.shape + (data.shape[1],))  # (trials, T_obs, D)
+    out = out.reshape(centres.shape + (data.shape[1],))  # (trials, T, D)
     if not np.isfinite(out).all():
         tr, k, _ = np.argwhere(~np.isfinite(out))[0]
         raise DataError(
