@@ -120,7 +120,9 @@ def test_bad_options_raise():
         with pytest.raises(
             DataError, match=r"spikes.mat: heldout_every must be 0 \(no held-out units\) or a whole"
         ):
-            load("ca1_linear_track", heldout_every=bad)
+            load_ca1_linear_track(heldout_every=bad)
+    with pytest.raises(DataError, match=r"ca1_linear_track: option heldout_every=2.5 \(float\) does not fit"):
+        load("ca1_linear_track", heldout_every=2.5)  # load() checks the types of options first
 
 
 def test_no_heldout_units_warns():

@@ -393,3 +393,22 @@ def test_load_dispatch_and_errors(tmp_path, tiny_data):
         load(other)
     nlb = _write_h5(tmp_path / "n.hdf5", _nlb_arrays())
     assert load(nlb, bin_size=0.01).n_trials == 6
+
+
+def test_load_checks_option_types_against_the_loader():
+    from omegaconf import OmegaConf
+
+    for kwargs, message in [
+        (
+            dict(n_trials="10"),
+            r"lorenz: option n_trials='10' \(str\) does not fit lorenz: n_trials must be int",
+        ),
+        (dict(n_trials=True), r"option n_trials=True \(bool\) does not fit lorenz"),
+        (dict(base_rate=[1.0, 2.0, 3.0]), r"base_rate must be tuple\[float, float\]"),
+        (dict(bin_size=None), r"bin_size must be float"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            load("lorenz", **kwargs)
+    # ints are fine where floats are expected, lists where tuples are, and so are Hydra's list nodes
+    cfg = OmegaConf.create({"n_trials": 10, "n_bins": 20, "n_fwd": 4, "bin_size": 1, "base_rate": [5, 20]})
+    assert load("lorenz", **cfg).bin_size == 1.0

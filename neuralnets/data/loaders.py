@@ -10,8 +10,13 @@ per file format), the built-in recordings in `neuralnets.data.datasets`, the syn
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import os
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from neuralnets.data.datasets.ca1_linear_track import load_ca1_linear_track
 from neuralnets.data.datasets.mc_maze_small import load_mc_maze_small
@@ -27,11 +32,55 @@ __all__ = ["BUILTIN_DATASETS", "load"]
 
 
 def _check_options(fn: Callable, kwargs: dict, what: str) -> None:
-    """Unknown keyword options are a DataError naming the loader and its options, not a TypeError."""
+    """Unknown options, or values of the wrong type (e.g. text from a command line where a number is
+    needed), are a DataError naming the loader, the option and the value, not a TypeError later."""
     params = [p for p in inspect.signature(fn).parameters if p != "path"]
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise DataError(f"{what}: unknown options {unknown} for {fn.__name__}; it accepts {params}")
+    hints = typing.get_type_hints(fn)
+    for key, value in kwargs.items():
+        if key in hints and not _is_a(value, hints[key]):
+            raise DataError(
+                f"{what}: option {key}={value!r} ({type(value).__name__}) does not fit {fn.__name__}: "
+                f"{key} must be {_pretty(hints[key])}"
+            )
+
+
+def _is_a(value, hint) -> bool:
+    """Whether `value` fits the annotation `hint` (the simple types loaders use; others pass)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, (str, os.PathLike))
+    if origin in (tuple, list, Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_is_a(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_is_a(v, args[0]) for v in value)
+    return True
+
+
+def _pretty(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_pretty(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if typing.get_origin(hint) is None and isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("collections.abc.", "").replace("pathlib.", "")
 
 
 BUILTIN_DATASETS: dict[str, Callable[..., SpikeData]] = {
