@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from neuralnets.data import load_npz, lorenz
 from neuralnets.data.cli import main
@@ -66,3 +67,41 @@ def test_module_entry_point_has_no_traceback(tmp_path):
     assert proc.stderr.strip() == (
         f"neuralnets-data: error: {bad}: key 'spikes' has negative counts (first -1.0 at index (0, 0, 0))"
     )
+
+
+def test_opt_items_reach_the_loader_and_save(tmp_path, capsys):
+    from test_data_nwb import TRIALS, UNITS, _write_nwb
+
+    nwb = _write_nwb(tmp_path / "s.nwb", UNITS, TRIALS)
+    out_path = tmp_path / "s_binned.npz"
+    argv = [str(nwb), "--opt", "bin_size=1e-1", "-o", "heldout_column=null", "-o", "heldout_units=[1, 2]"]
+    assert main(argv + ["-o", "window=[-0.5e-1, 0.25]", "--align-event", "go", "--save", str(out_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials x 3 bins x 4 neurons (bin 100 ms)" in out and "held-in 2 / held-out 2" in out
+    saved = load_npz(out_path)
+    assert saved.meta["unit_ids"] == [10, 13, 11, 12] and saved.meta["window"] == pytest.approx([-0.05, 0.25])
+    assert saved.meta["heldout_choice"] == "heldout_units=[1, 2]"
+
+
+def test_bad_opt_items_are_one_line_errors(capsys):
+    for argv, message in [
+        (["lorenz", "--opt", "n_trials"], "load option 'n_trials' is not KEY=VALUE (no '=')"),
+        (
+            ["lorenz", "-o", "n_trials=[1,"],
+            "load option 'n_trials=[1,': the value is not a YAML scalar or list",
+        ),
+        (["lorenz", "-o", "n_trials=1", "-o", "n_trials=2"], "load option 'n_trials' is given twice"),
+        (
+            ["lorenz", "-o", "seed=1", "--seed", "2"],
+            "option 'seed' is given twice: --seed and --opt seed=...",
+        ),
+        (
+            ["lorenz", "-o", "n_trials=ten"],
+            "lorenz: option n_trials='ten' (str) does not fit lorenz: n_trials must be int",
+        ),
+        (["lorenz", "-o", "sigma_x=1"], "lorenz: unknown options ['sigma_x'] for lorenz; it accepts ["),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("neuralnets-data: error: " + message), err
+        assert err.count("\n") == 1

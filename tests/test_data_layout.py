@@ -14,6 +14,7 @@ LAYERS = {
     "spikedata": 0,
     "binning": 1,
     "heldout": 1,
+    "options": 1,
     "formats.common": 1,
     "synthetic": 2,
     "formats.npz": 2,

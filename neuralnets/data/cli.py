@@ -3,8 +3,9 @@
 neuralnets-data lorenz
 neuralnets-data chaotic_rnn --seed 3 --save rnn.npz
 neuralnets-data mc_maze_small
-neuralnets-data ca1_linear_track --bin-size 0.025
+neuralnets-data ca1_linear_track --opt bin_size=0.025 --opt heldout_every=3
 neuralnets-data data.nwb --bin-size 0.005 --align-event move_onset_time --window -0.25 0.45
+neuralnets-data data.nwb -o bin_size=0.01 -o trials_table=encoding_table -o heldout_units=[0,3] --save s.npz
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
+from neuralnets.data.options import parse_load_options
 from neuralnets.data.spikedata import DataError
 
 
@@ -24,35 +26,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help=f"built-in name {sorted(BUILTIN_DATASETS)} or a .npz/.h5/.hdf5/.nwb file")
     p.add_argument("--save", metavar="OUT.npz", help="write the dataset to this .npz file (never overwrites)")
-    p.add_argument("--seed", type=int, help="random seed (synthetic data; split seed for NLB/NWB files)")
-    p.add_argument("--bin-size", type=float, help="bin width in seconds (NWB, LFADS, NLB files)")
-    p.add_argument("--align-event", help="NWB: trials column to align on (default start_time)")
     p.add_argument(
+        "-o",
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any option of the loader, repeatable; VALUE is a YAML scalar or list, e.g. "
+        "-o bin_size=0.005 -o heldout_units=[0,3] -o trials_table=encoding_table -o heldout_column=null",
+    )
+    shortcuts = p.add_argument_group("shortcuts for common options (the same as --opt KEY=VALUE)")
+    shortcuts.add_argument("--seed", type=int, help="random seed (synthetic data; split seed for files)")
+    shortcuts.add_argument("--bin-size", type=float, help="bin width in seconds (NWB, LFADS, NLB files)")
+    shortcuts.add_argument("--align-event", help="NWB: trials column to align on (default start_time)")
+    shortcuts.add_argument(
         "--window", type=float, nargs=2, metavar=("T0", "T1"), help="NWB: window around the event (s)"
     )
-    p.add_argument("--behavior", help="NWB: name of the behaviour TimeSeries")
-    p.add_argument(
+    shortcuts.add_argument("--behavior", help="NWB: name of the behaviour TimeSeries")
+    shortcuts.add_argument(
         "--n-fwd", type=int, help="NWB: number of forward-prediction bins at the end of the window"
     )
     return p
 
 
+def _load_kwargs(args: argparse.Namespace) -> dict:
+    """--opt items plus the shortcut flags; one option given both ways is an error."""
+    kwargs = parse_load_options(args.opt)
+    shortcuts = {
+        "seed": args.seed,
+        "bin_size": args.bin_size,
+        "align_event": args.align_event,
+        "window": tuple(args.window) if args.window else None,
+        "behavior": args.behavior,
+        "n_fwd": args.n_fwd,
+    }
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key in kwargs:
+            flag = "--" + key.replace("_", "-")
+            raise DataError(f"option {key!r} is given twice: {flag} and --opt {key}=...")
+        kwargs[key] = value
+    return kwargs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    kwargs = {
-        key: value
-        for key, value in (
-            ("seed", args.seed),
-            ("bin_size", args.bin_size),
-            ("align_event", args.align_event),
-            ("window", tuple(args.window) if args.window else None),
-            ("behavior", args.behavior),
-            ("n_fwd", args.n_fwd),
-        )
-        if value is not None
-    }
     try:
-        data = load(args.source, **kwargs)
+        data = load(args.source, **_load_kwargs(args))
         print(data.summary())
         if args.save:
             out = save_npz(data, args.save)
