@@ -190,6 +190,13 @@ def test_nwb_obs_intervals_mark_unobserved_bins(tmp_path):
             r"series in the file: \['hand_pos \(SpatialSeries\)', 'tsq \(TimeSeries\)'\]",
         ),
         (dict(bin_size=0.0), r"bin_size must be a positive"),
+        (dict(bin_size="0.1"), r"bin_size must be a positive number of seconds; got '0.1'"),
+        (
+            dict(window=(0.0, 0.1, 0.2)),
+            r"window must be two numbers \(t0, t1\) in seconds; got \(0.0, 0.1, 0.2\)",
+        ),
+        (dict(window="0 1"), r"window must be two numbers"),
+        (dict(n_fwd=1.5), r"n_fwd must be a whole number of bins; got 1.5"),
         (dict(exclude_splits=()), r"trials column 'split' has unknown split names \['none'\]"),
         (dict(condition_column="target"), r"intervals table 'trials' has no column 'target'"),
     ],

@@ -97,8 +97,7 @@ def load_nwb(
 
     path = require_file(path)
     src = str(path)
-    if not (np.isfinite(bin_size) and bin_size > 0):
-        raise DataError(f"{src}: bin_size must be a positive number of seconds; got {bin_size!r}")
+    _check_arguments(src, bin_size, window, n_fwd)
     behavior_names, input_names = _names(behavior, "behavior", src), _names(inputs, "inputs", src)
     try:
         io = NWBHDF5IO(str(path), "r")
@@ -219,6 +218,22 @@ def load_nwb(
         source=src,
         meta=meta,
     )
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _check_arguments(src: str, bin_size, window, n_fwd) -> None:
+    """The numeric arguments, checked before the file is read (load() checks types; callers may not)."""
+    if not (_is_number(bin_size) and np.isfinite(bin_size) and bin_size > 0):
+        raise DataError(f"{src}: bin_size must be a positive number of seconds; got {bin_size!r}")
+    if window is not None:
+        pair = not isinstance(window, str) and isinstance(window, Sequence) and len(window) == 2
+        if not (pair and all(_is_number(w) for w in window)):
+            raise DataError(f"{src}: window must be two numbers (t0, t1) in seconds; got {window!r}")
+    if not (isinstance(n_fwd, (int, np.integer)) and not isinstance(n_fwd, bool)):
+        raise DataError(f"{src}: n_fwd must be a whole number of bins; got {n_fwd!r}")
 
 
 def _names(value: str | Sequence[str] | None, option: str, src: str) -> list[str]:
