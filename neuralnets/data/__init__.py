@@ -12,6 +12,7 @@ from neuralnets.data.formats.nlb_h5 import load_nlb_h5
 from neuralnets.data.formats.npz import load_npz, save_npz
 from neuralnets.data.formats.nwb import load_nwb
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
+from neuralnets.data.options import parse_load_options
 from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, default_split
 from neuralnets.data.synthetic import chaotic_rnn, lorenz
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_npz",
     "load_nwb",
     "lorenz",
+    "parse_load_options",
     "save_lfads_h5",
     "save_npz",
 ]

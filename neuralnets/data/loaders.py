@@ -99,7 +99,8 @@ def load(path_or_name: str | Path, **kwargs) -> SpikeData:
     (the bundled NLB MC_Maze_Small tensors), 'ca1_linear_track' (bundled rat CA1 laps with position,
     see `load_ca1_linear_track`). Files: `.npz` (`load_npz`), `.h5`/`.hdf5` (NLB layout if
     it has 'train_spikes_heldin', LFADS layout if it has a '*_encod_data' key), `.nwb` (`load_nwb`,
-    which needs `bin_size=`).
+    which needs `bin_size=`). Unknown options, and values that do not fit the loader's annotations,
+    are a DataError; options written as `KEY=VALUE` text go through `parse_load_options` first.
     """
     if isinstance(path_or_name, str) and path_or_name in BUILTIN_DATASETS:
         fn = BUILTIN_DATASETS[path_or_name]
