@@ -30,6 +30,8 @@ def batch_tensors(data: SpikeData, device: torch.device | str = "cpu") -> dict[s
         tensors["observed"] = torch.as_tensor(data.observed, device=device)  # (trials, T, N) bool
     if data.behavior is not None:
         tensors["behavior"] = torch.as_tensor(data.behavior, device=device)  # (trials, T_obs, D)
+    if data.inputs is not None:
+        tensors["inputs"] = torch.as_tensor(data.inputs, device=device)  # (trials, T, U) external inputs
     return tensors
 
 
