@@ -38,7 +38,10 @@ def _check_options(fn: Callable, kwargs: dict, what: str) -> None:
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise DataError(f"{what}: unknown options {unknown} for {fn.__name__}; it accepts {params}")
-    hints = typing.get_type_hints(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except (NameError, TypeError):  # annotations that do not evaluate here: check names only
+        hints = {}
     for key, value in kwargs.items():
         if key in hints and not _is_a(value, hints[key]):
             raise DataError(

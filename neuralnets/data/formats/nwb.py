@@ -342,7 +342,8 @@ def _numeric_columns(table) -> list[str]:
         col = table[c]
         if hasattr(col, "target") or hasattr(col, "table"):  # VectorIndex (ragged), DynamicTableRegion
             continue
-        if np.asarray(col.data[:]).dtype.kind in "iuf" and np.ndim(col.data) == 1:
+        values = np.asarray(col.data[:])
+        if values.dtype.kind in "iuf" and values.ndim == 1:
             out.append(c)
     return out
 
