@@ -160,7 +160,10 @@ class PretrainedModel:
         `batch_size` trials at a time on the model's device, so large inputs fit in memory.
         """
         x = self.heldin(spikes, bin_size)
-        return self.model.predict(x, batch_size=batch_size)
+        try:
+            return self.model.predict(x, batch_size=batch_size)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"pretrained model {self.name!r} ({self.path}): {err}") from None
 
     def evaluate(self, data: SpikeData, split: str = "test", batch_size: int = 256) -> dict[str, float]:
         """Harness metrics (`neuralnets.eval.evaluate`) of this model on `data`'s `split` trials.
