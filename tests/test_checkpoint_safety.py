@@ -4,6 +4,7 @@ sha256 that resume and `load_pretrained` verify, and non-finite predictions are 
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_load_pretrained(run, tmp
     torch.save({**good, "hyper_parameters": {**good["hyper_parameters"], "x": _Payload(marker)}}, evil)
     with pytest.raises(ValueError, match=rf"{evil}: cannot read as a PyTorch checkpoint"):
         load_pretrained(evil)
+    # Lightning's own loader, as training uses it after the checks, is held to weights_only too.
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        TrainingModule.load_from_checkpoint(evil, map_location="cpu", weights_only=True)
     assert not marker.exists()
 
 
