@@ -48,30 +48,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
 from neuralnets.data.datamodule import batch_tensors, make_batch
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.data.synthetic import lorenz
 from neuralnets.eval.metrics import co_bps, fp_bps
+from neuralnets.training.build import model_config
 from neuralnets.training.module import TrainingModule
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Model sizes: configs/model/<name>.yaml (LFADS at the NLB MC_Maze scale; the RNN and NDT comparable).
 MODELS = {"lfads": "lfads_mc_maze", "rnn": "rnn_mc_maze", "ndt": "ndt_mc_maze"}
 # No KL/L2 ramps: a loop without a Lightning Trainer has no step counter, and a CUDA graph would
 # freeze a ramp weight at capture.
 NO_RAMPS = {"lfads": dict(kl_ramp_steps=0, l2_ramp_steps=0)}
 DATA = dict(n_neurons=182, n_heldout=45, n_bins=45, n_fwd=10, bin_size=0.02)  # NLB MC_Maze at 20 ms
-
-
-def model_config(name: str) -> dict:
-    """configs/model/<name>.yaml as a plain dict, its `defaults` (sibling model configs, `_self_` last)
-    merged underneath."""
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
-    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
-    return OmegaConf.to_container(OmegaConf.merge(*[model_config(b) for b in bases], cfg), resolve=True)
 
 
 def describe(cfg: dict) -> str:

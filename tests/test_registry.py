@@ -21,6 +21,7 @@ from neuralnets.models import (
     model_options,
     resolve_model_config,
 )
+from neuralnets.training.build import model_config as _model_config
 from neuralnets.training.module import TrainingModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -65,11 +66,17 @@ def test_legacy_target_maps_to_a_registered_name_only():
         create_model({"name": "lfads", "_target_": "neuralnets.models.lfads.LFADS"}, SPEC)
 
 
-def _model_config(name: str) -> dict:
-    """configs/model/<name>.yaml with its `defaults` merged (as Hydra composes the group)."""
-    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
-    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
-    return OmegaConf.to_container(OmegaConf.merge(*[_model_config(b) for b in bases], cfg))
+def test_model_config_equals_what_hydra_composes():
+    from hydra import compose, initialize_config_dir
+
+    from neuralnets.training.build import CONFIG_DIR
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            composed = compose("train", overrides=[f"model={path.stem}"]).model
+        assert _model_config(path.stem) == OmegaConf.to_container(composed), path.stem
+    with pytest.raises(ValueError, match=r"no model config .*lfadz.yaml; model configs: \['lfads'"):
+        _model_config("lfadz")
 
 
 @pytest.mark.parametrize("name", ["lfads", "rnn", "ndt"])

@@ -5,6 +5,7 @@ Used by `neuralnets-train` (`training/train.py`) and population-based training (
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.data.spec)
     trainer = build_trainer(cfg, run_dir, dm.data)      # callbacks and logger from cfg.callbacks / cfg.logger
+    model_config("lfads_mc_maze")                       # a named model config as a plain dict
 
 Callbacks and loggers are given in the config by `_target_` (one file per callback in
 `configs/callbacks/`). A run's saved `config.yaml` is read again on resume, so a config file must not
@@ -73,6 +74,18 @@ def instantiate_safe(node: Any, where: str, base: type, **runtime: Any):
     if odd:
         raise ConfigError(f"{where}: Hydra keys {odd} are not accepted here")
     return cls(**{k: _plain(v, f"{where}.{k}") for k, v in options.items()}, **runtime)
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """`configs/model/<name>.yaml` as a plain dict, the model configs in its `defaults` list merged
+    underneath (as Hydra composes `model=<name>`), e.g. `model_config("lfads_mc_maze")`."""
+    path = CONFIG_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no model config {path}; model configs: {names}")
+    cfg = OmegaConf.load(path)
+    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
+    return OmegaConf.to_container(OmegaConf.merge(*[model_config(b) for b in bases], cfg), resolve=True)
 
 
 def load_kwargs(cfg: DictConfig) -> dict:
