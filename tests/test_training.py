@@ -234,3 +234,12 @@ def test_validation_loss_uses_full_aux_weights_while_training_ramps(lorenz_data)
     torch.testing.assert_close(train_loss, parts["recon"])
     full = parts["recon"] + 2.0 * parts["kl_ic"] + module.model.aux_weights["l2_gen"].scale * parts["l2_gen"]
     torch.testing.assert_close(val_loss, full)
+
+
+def test_the_old_name_of_the_training_module_still_resolves():
+    import neuralnets.training.module as module_mod
+
+    with pytest.warns(DeprecationWarning, match="SpikeModule is now TrainingModule"):
+        assert module_mod.SpikeModule is TrainingModule
+    with pytest.raises(AttributeError, match="SpikeModel"):
+        module_mod.SpikeModel  # noqa: B018 - the model base class lives in neuralnets.models.base

@@ -122,9 +122,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
     module = build_module(cfg, data.spec)
     trainer = build_trainer(cfg, run_dir, data)
+    # The configured checkpoint callback (Lightning adds a plain one if the config has none).
     logger, checkpoint = trainer.logger, trainer.checkpoint_callback
-    if checkpoint is None:
-        raise ConfigError("callbacks: a model_checkpoint entry is needed (runs are scored on their best one)")
     log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
