@@ -243,3 +243,14 @@ def test_the_old_name_of_the_training_module_still_resolves():
         assert module_mod.SpikeModule is TrainingModule
     with pytest.raises(AttributeError, match="SpikeModel"):
         module_mod.SpikeModel  # noqa: B018 - the model base class lives in neuralnets.models.base
+
+
+def test_a_config_that_cannot_build_leaves_no_run_behind(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="unknown model name='lfadz'"):
+        train(tiny_cfg("model.name=lfadz"), run)
+    with pytest.raises(ConfigError, match="_target_='os.system' is not accepted"):
+        train(tiny_cfg("+callbacks.evil={_target_: os.system, command: 'touch MARKER'}"), run)
+    assert not (run / "config.yaml").exists() and not (tmp_path / "MARKER").exists()
+    train(tiny_cfg("trainer.max_epochs=1"), run)  # the directory is still free for a run
+    assert (run / "config.yaml").is_file()

@@ -116,12 +116,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         saved_spec = DataSpec(**read_resume_checkpoint(ckpt_path)["hyper_parameters"]["spec"])
         if saved_spec != data.spec:
             raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {data.spec}")
-    else:
+    module = build_module(cfg, data.spec)
+    trainer = build_trainer(cfg, run_dir, data)
+    if ckpt_path is None:  # a new run: its config is written once model and trainer could be built
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_launch_rank_zero():
             OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
-    module = build_module(cfg, data.spec)
-    trainer = build_trainer(cfg, run_dir, data)
     # The configured checkpoint callback (Lightning adds a plain one if the config has none).
     logger, checkpoint = trainer.logger, trainer.checkpoint_callback
     log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
