@@ -43,7 +43,11 @@ class UnrollArgs(NamedTuple):
 def _lfads_forward(a: UnrollArgs, save: bool):
     """Forward of `lfads_unroll`, no autograd. With `save`, also returns the activations that the
     backward needs (else None)."""
-    ci_proj, c0, g0, w_fb, w_ch, b_ch, w_co, b_co, w_gi, b_gi, w_gh, b_gh, eps, mask, n_bins, clip, lv_min = a
+    # By name, not by position: the order of UnrollArgs is free to change.
+    ci_proj, c0, g0, mask, eps = a.ci_proj, a.c0, a.g0, a.mask, a.eps
+    w_fb, w_ch, b_ch, w_co, b_co = a.w_fb, a.w_ch, a.b_ch, a.w_co, a.b_co
+    w_gi, b_gi, w_gh, b_gh = a.w_gi, a.b_gi, a.w_gh, a.b_gh
+    n_bins, clip, lv_min = a.n_bins, a.clip, a.lv_min
     T, (B, G) = n_bins, g0.shape
     T_obs = 0 if ci_proj is None else ci_proj.shape[0]
     new = g0.new_empty
