@@ -3,12 +3,13 @@
     python experiments/benchmark.py [--device cpu|cuda] [--steps N] [--models lfads rnn ndt]
                                     [--out experiments/results/benchmark_cpu.md]
 
-What it does, per model (sizes in `MODELS`, all at batch 256 on MC_Maze-shaped data):
+What it does, per model (sizes in `configs/model/<model>_mc_maze.yaml`, all at batch 256 on
+MC_Maze-shaped data):
 - data: the synthetic Lorenz system (`neuralnets.data.synthetic.lorenz`) shaped like NLB MC_Maze at
   20 ms bins: 182 neurons of which 137 held-in / 45 held-out, 45 bins = 35 observed + 10 forward,
   2000 trials (1200 train / 400 val / 400 test), the whole dataset resident on the device;
 - two copies of the model from the same initial weights, trained through the real training loss
-  (`SpikeModule._loss`) with Adam in a manual loop, on the same sequence of batches. On CPU both
+  (`TrainingModule._loss`) with Adam in a manual loop, on the same sequence of batches. On CPU both
   paths also consume the same random numbers (dropout, posterior samples), so they run the same
   computation up to float rounding. KL/L2 ramps are off (full weight from step 0): a loop without a
   Lightning Trainer has no step counter, and a CUDA graph would freeze a ramp weight at capture;
@@ -40,48 +41,98 @@ import platform
 import statistics
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from neuralnets.data.datamodule import batch_tensors, make_batch
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.data.synthetic import lorenz
 from neuralnets.eval.metrics import co_bps, fp_bps
-from neuralnets.nn.fast import GraphedStep
-from neuralnets.training.module import SpikeModule
+from neuralnets.training.build import model_config
+from neuralnets.training.module import TrainingModule
 
-# Model sizes. LFADS at the NLB MC_Maze scale; the RNN and NDT at comparable sizes.
-MODELS: dict[str, dict] = {
-    "lfads": dict(
-        _target_="neuralnets.models.lfads.LFADS",
-        gen_dim=200,
-        fac_dim=100,
-        ic_enc_dim=64,
-        ci_enc_dim=64,
-        con_dim=64,
-        co_dim=4,
-        kl_ramp_steps=0,
-        l2_ramp_steps=0,
-    ),
-    "rnn": dict(
-        _target_="neuralnets.models.rnn.RNNSeq2Seq",
-        cell="gru",
-        enc_dim=64,
-        latent_dim=64,
-        dec_dim=200,
-        fac_dim=100,
-    ),
-    "ndt": dict(_target_="neuralnets.models.ndt.NDT", n_layers=2, n_heads=2),
-}
-SIZES = {
-    "lfads": "gen 200, factors 100, IC/CI encoders 64, controller 64, 4 inferred inputs",
-    "rnn": "GRU seq2seq: bidirectional encoder 64, latent 64, decoder 200, factors 100",
-    "ndt": "2 layers, 2 heads, d_model 138 (= held-in neurons), ff 552",
-}
+# Model sizes: configs/model/<name>.yaml (LFADS at the NLB MC_Maze scale; the RNN and NDT comparable).
+MODELS = {"lfads": "lfads_mc_maze", "rnn": "rnn_mc_maze", "ndt": "ndt_mc_maze"}
+# No KL/L2 ramps: a loop without a Lightning Trainer has no step counter, and a CUDA graph would
+# freeze a ramp weight at capture.
+NO_RAMPS = {"lfads": dict(kl_ramp_steps=0, l2_ramp_steps=0)}
 DATA = dict(n_neurons=182, n_heldout=45, n_bins=45, n_fwd=10, bin_size=0.02)  # NLB MC_Maze at 20 ms
+
+
+def describe(cfg: dict) -> str:
+    """The sizes set in a model config, for the report."""
+    keys = ("_dim", "n_layers", "n_heads", "cell")
+    return f"{cfg['name']}: " + ", ".join(f"{k} {v}" for k, v in cfg.items() if k.endswith(keys))
+
+
+# ---------------------------------------------------------------------------------------- CUDA graphs
+class GraphedStep:
+    """One training step (forward, backward, optimiser step) captured as a CUDA graph and replayed.
+
+    The fast path of this benchmark on CUDA (not used by the training module).
+
+    For static shapes (fixed batch size) this removes the per-kernel launch cost that dominates small
+    recurrent models on a GPU. `loss_fn(batch) -> loss` must be capturable: no host synchronisation
+    (`.item()`, data-dependent shapes), and any value that changes between steps must live in a
+    device tensor (a Python float is frozen into the graph at capture). The optimiser must be built
+    with `capturable=True` (e.g. `torch.optim.Adam(..., capturable=True)`).
+
+    `step(batch)` copies the batch into the graph's static input tensors, replays, and returns the
+    static loss tensor (overwritten by the next step). `warmup` eager steps on a side stream (as
+    CUDA graphs require) happen at construction and are real training steps. If capture fails,
+    `step` falls back to eager execution (`self.graphed` is False) with a warning.
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable[[dict[str, Tensor]], Tensor],
+        optimizer: torch.optim.Optimizer,
+        example_batch: dict[str, Tensor],
+        warmup: int = 3,
+    ):
+        if not torch.cuda.is_available() or not all(v.is_cuda for v in example_batch.values()):
+            raise ValueError("GraphedStep needs CUDA tensors; run the eager step on other devices")
+        self.loss_fn, self.optimizer = loss_fn, optimizer
+        self.static = {k: v.clone() for k, v in example_batch.items()}
+        self.graphed = False
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._eager(self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            self.graph = torch.cuda.CUDAGraph()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph):
+                self.static_loss = loss_fn(self.static)
+                self.static_loss.backward()
+                optimizer.step()
+            self.graphed = True
+        except Exception as err:  # capture is best effort: fall back to eager, never fail training
+            warnings.warn(f"CUDA graph capture failed ({err!r}); running eagerly", stacklevel=2)
+            torch.cuda.synchronize()
+
+    def _eager(self, batch: dict[str, Tensor]) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(batch)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def step(self, batch: dict[str, Tensor]) -> Tensor:
+        if not self.graphed:
+            return self._eager(batch)
+        for k, v in batch.items():
+            self.static[k].copy_(v, non_blocking=True)
+        self.graph.replay()
+        return self.static_loss
 
 
 @dataclass
@@ -89,7 +140,7 @@ class Run:
     """One training path of one model: its module, optimiser, step function and measurements."""
 
     name: str
-    module: SpikeModule
+    module: TrainingModule
     step: object  # callable(batch) -> loss
     rng: torch.Tensor | None = None  # CPU generator state, swapped in for this path's steps
     seconds: list[float] = field(default_factory=list)
@@ -147,11 +198,18 @@ def _sync(device: torch.device) -> None:
 
 
 def make_path(
-    name: str, base: SpikeModule, fast: bool, model_key: str, device: torch.device, lr: float, example, warmup
+    name: str,
+    base: TrainingModule,
+    fast: bool,
+    model_key: str,
+    device: torch.device,
+    lr: float,
+    example,
+    warmup,
 ) -> Run | None:
     module = copy.deepcopy(base).to(device)
     model = module.model
-    if model_key == "lfads":
+    if model.supports_fused_recurrence:
         model.recurrence = "fused" if fast else "plain"
     elif fast and device.type == "cpu":
         return None  # RNN (torch.nn.GRU, already fused by ATen) and NDT: no CPU fast path
@@ -222,7 +280,7 @@ def print_profile(label: str, path: Run, batches: list, device: torch.device) ->
     print(events.table(sort_by=attr, row_limit=15))
 
 
-def validation_bps(module: SpikeModule, val: SpikeData, batch_size: int) -> tuple[float, float]:
+def validation_bps(module: TrainingModule, val: SpikeData, batch_size: int) -> tuple[float, float]:
     """co-bps and fp-bps of the model's eval-mode rates on the validation trials."""
     out = module.model.predict(val.heldin_obs, batch_size=batch_size)
     module.train()
@@ -234,7 +292,7 @@ def validation_bps(module: SpikeModule, val: SpikeData, batch_size: int) -> tupl
 
 def benchmark_model(key: str, data: SpikeData, args, device: torch.device) -> list[dict]:
     torch.manual_seed(args.seed)
-    base = SpikeModule(dict(MODELS[key]), data.spec.to_dict())
+    base = TrainingModule({**model_config(MODELS[key]), **NO_RAMPS.get(key, {})}, data.spec.to_dict())
     tensors = batch_tensors(data, device)  # the whole dataset on the device
     train_idx = data.indices("train")
     B = args.batch_size
@@ -357,7 +415,7 @@ def main(argv: list[str] | None = None) -> str:
     pressure0, wall0 = _cpu_pressure(), time.perf_counter()
     rows = []
     for key in args.models:
-        print(f"benchmarking {key} ({SIZES[key]}) ...", flush=True)
+        print(f"benchmarking {key} ({describe(model_config(MODELS[key]))}) ...", flush=True)
         rows += benchmark_model(key, data, args, device)
     wall = time.perf_counter() - wall0
     pressure1 = _cpu_pressure()
@@ -372,7 +430,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{data.n_fwd} forward) x {data.n_neurons} neurons ({data.n_heldin} held-in); "
         f"batch {args.batch_size}; Adam lr {args.lr}; "
         f"{args.warmup} warm-up + {args.steps} timed steps per path in {args.repeats} interleaved blocks.",
-        "Sizes: " + "; ".join(f"{k}: {SIZES[k]}" for k in args.models),
+        "Sizes (configs/model/): " + "; ".join(describe(model_config(MODELS[k])) for k in args.models),
     ]
     if pressure1 is not None and pressure0 is not None:
         notes.append(

@@ -9,7 +9,7 @@ budget into `<out>/runs/<model>_<data>/`, so the TensorBoard runs line up side b
 parameters, plus baseline rows) is written to `<out>/compare.md` and `<out>/compare.csv`. A pair whose
 run already finished under `<out>` is read back rather than trained again, so an interrupted study
 resumes where it stopped.
-Where the data have behaviour, an RNN behaviour decoder (neuralnets.models.rnn) is also trained
+Where the data have behaviour, an RNN behaviour decoder (experiments/behavior.py) is also trained
 from each model's inferred rates to velocity and scored by R² on the test trials (`rnn_dec_r2`).
 """
 
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from behavior import fit_behavior_decoder  # experiments/behavior.py (this script's folder)
 from hydra import compose, initialize_config_dir
 
 from neuralnets.data import load
@@ -28,7 +29,6 @@ from neuralnets.eval import harness
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.metrics import r2_score
 from neuralnets.eval.tables import to_markdown, write_table
-from neuralnets.models.rnn import fit_behavior_decoder
 from neuralnets.training.outputs import read_predictions
 from neuralnets.training.train import CONFIG_DIR, train
 
@@ -40,8 +40,6 @@ DATA_OVERRIDES = {
     "chaotic_rnn": ["module.coordinated_dropout=0.3"],
     "mc_maze_small": ["module.coordinated_dropout=0.3", "data.batch_size=16"],
 }
-# NDT does its own masking; coordinated dropout on top would hide twice.
-MODEL_OVERRIDES = {"ndt": ["module.coordinated_dropout=0.0"]}
 
 
 def behavior_decoder_r2(data, rates: np.ndarray, seed: int = 0) -> float | None:
@@ -65,7 +63,6 @@ def run_pair(model: str, dataset: str, epochs: int, run_dir: Path) -> dict:
         "trainer.enable_progress_bar=false",
         "callbacks.early_stopping_patience=0",
         *DATA_OVERRIDES.get(dataset, []),
-        *MODEL_OVERRIDES.get(model, []),
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)

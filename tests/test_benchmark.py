@@ -32,3 +32,15 @@ def test_benchmark_runs_and_paths_agree(benchmark, tmp_path):
     assert fast["fp"] == pytest.approx(plain["fp"], abs=2e-4)
     assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
     assert rows[0][-1].strip() == "1.00x"
+
+
+def test_graphed_step_lives_with_the_benchmark_and_refuses_cpu_tensors(benchmark):
+    import torch
+
+    import neuralnets.nn.fast as fast
+
+    assert not hasattr(fast, "GraphedStep")  # not part of the package: only the benchmark uses it
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        benchmark.GraphedStep(lambda b: model(b["x"]).sum(), opt, {"x": torch.zeros(3, 2)})

@@ -1,14 +1,18 @@
-"""Fast recurrences (`neuralnets.nn.fast`): same outputs and gradients as the plain autograd code.
+"""Fast recurrences (`neuralnets.nn.fast`, `neuralnets.models.lfads_unroll`): same outputs and gradients
+as the plain autograd code.
 
 - the hand-written backward passes are checked by `torch.autograd.gradcheck` in float64;
 - the fused paths are compared with the plain per-step code (ClippedGRUCell loops, torch.nn.GRU,
   LFADS `recurrence="plain"`) on outputs and every parameter gradient, in float64 (tight) and float32
   (rtol 1e-4), in training mode with dropout and posterior sampling (both paths consume the same
   random numbers), in eval mode and without grad;
-- GPU tests (marked `gpu`) repeat the comparison on CUDA and check the CUDA-graph training step.
+- GPU tests (marked `gpu`) repeat the comparison on CUDA and check the CUDA-graph training step
+  (`GraphedStep`, in `experiments/benchmark.py`).
 """
 
 import copy
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +21,9 @@ from omegaconf import OmegaConf
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.lfads import LFADS
+from neuralnets.models.lfads_unroll import lfads_unroll
 from neuralnets.nn.clipped_gru import BidirectionalGRU, ClippedGRU, ClippedGRUCell, run_bidirectional
-from neuralnets.nn.fast import lfads_unroll, resolve_recurrence, stacked_gru
+from neuralnets.nn.fast import resolve_recurrence, stacked_gru
 
 SPEC = DataSpec(n_heldin=6, n_neurons=8, n_obs_bins=7, n_fwd_bins=3, bin_size=0.01)
 SMALL = dict(gen_dim=10, fac_dim=4, ic_enc_dim=6, ci_enc_dim=5, con_dim=6, co_dim=2)
@@ -262,7 +267,7 @@ def test_recurrence_option_and_fallback():
 def test_default_config_uses_the_fast_path():
     cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "model" / "lfads.yaml")
     assert cfg.recurrence == "auto"
-    params = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
+    params = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
     assert LFADS(SPEC, **params).uses_fused()
 
 
@@ -292,14 +297,20 @@ def test_lfads_fused_equals_plain_on_cuda():
 @pytest.mark.gpu
 @cuda
 def test_graphed_training_step_matches_eager_on_cuda():
-    from neuralnets.nn.fast import GraphedStep
-    from neuralnets.training.module import SpikeModule
+    from neuralnets.training.module import TrainingModule
+
+    path = Path(__file__).parents[1] / "experiments" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = benchmark  # dataclasses look their module up there
+    spec.loader.exec_module(benchmark)
+    GraphedStep = benchmark.GraphedStep  # the CUDA-graph step lives with the benchmark that uses it
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    cfg = dict(_target_="neuralnets.models.lfads.LFADS", **SMALL, kl_ramp_steps=0, l2_ramp_steps=0)
-    base = SpikeModule(cfg, SPEC.to_dict()).cuda()
+    cfg = dict(name="lfads", **SMALL, kl_ramp_steps=0, l2_ramp_steps=0)
+    base = TrainingModule(cfg, SPEC.to_dict()).cuda()
     base.model.eval()  # deterministic loss (posterior means, no dropout), so both runs are comparable
     batch = _batch(device="cuda")
     eager, graphed = copy.deepcopy(base), copy.deepcopy(base)

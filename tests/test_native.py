@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from neuralnets.models.lfads_unroll import lfads_unroll
 from neuralnets.nn import fast, native
 
 F32 = dict(rtol=1e-5, atol=1e-6)
@@ -119,7 +120,7 @@ def test_lfads_unroll_native_equals_pytorch_kernels(ops, monkeypatch):
     runs = []
     for use in (ops, None):
         monkeypatch.setitem(native._state, "ops", use)
-        outs = fast.lfads_unroll(**args)
+        outs = lfads_unroll(**args)
         grads = torch.autograd.grad(
             sum(o.pow(2).sum() for o in outs),
             [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad],
@@ -149,3 +150,75 @@ def test_native_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
     # The fused recurrence still runs, on the pure-PyTorch kernels.
     xp, hp, h = _inputs((3,), 4)
     assert torch.isfinite(_forward(xp, hp, h, 1.0)[0]).all()
+
+
+def _refused(monkeypatch, cache) -> str:
+    """Load the kernels from `cache` afresh; they must be refused with a warning. Returns the warning."""
+    monkeypatch.delitem(native._state, "ops", raising=False)  # forget the loaded kernels (restored after)
+    monkeypatch.setenv("NEURALNETS_KERNEL_CACHE", str(cache))
+    monkeypatch.setattr(native, "build", lambda path: pytest.fail(f"rebuilt over a planted {path}"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.native_ops() is None
+        assert native.native_ops() is None  # decided once per process: one warning
+    assert len(caught) == 1
+    return str(caught[0].message)
+
+
+def _fallback_is_correct():
+    """The fused recurrence runs on the PyTorch kernels and equals the plain LFADS loop."""
+    from neuralnets.data.spikedata import DataSpec
+    from neuralnets.models.lfads import LFADS
+
+    spec = DataSpec(n_heldin=5, n_neurons=7, n_obs_bins=6, n_fwd_bins=2, bin_size=0.01)
+    torch.manual_seed(0)
+    model = LFADS(spec, gen_dim=8, fac_dim=3, ic_enc_dim=4, ci_enc_dim=4, con_dim=4, co_dim=1).eval()
+    heldin = torch.poisson(torch.ones(3, 6, 5))
+    fused = model({"heldin": heldin}).rates
+    model.recurrence = "plain"
+    torch.testing.assert_close(fused, model({"heldin": heldin}).rates, **F32)
+
+
+@pytest.mark.parametrize("record", [None, "0" * 64])
+def test_planted_library_is_refused_and_the_fallback_runs(monkeypatch, tmp_path, record):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv("NEURALNETS_KERNEL_CACHE", str(cache))
+    planted = native._library_path()
+    planted.write_bytes(b"\x7fELF garbage planted by someone else")
+    if record is not None:
+        (cache / f"{planted.name}.sha256").write_text(f"{record}  {planted.name}\n")
+    message = _refused(monkeypatch, cache)
+    expected = "no recorded sha256" if record is None else "sha256 does not match"
+    assert expected in message and planted.name in message and "pure-PyTorch" in message
+    _fallback_is_correct()
+
+
+def test_library_in_a_world_writable_cache_is_refused(monkeypatch, tmp_path):
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    cache.chmod(0o777)
+    monkeypatch.setenv("NEURALNETS_KERNEL_CACHE", str(cache))
+    library = native._library_path()
+    library.write_bytes(b"not a library")
+    (cache / f"{library.name}.sha256").write_text(
+        f"{native._sha256(library)}  {library.name}\n"
+    )  # consistent
+    message = _refused(monkeypatch, cache)
+    assert "writable by group or others (mode 777)" in message and str(cache) in message
+    _fallback_is_correct()
+
+
+def test_a_fresh_build_records_its_sha256_and_loads(monkeypatch, tmp_path, ops):
+    path = tmp_path / "k" / "gru_cell_test.so"
+    native.build(path)
+    native.verify_library(path)  # private folder and file, matching record: accepted
+    assert (path.parent.stat().st_mode & 0o077) == 0
+    assert native._digest_path(path).read_text().split() == [native._sha256(path), path.name]
+    with path.open("r+b") as f:  # one flipped byte
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(native.UntrustedLibrary, match="sha256 does not match"):
+        native.verify_library(path)

@@ -106,7 +106,7 @@ def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
     for key, (low, high, _) in search_bounds(cfg).items():
         value = OmegaConf.select(saved, key)
         assert value == pytest.approx(record["pbt"]["hparams"][key]) and low <= value <= high, key
-    ckpt = torch.load(best / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(best / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 24 train trials at batch 16: 2 steps an epoch; exploited members resume the donor's counters.
     assert ckpt["global_step"] == 3 * 2 and ckpt["epoch"] == 2
     assert ckpt["hyper_parameters"]["lr"] == pytest.approx(saved.module.lr)
@@ -136,3 +136,71 @@ def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
         assert all(e > clone_epoch for e in after), (after, clone_epoch)
         checked += bool(after)
     assert checked, "no report after an exploit"
+
+
+class _FakeTune:
+    """The few `ray.tune` calls a member makes, without Ray: one member, reports collected."""
+
+    def __init__(self, trial_dir, checkpoint_dir=None):
+        from types import SimpleNamespace
+
+        self.reports, self.trial_dir, self.checkpoint_dir = [], trial_dir, checkpoint_dir
+        resources = SimpleNamespace(required_resources={"CPU": 1})
+        self.context = SimpleNamespace(
+            get_trial_resources=lambda: resources,
+            get_trial_dir=lambda: str(trial_dir),
+            get_trial_id=lambda: "pbt_trial_00001",
+        )
+
+    def get_context(self):
+        return self.context
+
+    def get_checkpoint(self):
+        import contextlib
+
+        if self.checkpoint_dir is None:
+            return None
+        src = self.checkpoint_dir
+        return type("C", (), {"as_directory": lambda self: contextlib.nullcontext(str(src))})()
+
+    def report(self, metrics, checkpoint):
+        self.reports.append((metrics, checkpoint))
+
+    class Checkpoint:
+        @staticmethod
+        def from_directory(path):
+            import shutil
+            import tempfile
+
+            keep = tempfile.mkdtemp()
+            shutil.copytree(path, keep, dirs_exist_ok=True)
+            return keep
+
+
+def test_a_member_trains_through_the_shared_builders_and_restores(tmp_path, monkeypatch):
+    """`pbt_trial` (one population member) without Ray: it builds data, module and trainer with
+    `neuralnets.training.build`, reports every interval with a checkpoint, and a member handed that
+    checkpoint resumes from it (weights_only)."""
+    import sys
+    import types
+
+    from neuralnets.training.pbt import pbt_trial
+
+    base = OmegaConf.to_container(pbt_cfg("trainer.max_epochs=2", "callbacks.figures=false"), resolve=True)
+    base.pop("hydra", None)
+    hparams = {"module.lr": 2e-3, "model.dropout": 0.2}
+    fake = _FakeTune(tmp_path / "first")
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(tune=fake))
+    monkeypatch.setitem(sys.modules, "ray.tune", fake)
+    pbt_trial(hparams, base=base, interval=1)
+    assert [m["epoch"] for m, _ in fake.reports] == [1, 2]
+    assert all(np.isfinite(m["val_co_bps"]) for m, _ in fake.reports)
+    assert list((tmp_path / "first").glob("events.out.tfevents.*"))  # the member's TensorBoard run
+    donor = fake.reports[0][1]  # the epoch-1 checkpoint directory
+    assert torch.load(f"{donor}/model.ckpt", weights_only=True)["hyper_parameters"]["lr"] == 2e-3
+
+    second = _FakeTune(tmp_path / "second", checkpoint_dir=donor)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(tune=second))
+    monkeypatch.setitem(sys.modules, "ray.tune", second)
+    pbt_trial({**hparams, "module.lr": 1e-3}, base=base, interval=1)
+    assert [m["epoch"] for m, _ in second.reports] == [2]  # restored at epoch 1, trained one more

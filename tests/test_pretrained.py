@@ -169,7 +169,7 @@ def test_load_from_checkpoint_file(tiny_run, tiny_model, tiny_data):
     lone = tiny_run.parent / "lone.ckpt"
     lone.write_bytes(tiny_model.path.read_bytes())
     alone = load_pretrained(str(lone))
-    assert alone.name == "lone" and alone.config["model"]["_target_"] == "neuralnets.models.lfads.LFADS"
+    assert alone.name == "lone" and alone.config["model"]["name"] == "lfads"
     np.testing.assert_array_equal(alone.predict(tiny_data)["rates"], tiny_model.predict(tiny_data)["rates"])
 
 
@@ -230,7 +230,7 @@ def test_bad_paths_are_clear_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- export
 def test_export_run_slims_the_checkpoint_and_refuses_to_overwrite(tiny_run, tiny_model, tmp_path):
-    from neuralnets.training.module import SpikeModule
+    from neuralnets.training.module import TrainingModule
 
     dest = export_run(tiny_run, tmp_path / "tiny", "tiny", description="test", training={"command": "x"})
     full_size = tiny_model.path.stat().st_size
@@ -244,7 +244,7 @@ def test_export_run_slims_the_checkpoint_and_refuses_to_overwrite(tiny_run, tiny
     sd = torch.load(dest / "model.ckpt", weights_only=True)
     assert set(sd) >= {"state_dict", "hyper_parameters"} and "optimizer_states" not in sd
     # The slim file is still a Lightning checkpoint.
-    module = SpikeModule.load_from_checkpoint(dest / "model.ckpt", map_location="cpu")
+    module = TrainingModule.load_from_checkpoint(dest / "model.ckpt", map_location="cpu")
     x = torch.zeros(2, 12, 8)
     np.testing.assert_allclose(module.model.predict(x)["rates"], loaded.predict(x.numpy())["rates"])
     with pytest.raises(FileExistsError, match="refusing to overwrite"):

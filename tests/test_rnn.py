@@ -14,7 +14,7 @@ from tiny import sine_batch
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, Ramp
-from neuralnets.models.rnn import RNNBehaviorDecoder, RNNSeq2Seq, fit_behavior_decoder
+from neuralnets.models.rnn import RNNBehaviorDecoder, RNNSeq2Seq
 
 # Tiny synthetic problem: 32 trials x 20 bins x 8 neurons, 2 held out, 4 forward bins.
 N_TRIALS, T, N, N_OUT, T_FWD = 32, 20, 8, 2, 4
@@ -155,45 +155,3 @@ def test_behavior_decoder_is_causal() -> None:
     assert not torch.allclose(y[:, 7:], y2[:, 7:])
     with pytest.raises(ValueError, match=r"expects inputs \(B, T, 3\)"):
         dec(torch.randn(2, 12, 4))
-
-
-def _r2(pred: np.ndarray, true: np.ndarray) -> float:
-    """R^2 over all trials and bins, averaged over behaviour dimensions."""
-    p, y = pred.reshape(-1, pred.shape[-1]), true.reshape(-1, true.shape[-1])
-    ss_res = ((y - p) ** 2).sum(0)
-    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
-    return float(np.mean(1 - ss_res / ss_tot))
-
-
-def test_fit_behavior_decoder_learns_mapping() -> None:
-    # Behaviour = fixed linear map of a causally smoothed version of the inputs, plus a little noise.
-    rng = np.random.default_rng(0)
-    x = rng.poisson(1.0, size=(48, 15, 6)).astype(np.float32)  # (trials, T, C) spike counts
-    smooth = np.zeros_like(x)
-    for t in range(x.shape[1]):
-        smooth[:, t] = x[:, t] if t == 0 else 0.5 * smooth[:, t - 1] + 0.5 * x[:, t]
-    w = rng.normal(size=(6, 2))
-    y = smooth @ w + 0.1 * rng.normal(size=(48, 15, 2))  # (trials, T, D)
-    pred = fit_behavior_decoder(x[:36], y[:36], x[36:], hidden_dim=16, epochs=80, lr=1e-2, seed=0)
-    assert pred.shape == (12, 15, 2) and pred.dtype == np.float32
-    assert _r2(pred, y[36:]) > 0.5
-    # Same seed -> same predictions, and the global torch RNG is not consumed.
-    state = torch.get_rng_state()
-    pred2 = fit_behavior_decoder(x[:36], y[:36], x[36:], hidden_dim=16, epochs=5, lr=1e-2, seed=0)
-    pred3 = fit_behavior_decoder(x[:36], y[:36], x[36:], hidden_dim=16, epochs=5, lr=1e-2, seed=0)
-    assert np.array_equal(pred2, pred3)
-    assert torch.equal(state, torch.get_rng_state())
-
-
-def test_fit_behavior_decoder_bad_input() -> None:
-    x = np.zeros((4, 5, 3), dtype=np.float32)
-    with pytest.raises(ValueError, match="behavior_train shape"):
-        fit_behavior_decoder(x, np.zeros((4, 6, 2)), x)
-    with pytest.raises(ValueError, match="inputs_eval has 2 channels"):
-        fit_behavior_decoder(x, np.zeros((4, 5, 2)), x[..., :2])
-    with pytest.raises(ValueError, match="inputs_train must be"):
-        fit_behavior_decoder(x[0], np.zeros((4, 5, 2)), x)
-    bad = np.zeros((4, 5, 2))
-    bad[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="behavior_train has non-finite"):
-        fit_behavior_decoder(x, bad, x)

@@ -21,7 +21,7 @@ from tiny import TINY_LFADS
 
 from neuralnets.data.datamodule import SpikeDataModule, TrialBatches, batch_tensors, make_batch
 from neuralnets.data.synthetic import lorenz
-from neuralnets.training.module import SpikeModule
+from neuralnets.training.module import TrainingModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 # shards nor the validation batches (4 + 3 at batch size 4) divide evenly.
 DDP_DATA = dict(n_trials=35, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4, seed=0)
 DDP_MODEL = {
-    "_target_": "neuralnets.models.lfads.LFADS",
+    "name": "lfads",
     "gen_dim": 16,
     "fac_dim": 4,
     "ic_enc_dim": 8,
@@ -90,7 +90,7 @@ def _ddp_worker(out_dir: str) -> None:
 
     torch.set_num_threads(1)
 
-    class NaNOnce(SpikeModule):
+    class NaNOnce(TrainingModule):
         """Rank 0's second training batch has a NaN loss: both ranks must skip that step together."""
 
         calls = 0
@@ -199,7 +199,7 @@ def test_ddp_validation_metrics_equal_the_single_process_values(ddp_ranks):
         for epoch in range(DDP_EPOCHS):
             assert sorted(r["val_idx"][epoch]) == val  # every rank scores every validation trial
 
-    module = SpikeModule(model=DDP_MODEL, spec=data.spec.to_dict(), lr_schedule="none")
+    module = TrainingModule(model=DDP_MODEL, spec=data.spec.to_dict(), lr_schedule="none")
     module.load_state_dict(ddp_ranks[0]["final"])
     module.eval()
     tensors = batch_tensors(data)
@@ -331,7 +331,7 @@ def test_search_configs_compose(tmp_path):
         loss = compose("train", overrides=["hparams_search=lfads_optuna_loss"], return_hydra_config=True)
         slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert (co.sweep_metric, str(co.hydra.sweeper.direction)) == ("co_bps", "maximize")
-    assert co.model._target_ == "neuralnets.models.lfads.LFADS"
+    assert co.model.name == "lfads"
     assert (loss.sweep_metric, loss.callbacks.monitor, str(loss.hydra.sweeper.direction)) == (
         "val/recon",
         "val/recon",

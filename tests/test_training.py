@@ -14,7 +14,7 @@ from tiny import TINY_LFADS
 
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.synthetic import lorenz
-from neuralnets.training.module import ConfigError, SpikeModule, build_model
+from neuralnets.training.module import ConfigError, TrainingModule
 from neuralnets.training.outputs import read_predictions
 from neuralnets.training.train import CONFIG_DIR, prepare_config, train
 
@@ -24,7 +24,7 @@ TINY_DATA = [
 ]
 # A module-level LFADS small enough to build and step without a Trainer.
 MICRO_LFADS = {
-    "_target_": "neuralnets.models.lfads.LFADS",
+    "name": "lfads",
     "gen_dim": 8,
     "fac_dim": 2,
     "ic_enc_dim": 4,
@@ -110,7 +110,7 @@ def test_never_overwrites_an_existing_run(tmp_path):
 def test_checkpoint_rebuilds_without_config_and_predicts_the_same(tmp_path, lorenz_data):
     run = tmp_path / "run"
     train(tiny_cfg("trainer.max_epochs=1"), run)
-    module = SpikeModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    module = TrainingModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
     again = module.model.predict(lorenz_data.heldin_obs)
     saved = read_predictions(run / "predictions.h5")
     np.testing.assert_allclose(again["rates"], saved["rates"], rtol=1e-5, atol=1e-6)
@@ -127,14 +127,14 @@ class _Kill(pl.Callback):
 def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, monkeypatch):
     run = tmp_path / "run"
     cfg = tiny_cfg("trainer.max_epochs=3")
-    import neuralnets.training.train as train_mod
+    import neuralnets.training.build as build_mod
 
-    real = train_mod.build_callbacks
-    monkeypatch.setattr(train_mod, "build_callbacks", lambda *a: (real(*a)[0] + [_Kill()], real(*a)[1]))
+    real = build_mod.build_callbacks
+    monkeypatch.setattr(build_mod, "build_callbacks", lambda *a: [*real(*a), _Kill()])
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(cfg, run)
-    monkeypatch.setattr(train_mod, "build_callbacks", real)
-    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    monkeypatch.setattr(build_mod, "build_callbacks", real)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 0  # only the first epoch finished before the kill
 
     resumed = prepare_config(OmegaConf.merge(cfg, {"resume": str(run)}), run, [f"resume={run}"])
@@ -145,10 +145,13 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, monkeypatch):
 
 
 def test_unknown_model_option_is_a_clear_error(lorenz_data):
+    spec = lorenz_data.spec.to_dict()
     with pytest.raises(ConfigError, match=r"no option\(s\) \['gen_dimm'\]"):
-        build_model({"_target_": "neuralnets.models.lfads.LFADS", "gen_dimm": 3}, lorenz_data.spec)
-    with pytest.raises(ConfigError, match="cannot be imported"):
-        build_model({"_target_": "neuralnets.models.nope.Nope"}, lorenz_data.spec)
+        TrainingModule({"name": "lfads", "gen_dimm": 3}, spec)
+    with pytest.raises(ConfigError, match=r"unknown model name='nope'.*\['lfads', 'ndt', 'rnn'\]"):
+        TrainingModule({"name": "nope"}, spec)
+    with pytest.raises(ConfigError, match="not a registered model class"):
+        TrainingModule({"_target_": "neuralnets.models.nope.Nope"}, spec)
 
 
 def test_unknown_config_group_option_names_the_choices():
@@ -156,7 +159,7 @@ def test_unknown_config_group_option_names_the_choices():
         tiny_cfg("model=lfadz")
 
 
-class _NaNLossModule(SpikeModule):
+class _NaNLossModule(TrainingModule):
     def _loss(self, batch, train):
         loss, parts = super()._loss(batch, train)
         return loss * float("nan"), parts
@@ -188,7 +191,7 @@ def test_coordinated_dropout_scores_only_hidden_heldin_entries(lorenz_data):
     from neuralnets.nn.augmentations import coordinated_dropout
 
     model_cfg = dict(MICRO_LFADS)
-    module = SpikeModule(model=model_cfg, spec=lorenz_data.spec.to_dict(), coordinated_dropout=0.4)
+    module = TrainingModule(model=model_cfg, spec=lorenz_data.spec.to_dict(), coordinated_dropout=0.4)
     spec = lorenz_data.spec
     batch = make_batch(batch_tensors(lorenz_data), torch.arange(8), spec.n_obs_bins, spec.n_heldin)
     module.model.eval()  # deterministic rates, so only the mask differs between the two computations
@@ -222,7 +225,7 @@ def test_validation_loss_uses_full_aux_weights_while_training_ramps(lorenz_data)
 
     model_cfg = dict(MICRO_LFADS)
     model_cfg |= {"kl_ramp_steps": 100, "l2_ramp_steps": 100, "kl_ic_scale": 2.0}
-    module = SpikeModule(model=model_cfg, spec=lorenz_data.spec.to_dict())
+    module = TrainingModule(model=model_cfg, spec=lorenz_data.spec.to_dict())
     spec = lorenz_data.spec
     batch = make_batch(batch_tensors(lorenz_data), torch.arange(8), spec.n_obs_bins, spec.n_heldin)
     module.model.eval()
@@ -231,3 +234,23 @@ def test_validation_loss_uses_full_aux_weights_while_training_ramps(lorenz_data)
     torch.testing.assert_close(train_loss, parts["recon"])
     full = parts["recon"] + 2.0 * parts["kl_ic"] + module.model.aux_weights["l2_gen"].scale * parts["l2_gen"]
     torch.testing.assert_close(val_loss, full)
+
+
+def test_the_old_name_of_the_training_module_still_resolves():
+    import neuralnets.training.module as module_mod
+
+    with pytest.warns(DeprecationWarning, match="SpikeModule is now TrainingModule"):
+        assert module_mod.SpikeModule is TrainingModule
+    with pytest.raises(AttributeError, match="SpikeModel"):
+        module_mod.SpikeModel  # noqa: B018 - the model base class lives in neuralnets.models.base
+
+
+def test_a_config_that_cannot_build_leaves_no_run_behind(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="unknown model name='lfadz'"):
+        train(tiny_cfg("model.name=lfadz"), run)
+    with pytest.raises(ConfigError, match="_target_='os.system' is not accepted"):
+        train(tiny_cfg("+callbacks.evil={_target_: os.system, command: 'touch MARKER'}"), run)
+    assert not (run / "config.yaml").exists() and not (tmp_path / "MARKER").exists()
+    train(tiny_cfg("trainer.max_epochs=1"), run)  # the directory is still free for a run
+    assert (run / "config.yaml").is_file()

@@ -1,0 +1,156 @@
+"""Model families, built by name: `create_model("lfads", spec, gen_dim=100)`.
+
+`MODELS` is the registry, an explicit dict (adding a model = one line here). A model config is a
+registered name plus plain option values (numbers, strings, booleans, None, and lists/dicts of
+those): no config file can name a callable. Legacy configs and checkpoints that give the model as
+`_target_: neuralnets.models.lfads.LFADS` are accepted when that string is exactly the class path of
+a registered model; any other `_target_` is refused without importing anything.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from neuralnets.data.spikedata import DataSpec
+from neuralnets.models.base import ModelOutput, SpikeModel
+from neuralnets.models.lfads import LFADS
+from neuralnets.models.ndt import NDT
+from neuralnets.models.rnn import RNNSeq2Seq
+
+MODELS: dict[str, type[SpikeModel]] = {
+    "lfads": LFADS,
+    "rnn": RNNSeq2Seq,
+    "ndt": NDT,
+}
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+class ModelConfigError(ValueError):
+    """A model name or option that cannot be built; the message names the field and the value."""
+
+
+def class_path(cls: type) -> str:
+    """`module.Class`, the form legacy configs give as `_target_`."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def model_name(cls: type[SpikeModel]) -> str:
+    """The registered name of a model class (raises if it is not registered)."""
+    for name, registered in MODELS.items():
+        if registered is cls:
+            return name
+    raise ModelConfigError(f"{class_path(cls)} is not a registered model; registered: {sorted(MODELS)}")
+
+
+def model_options(cls: type[SpikeModel]) -> dict[str, Any]:
+    """The keyword options of a model class with their defaults (`spec` excluded)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        k: p.default
+        for k, p in params.items()
+        if k not in ("self", "spec") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def _check_plain(value: Any, where: str) -> Any:
+    """`value` as plain Python data (DictConfig/ListConfig converted), or a ModelConfigError."""
+    if hasattr(value, "_metadata") and hasattr(value, "_get_node"):  # an OmegaConf container
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, list | tuple):
+        return [_check_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        if "_target_" in value:
+            raise ModelConfigError(
+                f"model option {where} names a callable (_target_={value['_target_']!r}); model options "
+                "must be plain values (numbers, strings, booleans, None, lists and dicts of those)"
+            )
+        return {str(k): _check_plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise ModelConfigError(
+        f"model option {where} = {value!r} has type {type(value).__name__}; options must be plain values "
+        "(numbers, strings, booleans, None, lists and dicts of those)"
+    )
+
+
+def resolve_model_config(name_or_cfg: str | Mapping[str, Any], **options: Any) -> tuple[str, dict[str, Any]]:
+    """(registered name, checked options) from a name or a `{"name": ..., **options}` config (or a
+    legacy one with `_target_`), plus `options` on top. Raises ModelConfigError naming the problem."""
+    if isinstance(name_or_cfg, str):
+        name, cfg = name_or_cfg, {}
+    elif isinstance(name_or_cfg, Mapping) or hasattr(name_or_cfg, "items"):
+        cfg = _as_dict(name_or_cfg)
+        has_name, has_target = "name" in cfg, "_target_" in cfg
+        if has_name and has_target:
+            raise ModelConfigError(
+                f"model config gives both name={cfg['name']!r} and _target_; give only name"
+            )
+        if has_target:
+            target = cfg.pop("_target_")
+            by_path = {class_path(cls): n for n, cls in MODELS.items()}
+            if target not in by_path:
+                raise ModelConfigError(
+                    f"model config _target_={target!r} is not a registered model class; use name: one of "
+                    f"{sorted(MODELS)} (legacy _target_ values accepted: {sorted(by_path)})"
+                )
+            name = by_path[target]
+        elif has_name:
+            name = cfg.pop("name")
+        else:
+            raise ModelConfigError(
+                f"model config needs `name` (one of {sorted(MODELS)}); got fields {sorted(cfg)}"
+            )
+    else:
+        raise ModelConfigError(
+            f"model must be a registered name or a config dict; got {type(name_or_cfg).__name__}"
+        )
+    if not isinstance(name, str) or name not in MODELS:
+        raise ModelConfigError(f"unknown model name={name!r}; registered models: {sorted(MODELS)}")
+    cfg.update(options)
+    valid = model_options(MODELS[name])
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ModelConfigError(f"model {name!r} has no option(s) {unknown}; valid options: {sorted(valid)}")
+    return name, {k: _check_plain(v, f"{name}.{k}") for k, v in cfg.items()}
+
+
+def _as_dict(cfg: Any) -> dict[str, Any]:
+    """A mapping (dict or OmegaConf DictConfig) as a plain dict with string keys; values checked later."""
+    if hasattr(cfg, "_metadata") and hasattr(cfg, "_get_node"):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return {str(k): v for k, v in cfg.items()}
+
+
+def create_model(name_or_cfg: str | Mapping[str, Any], spec: DataSpec | dict, **options: Any) -> SpikeModel:
+    """Build a registered model for data of shape `spec`.
+
+    `name_or_cfg`: a registered name (`MODELS`) or a config `{"name": "lfads", **options}` (a dict or
+    an OmegaConf DictConfig); `options` are set on top. Unknown names, unknown options and non-plain
+    option values raise `ModelConfigError`; errors from the model's own checks (e.g. a negative size)
+    are ValueErrors naming the option.
+    """
+    name, opts = resolve_model_config(name_or_cfg, **options)
+    spec = spec if isinstance(spec, DataSpec) else DataSpec(**_check_plain(dict(spec), "spec"))
+    return MODELS[name](spec, **opts)
+
+
+__all__ = [
+    "LFADS",
+    "MODELS",
+    "NDT",
+    "ModelConfigError",
+    "ModelOutput",
+    "RNNSeq2Seq",
+    "SpikeModel",
+    "create_model",
+    "model_name",
+    "model_options",
+    "resolve_model_config",
+]

@@ -44,7 +44,18 @@ class Ramp:
 
 
 class SpikeModel(nn.Module):
-    """Base class: stores the data spec and the weights of the auxiliary losses."""
+    """Base class: stores the data spec and the weights of the auxiliary losses.
+
+    Capabilities (class attributes, read by the training module and the tools; override as needed):
+    - `masks_input`: the model hides parts of its own input in training and says where to score
+      (`ModelOutput.recon_mask`), so the training module applies no coordinated dropout on top;
+    - `has_inferred_inputs`: forward returns `inputs` (LFADS with a controller);
+    - `supports_fused_recurrence`: has a `recurrence` option with a fused fast path ('plain'/'fused').
+    """
+
+    masks_input: bool = False
+    has_inferred_inputs: bool = False
+    supports_fused_recurrence: bool = False
 
     def __init__(self, spec: DataSpec | dict):
         super().__init__()
@@ -91,11 +102,30 @@ class SpikeModel(nn.Module):
                 value = getattr(out, key)
                 if value is not None:
                     parts.setdefault(key, []).append(value.float().cpu().numpy())
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        out = {k: np.concatenate(v) for k, v in parts.items()}
+        if not np.isfinite(out["rates"]).all():
+            bad = int((~np.isfinite(out["rates"])).any(axis=(1, 2)).sum())
+            raise FloatingPointError(
+                f"{type(self).__name__} predicted non-finite rates for {bad} of {len(out['rates'])} trials; "
+                "its weights are diverged or corrupt"
+            )
+        return out
 
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def get_heldin(model: SpikeModel, batch: dict[str, Tensor]) -> Tensor:
+    """Fetch `batch['heldin'] (B, T_obs, N_in)` as float and check it against the model's spec."""
+    if "heldin" not in batch:
+        raise ValueError(
+            f"{type(model).__name__} needs batch['heldin'] (B, T_obs, N_in) held-in spikes; "
+            f"the batch has keys {sorted(batch)}"
+        )
+    heldin = batch["heldin"]
+    model.check_input(heldin)
+    return heldin.float()
 
 
 def positive_rates(log_rates: Tensor) -> Tensor:

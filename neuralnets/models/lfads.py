@@ -1,55 +1,19 @@
 """LFADS: latent factor analysis via dynamical systems (Sussillo et al. 2016; Pandarinath et al. 2018).
 
-A sequential variational autoencoder for single-trial spiking:
+A sequential VAE for single-trial spiking. A bidirectional GRU encodes the held-in spikes
+`(B, T_obs, N_in)` into the Gaussian posterior of the generator's initial state g0; with `co_dim > 0`
+a second encoder feeds a controller whose output is the posterior of the inferred inputs u_t (under an
+AR(1) prior). A clipped-GRU generator driven by u_t (zero over the T_fwd forward bins) gives
+low-dimensional factors and, through an exponential readout, rates of ALL neurons over
+T = T_obs + T_fwd bins. Train mode samples g0 and u_t; eval mode uses the posterior means.
 
-- IC encoder: a bidirectional GRU over the held-in spikes `(B, T_obs, N_in)` (after input dropout);
-  the final states of both directions, concatenated and dropped out, map linearly to the mean and
-  log-variance of the diagonal Gaussian posterior of the generator's initial state `g0 (gen_dim)`
-  (variance floored at `ic_post_var_min`). KL to a learnable `MultivariateNormalPrior` -> `kl_ic`.
-- Controller-input encoder (when `co_dim > 0`): a second bidirectional GRU over the same dropped-out
-  input; its per-bin output `ci_t = [forward state at t, backward state at t]` (B, T_obs, 2·ci_enc_dim),
-  dropped out, is the controller's input at bin t (no time lag: simple, and coordinated dropout
-  already removes the incentive to copy input spikes to rates).
-- Controller: a clipped GRU cell with input `[ci_t, f_{t−1}]` (f_{−1} = factors of g0); its state maps
-  linearly to the posterior mean and log-variance of the inferred input `u_t (co_dim)`, sampled per
-  bin. KL to a learnable AR(1) prior (`AutoregressivePrior`) -> `kl_co`: the Monte-Carlo estimate
-  `log q(u) − log p(u)` at the samples when sampling (training, as in the paper), the exact KL for the
-  diagonal posterior when using posterior means (eval), so validation KLs are deterministic and >= 0.
-- Generator: a clipped GRU cell with input `u_t` (no input when `co_dim == 0`), initial state g0;
-  factors `f_t = W_fac · dropout(g_t)` with a bias-free, unit-norm-row `W_fac` (B, T, fac_dim);
-  log-rates are an affine readout of the factors and `rates = exp(log-rates)` for ALL neurons over
-  `T = T_obs + T_fwd` bins. Beyond T_obs there are no data to encode, so the generator runs on
-  with zero inferred input.
-- L2 penalties on the recurrent weights (`weight_hh`) of the generator and controller:
-  `l2 = 0.5 · Σ w² / n_weights` (half the mean square) -> `l2_gen`, `l2_con`.
-
-Training mode samples g0 and u_t by reparameterisation; eval mode uses the posterior means (and no
-dropout), so it is deterministic. `sample_average` averages rates over posterior samples. All the
-randomness of a forward pass (dropout masks, posterior samples) is drawn in fixed layouts before the
-recurrence, so the two implementations of the controller + generator loop consume the same draws.
-
-`recurrence` selects that implementation: "plain" is a per-step Python loop with autograd (the
-reference); "fused" is `neuralnets.nn.fast.lfads_unroll`, one autograd Function with a hand-written
-backpropagation through time (same numbers up to float rounding, tested); "auto" (default) = "fused",
-falling back to "plain" where the fused loop does not apply (cells with `reset_after=False` or
-different clip values, TorchScript). The encoders follow their own `recurrence` (default "auto":
-on CPU both encoders, both directions, run as one stacked scan; on GPU cuDNN's GRU). For the
-side-by-side comparison, `recurrence="plain"` also runs the encoders through `torch.nn.GRU`.
-
-Loss units (the contract with the training module): `kl_ic` and `kl_co` are per-trial nats (summed
-over latent dimensions and bins, MEAN over the batch), NOT divided by bins or neurons. The
-reconstruction term must be in the same units: the SUM over bins and neurons of −log p(y | rates),
-MEAN over trials (with masks: `neuralnets.nn.augmentations.masked_trial_sum`). Then
-`loss = recon + Σ_k aux_weights[k](step) · aux_losses[k]` is the negative ELBO (plus L2) once the
-KL ramps reach scale 1. `aux_weights` has exactly the keys of `aux_losses`
-(`kl_ic`, `l2_gen`, and with a controller `kl_co`, `l2_con`).
-
-Defaults (chosen for the small built-in Lorenz data: 40 neurons, 50 bins of which 10 forward):
-gen 64, factors 8, IC encoder 64, CI encoder 32, controller 32, 2 inferred inputs, dropout 0.1,
-clip 5, posterior variance floor 1e-4, IC prior variance 0.1, AR prior τ = 10 bins and variance 0.1;
-KL scales 1 (the true ELBO), ramped from 0 over the first 1000 steps; L2 scale 2000 on the generator
-(0.5 · mean-square convention: about 16 nats per trial at initialisation) and 0 on the controller,
-ramped over 1000 steps.
+Contract with the training module (units: nats per trial, MEAN over the batch): `aux_losses` holds
+`kl_ic`, `l2_gen` and, with a controller, `kl_co`, `l2_con`, with the same keys in `aux_weights`;
+with the reconstruction term summed over bins and neurons, `loss = recon + Σ_k weight_k · aux_k` is
+the negative ELBO (plus L2) once the ramps reach scale 1. `recurrence`: "plain" is the per-step
+autograd loop (the reference), "fused" the hand-written BPTT of `neuralnets.models.lfads_unroll`,
+"auto" = fused where it applies. Defaults suit the small built-in datasets and equal
+`configs/model/lfads.yaml`.
 """
 
 from __future__ import annotations
@@ -62,8 +26,9 @@ from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, Ramp, SpikeModel, positive_rates
+from neuralnets.models.lfads_unroll import lfads_unroll
 from neuralnets.nn.clipped_gru import BidirectionalGRU, ClippedGRUCell, run_bidirectional
-from neuralnets.nn.fast import lfads_unroll, resolve_recurrence
+from neuralnets.nn.fast import resolve_recurrence
 from neuralnets.nn.priors import AutoregressivePrior, MultivariateNormalPrior
 from neuralnets.nn.readout import LogRateReadout, NormalizedLinear
 
@@ -73,6 +38,8 @@ class LFADS(SpikeModel):
     `ModelOutput(rates (B, T, N), latents = factors (B, T, fac_dim), aux_losses,
     inputs (B, T_obs, co_dim) or None)`.
     """
+
+    supports_fused_recurrence = True
 
     def __init__(
         self,
@@ -95,9 +62,9 @@ class LFADS(SpikeModel):
         l2_gen_scale: float = 2000.0,
         l2_con_scale: float = 0.0,
         kl_ramp_start: int = 0,
-        kl_ramp_steps: int = 1000,
+        kl_ramp_steps: int = 400,
         l2_ramp_start: int = 0,
-        l2_ramp_steps: int = 1000,
+        l2_ramp_steps: int = 400,
         recurrence: str = "auto",
     ):
         super().__init__(spec)
@@ -146,9 +113,14 @@ class LFADS(SpikeModel):
             self.aux_weights["kl_co"] = Ramp(kl_co_scale, kl_ramp_start, kl_ramp_steps)
             self.aux_weights["l2_con"] = Ramp(l2_con_scale, l2_ramp_start, l2_ramp_steps)
 
+    @property
+    def has_inferred_inputs(self) -> bool:
+        """With a controller (co_dim > 0), forward returns the inferred inputs."""
+        return self.co_dim > 0
+
     # ------------------------------------------------------------------ forward
     def uses_fused(self) -> bool:
-        """Whether forward runs the fast recurrences (`neuralnets.nn.fast`) under `self.recurrence`."""
+        """Whether forward runs the fused recurrences (`lfads_unroll`) under `self.recurrence`."""
         if resolve_recurrence(self.recurrence) == "plain":
             return False
         cells = [self.generator] + ([self.controller] if self.co_dim > 0 else [])
@@ -286,8 +258,8 @@ class LFADS(SpikeModel):
         self, g0: Tensor, ci: Tensor | None, eps: Tensor | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """Same inputs, outputs and numbers as `_unroll` (up to float rounding), through
-        `neuralnets.nn.fast.lfads_unroll`: no autograd inside the loop, hand-written BPTT, the factor
-        feedback folded into one (3C, G) matrix, all weight gradients as one matmul over all steps."""
+        `neuralnets.models.lfads_unroll.lfads_unroll`: no autograd inside the loop, hand-written BPTT,
+        the factor feedback folded into one (3C, G) matrix, all weight gradients as one matmul."""
         gen = self.generator
         G = self.gen_dim
         zeros = g0.new_zeros(3 * G)

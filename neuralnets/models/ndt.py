@@ -23,8 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
-from neuralnets.models.base import ModelOutput, SpikeModel, positive_rates
-from neuralnets.models.rnn import get_heldin
+from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates
 
 
 def context_mask(n_bins: int, context_forward: int | None, context_backward: int | None) -> Tensor:
@@ -68,6 +67,8 @@ class NDT(SpikeModel):
     final (layer-normed) transformer hidden states that the linear readout reads, and in train mode
     recon_mask (B, T, N).
     """
+
+    masks_input = True  # masked modelling: coordinated dropout on top would hide the input twice
 
     def __init__(
         self,

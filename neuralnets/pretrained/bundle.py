@@ -32,7 +32,7 @@ def slim_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """Write `dst`: the weights and hyperparameters of training checkpoint `src`, nothing else.
 
     Drops optimiser/scheduler state, loops and callbacks (about 2/3 of a Lightning checkpoint). The
-    result still loads with `torch.load(weights_only=True)` and `SpikeModule.load_from_checkpoint`.
+    result still loads with `torch.load(weights_only=True)` and `TrainingModule.load_from_checkpoint`.
     Returns the slim checkpoint dict.
     """
     ckpt = read_checkpoint(src)

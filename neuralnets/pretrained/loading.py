@@ -6,14 +6,12 @@
     out = model.predict(spikes)   # {"rates", "latents", ("inputs")} numpy arrays
 
 Loading reads local files only (never the network) and does not import PyTorch Lightning: the model
-is rebuilt from the hyperparameters saved in the checkpoint (its config with `_target_` and the data
-spec) and its weights are loaded with `torch.load(weights_only=True)`.
+is rebuilt by `neuralnets.models.create_model` from the hyperparameters saved in the checkpoint (its
+model config and the data spec) and its weights are loaded with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,8 +21,10 @@ import numpy as np
 import torch
 
 from neuralnets.data.spikedata import DataError, DataSpec, SpikeData
-from neuralnets.data.spikedata import check_counts as _check_counts
+from neuralnets.data.spikedata import check_counts
+from neuralnets.models import MODELS, ModelConfigError, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
+from neuralnets.pretrained.checkpoint_file import load_checkpoint
 from neuralnets.pretrained.registry import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
@@ -139,7 +139,7 @@ class PretrainedModel:
                 )
             if x.shape[0] == 0:
                 raise DataError(f"spikes have no trials (shape {x.shape})")
-            _check_counts(x, "spikes")
+            check_counts(x, "spikes")
         if bin_size is not None and not np.isclose(bin_size, s.bin_size, rtol=1e-6, atol=0.0):
             raise DataError(
                 f"bin_size is {bin_size} s ({bin_size * 1e3:g} ms), but model {self.name!r} was trained on "
@@ -161,7 +161,10 @@ class PretrainedModel:
         `batch_size` trials at a time on the model's device, so large inputs fit in memory.
         """
         x = self.heldin(spikes, bin_size)
-        return self.model.predict(x, batch_size=batch_size)
+        try:
+            return self.model.predict(x, batch_size=batch_size)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"pretrained model {self.name!r} ({self.path}): {err}") from None
 
     def evaluate(self, data: SpikeData, split: str = "test", batch_size: int = 256) -> dict[str, float]:
         """Harness metrics (`neuralnets.eval.evaluate`) of this model on `data`'s `split` trials.
@@ -215,15 +218,9 @@ def _load_folder(folder: Path, device: torch.device, name: str) -> PretrainedMod
     """A bundled-style folder: model.ckpt + model_card.json."""
     card = read_card(folder)
     ckpt_path = folder / CHECKPOINT_FILE
-    expected = card["checkpoint"].get("sha256")
-    if expected:
-        digest = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-        if digest != expected:
-            raise ValueError(
-                f"{ckpt_path}: sha256 {digest[:12]}... does not match its model card ({expected[:12]}...); "
-                "the file is corrupt or was replaced without updating the card"
-            )
-    model = build_from_checkpoint(ckpt_path, device)
+    # The card records the checkpoint's sha256: verified before anything is read from the file.
+    ckpt = read_checkpoint(ckpt_path, expected_sha256=card["checkpoint"].get("sha256"))
+    model = build_from_checkpoint(ckpt_path, device, ckpt)
     return PretrainedModel(
         model,
         name=name,
@@ -293,14 +290,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """`torch.load` a training checkpoint safely (weights_only) and check it holds a neuralnets model."""
+def read_checkpoint(
+    path: str | Path, expected_sha256: str | None = None, source: str = "its model card"
+) -> dict[str, Any]:
+    """Read a training checkpoint safely (`checkpoint_file.load_checkpoint`: sha256 verified where
+    recorded, weights_only) and check it holds a neuralnets model."""
     path = Path(path)
-    try:
-        # weights_only: tensors and plain containers only, no arbitrary code from the file.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors come in many types; name the file
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = load_checkpoint(path, expected_sha256, source)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ValueError(
@@ -310,26 +306,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     hp = ckpt["hyper_parameters"]
     missing = [k for k in ("model", "spec") if k not in hp]
     if missing:
-        raise ValueError(
-            f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training (SpikeModule)?"
-        )
+        raise ValueError(f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training?")
     return ckpt
 
 
 def build_from_checkpoint(
     path: str | Path, device: torch.device | str = "cpu", ckpt: Mapping[str, Any] | None = None
 ) -> SpikeModel:
-    """Rebuild the `SpikeModel` saved in a training checkpoint, load its weights, eval mode on `device`."""
+    """Rebuild the `SpikeModel` saved in a training checkpoint, load its weights, eval mode on `device`.
+
+    The model is built by `neuralnets.models.create_model` from the saved config: only registered
+    model classes with plain option values (a legacy `_target_` must be a registered class's path)."""
     path = Path(path)
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hp = ckpt["hyper_parameters"]
-    model_cfg = dict(hp["model"])
-    target = model_cfg.get("_target_", "")
-    cls = _model_class(target, path)
-    from hydra.utils import instantiate  # as neuralnets.training.module.build_model does
-
     try:
-        model = instantiate(model_cfg, spec=DataSpec(**hp["spec"]), _convert_="all")
+        name, options = resolve_model_config(hp["model"])
+    except ModelConfigError as e:
+        raise ValueError(f"{path}: saved model config refused: {e}") from None
+    cls = MODELS[name]
+    try:
+        model = create_model(name, DataSpec(**hp["spec"]), **options)
     except Exception as e:  # noqa: BLE001 - surface which file and class failed to build
         raise ValueError(f"{path}: cannot rebuild {cls.__name__} from its saved config ({e})") from None
     prefix = "model."
@@ -341,20 +338,6 @@ def build_from_checkpoint(
             f"{path}: weights do not fit {cls.__name__} built from its saved config: {e}"
         ) from None
     return model.to(device).eval()
-
-
-def _model_class(target: str, path: Path) -> type[SpikeModel]:
-    """Import the `_target_` class and check it is a SpikeModel (nothing else gets instantiated)."""
-    module_name, _, cls_name = target.rpartition(".")
-    if not module_name:
-        raise ValueError(f"{path}: saved model config has no valid `_target_` (got {target!r})")
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{path}: model class {target!r} cannot be imported ({e})") from None
-    if not (isinstance(cls, type) and issubclass(cls, SpikeModel)):
-        raise ValueError(f"{path}: `_target_` {target!r} is not a neuralnets SpikeModel")
-    return cls
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Each folder holds
 - `model.ckpt`: a slimmed Lightning checkpoint (model weights, hyperparameters, no optimiser state),
-  readable with `torch.load(weights_only=True)` and with `SpikeModule.load_from_checkpoint`;
+  readable with `torch.load(weights_only=True)` and with `TrainingModule.load_from_checkpoint`;
 - `model_card.json`: data (name + load kwargs + spec), full training config, training command and
   time, harness metrics on the test split, date, neuralnets version, checkpoint sha256;
 - `README.md`: the same card for people.

@@ -1,12 +1,17 @@
-"""Callbacks: score the model with the shared harness during training and log figures."""
+"""Callbacks: score the model with the shared harness during training, log figures, and checkpoint
+with a sha256 recorded beside each file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.eval import evaluate
+from neuralnets.pretrained.checkpoint_file import checksum_path, write_checksum
 from neuralnets.training import figures
 
 
@@ -54,3 +59,19 @@ class HarnessEvaluation(pl.Callback):
             pl_module.log(f"{self.split}/{name}", float(value), sync_dist=False)
         if self.figures and trainer.is_global_zero:
             log_figures(trainer.logger, self.data, pred, self.split, trainer.global_step)
+
+
+class HashedModelCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that records the sha256 of every checkpoint it writes in `<file>.sha256`
+    (verified by `neuralnets.pretrained.checkpoint_file.load_checkpoint` on resume and loading) and
+    removes that record with the file."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)  # Trainer.save_checkpoint ends with a barrier
+        if trainer.is_global_zero and Path(filepath).is_file():
+            write_checksum(filepath)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            checksum_path(filepath).unlink(missing_ok=True)

@@ -12,16 +12,16 @@ so `val/loss` (the checkpoint, early-stopping and LR-plateau monitor) is compara
 
 from __future__ import annotations
 
-import inspect
 import logging
+import warnings
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
 from torch import Tensor
 
 from neuralnets.data.spikedata import DataSpec
-from neuralnets.models.base import ModelOutput, SpikeModel
+from neuralnets.models import ModelConfigError, create_model
+from neuralnets.models.base import ModelOutput
 from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask, masked_trial_sum, sbtt_mask
 from neuralnets.nn.likelihoods import make_likelihood
 
@@ -32,30 +32,13 @@ class ConfigError(ValueError):
     """A training configuration that cannot work; raised before any training starts."""
 
 
-def build_model(model_cfg: dict, spec: DataSpec) -> SpikeModel:
-    """Instantiate `model_cfg` (a dict with `_target_`) for data of shape `spec`, checking its fields."""
-    model_cfg = dict(model_cfg)
-    target = model_cfg.get("_target_")
-    if not target:
-        raise ConfigError(f"model config needs a `_target_` class path; got fields {sorted(model_cfg)}")
-    try:
-        cls = get_class(target)
-    except Exception as err:
-        raise ConfigError(f"model `_target_` {target!r} cannot be imported: {err}") from None
-    params = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(model_cfg) - {"_target_"} - set(params))
-    if unknown:
-        valid = sorted(set(params) - {"self", "spec"})
-        raise ConfigError(f"model {cls.__name__} has no option(s) {unknown}; valid options: {valid}")
-    return instantiate(model_cfg, spec=spec, _convert_="all")
-
-
-class SpikeModule(pl.LightningModule):
+class TrainingModule(pl.LightningModule):
     """Wraps a `SpikeModel` with likelihood, auxiliary-loss ramps, optimiser and LR schedule.
 
-    Everything needed to rebuild the model (its config with `_target_` and the data spec) is saved
-    as hyperparameters, so `SpikeModule.load_from_checkpoint(path, map_location="cpu")` needs no
-    config tree.
+    `model` is a model config for `neuralnets.models.create_model` (`{"name": "lfads", **options}`).
+    Everything needed to rebuild the model (that config and the data spec) is saved as
+    hyperparameters, so `TrainingModule.load_from_checkpoint(path, map_location="cpu")` needs no
+    config tree (checkpoints whose model config gives a registered class as `_target_` load too).
     """
 
     def __init__(
@@ -80,7 +63,10 @@ class SpikeModule(pl.LightningModule):
         if not 0.0 <= coordinated_dropout < 1.0:
             raise ConfigError(f"coordinated_dropout must be in [0, 1); got {coordinated_dropout}")
         self.spec = DataSpec(**spec)
-        self.model = build_model(model, self.spec)
+        try:
+            self.model = create_model(model, self.spec)
+        except ModelConfigError as err:
+            raise ConfigError(str(err)) from None
         self.likelihood = make_likelihood(likelihood, self.spec.n_neurons)
         self.skipped_steps = 0
         self._drop_step = False  # set by training_step under DDP: drop this step's gradients
@@ -97,7 +83,8 @@ class SpikeModule(pl.LightningModule):
         spikes = batch["spikes"]  # (B, T, N)
         scored = sbtt_mask(batch.get("observed"), spikes)  # (B, T, N) bool
         cd_rate = self.hparams.coordinated_dropout
-        if train and cd_rate > 0:
+        # A model that masks its own input (NDT) gets no coordinated dropout on top.
+        if train and cd_rate > 0 and not self.model.masks_input:
             heldin, dropped = coordinated_dropout(batch["heldin"], cd_rate)  # (B, T_obs, N_in) each
             batch = {**batch, "heldin": heldin}
             scored = scored & expand_heldin_mask(dropped, spikes.shape[1], spikes.shape[2])
@@ -183,3 +170,10 @@ class SpikeModule(pl.LightningModule):
             "optimizer": opt,
             "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"},
         }
+
+
+def __getattr__(name: str):
+    if name == "SpikeModule":  # the name before 0.2, one letter from SpikeModel
+        warnings.warn("SpikeModule is now TrainingModule", DeprecationWarning, stacklevel=2)
+        return TrainingModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@
     python -m neuralnets.training.pbt experiment=lfads_lorenz trainer=gpu \\
         pbt.address=auto pbt.gpus_per_trial=0.25 pbt.num_samples=32        # on a running Ray cluster
 
-A population of `pbt.num_samples` models (each an ordinary `SpikeModule` trained by Lightning) starts
+A population of `pbt.num_samples` models (each an ordinary `TrainingModule` trained by Lightning) starts
 from hyperparameters drawn from `pbt.search_space`. Every `pbt.perturbation_interval` epochs (one
 generation) each member reports its validation metrics and a checkpoint to Tune; Ray's
 `PopulationBasedTraining` scheduler then lets the worst `quantile_fraction` restart from a copy of
@@ -41,12 +41,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.spikedata import DataError
 from neuralnets.eval import harness
+from neuralnets.pretrained.checkpoint_file import write_checksum
+from neuralnets.training.build import (
+    CHECKPOINT_DIR,
+    CONFIG_DIR,
+    build_datamodule,
+    build_module,
+    build_trainer,
+)
 from neuralnets.training.callbacks import HarnessEvaluation
-from neuralnets.training.module import ConfigError, SpikeModule
-from neuralnets.training.train import CHECKPOINT_DIR, CONFIG_DIR, CONFIG_FILE, finish_run
+from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.train import CONFIG_FILE, finish_run, read_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -161,18 +168,8 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
     trial_dir = Path(ctx.get_trial_dir())
     # A different initialisation for each member (trial ids end in a running number).
     pl.seed_everything(int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1]), workers=True)
-    dm = SpikeDataModule(
-        cfg.data.source,
-        batch_size=cfg.data.batch_size,
-        seed=cfg.seed,
-        load_kwargs=OmegaConf.to_container(cfg.data.get("load_kwargs") or {}),
-    )
-    module = SpikeModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        spec=dm.data.spec.to_dict(),
-        data_name=cfg.data.name,
-        **OmegaConf.to_container(cfg.module, resolve=True),
-    )
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm.data.spec)
     ckpt_path = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -180,18 +177,19 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
             ckpt_path = Path(tempfile.mkdtemp(prefix="pbt_restore_")) / CKPT_NAME
             shutil.copy(Path(src) / CKPT_NAME, ckpt_path)
     logger = TensorBoardLogger(save_dir=str(trial_dir), name="", version="", default_hp_metric=False)
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        logger=logger,
+    trainer = build_trainer(
+        cfg,
+        trial_dir,
+        dm.data,
         callbacks=[
             HarnessEvaluation(dm.data, every_n_epochs=interval, split="val", figures=False),
             _SetLearningRate(float(cfg.module.lr)),
             _ReportToTune(interval),
         ],
+        logger=logger,
         enable_checkpointing=False,
-        default_root_dir=str(trial_dir),
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     if ckpt_path is not None:
         shutil.rmtree(ckpt_path.parent, ignore_errors=True)
 
@@ -327,14 +325,10 @@ def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: f
     ckpt = best_dir / CHECKPOINT_DIR / "last.ckpt"
     with best.checkpoint.as_directory() as src:
         shutil.copy(Path(src) / CKPT_NAME, ckpt)
-    step = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
-    module = SpikeModule.load_from_checkpoint(ckpt, map_location="cpu")
-    data = SpikeDataModule(
-        best_cfg.data.source,
-        batch_size=best_cfg.data.batch_size,
-        seed=best_cfg.seed,
-        load_kwargs=OmegaConf.to_container(best_cfg.data.get("load_kwargs") or {}),
-    ).data
+    write_checksum(ckpt)
+    step = int(read_resume_checkpoint(ckpt)["global_step"])
+    module = TrainingModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    data = build_datamodule(best_cfg).data
     value = float(best.metrics[metric])
     checkpoint = SimpleNamespace(best_model_path=str(ckpt), last_model_path=str(ckpt), best_model_score=value)
     logger = TensorBoardLogger(save_dir=str(best_dir), name="", version="", default_hp_metric=False)

@@ -21,24 +21,29 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.spikedata import DataError, DataSpec
 from neuralnets.eval import evaluate, harness
-from neuralnets.training.callbacks import HarnessEvaluation, log_figures
-from neuralnets.training.module import ConfigError, SpikeModule
+from neuralnets.pretrained.checkpoint_file import CheckpointError, load_checkpoint
+from neuralnets.training.build import (
+    CHECKPOINT_DIR,
+    CONFIG_DIR,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    load_kwargs,
+)
+from neuralnets.training.callbacks import log_figures
+from neuralnets.training.module import ConfigError, TrainingModule
 from neuralnets.training.outputs import read_predictions, write_predictions
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a pytree API that torch deprecated, and says so on every run: not ours to fix.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def _run_dir(resume: str | None, new_dir: str) -> str:
@@ -50,6 +55,15 @@ def _run_dir(resume: str | None, new_dir: str) -> str:
 
 
 OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+
+
+def read_resume_checkpoint(path: Path) -> dict:
+    """A training checkpoint's contents, read safely (sha256 verified where recorded, weights_only);
+    a ConfigError naming the file if it cannot be."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        raise ConfigError(f"refusing to load checkpoint: {err}") from None
 
 
 def resume_checkpoint(resume: str) -> Path:
@@ -88,78 +102,31 @@ def prepare_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     return cfg
 
 
-def build_callbacks(cfg: DictConfig, data, ckpt_dir: Path) -> tuple[list[pl.Callback], ModelCheckpoint]:
-    c = cfg.callbacks
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best-{epoch}",
-        monitor=c.monitor,
-        mode=c.mode,
-        save_last=True,
-        save_top_k=1,
-        every_n_epochs=1,
-    )
-    callbacks: list[pl.Callback] = [
-        checkpoint,
-        LearningRateMonitor(logging_interval="epoch"),
-        HarnessEvaluation(data, every_n_epochs=c.eval_every_n_epochs, split="val", figures=c.figures),
-    ]
-    if c.early_stopping_patience:
-        callbacks.append(
-            EarlyStopping(
-                monitor=c.monitor, mode=c.mode, patience=c.early_stopping_patience, check_finite=False
-            )
-        )
-    return callbacks, checkpoint
-
-
-def load_kwargs(cfg: DictConfig) -> dict:
-    """The data loader's keyword arguments as a plain dict (`data.load_kwargs` may be absent or empty)."""
-    kwargs = cfg.data.get("load_kwargs")
-    return OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}
-
-
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train, then score the best checkpoint with the harness. Returns the contents of metrics.json."""
     run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True)
-    dm = SpikeDataModule(
-        cfg.data.source,
-        batch_size=cfg.data.batch_size,
-        seed=cfg.seed,
-        load_kwargs=load_kwargs(cfg),
-    )
+    dm = build_datamodule(cfg)
     data = dm.data
     ckpt_path = resume_checkpoint(cfg.resume) if cfg.get("resume") else None
     if ckpt_path is not None:
-        saved_spec = DataSpec(
-            **torch.load(ckpt_path, map_location="cpu", weights_only=False)["hyper_parameters"]["spec"]
-        )
+        # Verified (sha256 where recorded) and read with weights_only before Lightning opens it.
+        saved_spec = DataSpec(**read_resume_checkpoint(ckpt_path)["hyper_parameters"]["spec"])
         if saved_spec != data.spec:
             raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {data.spec}")
-    else:
+    module = build_module(cfg, data.spec)
+    trainer = build_trainer(cfg, run_dir, data)
+    if ckpt_path is None:  # a new run: its config is written once model and trainer could be built
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_launch_rank_zero():
             OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
-    module = SpikeModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        spec=data.spec.to_dict(),
-        data_name=cfg.data.name,
-        **OmegaConf.to_container(cfg.module, resolve=True),
-    )
-    logger = instantiate(cfg.logger, save_dir=str(run_dir))
-    callbacks, checkpoint = build_callbacks(cfg, data, run_dir / CHECKPOINT_DIR)
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=str(run_dir),
-    )
+    # The configured checkpoint callback (Lightning adds a plain one if the config has none).
+    logger, checkpoint = trainer.logger, trainer.checkpoint_callback
     log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     train_time = time.perf_counter() - start
     if not trainer.is_global_zero:
         return {}
@@ -173,9 +140,9 @@ def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path) -> int:
     """After `ddp_spawn` this process gets back the weights and the best path only: read the final
     step from last.ckpt and the best monitored score from the best checkpoint's callback state."""
     last = ckpt_dir / "last.ckpt"
-    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last.is_file() else 0
+    step = read_resume_checkpoint(last)["global_step"] if last.is_file() else 0
     if checkpoint.best_model_score is None:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+        state = read_resume_checkpoint(Path(checkpoint.best_model_path))
         for key, cb_state in state.get("callbacks", {}).items():
             if key.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None:
                 checkpoint.best_model_score = cb_state["best_model_score"]
@@ -183,12 +150,13 @@ def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path) -> int:
 
 
 def finish_run(
-    cfg, run_dir: Path, data, module: SpikeModule, checkpoint, logger, train_time: float, step: int
+    cfg, run_dir: Path, data, module: TrainingModule, checkpoint, logger, train_time: float, step: int
 ):
     """Reload the best weights, write predictions for all trials, score them, log the hparams table."""
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if best:
-        module = SpikeModule.load_from_checkpoint(best, map_location=module.device)
+        read_resume_checkpoint(Path(best))  # sha256 and weights_only, with a clear error
+        module = TrainingModule.load_from_checkpoint(best, map_location=module.device, weights_only=True)
     pred_path = run_dir / harness.PREDICTIONS_FILE
     if pred_path.exists():  # a resumed run re-scores its final weights
         pred_path.unlink()

@@ -1,0 +1,175 @@
+"""One builder of the training objects, from a composed config (`configs/train.yaml`).
+
+Used by `neuralnets-train` (`training/train.py`) and population-based training (`training/pbt.py`):
+
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm.data.spec)
+    trainer = build_trainer(cfg, run_dir, dm.data)      # callbacks and logger from cfg.callbacks / cfg.logger
+    model_config("lfads_mc_maze")                       # a named model config as a plain dict
+
+Callbacks and loggers are given in the config by `_target_` (one file per callback in
+`configs/callbacks/`). A run's saved `config.yaml` is read again on resume, so a config file must not
+be able to name arbitrary callables: only classes under `pytorch_lightning.callbacks.`,
+`pytorch_lightning.loggers.` or `neuralnets.training.` that are Lightning callbacks / loggers are
+built, with plain option values (no nested `_target_`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import Logger
+
+from neuralnets.data.datamodule import SpikeDataModule
+from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.training.callbacks import HarnessEvaluation
+from neuralnets.training.module import ConfigError, TrainingModule
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CHECKPOINT_DIR = "checkpoints"  # <run dir>/checkpoints
+ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Refuse anything but plain data (and any nested `_target_`) in `where`."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if "_target_" in value:
+            target = value["_target_"]
+            raise ConfigError(f"{where} names a callable (_target_={target!r}); options must be plain")
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{where} = {value!r}: options must be plain values, not {type(value).__name__}")
+
+
+def _allowed_class(target: Any, where: str, base: type) -> type:
+    """The class named by `target`, if it is under an allowed prefix and a subclass of `base`."""
+    if not isinstance(target, str) or not target.startswith(ALLOWED_PREFIXES):
+        raise ConfigError(
+            f"{where}._target_={target!r} is not accepted: only classes under {list(ALLOWED_PREFIXES)} "
+            "may be named in a training config"
+        )
+    try:
+        cls = get_class(target)
+    except Exception as err:  # noqa: BLE001 - hydra wraps import errors in several types
+        raise ConfigError(f"{where}._target_={target!r} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{where}._target_={target!r} is not a {base.__module__}.{base.__qualname__}")
+    return cls
+
+
+def instantiate_safe(node: Any, where: str, base: type, **runtime: Any):
+    """Build `node` (`{_target_: allowed class, **plain options}`) with `runtime` objects added."""
+    options = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    cls = _allowed_class(options.pop("_target_", None), where, base)
+    odd = sorted(k for k in options if str(k).startswith("_"))
+    if odd:
+        raise ConfigError(f"{where}: Hydra keys {odd} are not accepted here")
+    return cls(**{k: _plain(v, f"{where}.{k}") for k, v in options.items()}, **runtime)
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """`configs/model/<name>.yaml` as a plain dict, the model configs in its `defaults` list merged
+    underneath (as Hydra composes `model=<name>`), e.g. `model_config("lfads_mc_maze")`."""
+    path = CONFIG_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no model config {path}; model configs: {names}")
+    cfg = OmegaConf.load(path)
+    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
+    return OmegaConf.to_container(OmegaConf.merge(*[model_config(b) for b in bases], cfg), resolve=True)
+
+
+def load_kwargs(cfg: DictConfig) -> dict:
+    """The data loader's keyword arguments as a plain dict (`data.load_kwargs` may be absent or empty)."""
+    kwargs = cfg.data.get("load_kwargs")
+    return OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}
+
+
+def build_datamodule(cfg: DictConfig) -> SpikeDataModule:
+    """The DataModule of `cfg.data` (loads the data: `dm.data`)."""
+    return SpikeDataModule(
+        cfg.data.source, batch_size=cfg.data.batch_size, seed=cfg.seed, load_kwargs=load_kwargs(cfg)
+    )
+
+
+def build_module(cfg: DictConfig, spec: DataSpec) -> TrainingModule:
+    """The TrainingModule of `cfg.model` (built by name through the model registry) and `cfg.module`."""
+    return TrainingModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        spec=spec.to_dict(),
+        data_name=cfg.data.name,
+        **OmegaConf.to_container(cfg.module, resolve=True),
+    )
+
+
+def _default_callbacks() -> DictConfig:
+    """The callback entries of configs/callbacks/default.yaml (its defaults list, merged)."""
+    default = OmegaConf.load(CONFIG_DIR / "callbacks" / "default.yaml")
+    names = [n for n in default.get("defaults", []) if n != "_self_"]
+    return OmegaConf.merge(*[OmegaConf.load(CONFIG_DIR / "callbacks" / f"{n}.yaml") for n in names])
+
+
+def callback_configs(cfg: DictConfig) -> dict[str, Any]:
+    """{name: config} of the callbacks in `cfg.callbacks` (entries with `_target_`). A run config
+    written before callbacks had one file each (flat keys only) gets the default entries, which read
+    those same keys."""
+    entries = {k: v for k, v in cfg.callbacks.items() if OmegaConf.is_dict(v) and "_target_" in v}
+    if not entries and not any(OmegaConf.is_dict(v) for v in cfg.callbacks.values()):
+        merged = OmegaConf.merge(_default_callbacks(), cfg.callbacks)
+        OmegaConf.set_struct(cfg, False)
+        cfg.callbacks = merged
+        entries = {k: v for k, v in cfg.callbacks.items() if OmegaConf.is_dict(v) and "_target_" in v}
+    return entries
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.Callback]:
+    """The callbacks of `cfg.callbacks`; checkpoints go to `<run_dir>/checkpoints`, the harness
+    evaluation scores `data`. An EarlyStopping with patience 0 is left out (0 disables it)."""
+    callbacks = []
+    for name, node in callback_configs(cfg).items():
+        where = f"callbacks.{name}"
+        cls = _allowed_class(node.get("_target_"), where, pl.Callback)
+        runtime: dict[str, Any] = {}
+        if issubclass(cls, ModelCheckpoint):
+            runtime["dirpath"] = Path(run_dir) / CHECKPOINT_DIR
+        if issubclass(cls, HarnessEvaluation):
+            runtime["data"] = data
+        if issubclass(cls, EarlyStopping) and not node.get("patience"):
+            continue
+        callbacks.append(instantiate_safe(node, where, pl.Callback, **runtime))
+    return callbacks
+
+
+def build_logger(cfg: DictConfig, run_dir: Path) -> Logger:
+    """The logger of `cfg.logger` (TensorBoard or CSV), writing into `run_dir`."""
+    return instantiate_safe(cfg.logger, "logger", Logger, save_dir=str(run_dir))
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    data: SpikeData,
+    callbacks: list[pl.Callback] | None = None,
+    logger: Logger | None = None,
+    **overrides: Any,
+) -> pl.Trainer:
+    """The Trainer of `cfg.trainer` writing into `run_dir`, with the callbacks and logger of the
+    config (or those given) and `overrides` of the trainer settings."""
+    run_dir = Path(run_dir)
+    settings = _plain(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
+    settings.update(overrides)
+    return pl.Trainer(
+        **settings,
+        logger=build_logger(cfg, run_dir) if logger is None else logger,
+        callbacks=build_callbacks(cfg, run_dir, data) if callbacks is None else callbacks,
+        default_root_dir=str(run_dir),
+    )

@@ -1,0 +1,96 @@
+"""`neuralnets.training.build`: callbacks and logger from the config, only from allowed classes."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+from pytorch_lightning.loggers import CSVLogger
+
+from neuralnets.data.synthetic import lorenz
+from neuralnets.training.build import CONFIG_DIR, build_callbacks, build_logger, build_trainer
+from neuralnets.training.callbacks import HarnessEvaluation, HashedModelCheckpoint
+from neuralnets.training.module import ConfigError
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return lorenz(n_trials=20, n_neurons=6, n_heldout=2, n_bins=8, n_fwd=2, seed=0)
+
+
+def _by_type(callbacks):
+    return {type(c): c for c in callbacks}
+
+
+def test_default_callbacks_follow_the_flat_keys(tmp_path, data):
+    cfg = _cfg("callbacks.monitor=val/co_bps", "callbacks.mode=max", "callbacks.eval_every_n_epochs=3")
+    cbs = _by_type(build_callbacks(cfg, tmp_path, data))
+    assert set(cbs) == {HashedModelCheckpoint, EarlyStopping, LearningRateMonitor, HarnessEvaluation}
+    ckpt = cbs[HashedModelCheckpoint]
+    assert (ckpt.monitor, ckpt.mode, ckpt.dirpath) == ("val/co_bps", "max", str(tmp_path / "checkpoints"))
+    assert cbs[EarlyStopping].patience == 30 and cbs[EarlyStopping].monitor == "val/co_bps"
+    assert cbs[HarnessEvaluation].every_n_epochs == 3 and cbs[HarnessEvaluation].data is data
+    # early_stopping_patience=0 disables early stopping; an entry can also be removed
+    assert EarlyStopping not in _by_type(
+        build_callbacks(_cfg("callbacks.early_stopping_patience=0"), tmp_path, data)
+    )
+    assert LearningRateMonitor not in _by_type(build_callbacks(_cfg("~callbacks.lr_monitor"), tmp_path, data))
+
+
+def test_a_saved_config_from_before_callback_files_still_builds(tmp_path, data):
+    cfg = _cfg()
+    flat = {k: v for k, v in OmegaConf.to_container(cfg.callbacks).items() if not isinstance(v, dict)}
+    old = OmegaConf.merge(OmegaConf.to_container(cfg), {})
+    old.callbacks = {**flat, "early_stopping_patience": 7}
+    cbs = _by_type(build_callbacks(old, tmp_path, data))
+    assert cbs[EarlyStopping].patience == 7 and HashedModelCheckpoint in cbs
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"_target_": "os.system", "command": "touch MARKER"}, "_target_='os.system' is not accepted"),
+        ({"_target_": "builtins.exec", "source": "1"}, "is not accepted"),
+        ({"_target_": "neuralnets.training.train.main"}, "non-class"),  # a function, never called
+        ({"_target_": "neuralnets.training.module.TrainingModule"}, "is not a pytorch_lightning.callbacks"),
+        (
+            {"_target_": "pytorch_lightning.callbacks.LearningRateMonitor", "x": {"_target_": "os.system"}},
+            r"callbacks.evil.x names a callable \(_target_='os.system'\)",
+        ),
+        ({"_target_": "pytorch_lightning.callbacks.LearningRateMonitor", "_args_": ["step"]}, "Hydra keys"),
+    ],
+)
+def test_a_config_cannot_name_arbitrary_callables(tmp_path, data, entry, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg()
+    OmegaConf.set_struct(cfg, False)
+    cfg.callbacks.evil = entry
+    with pytest.raises(ConfigError, match=message):
+        build_callbacks(cfg, tmp_path, data)
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_logger_from_config_and_refused_targets(tmp_path, data):
+    assert isinstance(build_logger(_cfg("logger=csv"), tmp_path), CSVLogger)
+    cfg = _cfg()
+    OmegaConf.set_struct(cfg, False)
+    cfg.logger = {"_target_": "subprocess.run", "args": ["true"]}
+    with pytest.raises(ConfigError, match=r"logger._target_='subprocess.run' is not accepted"):
+        build_logger(cfg, tmp_path)
+    cfg.logger = {"_target_": "pytorch_lightning.callbacks.EarlyStopping"}
+    with pytest.raises(ConfigError, match="is not a .*Logger"):
+        build_logger(cfg, tmp_path)
+
+
+def test_trainer_settings_must_be_plain(tmp_path, data):
+    cfg = _cfg()
+    OmegaConf.set_struct(cfg, False)
+    cfg.trainer.plugins = {"_target_": "os.system", "command": "true"}
+    with pytest.raises(ConfigError, match=r"trainer.plugins names a callable"):
+        build_trainer(cfg, tmp_path, data)
