@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralnets.data.spikedata import DataError, DataSpec, SpikeData
-from neuralnets.data.spikedata import check_counts
+from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, check_counts
 from neuralnets.models import MODELS, ModelConfigError, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
 from neuralnets.pretrained.checkpoint_file import load_checkpoint
