@@ -27,7 +27,7 @@ from neuralnets.pretrained import (
     model_card,
 )
 from neuralnets.pretrained.bundle import card_data, export_run
-from neuralnets.training.outputs import read_predictions
+from neuralnets.runs import read_predictions
 from neuralnets.training.train import CONFIG_DIR, train
 
 REPO = Path(__file__).resolve().parents[1]

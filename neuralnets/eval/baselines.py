@@ -22,6 +22,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from neuralnets.data.spikedata import DataError, SpikeData
 from neuralnets.eval import metrics as M
+from neuralnets.eval.harness import evaluate
 
 GLM_FLOOR = 1e-9  # counts/bin; never predict exactly 0 from the GLM's exp link
 
@@ -312,8 +313,6 @@ def baseline_rows(
 ) -> list[dict]:
     """Table rows (as in metrics.json: model, data, split, metrics, train_time_s, n_parameters, info)
     for the baselines on `data`, each scored by `neuralnets.eval.evaluate` on `split`."""
-    from neuralnets.eval.harness import evaluate
-
     rows = []
     for run in run_baselines(data, names, **glm_kwargs):
         rows.append(

@@ -36,6 +36,19 @@ DEFAULT_PSTH_SIGMA_MS = 50.0  # Gaussian smoothing of true spikes for PSTH R²
 
 ArrayLike = np.ndarray | Tensor | Sequence
 
+# Every metric the harness (`neuralnets.eval.evaluate`) reports, in table order, with what it means.
+# Higher is better for all.
+METRICS: dict[str, str] = {
+    "co_bps": "co-smoothing bits/spike: held-out neurons, observed bins",
+    "fp_bps": "forward-prediction bits/spike: all neurons, forward bins",
+    "vel_r2": "ridge from predicted rates to behaviour, fit on train trials, R² on eval trials",
+    "psth_r2": "held-out neurons: condition-averaged rates vs condition-averaged smoothed spikes, R²",
+    # Not an NLB metric: the model sees these spikes, so echoing the (smoothed) input scores high here.
+    "bps_heldin": "bits/spike on held-in neurons, observed bins (reconstruction of the input)",
+    "rate_r2": "R² of predicted vs true rates per neuron (synthetic data)",
+    "latent_r2": "R² of a linear map from model latents to true latents (synthetic data)",
+}
+
 
 # ---------------------------------------------------------------------------------------------- inputs
 def as_tensor(x: ArrayLike, name: str, device: torch.device | str | None = None) -> Tensor:
