@@ -119,3 +119,56 @@ def test_evaluate_reports_bad_rates_with_the_global_trial_index():
     rates[5, 2, 1] = np.nan  # trial 5 is a train trial: the vel R² fit would read it
     with pytest.raises(ValueError, match=r"rates has non-finite values .* \(5, 2, 1\)"):
         H.evaluate(rates, data, "test")
+
+
+# ---------------------------------------------------------------------------------------------- NLB metrics
+def test_evaluate_vel_and_psth_follow_nlb_on_hand_computed_references():
+    from test_eval_metrics import _nlb_vel_r2, psth_reference
+
+    data = make_data()
+    rates = np.random.default_rng(20).uniform(0.2, 2.0, size=data.spikes.shape)
+    out = H.evaluate(rates, data, "test")
+    tr, te = data.indices("train"), data.indices("test")
+    want_vel, _ = _nlb_vel_r2(rates[tr, :8], data.behavior[tr], rates[te, :8], data.behavior[te])
+    assert out["vel_r2"] == pytest.approx(want_vel, abs=1e-9)
+    # PSTH R²: all 6 neurons, target over all 24 trials of each condition (not only the 6 test trials)
+    want_psth = psth_reference(
+        rates[te, :8], data.condition[te], data.spikes[:, :8].astype(float), data.condition, 0.01, 50.0
+    )
+    assert out["psth_r2"] == pytest.approx(want_psth, abs=1e-12)
+
+
+def test_evaluate_keeps_the_earlier_variants_behind_named_options():
+    data = make_data()
+    rates = np.random.default_rng(21).uniform(0.2, 2.0, size=data.spikes.shape)
+    tr, te = data.indices("train"), data.indices("test")
+    old = H.evaluate(rates, data, "test", alphas=M.LEGACY_ALPHAS, vel_cv="trials", psth_variant="heldout")
+    assert old["vel_r2"] == pytest.approx(
+        M.vel_r2(
+            rates[tr, :8], data.behavior[tr], rates[te, :8], data.behavior[te], M.LEGACY_ALPHAS, cv="trials"
+        )
+    )
+    assert old["psth_r2"] == pytest.approx(
+        M.psth_r2(
+            rates[te, :8, 4:], data.spikes[te, :8, 4:], data.condition[te], 0.01, constant_target="drop"
+        )
+    )
+    assert old["psth_r2"] != pytest.approx(H.evaluate(rates, data, "test")["psth_r2"], abs=1e-6)
+    with pytest.raises(ValueError, match="psth_variant"):
+        H.evaluate(rates, data, "test", psth_variant="held-out")
+
+
+def test_evaluate_fewshot_co_bps_needs_latents_over_the_observed_bins():
+    data = make_data()
+    rates = np.random.default_rng(22).uniform(0.2, 2.0, size=data.spikes.shape)
+    z = np.random.default_rng(23).standard_normal((data.n_trials, data.n_bins, 3))
+    out = H.evaluate(rates, data, "test", latents=z)
+    tr, te = data.indices("train"), data.indices("test")
+    want = M.fewshot_co_bps(z[tr, :8], data.spikes[tr, :8, 4:], z[te, :8], data.spikes[te, :8, 4:])
+    assert out["fewshot_co_bps"] == pytest.approx(want, abs=1e-12)
+    assert "fewshot_co_bps" not in H.evaluate(rates, data, "test")
+    assert H.skipped_metrics(data, "test")["fewshot_co_bps"] == "no model latents given"
+    short = z[:, :5]
+    assert "do not cover the 8 observed bins" in H.skipped_metrics(data, "test", short)["fewshot_co_bps"]
+    with pytest.raises(ValueError, match=r"latents have shape \(3, 11, 3\)"):
+        H.evaluate(rates, data, "test", latents=z[:3])

@@ -14,6 +14,7 @@ ROOT = Path(neuralnets.__file__).resolve().parent
 # pretrained; runs.py knows nothing of eval.
 LAYERS = [
     "neuralnets.runs",
+    "neuralnets.eval.glm",
     "neuralnets.eval.metrics",
     "neuralnets.eval.harness",
     "neuralnets.eval.baselines",

@@ -42,8 +42,15 @@ def behavior_trials(data: SpikeData) -> np.ndarray:
     return np.isin(data.split, list(splits))
 
 
-def skipped_metrics(data: SpikeData, split: str = "test", latents: Any = None) -> dict[str, str]:
-    """Metrics `evaluate` cannot compute on this data/split, each with the reason it is left out."""
+PSTH_VARIANTS = ("nlb", "heldout")
+
+
+def skipped_metrics(
+    data: SpikeData, split: str = "test", latents: Any = None, psth_variant: str = "nlb"
+) -> dict[str, str]:
+    """Metrics `evaluate` cannot compute on this data/split, each with the reason it is left out.
+
+    latents: the model latents (trials, T_lat, K) or None (only their presence and shape are read)."""
     idx = data.indices(split)
     train = data.indices("train")
     mask = data.observed_mask()[idx]  # (trials_eval, T, N)
@@ -76,8 +83,20 @@ def skipped_metrics(data: SpikeData, split: str = "test", latents: Any = None) -
             reasons["vel_r2"] = f"no behaviour on the {split!r} trials"
     if data.condition is None:
         reasons["psth_r2"] = "no trial conditions"
-    elif data.n_heldout == 0:
-        reasons["psth_r2"] = "no held-out neurons (PSTH R² is scored on held-out neurons)"
+    elif psth_variant == "heldout" and data.n_heldout == 0:
+        reasons["psth_r2"] = "no held-out neurons (psth_variant='heldout' scores held-out neurons)"
+    if "co_bps" in reasons:
+        reasons["fewshot_co_bps"] = reasons["co_bps"]
+    elif latents is None:
+        reasons["fewshot_co_bps"] = "no model latents given"
+    elif len(np.shape(latents)) != 3 or np.shape(latents)[1] < t_obs:
+        reasons["fewshot_co_bps"] = (
+            f"model latents of shape {tuple(np.shape(latents))} do not cover the {t_obs} observed bins"
+        )
+    else:
+        obs = data.observed_mask()[train][:, :t_obs, n_in:]
+        if not (data.spikes[train][:, :t_obs, n_in:] * obs).any():
+            reasons["fewshot_co_bps"] = "no held-out spikes recorded in the train trials"
     if data.rates is None:
         reasons["rate_r2"] = "no ground-truth rates"
     if data.latents is None:
@@ -97,15 +116,27 @@ def evaluate(
     *,
     psth_sigma_ms: float = M.DEFAULT_PSTH_SIGMA_MS,
     alphas: tuple[float, ...] = M.DEFAULT_ALPHAS,
+    vel_cv: str = "samples",
+    psth_variant: str = "nlb",
+    fewshot_k: int = M.FEWSHOT_K,
+    fewshot_resamples: int = M.FEWSHOT_RESAMPLES,
 ) -> dict[str, float]:
     """Score predicted rates on `data`'s `split` trials; returns {metric: value} for the computable metrics.
 
     rates: (trials, T_obs+T_fwd, N_all) expected counts per bin for ALL trials of `data` (numpy or torch,
     any device; the Poisson metrics run on that device). latents: optional (trials, T_lat, K) for all
-    trials; latent R² uses the first min(T_lat, T) bins of both model and true latents.
+    trials; latent R² uses the first min(T_lat, T) bins of both model and true latents, few-shot co-bps
+    the first T_obs bins of the model latents.
     Entries with `data.observed == False` are never scored. Metrics that cannot be computed (see
     `skipped_metrics`) are left out of the dict. Keys and meanings: `METRICS`.
+
+    The defaults are NLB's definitions. Earlier project variants, by name: `alphas=M.LEGACY_ALPHAS,
+    vel_cv="trials"` (vel R² with alpha chosen by CV over trials); `psth_variant="heldout"` (PSTH R² on
+    held-out neurons only, target averaged over the evaluated trials only, constant-target neurons left
+    out).
     """
+    if psth_variant not in PSTH_VARIANTS:
+        raise ValueError(f"psth_variant must be one of {PSTH_VARIANTS}; got {psth_variant!r}")
     lam = M.as_tensor(rates, "rates")
     if tuple(lam.shape) != data.spikes.shape:
         raise ValueError(
@@ -120,7 +151,15 @@ def evaluate(
     M.check_values(
         lam, "rates", None if data.observed is None else torch.as_tensor(data.observed, device=dev), True
     )
-    skip = skipped_metrics(data, split, latents)
+    z = None
+    if latents is not None:
+        z = M.as_tensor(latents, "latents")
+        if z.ndim != 3 or z.shape[0] != data.n_trials:
+            raise ValueError(
+                f"latents have shape {tuple(z.shape)}; expected ({data.n_trials}, T, K) for all trials of "
+                f"data {data.name!r}"
+            )
+    skip = skipped_metrics(data, split, latents, psth_variant)
     idx_t = torch.as_tensor(idx, device=dev)
     lam_e = lam[idx_t]  # (trials_eval, T, N)
     y_e = torch.as_tensor(data.spikes[idx], device=dev)
@@ -143,9 +182,24 @@ def evaluate(
             lam[torch.as_tensor(ev, device=dev), :t_obs],
             beh[ev],
             alphas=alphas,
+            cv=vel_cv,
         )
-    if "psth_r2" not in skip:
-        # Held-out neurons only: a held-in PSTH could be matched by echoing the (smoothed) input.
+    if "psth_r2" not in skip and psth_variant == "nlb":
+        # All neurons; the target averages every trial of the dataset with that condition (recorded bins).
+        sl = (slice(None), slice(0, t_obs), slice(None))
+        out["psth_r2"] = M.psth_r2(
+            lam_e[sl],
+            y_e[sl],
+            data.condition[idx],
+            data.bin_size,
+            psth_sigma_ms,
+            None if m_e is None else m_e[sl],
+            target_spikes=data.spikes[sl],
+            target_condition=data.condition,
+            target_mask=None if data.observed is None else data.observed[sl],
+        )
+    elif "psth_r2" not in skip:
+        # The earlier variant: held-out neurons only, target from the evaluated trials, constant ones dropped.
         sl = (slice(None), slice(0, t_obs), slice(n_in, None))
         out["psth_r2"] = M.psth_r2(
             lam_e[sl],
@@ -154,6 +208,22 @@ def evaluate(
             data.bin_size,
             psth_sigma_ms,
             None if m_e is None else m_e[sl],
+            constant_target="drop",
+        )
+    if "fewshot_co_bps" not in skip:
+        tr = data.indices("train")
+        obs = data.observed_mask()  # (trials, T, N)
+        tr = tr[(data.spikes[tr, :t_obs, n_in:] * obs[tr, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
+        sl = (slice(0, t_obs), slice(n_in, None))
+        out["fewshot_co_bps"] = M.fewshot_co_bps(
+            z[torch.as_tensor(tr, device=z.device), :t_obs],
+            data.spikes[tr][:, sl[0], sl[1]],
+            z[torch.as_tensor(idx, device=z.device), :t_obs],
+            data.spikes[idx][:, sl[0], sl[1]],
+            k=fewshot_k,
+            n_resamples=fewshot_resamples,
+            mask_train=obs[tr][:, sl[0], sl[1]],
+            mask_eval=obs[idx][:, sl[0], sl[1]],
         )
     if "bps_heldin" not in skip:
         sl = (slice(None), slice(0, t_obs), slice(0, n_in))
@@ -161,12 +231,6 @@ def evaluate(
     if "rate_r2" not in skip:
         out["rate_r2"] = M.rate_r2(lam_e, data.rates[idx], m_e)
     if "latent_r2" not in skip:
-        z = M.as_tensor(latents, "latents")
-        if z.ndim != 3 or z.shape[0] != data.n_trials:
-            raise ValueError(
-                f"latents have shape {tuple(z.shape)}; expected ({data.n_trials}, T, K) for all trials of "
-                f"data {data.name!r}"
-            )
         t = min(z.shape[1], data.latents.shape[1])  # common leading bins
         tr = data.indices("train")
         zt = data.latents
