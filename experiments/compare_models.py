@@ -25,11 +25,10 @@ from behavior import fit_behavior_decoder  # experiments/behavior.py (this scrip
 from hydra import compose, initialize_config_dir
 
 from neuralnets.data import load
-from neuralnets.eval import harness
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.metrics import r2_score
 from neuralnets.eval.tables import to_markdown, write_table
-from neuralnets.training.outputs import read_predictions
+from neuralnets.runs import METRICS_FILE, PREDICTIONS_FILE, read_predictions, read_run
 from neuralnets.training.train import CONFIG_DIR, train
 
 MODELS = ("lfads", "rnn", "rnn_vae", "ndt")
@@ -87,12 +86,12 @@ def main() -> None:
         for model in args.models:
             start = time.perf_counter()
             run_dir = args.out / "runs" / f"{model}_{dataset}"
-            if (run_dir / harness.METRICS_FILE).is_file():  # finished earlier: reuse, never retrain over it
-                record = harness.read_run(run_dir)
+            if (run_dir / METRICS_FILE).is_file():  # finished earlier: reuse, never retrain over it
+                record = read_run(run_dir)
             else:
                 record = run_pair(model, dataset, args.epochs, run_dir)
             data = load(dataset, **record.get("data_kwargs", {}))
-            rates = read_predictions(args.out / "runs" / f"{model}_{dataset}" / harness.PREDICTIONS_FILE)[
+            rates = read_predictions(args.out / "runs" / f"{model}_{dataset}" / PREDICTIONS_FILE)[
                 "rates"
             ]
             dec = behavior_decoder_r2(data, rates)

@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
+from neuralnets import runs as run_dirs
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.synthetic import lorenz
-from neuralnets.eval import harness as H
 from neuralnets.eval.cli import compare_main, eval_main
+from neuralnets.eval.harness import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,10 @@ def dataset(tmp_path_factory):
 
 def make_run(root, name, data_path, rates, latents=None, **extra):
     run_dir = root / name
-    H.save_predictions(run_dir, rates, latents)
+    run_dirs.write_predictions(run_dir, {"rates": rates, "latents": latents})
     record = {"model": name, "data": "tiny_lorenz", "data_source": str(data_path), "split": "test"}
     record.update(train_time_s=12.5, n_parameters=1234, **extra)
-    H.write_metrics({}, run_dir, extra=record)
+    run_dirs.write_metrics({}, run_dir, extra=record)
     return run_dir
 
 
@@ -41,7 +42,7 @@ def test_eval_scores_a_run_directory(tmp_path, dataset, capsys):
     printed = capsys.readouterr().out
     assert "scaled" in printed and "co_bps" in printed
     saved = json.loads(out.read_text())
-    expected = H.evaluate(rates, data, "test", data.latents)
+    expected = evaluate(rates, data, "test", data.latents)
     assert saved["metrics"] == pytest.approx(expected)
     assert saved["model"] == "scaled" and saved["split"] == "test"
 
@@ -73,7 +74,7 @@ def test_eval_rates_file_with_baselines(tmp_path, dataset, capsys):
     assert {r["split"] for r in rows} == {"val"}
     # the rates file holds the true rates, so its row equals the true-rates baseline row
     assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[3]["co_bps"]))
-    assert float(rows[0]["co_bps"]) == pytest.approx(H.evaluate(data.rates, data, "val")["co_bps"])
+    assert float(rows[0]["co_bps"]) == pytest.approx(evaluate(data.rates, data, "val")["co_bps"])
 
 
 def test_compare_makes_one_table_with_baseline_rows(tmp_path, dataset, capsys):
@@ -82,7 +83,7 @@ def test_compare_makes_one_table_with_baseline_rows(tmp_path, dataset, capsys):
     for name, scale in (("model_a", 1.0), ("model_b", 0.8)):
         rates = data.rates * scale
         run = make_run(tmp_path, name, path, rates)
-        H.write_metrics(H.evaluate(rates, data, "test"), run)  # what training writes
+        run_dirs.write_metrics(evaluate(rates, data, "test"), run)  # what training writes
         runs.append(run)
     csv_path, md_path = tmp_path / "cmp.csv", tmp_path / "cmp.md"
     tb = tmp_path / "tb"

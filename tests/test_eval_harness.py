@@ -1,8 +1,6 @@
-"""evaluate(), the run-directory contract and TensorBoard logging (neuralnets.eval.harness)."""
+"""evaluate() and skipped_metrics() (neuralnets.eval.harness)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -39,7 +37,7 @@ def test_evaluate_returns_every_metric_and_matches_the_metric_functions():
     rng = np.random.default_rng(1)
     rates = rng.uniform(0.2, 2.0, size=data.spikes.shape)
     out = H.evaluate(rates, data, "test", latents=rng.standard_normal((data.n_trials, data.n_bins, 5)))
-    assert list(out) == list(H.METRICS)  # all seven, in table order
+    assert list(out) == list(M.METRICS)  # all seven, in table order
     te = data.indices("test")
     assert out["co_bps"] == pytest.approx(M.co_bps(rates[te], data.spikes[te], 4, 3), abs=1e-12)
     assert out["fp_bps"] == pytest.approx(M.fp_bps(rates[te], data.spikes[te], 3), abs=1e-12)
@@ -115,109 +113,62 @@ def test_evaluate_on_gpu_matches_cpu():
     assert gpu == pytest.approx(cpu, abs=1e-8)
 
 
-# ---------------------------------------------------------------------------------------------- run dirs
-def test_write_metrics_merges_and_touches_nothing_else(tmp_path):
-    (tmp_path / "other.txt").write_text("keep me")
-    H.write_metrics({"co_bps": 0.1}, tmp_path, extra={"model": "m", "data": "d", "train_time_s": 3.0})
-    H.write_metrics({"co_bps": 0.2, "vel_r2": float("nan")}, tmp_path, extra={"split": "test"})
-    saved = json.loads((tmp_path / H.METRICS_FILE).read_text())
-    assert saved == {
-        "model": "m",
-        "data": "d",
-        "train_time_s": 3.0,
-        "split": "test",
-        "metrics": {"co_bps": 0.2, "vel_r2": None},
-    }
-    assert (tmp_path / "other.txt").read_text() == "keep me"
-    run = H.read_run(tmp_path)
-    assert run["model"] == "m" and run["n_parameters"] is None and run["run_dir"] == str(tmp_path)
-
-
-def test_read_run_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        H.read_run(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="metrics.json not found"):
-        H.read_run(tmp_path)
-    (tmp_path / H.METRICS_FILE).write_text(json.dumps({"model": "m"}))
-    with pytest.raises(ValueError, match=r"\['data', 'metrics'\]"):
-        H.read_run(tmp_path)
-
-
-def test_predictions_round_trip(tmp_path):
-    rates = np.random.default_rng(5).uniform(size=(3, 4, 2)).astype(np.float32)
-    H.save_predictions(tmp_path, rates, latents=rates[..., :1])
-    r, z = H.load_predictions(tmp_path)
-    np.testing.assert_array_equal(r, rates)
-    np.testing.assert_array_equal(z, rates[..., :1])
-    with pytest.raises(FileExistsError):
-        H.save_predictions(tmp_path, rates)
-    np.savez(tmp_path / "r.npz", rates=rates)
-    np.save(tmp_path / "r.npy", rates)
-    assert H.load_predictions(tmp_path / "r.npz")[1] is None
-    np.testing.assert_array_equal(H.load_predictions(tmp_path / "r.npy")[0], rates)
-    np.savez(tmp_path / "bad.npz", x=rates)
-    with pytest.raises(ValueError, match="no array 'rates'"):
-        H.load_predictions(tmp_path / "bad.npz")
-
-
-# ---------------------------------------------------------------------------------------------- TensorBoard
-def _read_events(logdir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
-    return acc
-
-
-def test_log_to_tensorboard_with_summary_writer(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(log_dir=str(tmp_path)) as writer:
-        H.log_to_tensorboard(
-            writer, {"model": "lfads", "cfg": {"lr": 1e-3}}, {"co_bps": 0.25, "vel_r2": float("nan")}
-        )
-    acc = _read_events(tmp_path)
-    assert acc.Tags()["scalars"] == ["hp/co_bps"]  # NaN metrics are not logged
-    assert acc.Scalars("hp/co_bps")[0].value == pytest.approx(0.25)
-    # the hparams plugin's experiment/session summaries name the flattened hyperparameters and metrics
-    content = b"".join(acc.PluginTagToContent("hparams").values())
-    assert b"cfg.lr" in content and b"hp/co_bps" in content
-
-
-def test_log_to_tensorboard_with_lightning_logger(tmp_path):
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    logger = TensorBoardLogger(str(tmp_path), name="run", version=0, default_hp_metric=False)
-    H.log_to_tensorboard(logger, {"model": "ndt"}, {"co_bps": 0.3})
-    logger.finalize("success")
-    acc = _read_events(tmp_path / "run" / "version_0")
-    assert acc.Scalars("hp/co_bps")[0].value == pytest.approx(0.3)
-
-
-def test_log_to_tensorboard_rejects_other_objects():
-    with pytest.raises(TypeError, match="SummaryWriter"):
-        H.log_to_tensorboard(object(), {}, {"co_bps": 0.1})
-
-
-def test_format_table_adds_baseline_rows_and_notes_missing_data():
-    data = make_data()
-    record = {"model": "m", "data": "tiny", "split": "test", "metrics": H.evaluate(data.rates, data, "test")}
-    record.update(train_time_s=2.0, n_parameters=7)
-    lines = H.format_table([record], baselines=True, data=data).splitlines()
-    assert lines[0].startswith("| model | data | split | co_bps |")
-    assert [line.split(" | ")[0] for line in lines[2:]] == [
-        "| m",
-        "| baseline/smoothing_glm",
-        "| baseline/mean_rates",
-        "| baseline/true_rates",
-    ]
-    text = H.format_table([dict(record, data_source="/no/such/file.npz")], baselines=True)
-    assert "no baseline rows for '/no/such/file.npz'" in text
-
-
 def test_evaluate_reports_bad_rates_with_the_global_trial_index():
     data = make_data()
     rates = np.ones(data.spikes.shape)
     rates[5, 2, 1] = np.nan  # trial 5 is a train trial: the vel R² fit would read it
     with pytest.raises(ValueError, match=r"rates has non-finite values .* \(5, 2, 1\)"):
         H.evaluate(rates, data, "test")
+
+
+# ---------------------------------------------------------------------------------------------- NLB metrics
+def test_evaluate_vel_and_psth_follow_nlb_on_hand_computed_references():
+    from test_eval_metrics import _nlb_vel_r2, psth_reference
+
+    data = make_data()
+    rates = np.random.default_rng(20).uniform(0.2, 2.0, size=data.spikes.shape)
+    out = H.evaluate(rates, data, "test")
+    tr, te = data.indices("train"), data.indices("test")
+    want_vel, _ = _nlb_vel_r2(rates[tr, :8], data.behavior[tr], rates[te, :8], data.behavior[te])
+    assert out["vel_r2"] == pytest.approx(want_vel, abs=1e-9)
+    # PSTH R²: all 6 neurons, target over all 24 trials of each condition (not only the 6 test trials)
+    want_psth = psth_reference(
+        rates[te, :8], data.condition[te], data.spikes[:, :8].astype(float), data.condition, 0.01, 50.0
+    )
+    assert out["psth_r2"] == pytest.approx(want_psth, abs=1e-12)
+
+
+def test_evaluate_keeps_the_earlier_variants_behind_named_options():
+    data = make_data()
+    rates = np.random.default_rng(21).uniform(0.2, 2.0, size=data.spikes.shape)
+    tr, te = data.indices("train"), data.indices("test")
+    old = H.evaluate(rates, data, "test", alphas=M.LEGACY_ALPHAS, vel_cv="trials", psth_variant="heldout")
+    assert old["vel_r2"] == pytest.approx(
+        M.vel_r2(
+            rates[tr, :8], data.behavior[tr], rates[te, :8], data.behavior[te], M.LEGACY_ALPHAS, cv="trials"
+        )
+    )
+    assert old["psth_r2"] == pytest.approx(
+        M.psth_r2(
+            rates[te, :8, 4:], data.spikes[te, :8, 4:], data.condition[te], 0.01, constant_target="drop"
+        )
+    )
+    assert old["psth_r2"] != pytest.approx(H.evaluate(rates, data, "test")["psth_r2"], abs=1e-6)
+    with pytest.raises(ValueError, match="psth_variant"):
+        H.evaluate(rates, data, "test", psth_variant="held-out")
+
+
+def test_evaluate_fewshot_co_bps_needs_latents_over_the_observed_bins():
+    data = make_data()
+    rates = np.random.default_rng(22).uniform(0.2, 2.0, size=data.spikes.shape)
+    z = np.random.default_rng(23).standard_normal((data.n_trials, data.n_bins, 3))
+    out = H.evaluate(rates, data, "test", latents=z)
+    tr, te = data.indices("train"), data.indices("test")
+    want = M.fewshot_co_bps(z[tr, :8], data.spikes[tr, :8, 4:], z[te, :8], data.spikes[te, :8, 4:])
+    assert out["fewshot_co_bps"] == pytest.approx(want, abs=1e-12)
+    assert "fewshot_co_bps" not in H.evaluate(rates, data, "test")
+    assert H.skipped_metrics(data, "test")["fewshot_co_bps"] == "no model latents given"
+    short = z[:, :5]
+    assert "do not cover the 8 observed bins" in H.skipped_metrics(data, "test", short)["fewshot_co_bps"]
+    with pytest.raises(ValueError, match=r"latents have shape \(3, 11, 3\)"):
+        H.evaluate(rates, data, "test", latents=z[:3])

@@ -207,3 +207,218 @@ def test_latent_r2_invariant_to_invertible_linear_transform():
     assert 0.3 < ref < 1.0
     exact = true @ rng.standard_normal((3, 3)) + 1.0
     assert M.latent_r2(exact[:30], true[:30], exact[30:], true[30:]) == pytest.approx(1.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- NLB
+# Expected values below are computed in the test from the published definitions with numpy/scipy/sklearn.
+def test_only_exact_zero_rates_are_floored():
+    y = np.array([[[1.0], [1.0]]])  # (1 trial, 2 bins, 1 neuron); ȳ = 1: LL(ȳ) = −2
+    for tiny in (1e-12, 1e-300):  # positive rates below the floor are used as they are
+        lam = np.array([[[tiny], [2.0]]])
+        expected = ((math.log(tiny) - tiny) + (math.log(2.0) - 2.0) + 2.0) / (2 * LN2)
+        assert M.bits_per_spike(lam, y) == pytest.approx(expected, rel=1e-12)
+        assert M.poisson_ll(lam, y) == pytest.approx(math.log(tiny) - tiny + math.log(2.0) - 2.0, rel=1e-12)
+    assert M.bits_per_spike(np.array([[[1e-12], [2.0]]]), y) < M.bits_per_spike(np.array([[[0.0], [2.0]]]), y)
+    floored = M.floor_zero_rates(torch.tensor([0.0, 1e-12, 0.5], dtype=torch.float64))
+    assert floored.tolist() == [M.RATE_FLOOR, 1e-12, 0.5]
+
+
+def test_r2_columns_match_sklearn_including_constant_targets():
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(10)
+    true = rng.standard_normal((12, 4))
+    true[:, 2] = 3.0  # constant target, predicted badly -> 0
+    true[:, 3] = 0.0  # constant target, predicted exactly -> 1
+    pred = true + 0.3 * rng.standard_normal((12, 4))
+    pred[:, 3] = 0.0
+    ours = M.r2_columns_sklearn(torch.tensor(pred), torch.tensor(true)).numpy()
+    np.testing.assert_allclose(ours, r2_score(true, pred, multioutput="raw_values"), atol=1e-12)
+    assert ours[2] == 0.0 and ours[3] == 1.0
+    # weights pick rows, like sklearn on the selected rows
+    keep = np.arange(12) % 3 != 0
+    w = torch.tensor(np.repeat(keep[:, None], 4, axis=1), dtype=torch.float64)
+    ours_w = M.r2_columns_sklearn(torch.tensor(pred), torch.tensor(true), w).numpy()
+    np.testing.assert_allclose(ours_w, r2_score(true[keep], pred[keep], multioutput="raw_values"), atol=1e-12)
+
+
+def _nlb_vel_r2(x_tr, y_tr, x_ev, y_ev):
+    """NLB's decoder with sklearn: GridSearchCV(Ridge(), alpha logspace(-4, 0, 9)), default 5-fold KFold."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import GridSearchCV
+
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (trials*T, F) in trial order
+    gs = GridSearchCV(Ridge(), {"alpha": np.logspace(-4, 0, 9)}).fit(flat(x_tr), flat(y_tr))
+    return r2_score(flat(y_ev), gs.predict(flat(x_ev))), gs.best_params_["alpha"]
+
+
+# (seed, noise) pairs include cases where shuffled folds would choose another alpha (seeds 2, 10, 21).
+@pytest.mark.parametrize(("seed", "noise"), [(11, 3.0), (11, 30.0), (2, 0.5), (10, 0.5), (21, 0.5)])
+def test_vel_r2_equals_sklearn_gridsearch_ridge(seed, noise):
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(1.0, size=(23, 9, 15)).astype(float)  # (trials, T, N): 207 rows, folds of 42/41
+    beh = x @ rng.standard_normal((15, 2)) + noise * rng.standard_normal((23, 9, 2))
+    beh += np.linspace(0, 3, 23)[:, None, None]  # a drift over trials: unshuffled folds matter
+    want, alpha = _nlb_vel_r2(x[:17], beh[:17], x[17:], beh[17:])
+    assert M.vel_r2(x[:17], beh[:17], x[17:], beh[17:]) == pytest.approx(want, abs=1e-9)
+    assert M.ridge_cv(x[:17], beh[:17])[2] == pytest.approx(alpha)
+
+
+def test_vel_r2_constant_behaviour_dimension_scores_zero_as_sklearn():
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(12)
+    x = rng.uniform(0, 2, size=(20, 6, 5))
+    beh = np.stack([x @ rng.standard_normal(5), np.ones((20, 6))], axis=-1)  # dim 2 constant everywhere
+    beh[15:, :, 1] = 2.0  # ... but a different constant on the eval trials: prediction (≈1) is wrong -> 0
+    want, _ = _nlb_vel_r2(x[:15], beh[:15], x[15:], beh[15:])
+    got = M.vel_r2(x[:15], beh[:15], x[15:], beh[15:])
+    assert got == pytest.approx(want, abs=1e-9)
+    # sklearn's per-dimension scores: the decodable dim near 1, the constant one exactly 0, averaged
+    from sklearn.linear_model import Ridge
+
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    alpha = M.ridge_cv(x[:15], beh[:15])[2]
+    pred = Ridge(alpha=alpha).fit(flat(x[:15]), flat(beh[:15])).predict(flat(x[15:]))
+    raw = r2_score(flat(beh[15:]), pred, multioutput="raw_values")
+    assert raw[1] == 0.0 and raw[0] > 0.99 and got == pytest.approx(raw.mean(), abs=1e-9)
+
+
+def test_vel_r2_legacy_variant_is_trial_cv_with_the_wide_grid():
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(13)
+    x = rng.poisson(1.0, size=(20, 8, 6)).astype(float)
+    beh = x @ rng.standard_normal((6, 2)) + 2.0 * rng.standard_normal((20, 8, 2))
+    tr, ev = slice(0, 14), slice(14, None)
+    # by hand: folds = a seeded permutation of the 14 train trials in 5 parts, uniform-average R² per fold
+    folds = np.array_split(np.random.default_rng(0).permutation(14), 5)
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    means = []
+    for a in M.LEGACY_ALPHAS:
+        scores = []
+        for f in folds:
+            rest = np.setdiff1d(np.arange(14), f)
+            fit = Ridge(alpha=a).fit(flat(x[rest]), flat(beh[rest]))
+            scores.append(r2_score(flat(beh[f]), fit.predict(flat(x[f]))))
+        means.append(np.mean(scores))
+    best = M.LEGACY_ALPHAS[int(np.argmax(means))]
+    want = r2_score(flat(beh[ev]), Ridge(alpha=best).fit(flat(x[tr]), flat(beh[tr])).predict(flat(x[ev])))
+    got = M.vel_r2(x[tr], beh[tr], x[ev], beh[ev], alphas=M.LEGACY_ALPHAS, cv="trials")
+    assert got == pytest.approx(want, abs=1e-9)
+    assert M.ridge_cv(x[tr], beh[tr], M.LEGACY_ALPHAS, cv="trials")[2] == best
+    with pytest.raises(ValueError, match="cv must be one of"):
+        M.vel_r2(x[tr], beh[tr], x[ev], beh[ev], cv="shuffled")
+
+
+def psth_reference(rates_ev, cond_ev, spikes_all, cond_all, bin_size, sigma_ms):
+    """NLB PSTH R² from the definition: numpy/scipy/sklearn, no masks."""
+    from scipy.ndimage import gaussian_filter1d
+    from sklearn.metrics import r2_score
+
+    sigma = sigma_ms / 1000 / bin_size
+    ones = np.ones(spikes_all.shape)
+    smooth = gaussian_filter1d(spikes_all, sigma, axis=1, mode="constant") / gaussian_filter1d(
+        ones, sigma, axis=1, mode="constant"
+    )
+    labels = np.unique(cond_ev)
+    pred = np.concatenate([rates_ev[cond_ev == c].mean(0) for c in labels])  # (C*T, N)
+    true = np.concatenate([smooth[cond_all == c].mean(0) for c in labels])
+    return r2_score(true, pred)  # uniform average over neurons, sklearn's constant-target rule
+
+
+def test_psth_r2_targets_all_trials_of_a_condition_and_keeps_constant_neurons():
+    rng = np.random.default_rng(14)
+    n_trials, t, n = 12, 15, 4
+    cond = np.arange(n_trials) % 3
+    spikes = rng.poisson(1.5, size=(n_trials, t, n)).astype(float)
+    spikes[:, :, 3] = 0.0  # a silent neuron: constant (zero) target
+    ev = np.arange(n_trials) >= 6  # the evaluated trials: 2 per condition
+    rates = rng.uniform(0.5, 2.5, size=(n_trials, t, n))
+    kw = dict(bin_size=0.02, sigma_ms=40.0)
+    want = psth_reference(rates[ev], cond[ev], spikes, cond, **kw)
+    got = M.psth_r2(rates[ev], spikes[ev], cond[ev], **kw, target_spikes=spikes, target_condition=cond)
+    assert got == pytest.approx(want, abs=1e-12)
+    # the silent neuron scores 0 (predicted > 0), not dropped: the mean is over 4 neurons
+    three = psth_reference(rates[ev][..., :3], cond[ev], spikes[..., :3], cond, **kw)
+    assert got == pytest.approx(3 * three / 4, abs=1e-12)
+    # ... and 1 when predicted exactly 0
+    rates0 = rates.copy()
+    rates0[..., 3] = 0.0
+    got0 = M.psth_r2(rates0[ev], spikes[ev], cond[ev], **kw, target_spikes=spikes, target_condition=cond)
+    assert got0 == pytest.approx((3 * three + 1) / 4, abs=1e-12)
+    # the target uses the non-evaluated trials too: changing one of them changes the score
+    spikes2 = spikes.copy()
+    spikes2[0, :, 0] += 5.0  # trial 0 is not evaluated
+    moved = M.psth_r2(rates[ev], spikes[ev], cond[ev], **kw, target_spikes=spikes2, target_condition=cond)
+    assert moved == pytest.approx(psth_reference(rates[ev], cond[ev], spikes2, cond, **kw), abs=1e-12)
+    assert moved != pytest.approx(got, abs=1e-6)
+    # the legacy variant (target = the evaluated trials, constant neurons dropped) ignores trial 0
+    legacy = M.psth_r2(rates[ev], spikes[ev], cond[ev], **kw, constant_target="drop")
+    ref = psth_reference(rates[ev][..., :3], cond[ev], spikes[ev][..., :3], cond[ev], **kw)
+    assert legacy == pytest.approx(ref, abs=1e-12)
+
+
+def test_psth_r2_argument_errors():
+    x = np.ones((4, 5, 2))
+    with pytest.raises(ValueError, match="target_condition has shape"):
+        M.psth_r2(x, x, np.arange(4), 0.01, target_spikes=np.ones((6, 5, 2)), target_condition=np.arange(4))
+    with pytest.raises(ValueError, match=r"target_spikes have shape \(6, 5, 3\)"):
+        M.psth_r2(x, x, np.arange(4), 0.01, target_spikes=np.ones((6, 5, 3)), target_condition=np.arange(6))
+    with pytest.raises(ValueError, match="constant_target"):
+        M.psth_r2(x, x, np.arange(4), 0.01, constant_target="nan")
+
+
+# ---------------------------------------------------------------------------------------------- few-shot
+def _fewshot_case(seed=15, n_trials=60, t=20, k_lat=3, n_out=4):
+    rng = np.random.default_rng(seed)
+    z = np.cumsum(rng.standard_normal((n_trials, t, k_lat)), axis=1) / 3  # smooth latents (trials, T, K)
+    w = rng.standard_normal((k_lat, n_out)) * 0.6
+    rates = np.exp(z @ w + 0.2)  # held-out rates determined exactly by the latents
+    return z, rates, rng.poisson(rates).astype(float)
+
+
+def test_fewshot_co_bps_with_all_trials_equals_a_sklearn_poisson_glm():
+    from sklearn.linear_model import PoissonRegressor
+
+    z, _, y = _fewshot_case(n_trials=30)
+    tr, ev = slice(0, 12), slice(12, None)
+    got = M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=12, alpha=0.0)  # k = all 12: one fit
+    x = z[tr].reshape(-1, 3)
+    mu, sd = x.mean(0), x.std(0, ddof=1)
+    pred = np.empty(y[ev].shape)
+    for j in range(y.shape[2]):
+        glm = PoissonRegressor(alpha=0.0, tol=1e-12, max_iter=10_000).fit(
+            (x - mu) / sd, y[tr][..., j].ravel()
+        )
+        pred[..., j] = glm.predict((z[ev].reshape(-1, 3) - mu) / sd).reshape(y[ev].shape[:2])
+    # co-bps of those rates, from the definition
+    yy = y[ev]
+    ybar = yy.mean(axis=(0, 1))
+    ll = lambda lam: (yy * np.log(lam) - lam).sum()  # noqa: E731  (log y! cancels)
+    want = (ll(pred) - ll(np.broadcast_to(ybar, yy.shape))) / (yy.sum() * LN2)
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_fewshot_co_bps_rewards_latents_that_determine_the_heldout_rates():
+    z, rates, y = _fewshot_case()
+    tr, ev = slice(0, 40), slice(40, None)
+    true_bps = M.bits_per_spike(rates[ev], y[ev])
+    good = M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=16, n_resamples=5)
+    assert good == pytest.approx(true_bps, abs=0.05)
+    noise = np.random.default_rng(16).standard_normal(z.shape)
+    bad = M.fewshot_co_bps(noise[tr], y[tr], noise[ev], y[ev], k=16, n_resamples=5)
+    assert bad < good - 0.2
+    # extraneous latent dimensions cost in the few-shot fit
+    extra = np.concatenate([z, 2 * np.random.default_rng(17).standard_normal(z.shape[:2] + (12,))], axis=-1)
+    assert M.fewshot_co_bps(extra[tr], y[tr], extra[ev], y[ev], k=4, n_resamples=5) < M.fewshot_co_bps(
+        z[tr], y[tr], z[ev], y[ev], k=4, n_resamples=5
+    )
+    # seeded: the same call gives the same number, another seed another draw
+    assert M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=4, n_resamples=3) == M.fewshot_co_bps(
+        z[tr], y[tr], z[ev], y[ev], k=4, n_resamples=3
+    )
+    with pytest.raises(ValueError, match="need k >= 1"):
+        M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=0)

@@ -27,7 +27,7 @@ from neuralnets.pretrained import (
     model_card,
 )
 from neuralnets.pretrained.bundle import card_data, export_run
-from neuralnets.training.outputs import read_predictions
+from neuralnets.runs import read_predictions
 from neuralnets.training.train import CONFIG_DIR, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +43,7 @@ TINY = [
 ]
 # Re-scoring a checkpoint on regenerated data must give the card's numbers up to float rounding.
 CARD_ATOL = 1e-3
+UNCHANGED_CARD_METRICS = ("co_bps", "fp_bps", "rate_r2", "latent_r2")
 
 
 def tiny_cfg(*overrides: str):
@@ -95,8 +96,10 @@ def test_bundled_checkpoint_reproduces_its_model_card(name):
     data = card_data(model.card)
     assert model.spec.to_dict() == data.spec.to_dict() == model.card["data"]["spec"]
     got = model.evaluate(data, "test")
-    for key, want in model.card["metrics"].items():
-        assert got[key] == pytest.approx(want, abs=CARD_ATOL), key
+    # Only the metrics whose definition has not changed since the cards were written: vel R² and PSTH R²
+    # now follow NLB exactly (issue 13), so the cards' older values of those are not re-checked.
+    for key in UNCHANGED_CARD_METRICS:
+        assert got[key] == pytest.approx(model.card["metrics"][key], abs=CARD_ATOL), key
 
 
 def test_unknown_bundled_name_lists_the_bundled_ones():

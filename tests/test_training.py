@@ -14,8 +14,8 @@ from tiny import TINY_LFADS
 
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.synthetic import lorenz
+from neuralnets.runs import read_predictions
 from neuralnets.training.module import ConfigError, TrainingModule
-from neuralnets.training.outputs import read_predictions
 from neuralnets.training.train import CONFIG_DIR, prepare_config, train
 
 TINY_DATA = [

@@ -1,26 +1,23 @@
 """The shared evaluation harness: NLB metrics, `evaluate(rates, data, split)`, baselines, tables.
 
 `evaluate` scores predicted rates (counts per bin, all trials) against a `SpikeData`; it never looks at
-a model. See `neuralnets.eval.metrics` for the exact metric definitions and `harness.METRICS` for the
-keys it returns.
+a model. Modules, each importing only those listed before it:
+
+- `metrics`: the metric functions on arrays and `METRICS` (name -> meaning, table order);
+- `harness`: `evaluate`, `skipped_metrics`, `behavior_trials` (scoring a dataset's split);
+- `baselines`: the smoothing + GLM, mean-rate and true-rate rows, scored by `evaluate`;
+- `tblog`: TensorBoard scalars and hparams table; `tables`: comparison tables (`format_table`);
+- `cli`: `neuralnets-eval` and `neuralnets-compare`.
+
+The run directory (metrics.json, predictions.h5) is `neuralnets.runs`.
 """
 
-from neuralnets.eval.harness import (
-    METRICS,
-    METRICS_FILE,
-    PREDICTIONS_FILE,
-    evaluate,
-    format_table,
-    load_predictions,
-    log_to_tensorboard,
-    read_run,
-    save_predictions,
-    skipped_metrics,
-    write_metrics,
-)
+from neuralnets.eval.harness import behavior_trials, evaluate, skipped_metrics
 from neuralnets.eval.metrics import (
+    METRICS,
     bits_per_spike,
     co_bps,
+    fewshot_co_bps,
     fp_bps,
     latent_r2,
     poisson_ll,
@@ -28,25 +25,23 @@ from neuralnets.eval.metrics import (
     rate_r2,
     vel_r2,
 )
+from neuralnets.eval.tables import format_table
+from neuralnets.eval.tblog import log_to_tensorboard
 
 __all__ = [
     "METRICS",
-    "METRICS_FILE",
-    "PREDICTIONS_FILE",
+    "behavior_trials",
     "bits_per_spike",
     "co_bps",
     "evaluate",
+    "fewshot_co_bps",
     "format_table",
     "fp_bps",
     "latent_r2",
-    "load_predictions",
     "log_to_tensorboard",
     "poisson_ll",
     "psth_r2",
     "rate_r2",
-    "read_run",
-    "save_predictions",
     "skipped_metrics",
     "vel_r2",
-    "write_metrics",
 ]

@@ -18,69 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 
 from neuralnets.data.spikedata import DataError, SpikeData
 from neuralnets.eval import metrics as M
-
-GLM_FLOOR = 1e-9  # counts/bin; never predict exactly 0 from the GLM's exp link
-
-
-def smooth_spikes(
-    spikes: np.ndarray, mask: np.ndarray | None, bin_size: float, sigma_ms: float
-) -> np.ndarray:
-    """Gaussian-smoothed counts per bin along time, (trials, T, N) -> (trials, T, N) float64.
-
-    Normalised convolution (smooth(y·m) / smooth(m), zero padding): unrecorded bins do not count as
-    zeros and the edges are not biased low. Bins with no recorded bin within the kernel become 0.
-    """
-    if not (sigma_ms > 0 and bin_size > 0):
-        raise ValueError(f"sigma_ms ({sigma_ms}) and bin_size ({bin_size}) must be positive")
-    sigma = sigma_ms / 1000.0 / bin_size  # in bins
-    y = spikes.astype(np.float64)
-    if mask is None:
-        mask = np.ones(y.shape, dtype=bool)
-    w = mask.astype(np.float64)
-    num = gaussian_filter1d(y * w, sigma, axis=1, mode="constant")
-    den = gaussian_filter1d(w, sigma, axis=1, mode="constant")
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
-
-
-def fit_poisson_glm(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor,
-    alpha: float,
-    max_iter: int = 500,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint Poisson GLM for all outputs: y[:, j] ~ Poisson(exp(x @ W[:, j] + b[j])).
-
-    x (S, F) features, y (S, J) counts, w (S, J) 0/1 weights (recorded entries). Minimises, per output,
-    the mean negative log-likelihood over its recorded samples + alpha/2 · ||W[:, j]||² (bias not
-    penalised), for all outputs at once with L-BFGS (the outputs are independent, so the sum of their
-    objectives has the same minimiser). Returns W (F, J), b (J,).
-    """
-    n_per = w.sum(0).clamp(min=1.0)  # (J,)
-    mean_y = (w * y).sum(0) / n_per
-    weights = torch.zeros(x.shape[1], y.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
-    bias = torch.log(mean_y.clamp(min=GLM_FLOOR)).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [weights, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-12,
-        history_size=20, line_search_fn="strong_wolfe",
-    )  # fmt: skip
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        eta = (x @ weights + bias).clamp(max=30.0)  # (S, J) log-rates; clamp keeps exp finite
-        nll = ((w * (torch.exp(eta) - y * eta)).sum(0) / n_per).sum()
-        loss = nll + 0.5 * alpha * (weights**2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():  # callers may sit inside torch.no_grad() (e.g. evaluation during training)
-        opt.step(closure)
-    return weights.detach(), bias.detach()
-
+from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
+from neuralnets.eval.harness import evaluate
+from neuralnets.eval.metrics import smooth_spikes
 
 DEFAULT_GLM_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the GLM (standardised features)
 
@@ -312,8 +255,6 @@ def baseline_rows(
 ) -> list[dict]:
     """Table rows (as in metrics.json: model, data, split, metrics, train_time_s, n_parameters, info)
     for the baselines on `data`, each scored by `neuralnets.eval.evaluate` on `split`."""
-    from neuralnets.eval.harness import evaluate
-
     rows = []
     for run in run_baselines(data, names, **glm_kwargs):
         rows.append(

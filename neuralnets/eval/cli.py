@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,11 @@ from typing import Any
 import numpy as np
 
 from neuralnets.data.spikedata import DataError
+from neuralnets.eval.baselines import baseline_rows
+from neuralnets.eval.harness import evaluate
+from neuralnets.eval.tables import print_table, write_table
+from neuralnets.eval.tblog import write_tensorboard
+from neuralnets.runs import METRICS_FILE, read_predictions, read_run
 
 EXIT_USAGE = 2
 _ERRORS = (
@@ -120,37 +124,14 @@ def _to_device(x: np.ndarray | None, device: str):
 
 
 def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from neuralnets.eval.tables import print_table, write_table
-
     print_table(rows, title=args.title)
     write_table(rows, args.csv, args.markdown)
     if args.tensorboard:
         write_tensorboard(rows, args.tensorboard)
 
 
-def write_tensorboard(rows: list[dict[str, Any]], logdir: str | Path) -> list[Path]:
-    """One TensorBoard run per row under `logdir`, named model__data__split, with its hparams and metrics."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from neuralnets.eval.harness import log_to_tensorboard
-
-    paths = []
-    for r in rows:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{r['model']}__{r['data']}__{r.get('split', 'test')}")
-        path = Path(logdir) / name
-        hparams = {k: r.get(k) for k in ("model", "data", "split", "train_time_s", "n_parameters")}
-        hparams.update({f"info.{k}": v for k, v in (r.get("info") or {}).items()})
-        with SummaryWriter(log_dir=str(path)) as writer:
-            log_to_tensorboard(writer, {k: v for k, v in hparams.items() if v is not None}, r["metrics"])
-        paths.append(path)
-    return paths
-
-
 # ---------------------------------------------------------------------------------------------- eval
 def _eval(argv: list[str] | None) -> int:
-    from neuralnets.eval.baselines import baseline_rows
-    from neuralnets.eval.harness import METRICS_FILE, evaluate, load_predictions, read_run
-
     args = _eval_parser().parse_args(argv)
     if args.target is None and not args.baselines:
         raise ValueError("give a run directory or rates file to score, or --baselines with --data")
@@ -169,8 +150,10 @@ def _eval(argv: list[str] | None) -> int:
     label = args.data or run.get("data") or data.name
     rows: list[dict[str, Any]] = []
     if target is not None:
-        rates, latents = load_predictions(target)
-        metrics = evaluate(_to_device(rates, args.device), data, split, _to_device(latents, args.device))
+        pred = read_predictions(target)
+        metrics = evaluate(
+            _to_device(pred["rates"], args.device), data, split, _to_device(pred.get("latents"), args.device)
+        )
         model = args.model or run.get("model") or target.stem
         rows.append(
             {
@@ -200,9 +183,6 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- compare
 def _compare(argv: list[str] | None) -> int:
-    from neuralnets.eval.baselines import baseline_rows
-    from neuralnets.eval.harness import read_run
-
     args = _compare_parser().parse_args(argv)
     rows = [read_run(d) for d in args.run_dirs]
     if args.baselines:

@@ -1,29 +1,15 @@
-"""The evaluation harness: `evaluate(rates, data, split)`, the run-directory contract, TensorBoard logging.
+"""`evaluate(rates, data, split)`: score predicted rates (and latents) against a `SpikeData`.
 
 `evaluate` never looks at a model: it scores rates (and optionally latents) predicted for *every* trial
 of a `SpikeData` against that data. Regressions (velocity, latents) are fit on the train trials and
-scored on the `split` trials; the Poisson metrics only ever touch the `split` trials.
-
-Run directory contract (training writes it, `read_run` / `neuralnets-compare` read it):
-- `run_dir/metrics.json` (`METRICS_FILE`): {"model": str, "data": str (dataset name or path, as
-  accepted by `neuralnets.data.loaders.load`), "split": str, "metrics": {name: float},
-  "train_time_s": float, "n_parameters": int, ...anything else}.
-- `run_dir/predictions.h5` (`PREDICTIONS_FILE`; `predictions.npz` is also read): `rates (trials, T, N)`
-  counts per bin for all trials of the dataset, optionally `latents (trials, T_lat, K)`; write it with
-  `save_predictions` (or `neuralnets.training.outputs.write_predictions`).
-- Optional keys read by `neuralnets-compare` to rebuild the dataset for baseline rows:
-  "data_source" (name or path, preferred over "data") and "data_kwargs" (keyword arguments of
-  `neuralnets.data.loaders.load`, e.g. a synthetic seed).
+scored on the `split` trials; the Poisson metrics only ever touch the `split` trials. The metric
+definitions live in `neuralnets.eval.metrics` (`METRICS` names them); writing the scores to a run
+directory is `neuralnets.runs`, logging them `neuralnets.eval.tblog`, tables `neuralnets.eval.tables`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,23 +18,7 @@ from torch import Tensor
 
 from neuralnets.data.spikedata import DataError, SpikeData
 from neuralnets.eval import metrics as M
-
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.h5"  # what training writes (neuralnets.training.outputs)
-PREDICTIONS_FILES = (PREDICTIONS_FILE, "predictions.npz")  # what a run directory may hold, in lookup order
-TB_PREFIX = "hp/"  # TensorBoard hparams-table metric names: hp/co_bps, hp/fp_bps, ...
-
-# Every metric the harness reports, in table order, with what it means. Higher is better for all.
-METRICS: dict[str, str] = {
-    "co_bps": "co-smoothing bits/spike: held-out neurons, observed bins",
-    "fp_bps": "forward-prediction bits/spike: all neurons, forward bins",
-    "vel_r2": "ridge from predicted rates to behaviour, fit on train trials, R² on eval trials",
-    "psth_r2": "held-out neurons: condition-averaged rates vs condition-averaged smoothed spikes, R²",
-    # Not an NLB metric: the model sees these spikes, so echoing the (smoothed) input scores high here.
-    "bps_heldin": "bits/spike on held-in neurons, observed bins (reconstruction of the input)",
-    "rate_r2": "R² of predicted vs true rates per neuron (synthetic data)",
-    "latent_r2": "R² of a linear map from model latents to true latents (synthetic data)",
-}
+from neuralnets.eval.metrics import METRICS
 
 # `SpikeData.meta` key listing the splits whose behaviour is real data (set by
 # `neuralnets.data.loaders.load_nlb_h5` when only the NLB train trials have behaviour; the other
@@ -72,8 +42,15 @@ def behavior_trials(data: SpikeData) -> np.ndarray:
     return np.isin(data.split, list(splits))
 
 
-def skipped_metrics(data: SpikeData, split: str = "test", latents: Any = None) -> dict[str, str]:
-    """Metrics `evaluate` cannot compute on this data/split, each with the reason it is left out."""
+PSTH_VARIANTS = ("nlb", "heldout")
+
+
+def skipped_metrics(
+    data: SpikeData, split: str = "test", latents: Any = None, psth_variant: str = "nlb"
+) -> dict[str, str]:
+    """Metrics `evaluate` cannot compute on this data/split, each with the reason it is left out.
+
+    latents: the model latents (trials, T_lat, K) or None (only their presence and shape are read)."""
     idx = data.indices(split)
     train = data.indices("train")
     mask = data.observed_mask()[idx]  # (trials_eval, T, N)
@@ -106,8 +83,20 @@ def skipped_metrics(data: SpikeData, split: str = "test", latents: Any = None) -
             reasons["vel_r2"] = f"no behaviour on the {split!r} trials"
     if data.condition is None:
         reasons["psth_r2"] = "no trial conditions"
-    elif data.n_heldout == 0:
-        reasons["psth_r2"] = "no held-out neurons (PSTH R² is scored on held-out neurons)"
+    elif psth_variant == "heldout" and data.n_heldout == 0:
+        reasons["psth_r2"] = "no held-out neurons (psth_variant='heldout' scores held-out neurons)"
+    if "co_bps" in reasons:
+        reasons["fewshot_co_bps"] = reasons["co_bps"]
+    elif latents is None:
+        reasons["fewshot_co_bps"] = "no model latents given"
+    elif len(np.shape(latents)) != 3 or np.shape(latents)[1] < t_obs:
+        reasons["fewshot_co_bps"] = (
+            f"model latents of shape {tuple(np.shape(latents))} do not cover the {t_obs} observed bins"
+        )
+    else:
+        obs = data.observed_mask()[train][:, :t_obs, n_in:]
+        if not (data.spikes[train][:, :t_obs, n_in:] * obs).any():
+            reasons["fewshot_co_bps"] = "no held-out spikes recorded in the train trials"
     if data.rates is None:
         reasons["rate_r2"] = "no ground-truth rates"
     if data.latents is None:
@@ -127,15 +116,27 @@ def evaluate(
     *,
     psth_sigma_ms: float = M.DEFAULT_PSTH_SIGMA_MS,
     alphas: tuple[float, ...] = M.DEFAULT_ALPHAS,
+    vel_cv: str = "samples",
+    psth_variant: str = "nlb",
+    fewshot_k: int = M.FEWSHOT_K,
+    fewshot_resamples: int = M.FEWSHOT_RESAMPLES,
 ) -> dict[str, float]:
     """Score predicted rates on `data`'s `split` trials; returns {metric: value} for the computable metrics.
 
     rates: (trials, T_obs+T_fwd, N_all) expected counts per bin for ALL trials of `data` (numpy or torch,
     any device; the Poisson metrics run on that device). latents: optional (trials, T_lat, K) for all
-    trials; latent R² uses the first min(T_lat, T) bins of both model and true latents.
+    trials; latent R² uses the first min(T_lat, T) bins of both model and true latents, few-shot co-bps
+    the first T_obs bins of the model latents.
     Entries with `data.observed == False` are never scored. Metrics that cannot be computed (see
     `skipped_metrics`) are left out of the dict. Keys and meanings: `METRICS`.
+
+    The defaults are NLB's definitions. Earlier project variants, by name: `alphas=M.LEGACY_ALPHAS,
+    vel_cv="trials"` (vel R² with alpha chosen by CV over trials); `psth_variant="heldout"` (PSTH R² on
+    held-out neurons only, target averaged over the evaluated trials only, constant-target neurons left
+    out).
     """
+    if psth_variant not in PSTH_VARIANTS:
+        raise ValueError(f"psth_variant must be one of {PSTH_VARIANTS}; got {psth_variant!r}")
     lam = M.as_tensor(rates, "rates")
     if tuple(lam.shape) != data.spikes.shape:
         raise ValueError(
@@ -150,7 +151,15 @@ def evaluate(
     M.check_values(
         lam, "rates", None if data.observed is None else torch.as_tensor(data.observed, device=dev), True
     )
-    skip = skipped_metrics(data, split, latents)
+    z = None
+    if latents is not None:
+        z = M.as_tensor(latents, "latents")
+        if z.ndim != 3 or z.shape[0] != data.n_trials:
+            raise ValueError(
+                f"latents have shape {tuple(z.shape)}; expected ({data.n_trials}, T, K) for all trials of "
+                f"data {data.name!r}"
+            )
+    skip = skipped_metrics(data, split, latents, psth_variant)
     idx_t = torch.as_tensor(idx, device=dev)
     lam_e = lam[idx_t]  # (trials_eval, T, N)
     y_e = torch.as_tensor(data.spikes[idx], device=dev)
@@ -173,9 +182,24 @@ def evaluate(
             lam[torch.as_tensor(ev, device=dev), :t_obs],
             beh[ev],
             alphas=alphas,
+            cv=vel_cv,
         )
-    if "psth_r2" not in skip:
-        # Held-out neurons only: a held-in PSTH could be matched by echoing the (smoothed) input.
+    if "psth_r2" not in skip and psth_variant == "nlb":
+        # All neurons; the target averages every trial of the dataset with that condition (recorded bins).
+        sl = (slice(None), slice(0, t_obs), slice(None))
+        out["psth_r2"] = M.psth_r2(
+            lam_e[sl],
+            y_e[sl],
+            data.condition[idx],
+            data.bin_size,
+            psth_sigma_ms,
+            None if m_e is None else m_e[sl],
+            target_spikes=data.spikes[sl],
+            target_condition=data.condition,
+            target_mask=None if data.observed is None else data.observed[sl],
+        )
+    elif "psth_r2" not in skip:
+        # The earlier variant: held-out neurons only, target from the evaluated trials, constant ones dropped.
         sl = (slice(None), slice(0, t_obs), slice(n_in, None))
         out["psth_r2"] = M.psth_r2(
             lam_e[sl],
@@ -184,6 +208,22 @@ def evaluate(
             data.bin_size,
             psth_sigma_ms,
             None if m_e is None else m_e[sl],
+            constant_target="drop",
+        )
+    if "fewshot_co_bps" not in skip:
+        tr = data.indices("train")
+        obs = data.observed_mask()  # (trials, T, N)
+        tr = tr[(data.spikes[tr, :t_obs, n_in:] * obs[tr, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
+        sl = (slice(0, t_obs), slice(n_in, None))
+        out["fewshot_co_bps"] = M.fewshot_co_bps(
+            z[torch.as_tensor(tr, device=z.device), :t_obs],
+            data.spikes[tr][:, sl[0], sl[1]],
+            z[torch.as_tensor(idx, device=z.device), :t_obs],
+            data.spikes[idx][:, sl[0], sl[1]],
+            k=fewshot_k,
+            n_resamples=fewshot_resamples,
+            mask_train=obs[tr][:, sl[0], sl[1]],
+            mask_eval=obs[idx][:, sl[0], sl[1]],
         )
     if "bps_heldin" not in skip:
         sl = (slice(None), slice(0, t_obs), slice(0, n_in))
@@ -191,12 +231,6 @@ def evaluate(
     if "rate_r2" not in skip:
         out["rate_r2"] = M.rate_r2(lam_e, data.rates[idx], m_e)
     if "latent_r2" not in skip:
-        z = M.as_tensor(latents, "latents")
-        if z.ndim != 3 or z.shape[0] != data.n_trials:
-            raise ValueError(
-                f"latents have shape {tuple(z.shape)}; expected ({data.n_trials}, T, K) for all trials of "
-                f"data {data.name!r}"
-            )
         t = min(z.shape[1], data.latents.shape[1])  # common leading bins
         tr = data.indices("train")
         zt = data.latents
@@ -207,249 +241,3 @@ def evaluate(
             zt[idx, :t],
         )
     return {k: out[k] for k in METRICS if k in out}
-
-
-# ---------------------------------------------------------------------------------------------- run dirs
-def _finite_or_none(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # strict JSON has no NaN/inf
-    if isinstance(x, Mapping):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_or_none(v) for v in x]
-    if isinstance(x, np.generic):
-        return _finite_or_none(x.item())
-    return x
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_metrics(
-    metrics: Mapping[str, float], run_dir: str | Path, extra: Mapping[str, Any] | None = None
-) -> Path:
-    """Write run_dir/metrics.json = {**existing, **extra, "metrics": metrics}; returns its path.
-
-    Keys already in the file and not in `extra` are kept (so evaluation can add to what training
-    wrote); no other file in run_dir is touched. NaN/inf become null.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / METRICS_FILE
-    payload: dict[str, Any] = {}
-    if path.exists():
-        try:
-            payload = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} exists but is not valid JSON ({e}); fix or remove it") from None
-    payload.update(dict(extra or {}))
-    payload["metrics"] = {k: float(v) for k, v in metrics.items()}
-    _atomic_write(path, json.dumps(_finite_or_none(payload), indent=2, sort_keys=False) + "\n")
-    return path
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """Contents of run_dir/metrics.json plus "run_dir"; clear errors if the directory or a key is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run directory?")
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(run, dict):
-        raise ValueError(f"{path} must hold a JSON object; got {type(run).__name__}")
-    missing = [k for k in ("model", "data", "metrics") if k not in run]
-    if missing:
-        raise ValueError(
-            f"{path} lacks the key(s) {missing}; the run-directory contract needs model, data, metrics"
-        )
-    if not isinstance(run["metrics"], dict):
-        raise ValueError(f"{path}: 'metrics' must be an object of metric name -> number")
-    run.setdefault("split", "test")
-    run.setdefault("train_time_s", None)
-    run.setdefault("n_parameters", None)
-    run["run_dir"] = str(run_dir)
-    return run
-
-
-def save_predictions(
-    run_dir: str | Path, rates: np.ndarray | Tensor, latents: np.ndarray | Tensor | None = None
-) -> Path:
-    """Write run_dir/predictions.h5: float32 `rates (trials, T, N)`, optional `latents (trials, T, K)`.
-
-    The same layout as `neuralnets.training.outputs.write_predictions`; refuses to overwrite.
-    """
-    import h5py
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / PREDICTIONS_FILE
-    if path.exists():
-        raise FileExistsError(f"{path} exists; refusing to overwrite predictions")
-    with h5py.File(path, "w") as f:
-        f.create_dataset("rates", data=_to_numpy(rates))
-        if latents is not None:
-            f.create_dataset("latents", data=_to_numpy(latents))
-    return path
-
-
-def load_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(rates, latents or None) from a run directory or a rates file.
-
-    Files: `.h5`/`.hdf5` or `.npz` with array `rates (trials, T, N)` and optional `latents`, or a `.npy`
-    holding the rates. A run directory is searched for `PREDICTIONS_FILES` in order.
-    """
-    path = Path(path)
-    if path.is_dir():
-        found = [path / name for name in PREDICTIONS_FILES if (path / name).is_file()]
-        if not found:
-            raise FileNotFoundError(
-                f"{path} holds no predictions file (looked for {list(PREDICTIONS_FILES)})"
-            )
-        path = found[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False), None
-    if suffix in (".h5", ".hdf5"):
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                if "rates" not in f:
-                    raise ValueError(f"{path} has no dataset 'rates' (found {sorted(f.keys())})")
-                return f["rates"][()], (f["latents"][()] if "latents" in f else None)
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read as HDF5 ({e})") from None
-    if suffix != ".npz":
-        raise ValueError(
-            f"{path}: a rates file must be .h5/.hdf5/.npz (array 'rates', optional 'latents') or .npy"
-        )
-    with np.load(path, allow_pickle=False) as f:
-        if "rates" not in f.files:
-            raise ValueError(f"{path} has no array 'rates' (found {sorted(f.files)})")
-        return f["rates"], (f["latents"] if "latents" in f.files else None)
-
-
-def _to_numpy(x: np.ndarray | Tensor) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------------------------- TensorBoard
-def _flat_hparams(h: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b": value} with values TensorBoard accepts (bool/int/float/str)."""
-    out: dict[str, Any] = {}
-    for k, v in h.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat_hparams(v, key + "."))
-        elif isinstance(v, bool | int | float | str):
-            out[key] = v
-        elif isinstance(v, np.generic):
-            out[key] = v.item()
-        else:
-            out[key] = str(v)
-    return out
-
-
-def tb_metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
-    """{"hp/co_bps": value, ...} for the finite metrics."""
-    return {TB_PREFIX + k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-
-
-def log_to_tensorboard(
-    logger_or_writer: Any, hparams: Mapping[str, Any], metrics: Mapping[str, float]
-) -> None:
-    """Log `metrics` as scalars `hp/<name>` and register them with `hparams` in TensorBoard's hparams table.
-
-    Accepts a Lightning `TensorBoardLogger` (uses `log_hyperparams(params, metrics)`), any other
-    Lightning logger (e.g. CSV: hyperparameters and `hp/` metrics logged separately), or a
-    `torch.utils.tensorboard.SummaryWriter` (writes the hparams summaries into the writer's own run
-    directory, so the run shows up as one row).
-    """
-    params = _flat_hparams(hparams)
-    tb_metrics = tb_metric_names(metrics)
-    if hasattr(logger_or_writer, "log_hyperparams"):
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        if isinstance(logger_or_writer, TensorBoardLogger):
-            logger_or_writer.log_hyperparams(params, tb_metrics)
-        else:  # other Lightning loggers (CSV, ...): no hparams table, so hparams and metrics apart
-            logger_or_writer.log_hyperparams(params)
-            logger_or_writer.log_metrics(tb_metrics)
-        return
-    if not hasattr(logger_or_writer, "add_scalar"):
-        raise TypeError(
-            f"log_to_tensorboard needs a Lightning TensorBoardLogger or a SummaryWriter; got "
-            f"{type(logger_or_writer).__name__}"
-        )
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    writer = logger_or_writer
-    exp, ssi, sei = hparams_summary(params, tb_metrics)
-    file_writer = writer._get_file_writer()
-    for summary in (exp, ssi, sei):
-        file_writer.add_summary(summary)
-    for k, v in tb_metrics.items():
-        writer.add_scalar(k, v, 0)
-    writer.flush()
-
-
-# ---------------------------------------------------------------------------------------------- tables
-def load_run_data(run: Mapping[str, Any]) -> SpikeData:
-    """The dataset a run was scored on: `load(run["data_source"] or run["data"], **run["data_kwargs"])`."""
-    from neuralnets.data.loaders import load
-
-    source = run.get("data_source") or run["data"]
-    kwargs = run.get("data_kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise ValueError(f"'data_kwargs' of run {run.get('run_dir', run.get('model'))} must be an object")
-    return load(source, **kwargs)
-
-
-def format_table(
-    rows: list[Mapping[str, Any]],
-    baselines: bool = False,
-    data: SpikeData | None = None,
-    split: str | None = None,
-) -> str:
-    """Markdown table of run records (dicts as in metrics.json), optionally with baseline rows.
-
-    With `baselines`, the baseline rows (`neuralnets.eval.baselines.baseline_rows`) are computed on
-    `data` when given, else on each dataset named by the rows (see `load_run_data`), for the rows'
-    split (or `split`). A dataset that cannot be loaded gets a note under the table instead of rows.
-    """
-    from neuralnets.eval.baselines import baseline_rows
-    from neuralnets.eval.tables import to_markdown
-
-    rows = [dict(r) for r in rows]
-    notes = []
-    if baselines:
-        done: set[tuple] = set()
-        for r in list(rows):
-            sp = split or r.get("split", "test")
-            key = (
-                r.get("data_source") or r.get("data"),
-                json.dumps(r.get("data_kwargs") or {}, sort_keys=True),
-                sp,
-            )
-            if key in done:
-                continue
-            done.add(key)
-            try:
-                d = data if data is not None else load_run_data(r)
-                rows += baseline_rows(d, sp, data_label=r.get("data"))
-            except (DataError, FileNotFoundError, ValueError) as e:
-                notes.append(f"(no baseline rows for {key[0]!r}: {e})")
-    return to_markdown(rows) + "".join(n + "\n" for n in notes)

@@ -13,11 +13,15 @@ Conventions shared by every function here:
 - Rates must be finite and >= 0 on the evaluated entries, spikes finite and >= 0; otherwise a
   ValueError names the argument, the problem and the first bad index.
 - A predicted rate of exactly 0 is floored at `RATE_FLOOR` (1e-9 counts/bin) inside the log only, so
-  a spike under a zero prediction costs ln(1e-9) ≈ -20.7 nats instead of -inf. Where the count is 0
-  the term y·log(λ) is 0 whatever λ is (xlogy), so a silent neuron predicted at 0 costs nothing.
+  a spike under a zero prediction costs ln(1e-9) ≈ -20.7 nats instead of -inf. Positive rates are never
+  changed, however small (1e-12 stays 1e-12, as in NLB). Where the count is 0 the term y·log(λ) is 0
+  whatever λ is (xlogy), so a silent neuron predicted at 0 costs nothing.
 - R² for several columns (neurons, behaviour or latent dimensions) is the uniform average of the
-  per-column R² = 1 - SS_res / SS_tot. Columns whose target has zero variance have no R² and are
-  left out of the average; if no column is left, a ValueError says so.
+  per-column R² = 1 - SS_res / SS_tot. The NLB metrics (vel R², PSTH R²) follow sklearn's `r2_score`
+  (force_finite=True): a column whose target is constant (SS_tot == 0) scores 1.0 if it is predicted
+  exactly (SS_res == 0) and 0.0 otherwise, and stays in the average (`r2_columns_sklearn`). The
+  project's own metrics (rate R², latent R², `r2_score`) leave constant columns out of the average
+  (`r2_per_column`); if no column is left, a ValueError says so.
 """
 
 from __future__ import annotations
@@ -30,11 +34,38 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
+from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
+
 RATE_FLOOR = 1e-9  # counts/bin; floor for predicted rates inside the log (zero rates would give -inf)
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 4, 9))  # ridge penalties tried by cross-validation
+# Ridge penalties of vel R²: NLB's grid (logspace(-4, 0, 9)); the project's earlier, wider grid is kept for
+# the legacy variant (`vel_r2(..., alphas=LEGACY_ALPHAS, cv="trials")`).
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 0, 9))
+LEGACY_ALPHAS = tuple(float(a) for a in np.logspace(-4, 4, 9))
 DEFAULT_PSTH_SIGMA_MS = 50.0  # Gaussian smoothing of true spikes for PSTH R²
+# Few-shot co-bps (Dabholkar & Barak 2025): k train trials per fit, resamples averaged, GLM L2, seed.
+FEWSHOT_K = 16
+FEWSHOT_RESAMPLES = 10
+FEWSHOT_ALPHA = 1e-2  # on standardised latents, per-sample mean Poisson NLL (as the smoothing GLM)
+FEWSHOT_SEED = 0
 
 ArrayLike = np.ndarray | Tensor | Sequence
+
+# Every metric the harness (`neuralnets.eval.evaluate`) reports, in table order, with what it means.
+# Higher is better for all.
+METRICS: dict[str, str] = {
+    "co_bps": "co-smoothing bits/spike: held-out neurons, observed bins",
+    "fp_bps": "forward-prediction bits/spike: all neurons, forward bins",
+    "vel_r2": "ridge from predicted rates to behaviour, fit on train trials (alpha by NLB's 5-fold grid "
+    "search), R² on eval trials",
+    "psth_r2": "all neurons: condition-averaged rates (eval trials) vs smoothed spikes averaged over all "
+    "trials of each condition, R² per neuron",
+    "fewshot_co_bps": f"co-bps of a Poisson GLM from model latents to held-out neurons fit on {FEWSHOT_K} "
+    f"train trials, mean of {FEWSHOT_RESAMPLES} resamples",
+    # Not an NLB metric: the model sees these spikes, so echoing the (smoothed) input scores high here.
+    "bps_heldin": "bits/spike on held-in neurons, observed bins (reconstruction of the input)",
+    "rate_r2": "R² of predicted vs true rates per neuron (synthetic data)",
+    "latent_r2": "R² of a linear map from model latents to true latents (synthetic data)",
+}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -112,14 +143,20 @@ def _prepare_counts(
 
 
 # ---------------------------------------------------------------------------------------------- Poisson
+def floor_zero_rates(lam: Tensor) -> Tensor:
+    """λ with exact zeros replaced by RATE_FLOOR (for the log); every positive rate is kept as is."""
+    return torch.where(lam == 0, torch.full_like(lam, RATE_FLOOR), lam)
+
+
 def poisson_ll(rates: ArrayLike, spikes: ArrayLike, mask: ArrayLike | None = None) -> float:
     """Poisson log-likelihood in nats, summed over all evaluated entries.
 
-    LL = Σ [y·log(max(λ, RATE_FLOOR)) − λ − log(y!)]. The log(y!) term is included here so the value is
-    a true log-likelihood; it cancels in `bits_per_spike`, which therefore leaves it out.
+    LL = Σ [y·log(λ') − λ − log(y!)], λ' = λ with exact zeros replaced by RATE_FLOOR. The log(y!) term
+    is included here so the value is a true log-likelihood; it cancels in `bits_per_spike`, which
+    therefore leaves it out.
     """
     lam, y, w = _prepare_counts(rates, spikes, mask)
-    terms = torch.xlogy(y, lam.clamp(min=RATE_FLOOR)) - lam - torch.lgamma(y + 1)
+    terms = torch.xlogy(y, floor_zero_rates(lam)) - lam - torch.lgamma(y + 1)
     return float((w * terms).sum())
 
 
@@ -127,8 +164,9 @@ def bits_per_spike(rates: ArrayLike, spikes: ArrayLike, mask: ArrayLike | None =
     """(LL(λ) − LL(ȳ)) / (n_spikes · ln 2) over the evaluated entries.
 
     rates, spikes: (..., N) expected counts per bin and counts (typically (trials, T, N)).
-    ȳ: each neuron's mean count per bin over its evaluated entries (all leading axes). A neuron with no
-    spikes has ȳ = 0 and contributes −Σλ to LL(λ) (0 to LL(ȳ)). Raises ValueError when the evaluated
+    ȳ: each neuron's mean count per bin over its evaluated entries (all leading axes). Only rates that are
+    exactly 0 are floored (at RATE_FLOOR) inside the log; 0 < λ < RATE_FLOOR is used as is. A neuron
+    with no spikes has ȳ = 0 and contributes −Σλ to LL(λ) (0 to LL(ȳ)). Raises ValueError when the evaluated
     entries hold no spike at all (bits/spike is undefined).
     """
     lam, y, w = _prepare_counts(rates, spikes, mask)
@@ -141,7 +179,7 @@ def bits_per_spike(rates: ArrayLike, spikes: ArrayLike, mask: ArrayLike | None =
         )
     ybar = (w * y).sum(reduce) / w.sum(reduce).clamp(min=1.0)  # (N,) mean count per bin per neuron
     # log(y!) cancels between the two log-likelihoods and is left out.
-    ll_model = (w * (torch.xlogy(y, lam.clamp(min=RATE_FLOOR)) - lam)).sum()
+    ll_model = (w * (torch.xlogy(y, floor_zero_rates(lam)) - lam)).sum()
     ll_null = (w * (torch.xlogy(y, ybar) - ybar)).sum()
     return float((ll_model - ll_null) / (n_spikes * math.log(2.0)))
 
@@ -200,6 +238,22 @@ def r2_per_column(pred: Tensor, true: Tensor, weight: Tensor | None = None) -> T
     return torch.where(defined, 1.0 - ss_res / torch.where(defined, ss_tot, torch.ones_like(ss_tot)), nan)
 
 
+def r2_columns_sklearn(pred: Tensor, true: Tensor, weight: Tensor | None = None) -> Tensor:
+    """R² of each column of (S, C) arrays as sklearn's `r2_score(..., multioutput="raw_values")` (default
+    force_finite=True) over the rows with weight 1: 1 − SS_res/SS_tot; a constant target (SS_tot == 0
+    exactly) scores 1.0 when predicted exactly (SS_res == 0) and 0.0 otherwise. NaN for a column
+    with no weighted row."""
+    if weight is None:
+        weight = torch.ones_like(true)
+    n = weight.sum(0)  # (C,)
+    mean = (weight * true).sum(0) / n.clamp(min=1.0)
+    ss_tot = (weight * (true - mean) ** 2).sum(0)
+    ss_res = (weight * (true - pred) ** 2).sum(0)
+    safe = torch.where(ss_tot != 0, ss_tot, torch.ones_like(ss_tot))
+    r2 = torch.where(ss_tot != 0, 1.0 - ss_res / safe, (ss_res == 0).to(true.dtype))
+    return torch.where(n > 0, r2, torch.full_like(r2, float("nan")))
+
+
 def _mean_defined(r2: Tensor, what: str) -> float:
     ok = ~torch.isnan(r2)
     if not ok.any():
@@ -234,6 +288,33 @@ def rate_r2(rates: ArrayLike, true_rates: ArrayLike, mask: ArrayLike | None = No
     return r2_score(rates, true_rates, mask)
 
 
+def smooth_spikes(
+    spikes: np.ndarray, mask: np.ndarray | None, bin_size: float, sigma_ms: float
+) -> np.ndarray:
+    """Gaussian-smoothed counts per bin along time, (trials, T, N) -> (trials, T, N) float64.
+
+    Normalised convolution (smooth(y·m) / smooth(m), zero padding): unrecorded bins do not count as
+    zeros and the edges are not biased low. Bins with no recorded bin within the kernel become 0.
+    Runs in scipy on the CPU (the true spikes are data, not model output), vectorised along axis 1.
+    """
+    if not (np.isfinite(bin_size) and bin_size > 0 and np.isfinite(sigma_ms) and sigma_ms > 0):
+        raise ValueError(f"bin_size ({bin_size} s) and sigma_ms ({sigma_ms} ms) must be positive")
+    sigma = sigma_ms / 1000.0 / bin_size  # in bins
+    y = np.asarray(spikes, dtype=np.float64)
+    w = np.ones(y.shape) if mask is None else np.asarray(mask, dtype=np.float64)
+    num = gaussian_filter1d(y * w, sigma, axis=1, mode="constant")
+    den = gaussian_filter1d(w, sigma, axis=1, mode="constant")
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
+
+
+def _condition_means(x: Tensor, w: Tensor, cond: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Per-condition means of x (trials, T, N) over the trials with weight 1: (C, T, N) means and counts."""
+    onehot = torch.as_tensor(cond[None, :] == labels[:, None], dtype=x.dtype, device=x.device)  # (C, trials)
+    n = onehot @ w.reshape(x.shape[0], -1)  # (C, T*N) recorded trials per entry
+    mean = (onehot @ (w * x).reshape(x.shape[0], -1)) / n.clamp(min=1.0)
+    return mean.reshape(len(labels), *x.shape[1:]), n.reshape(len(labels), *x.shape[1:])
+
+
 def psth_r2(
     rates: ArrayLike,
     spikes: ArrayLike,
@@ -241,18 +322,30 @@ def psth_r2(
     bin_size: float,
     sigma_ms: float = DEFAULT_PSTH_SIGMA_MS,
     mask: ArrayLike | None = None,
+    *,
+    target_spikes: ArrayLike | None = None,
+    target_condition: ArrayLike | None = None,
+    target_mask: ArrayLike | None = None,
+    constant_target: str = "sklearn",
 ) -> float:
-    """R² of condition-averaged predicted rates vs condition-averaged smoothed true spikes.
+    """PSTH R²: condition-averaged predicted rates vs condition-averaged smoothed true spikes.
 
-    rates, spikes, mask: (trials, T, N); condition: (trials,) labels; bin_size in s; sigma_ms: Gaussian
-    kernel s.d. in ms. True spikes are smoothed along time by normalised convolution
-    (smooth(y·m) / smooth(m), zero padding), which corrects the edges and skips unrecorded bins. Both
-    sides are averaged per condition over the recorded trials; R² is computed per neuron over
-    (condition, bin) pairs that have a recorded trial, and averaged over neurons (constant ones left out).
-    Every condition present among the given trials counts. (`evaluate` passes held-out neurons only.)
+    rates, spikes, mask: (trials, T, N) for the evaluated trials, condition (trials,) their labels;
+    bin_size in s; sigma_ms: Gaussian kernel s.d. in ms. The target PSTH of each condition averages
+    `target_spikes (trials', T, N)` over ALL its trials in `target_condition (trials',)` (NLB: every
+    trial of the dataset with that condition, not only the evaluated ones); without `target_spikes`
+    the evaluated trials' own `spikes` are the target. The rows are the conditions present among the
+    evaluated trials; a (condition, bin) entry counts for a neuron when both sides have a recorded trial.
 
+    Smoothing: NLB smooths the continuous 1 ms spike train before binning; with binned data only, this
+    smooths each trial's binned counts along time with the Gaussian (`smooth_spikes`: normalised
+    convolution, so trial edges and unrecorded bins are not read as zeros). That is the approximation used.
     Only the target is smoothed (as in NLB), so the target PSTH is blurred by the kernel: when rates
     change faster than `sigma_ms`, a prediction as smooth as the kernel can score above the true rates.
+
+    R² per neuron over (condition, bin) samples, uniform average over neurons. `constant_target`:
+    "sklearn" (NLB; `r2_score` convention: a constant target scores 1 if matched exactly, else 0) or
+    "drop" (the project's earlier rule: such neurons are left out of the average).
     """
     lam, y, w = _prepare_counts(rates, spikes, mask)
     if lam.ndim != 3:
@@ -260,26 +353,43 @@ def psth_r2(
     cond = np.asarray(condition.cpu() if isinstance(condition, Tensor) else condition)
     if cond.shape != (lam.shape[0],):
         raise ValueError(f"condition has shape {cond.shape}; expected ({lam.shape[0]},) to match the trials")
-    if not (np.isfinite(bin_size) and bin_size > 0 and np.isfinite(sigma_ms) and sigma_ms > 0):
-        raise ValueError(f"bin_size ({bin_size} s) and sigma_ms ({sigma_ms} ms) must be positive")
-    sigma = sigma_ms / 1000.0 / bin_size  # in bins
-    # Smoothing in scipy on the CPU (the true spikes are data, not model output); vectorised along axis 1.
-    y_np, w_np = y.cpu().numpy(), w.cpu().numpy()
-    num = gaussian_filter1d(y_np * w_np, sigma, axis=1, mode="constant")
-    den = gaussian_filter1d(w_np, sigma, axis=1, mode="constant")
-    smooth = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)  # (trials, T, N)
-    _, inverse = np.unique(cond, return_inverse=True)
-    n_cond = int(inverse.max()) + 1
-    onehot = torch.zeros(n_cond, lam.shape[0], dtype=lam.dtype, device=lam.device)  # (C, trials)
-    onehot[torch.as_tensor(inverse, device=lam.device), torch.arange(lam.shape[0], device=lam.device)] = 1.0
-    n_trials_at = onehot @ w.reshape(lam.shape[0], -1)  # (C, T*N) recorded trials per entry
-    psth_pred = (onehot @ (w * lam).reshape(lam.shape[0], -1)) / n_trials_at.clamp(min=1.0)
-    smooth_t = torch.from_numpy(smooth).to(lam.device)
-    psth_true = (onehot @ (w * smooth_t).reshape(lam.shape[0], -1)) / n_trials_at.clamp(min=1.0)
+    if constant_target not in ("sklearn", "drop"):
+        raise ValueError(f"constant_target must be 'sklearn' or 'drop'; got {constant_target!r}")
+    if target_spikes is None:
+        if target_condition is not None or target_mask is not None:
+            raise ValueError("target_condition/target_mask need target_spikes")
+        y_t, w_t, cond_t = y, w, cond
+    else:
+        y_t = as_tensor(target_spikes, "target_spikes", device=lam.device)
+        if y_t.ndim != 3 or y_t.shape[1:] != lam.shape[1:]:
+            raise ValueError(
+                f"target_spikes have shape {tuple(y_t.shape)}; expected (trials', {lam.shape[1]}, "
+                f"{lam.shape[2]}) (same bins and neurons as rates)"
+            )
+        m_t = _as_mask(target_mask, y_t.shape, lam.device)
+        check_values(y_t, "target_spikes", m_t, nonneg=True)
+        w_t = torch.ones_like(y_t) if m_t is None else m_t.to(y_t.dtype)
+        y_t = torch.where(w_t > 0, y_t, torch.zeros((), dtype=y_t.dtype, device=y_t.device))
+        if target_condition is None:
+            raise ValueError("target_spikes need target_condition (one label per target trial)")
+        cond_t = np.asarray(
+            target_condition.cpu() if isinstance(target_condition, Tensor) else target_condition
+        )
+        if cond_t.shape != (y_t.shape[0],):
+            raise ValueError(
+                f"target_condition has shape {cond_t.shape}; expected ({y_t.shape[0]},), one per target trial"
+            )
+    labels = np.unique(cond)  # the conditions of the evaluated trials
+    w_np = w_t.cpu().numpy()
+    smooth = torch.from_numpy(smooth_spikes(y_t.cpu().numpy(), w_np, bin_size, sigma_ms)).to(lam.device)
+    psth_pred, n_pred = _condition_means(lam, w, cond, labels)  # (C, T, N)
+    psth_true, n_true = _condition_means(smooth, w_t, cond_t, labels)
     n_neurons = lam.shape[2]
-    valid = (n_trials_at > 0).to(lam.dtype).reshape(-1, n_neurons)  # (C*T, N)
-    r2 = r2_per_column(psth_pred.reshape(-1, n_neurons), psth_true.reshape(-1, n_neurons), valid)
-    return _mean_defined(r2, "psth_r2")
+    valid = ((n_pred > 0) & (n_true > 0)).to(lam.dtype).reshape(-1, n_neurons)  # (C*T, N)
+    pred, true = psth_pred.reshape(-1, n_neurons), psth_true.reshape(-1, n_neurons)
+    if constant_target == "drop":
+        return _mean_defined(r2_per_column(pred, true, valid), "psth_r2")
+    return _mean_defined(r2_columns_sklearn(pred, true, valid), "psth_r2")
 
 
 # ---------------------------------------------------------------------------------------------- regression
@@ -326,44 +436,63 @@ def _check_regression_inputs(x: ArrayLike, y: ArrayLike, xname: str, yname: str,
     return xt, yt
 
 
+CV_MODES = ("samples", "trials")
+
+
 def ridge_cv(
     x: ArrayLike,
     y: ArrayLike,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     n_folds: int = 5,
     seed: int = 0,
+    cv: str = "samples",
 ) -> tuple[Tensor, Tensor, float]:
-    """Ridge from x (trials, T, F) to y (trials, T, D) with alpha chosen by K-fold CV over *trials*.
+    """Ridge (unpenalised intercept) from x (trials, T, F) to y (trials, T, D), alpha by K-fold CV.
 
-    Returns weights (F, D), intercept (D,) refit on all trials with the best alpha, and that alpha.
-    The CV score is the uniform-average R² on each held-out fold, averaged over folds; folds are a
-    seeded permutation of the trials split into `n_folds` (fewer when there are fewer trials).
+    Returns weights (F, D), intercept (D,) refit on all rows with the best alpha, and that alpha.
+    - cv="samples" (NLB, = sklearn `GridSearchCV(Ridge(), {"alpha": alphas})`): the rows are the
+      trials × bins flattened in trial order, split by an unshuffled `KFold(n_folds)` (contiguous folds,
+      the first `S % n_folds` one row longer); each fold is scored by sklearn's R² (`r2_columns_sklearn`,
+      uniform average over the D outputs); the best mean over folds wins, the first alpha on ties.
+    - cv="trials" (the project's earlier rule): folds are a seeded permutation of the *trials* split into
+      `n_folds` (fewer when there are fewer trials); R² with constant columns left out.
     """
+    if cv not in CV_MODES:
+        raise ValueError(f"cv must be one of {CV_MODES}; got {cv!r}")
     xt, yt = _check_regression_inputs(x, y, "x", "y")
-    n_trials = xt.shape[0]
-    if n_trials < 2:
-        raise ValueError(f"ridge_cv needs at least 2 training trials for cross-validation; got {n_trials}")
     a = torch.as_tensor(list(alphas), dtype=xt.dtype, device=xt.device)
     if a.ndim != 1 or a.numel() == 0 or (a < 0).any():
         raise ValueError(f"alphas must be a non-empty list of non-negative numbers; got {list(alphas)}")
-    folds = np.array_split(np.random.default_rng(seed).permutation(n_trials), min(n_folds, n_trials))
-    fold_moments = []
-    for f in folds:  # a handful of folds, each vectorised over its trials
-        idx = torch.as_tensor(f, device=xt.device)
-        fold_moments.append(_moments(_flatten_trials(xt[idx]), _flatten_trials(yt[idx])))
+    if cv == "samples":
+        xs, ys = _flatten_trials(xt), _flatten_trials(yt)  # (S, F), (S, D) rows in trial order
+        if xs.shape[0] < n_folds:
+            raise ValueError(f"ridge_cv needs at least n_folds={n_folds} samples; got {xs.shape[0]}")
+        splits = np.array_split(np.arange(xs.shape[0]), n_folds)  # KFold(n_folds, shuffle=False)
+        folds = [torch.as_tensor(f, device=xt.device) for f in splits]
+        rows = [(xs[f], ys[f]) for f in folds]
+        r2_fn = r2_columns_sklearn
+    else:
+        n_trials = xt.shape[0]
+        if n_trials < 2:
+            raise ValueError(
+                f"ridge_cv needs at least 2 training trials for cross-validation; got {n_trials}"
+            )
+        perm = np.random.default_rng(seed).permutation(n_trials)
+        folds = [torch.as_tensor(f, device=xt.device) for f in np.array_split(perm, min(n_folds, n_trials))]
+        rows = [(_flatten_trials(xt[f]), _flatten_trials(yt[f])) for f in folds]
+        r2_fn = r2_per_column
+    fold_moments = [_moments(xf, yf) for xf, yf in rows]  # a handful of folds, each vectorised
     total = [sum(m[i] for m in fold_moments) for i in range(5)]
     scores = torch.zeros(len(folds), a.numel(), dtype=xt.dtype, device=xt.device)
-    for k, f in enumerate(folds):
+    for k, (xf, yf) in enumerate(rows):
         train = [total[i] - fold_moments[k][i] for i in range(5)]
         w, b = _ridge_from_moments(*train, a)  # (A, F, D), (A, D)
-        idx = torch.as_tensor(f, device=xt.device)
-        xf, yf = _flatten_trials(xt[idx]), _flatten_trials(yt[idx])  # (S, F), (S, D)
         pred = torch.einsum("sf,afd->sad", xf, w) + b[None]  # (S, A, D)
         n_alpha, d = pred.shape[1], pred.shape[2]
-        r2 = r2_per_column(pred.reshape(-1, n_alpha * d), yf.repeat(1, n_alpha)).reshape(n_alpha, d)
-        scores[k] = torch.nanmean(r2, dim=1)  # (A,) uniform average over defined dims; NaN if none
+        r2 = r2_fn(pred.reshape(-1, n_alpha * d), yf.repeat(1, n_alpha)).reshape(n_alpha, d)
+        scores[k] = torch.nanmean(r2, dim=1)  # (A,) uniform average over dims (NaN only if none defined)
     mean_scores = torch.nanmean(scores, dim=0)
-    best = int(torch.nan_to_num(mean_scores, nan=-float("inf")).argmax())
+    best = int(torch.nan_to_num(mean_scores, nan=-float("inf")).argmax())  # first of equal maxima
     w, b = _ridge_from_moments(*total, a[best : best + 1])
     return w[0], b[0], float(a[best])
 
@@ -375,13 +504,17 @@ def vel_r2(
     behavior_eval: ArrayLike,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     n_folds: int = 5,
+    cv: str = "samples",
 ) -> float:
     """Velocity R²: ridge from rates (trials, T_obs, N) to behaviour (trials, T_obs, D), each bin a sample.
 
-    Fit on the train trials (alpha by K-fold CV over train trials only, see `ridge_cv`), scored on the
-    eval trials: R² per behaviour dimension over eval trials × bins, uniform average over dimensions.
+    Fit on the train trials with alpha chosen by `ridge_cv` on the train trials only, scored on the eval
+    trials: R² per behaviour dimension over eval trials × bins, uniform average over dimensions.
+    Default (NLB): alphas logspace(-4, 0, 9), 5-fold unshuffled CV over the samples, sklearn's R² (a
+    constant dimension scores 1 or 0). `alphas=LEGACY_ALPHAS, cv="trials"` is the project's earlier
+    variant (CV over trials, constant dimensions left out).
     """
-    w, b, _ = ridge_cv(rates_train, behavior_train, alphas, n_folds)
+    w, b, _ = ridge_cv(rates_train, behavior_train, alphas, n_folds, cv=cv)
     xe, ye = _check_regression_inputs(
         rates_eval, behavior_eval, "rates_eval", "behavior_eval", device=w.device
     )
@@ -391,7 +524,8 @@ def vel_r2(
             f"({w.shape[0]} rates, {w.shape[1]} behaviour dims)"
         )
     pred = _flatten_trials(xe) @ w + b  # (S, D)
-    return _mean_defined(r2_per_column(pred, _flatten_trials(ye)), "vel_r2")
+    r2_fn = r2_columns_sklearn if cv == "samples" else r2_per_column
+    return _mean_defined(r2_fn(pred, _flatten_trials(ye)), "vel_r2")
 
 
 def linear_fit(x: ArrayLike, y: ArrayLike, rcond: float = 1e-10) -> tuple[Tensor, Tensor]:
@@ -430,3 +564,67 @@ def latent_r2(
         )
     pred = _flatten_trials(xe) @ w + b
     return _mean_defined(r2_per_column(pred, _flatten_trials(ye)), "latent_r2")
+
+
+# ---------------------------------------------------------------------------------------------- few-shot
+def fewshot_co_bps(
+    latents_train: ArrayLike,
+    heldout_train: ArrayLike,
+    latents_eval: ArrayLike,
+    heldout_eval: ArrayLike,
+    k: int = FEWSHOT_K,
+    n_resamples: int = FEWSHOT_RESAMPLES,
+    alpha: float = FEWSHOT_ALPHA,
+    seed: int = FEWSHOT_SEED,
+    mask_train: ArrayLike | None = None,
+    mask_eval: ArrayLike | None = None,
+) -> float:
+    """Few-shot co-bps (Dabholkar & Barak 2025): how well k trials suffice to read held-out neurons from
+    the model's latents.
+
+    latents_*: (trials, T_obs, K) model latents at the observed bins; heldout_*: (trials, T_obs, N_out)
+    held-out counts; mask_*: same shape as heldout_*, recorded entries. For each of `n_resamples`
+    resamples (seeded by `seed`), `k` train trials are drawn without replacement (all of them, and a
+    single fit, when there are no more than k), a Poisson GLM (log link, bias, L2 `alpha` on the weights
+    of the latents standardised on those k trials: `glm.fit_poisson_glm`) is fit from the latent at each
+    bin to the held-out counts of that bin, and its rates score bits/spike on the eval trials' held-out
+    neurons (co-bps). Returns the mean over resamples. Latents with dynamics that do not help predict
+    held-out neurons make the k-trial fit worse, which plain co-bps cannot see.
+    """
+    zt, yt = _check_regression_inputs(latents_train, heldout_train, "latents_train", "heldout_train")
+    ze, ye = _check_regression_inputs(
+        latents_eval, heldout_eval, "latents_eval", "heldout_eval", device=zt.device
+    )
+    if ze.shape[2] != zt.shape[2] or ye.shape[2] != yt.shape[2]:
+        raise ValueError(
+            f"eval latents {tuple(ze.shape)} / held-out {tuple(ye.shape)} do not match the train ones "
+            f"{tuple(zt.shape)} / {tuple(yt.shape)}"
+        )
+    if k < 1 or n_resamples < 1 or not (alpha >= 0):
+        raise ValueError(f"need k >= 1, n_resamples >= 1, alpha >= 0; got {k}, {n_resamples}, {alpha}")
+    m_t = _as_mask(mask_train, yt.shape, zt.device)
+    check_values(yt, "heldout_train", m_t, nonneg=True)
+    w_t = torch.ones_like(yt) if m_t is None else m_t.to(yt.dtype)
+    y_fit = torch.where(w_t > 0, yt, torch.zeros_like(yt))
+    n_train, t, n_lat = zt.shape
+    n_out = yt.shape[2]
+    rng = np.random.default_rng(seed)
+    if n_train <= k:
+        picks = np.arange(n_train)[None]  # (1, n_train): every resample would be this same fit
+    else:
+        picks = np.stack([rng.choice(n_train, size=k, replace=False) for _ in range(n_resamples)])
+    idx = torch.as_tensor(picks, device=zt.device)  # (R, k)
+    x = zt[idx].reshape(len(picks), -1, n_lat)  # (R, k*T, K)
+    mu, sd = x.mean(1, keepdim=True), x.std(1, keepdim=True)
+    sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # a constant latent stays 0 after standardising
+    weights, bias = fit_poisson_glm(
+        (x - mu) / sd,
+        y_fit[idx].reshape(len(picks), -1, n_out),
+        w_t[idx].reshape(len(picks), -1, n_out),
+        alpha,
+    )  # (R, K, J), (R, J)
+    xe = (_flatten_trials(ze)[None] - mu) / sd  # (R, trials_eval*T, K)
+    rates = torch.exp((xe @ weights + bias[:, None, :]).clamp(max=30.0)).clamp(min=GLM_FLOOR)
+    rates = rates.reshape(len(picks), *ye.shape)  # (R, trials_eval, T, N_out)
+    scores = [bits_per_spike(r, ye, mask_eval) for r in rates]
+    return float(np.mean(scores))

@@ -1,20 +1,25 @@
 """Comparison tables: one row per (model, data, split), one column per metric; rich, markdown and CSV.
 
 A row is a dict with keys `model`, `data`, `split`, `metrics` ({name: float}), `train_time_s`,
-`n_parameters` (the last two may be None). Metric columns follow `harness.METRICS` order and only
-metrics present in at least one row are shown; a row without a metric shows an empty cell.
+`n_parameters` (the last two may be None), as in metrics.json (`neuralnets.runs.read_run`). Metric
+columns follow `metrics.METRICS` order and only metrics present in at least one row are shown; a row
+without a metric shows an empty cell. `format_table` adds the baseline rows of each dataset.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from neuralnets.eval.harness import METRICS
+from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.eval.baselines import baseline_rows
+from neuralnets.eval.metrics import METRICS
+from neuralnets.runs import load_run_data
 
 ID_COLUMNS = ("model", "data", "split")
 TAIL_COLUMNS = ("train_time_s", "n_parameters")
@@ -110,3 +115,37 @@ def write_table(
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text(rows))
+
+
+def format_table(
+    rows: list[Mapping[str, Any]],
+    baselines: bool = False,
+    data: SpikeData | None = None,
+    split: str | None = None,
+) -> str:
+    """Markdown table of run records (dicts as in metrics.json), optionally with baseline rows.
+
+    With `baselines`, the baseline rows (`neuralnets.eval.baselines.baseline_rows`) are computed on
+    `data` when given, else on each dataset named by the rows (see `neuralnets.runs.load_run_data`),
+    for the rows' split (or `split`). A dataset that cannot be loaded gets a note under the table.
+    """
+    rows = [dict(r) for r in rows]
+    notes = []
+    if baselines:
+        done: set[tuple] = set()
+        for r in list(rows):
+            sp = split or r.get("split", "test")
+            key = (
+                r.get("data_source") or r.get("data"),
+                json.dumps(r.get("data_kwargs") or {}, sort_keys=True),
+                sp,
+            )
+            if key in done:
+                continue
+            done.add(key)
+            try:
+                d = data if data is not None else load_run_data(r)
+                rows += baseline_rows(d, sp, data_label=r.get("data"))
+            except (DataError, FileNotFoundError, ValueError) as e:
+                notes.append(f"(no baseline rows for {key[0]!r}: {e})")
+    return to_markdown(rows) + "".join(n + "\n" for n in notes)

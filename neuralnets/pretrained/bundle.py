@@ -69,7 +69,7 @@ def export_run(
     from omegaconf import OmegaConf
 
     import neuralnets
-    from neuralnets.eval import read_run
+    from neuralnets.runs import read_run
 
     run_dir, dest = Path(run_dir), Path(dest)
     if dest.exists() and not force:

@@ -31,10 +31,9 @@ from neuralnets.pretrained.registry import (
     list_pretrained,
     read_card,
 )
-
-RUN_CONFIG = "config.yaml"  # written by neuralnets.training.train
-RUN_METRICS = "metrics.json"
-RUN_CHECKPOINTS = "checkpoints"
+from neuralnets.runs import CHECKPOINT_DIR as RUN_CHECKPOINTS
+from neuralnets.runs import CONFIG_FILE as RUN_CONFIG
+from neuralnets.runs import METRICS_FILE as RUN_METRICS
 
 
 class PretrainedModel:

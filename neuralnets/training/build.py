@@ -27,11 +27,11 @@ from pytorch_lightning.loggers import Logger
 
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import ConfigError, TrainingModule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-CHECKPOINT_DIR = "checkpoints"  # <run dir>/checkpoints
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
 _PLAIN = (bool, int, float, str, type(None))
 

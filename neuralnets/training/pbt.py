@@ -42,18 +42,13 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from neuralnets.data.spikedata import DataError
-from neuralnets.eval import harness
+from neuralnets.eval.tables import format_table
 from neuralnets.pretrained.checkpoint_file import write_checksum
-from neuralnets.training.build import (
-    CHECKPOINT_DIR,
-    CONFIG_DIR,
-    build_datamodule,
-    build_module,
-    build_trainer,
-)
+from neuralnets.runs import CHECKPOINT_DIR, CONFIG_FILE, write_metrics
+from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import ConfigError, TrainingModule
-from neuralnets.training.train import CONFIG_FILE, finish_run, read_resume_checkpoint
+from neuralnets.training.train import finish_run, read_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +329,7 @@ def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: f
     logger = TensorBoardLogger(save_dir=str(best_dir), name="", version="", default_hp_metric=False)
     record = finish_run(best_cfg, best_dir, data, module, checkpoint, logger, train_time, step)
     record["pbt"] = {"hparams": hparams, cfg.pbt.metric: value, "trial_dir": str(best.path)}
-    harness.write_metrics(record["metrics"], best_dir, extra={"pbt": record["pbt"]})
+    write_metrics(record["metrics"], best_dir, extra={"pbt": record["pbt"]})
     return record
 
 
@@ -346,7 +341,7 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         log.error("%s", err)
         raise SystemExit(f"error: {err}") from None
-    print(harness.format_table([record], baselines=cfg.print_baselines))
+    print(format_table([record], baselines=cfg.print_baselines))
     print(f"best member: {run_dir / BEST_DIR}   (all members: tensorboard --logdir {run_dir / TUNE_DIR})")
     return record["pbt"][cfg.pbt.metric]
 

@@ -25,25 +25,27 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralnets.data.spikedata import DataError, DataSpec
-from neuralnets.eval import evaluate, harness
+from neuralnets.eval import evaluate
+from neuralnets.eval.tables import format_table
+from neuralnets.eval.tblog import log_to_tensorboard
 from neuralnets.pretrained.checkpoint_file import CheckpointError, load_checkpoint
-from neuralnets.training.build import (
+from neuralnets.runs import (
     CHECKPOINT_DIR,
-    CONFIG_DIR,
-    build_datamodule,
-    build_module,
-    build_trainer,
-    load_kwargs,
+    CONFIG_FILE,
+    PREDICTIONS_FILE,
+    predict_chunks,
+    read_predictions,
+    write_metrics,
+    write_predictions,
 )
+from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer, load_kwargs
 from neuralnets.training.callbacks import log_figures
 from neuralnets.training.module import ConfigError, TrainingModule
-from neuralnets.training.outputs import read_predictions, write_predictions
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a pytree API that torch deprecated, and says so on every run: not ours to fix.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
-CONFIG_FILE = "config.yaml"
 
 
 def _run_dir(resume: str | None, new_dir: str) -> str:
@@ -157,10 +159,10 @@ def finish_run(
     if best:
         read_resume_checkpoint(Path(best))  # sha256 and weights_only, with a clear error
         module = TrainingModule.load_from_checkpoint(best, map_location=module.device, weights_only=True)
-    pred_path = run_dir / harness.PREDICTIONS_FILE
+    pred_path = run_dir / PREDICTIONS_FILE
     if pred_path.exists():  # a resumed run re-scores its final weights
         pred_path.unlink()
-    write_predictions(module.model, data, pred_path)
+    write_predictions(run_dir, predict_chunks(module.model, data), data.n_trials)
     pred = read_predictions(pred_path)
     scores = {
         split: evaluate(pred["rates"], data, split, latents=pred["latents"]) for split in ("val", "test")
@@ -179,7 +181,7 @@ def finish_run(
         # The checkpoint monitor's best value (e.g. {"val/loss": ...}): a sweep objective too.
         "monitor": {cfg.callbacks.monitor: _float_or_none(checkpoint.best_model_score)},
     }
-    harness.write_metrics(scores["test"], run_dir, extra=record)
+    write_metrics(scores["test"], run_dir, extra=record)
     record["metrics"] = scores["test"]
     hparams = {
         "model": module.model_name,
@@ -187,7 +189,7 @@ def finish_run(
         "model_cfg": OmegaConf.to_container(cfg.model),
         "module": OmegaConf.to_container(cfg.module),
     }
-    harness.log_to_tensorboard(logger, hparams, scores["test"])
+    log_to_tensorboard(logger, hparams, scores["test"])
     log_figures(logger, data, pred, "test", step)
     logger.finalize("success")
     return record
@@ -245,7 +247,7 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(f"error: {err}") from None
     if not record:
         return None
-    print(harness.format_table([record], baselines=cfg.print_baselines))
+    print(format_table([record], baselines=cfg.print_baselines))
     print(f"run directory: {run_dir}")
     return value  # what Hydra sweepers (Optuna) optimise
 
