@@ -207,3 +207,15 @@ def test_real_mc_maze_small_test_file(nwb_fixture):
     np.testing.assert_array_equal(d.spikes[:, :140], plain.spikes)
     with pytest.raises(DataError, match="pass phase='test'"):
         load_nlb_nwb(nwb_fixture, behavior=None)
+
+
+def test_command_line_options(nlb_file, capsys):
+    from neuralnets.data.cli import main
+
+    assert (
+        main([str(nlb_file), "-o", "dataset=mc_maze_small", "-o", "phase=test", "-o", "bin_size=0.01"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "7 trials x 90 bins x 5 neurons (bin 10 ms)" in out and "held-in 3 / held-out 2" in out
+    assert main([str(nlb_file), "-o", "dataset=mc_maze_small", "-o", "phase=later"]) == 2
+    assert "phase must be one of ['test', 'val']; got 'later'" in capsys.readouterr().err
