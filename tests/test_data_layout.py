@@ -21,6 +21,8 @@ LAYERS = {
     "formats.lfads_h5": 2,
     "formats.nlb_h5": 2,
     "formats.nwb": 2,
+    "formats.nlb_targets": 2,
+    "formats.nlb_nwb": 3,
     "datasets.mc_maze_small": 3,
     "datasets.ca1_linear_track": 3,
     "loaders": 4,

@@ -9,6 +9,8 @@ from neuralnets.data.datasets.ca1_linear_track import load_ca1_linear_track
 from neuralnets.data.datasets.mc_maze_small import load_mc_maze_small
 from neuralnets.data.formats.lfads_h5 import load_lfads_h5, save_lfads_h5
 from neuralnets.data.formats.nlb_h5 import load_nlb_h5
+from neuralnets.data.formats.nlb_nwb import load_nlb_nwb
+from neuralnets.data.formats.nlb_targets import read_nlb_targets, targets_from_data, write_nlb_targets
 from neuralnets.data.formats.npz import load_npz, save_npz
 from neuralnets.data.formats.nwb import load_nwb
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
@@ -29,12 +31,16 @@ __all__ = [
     "load_lfads_h5",
     "load_mc_maze_small",
     "load_nlb_h5",
+    "load_nlb_nwb",
     "load_npz",
     "load_nwb",
     "lorenz",
     "parse_load_options",
+    "read_nlb_targets",
     "save_lfads_h5",
     "save_npz",
+    "targets_from_data",
+    "write_nlb_targets",
 ]
 
 

@@ -23,6 +23,7 @@ from neuralnets.data.datasets.mc_maze_small import load_mc_maze_small
 from neuralnets.data.formats.common import open_h5, require_file
 from neuralnets.data.formats.lfads_h5 import load_lfads_h5
 from neuralnets.data.formats.nlb_h5 import load_nlb_h5
+from neuralnets.data.formats.nlb_nwb import load_nlb_nwb
 from neuralnets.data.formats.npz import load_npz
 from neuralnets.data.formats.nwb import load_nwb
 from neuralnets.data.spikedata import DataError, SpikeData
@@ -102,7 +103,8 @@ def load(path_or_name: str | Path, **kwargs) -> SpikeData:
     (the bundled NLB MC_Maze_Small tensors), 'ca1_linear_track' (bundled rat CA1 laps with position,
     see `load_ca1_linear_track`). Files: `.npz` (`load_npz`), `.h5`/`.hdf5` (NLB layout if
     it has 'train_spikes_heldin', LFADS layout if it has a '*_encod_data' key), `.nwb` (`load_nwb`,
-    which needs `bin_size=`). Unknown options, and values that do not fit the loader's annotations,
+    which needs `bin_size=`; with `dataset=` (e.g. 'mc_maze_small'): `load_nlb_nwb`, NLB's preprocessing).
+    Unknown options, and values that do not fit the loader's annotations,
     are a DataError; options written as `KEY=VALUE` text go through `parse_load_options` first.
     """
     if isinstance(path_or_name, str) and path_or_name in BUILTIN_DATASETS:
@@ -119,6 +121,8 @@ def load(path_or_name: str | Path, **kwargs) -> SpikeData:
     path = require_file(path)
     if suffix == ".npz":
         fn = load_npz
+    elif suffix == ".nwb" and "dataset" in kwargs:
+        fn = load_nlb_nwb  # an NLB DANDI file, NLB's preprocessing of that dataset (5 ms bins by default)
     elif suffix == ".nwb":
         if "bin_size" not in kwargs:
             raise DataError(f"{path}: NWB files are binned on load; pass bin_size= (seconds)")
