@@ -17,6 +17,7 @@ LAYERS = [
     "neuralnets.eval.glm",
     "neuralnets.eval.metrics",
     "neuralnets.eval.harness",
+    "neuralnets.eval.nlb",
     "neuralnets.eval.baselines",
     "neuralnets.eval.tblog",
     "neuralnets.eval.tables",
