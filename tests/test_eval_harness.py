@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from neuralnets.data.spikedata import SpikeData
+from neuralnets.eval import fewshot as F
 from neuralnets.eval import harness as H
 from neuralnets.eval import metrics as M
+from neuralnets.eval import regression as R
 
 
 def make_data(n_trials=24, t_obs=8, n_fwd=3, n_in=4, n_out=2, seed=0, **extra) -> SpikeData:
@@ -144,7 +146,7 @@ def test_evaluate_keeps_the_earlier_variants_behind_named_options():
     tr, te = data.indices("train"), data.indices("test")
     old = H.evaluate(rates, data, "test", alphas=M.LEGACY_ALPHAS, vel_cv="trials", psth_variant="heldout")
     assert old["vel_r2"] == pytest.approx(
-        M.vel_r2(
+        R.vel_r2(
             rates[tr, :8], data.behavior[tr], rates[te, :8], data.behavior[te], M.LEGACY_ALPHAS, cv="trials"
         )
     )
@@ -164,7 +166,7 @@ def test_evaluate_fewshot_co_bps_needs_latents_over_the_observed_bins():
     z = np.random.default_rng(23).standard_normal((data.n_trials, data.n_bins, 3))
     out = H.evaluate(rates, data, "test", latents=z)
     tr, te = data.indices("train"), data.indices("test")
-    want = M.fewshot_co_bps(z[tr, :8], data.spikes[tr, :8, 4:], z[te, :8], data.spikes[te, :8, 4:])
+    want = F.fewshot_co_bps(z[tr, :8], data.spikes[tr, :8, 4:], z[te, :8], data.spikes[te, :8, 4:])
     assert out["fewshot_co_bps"] == pytest.approx(want, abs=1e-12)
     assert "fewshot_co_bps" not in H.evaluate(rates, data, "test")
     assert H.skipped_metrics(data, "test")["fewshot_co_bps"] == "no model latents given"

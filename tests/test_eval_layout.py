@@ -16,6 +16,8 @@ LAYERS = [
     "neuralnets.runs",
     "neuralnets.eval.glm",
     "neuralnets.eval.metrics",
+    "neuralnets.eval.regression",
+    "neuralnets.eval.fewshot",
     "neuralnets.eval.harness",
     "neuralnets.eval.nlb",
     "neuralnets.eval.baselines",

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from neuralnets.eval import fewshot as F
 from neuralnets.eval import metrics as M
+from neuralnets.eval import regression as R
 
 LN2 = math.log(2.0)
 
@@ -181,17 +183,17 @@ def test_vel_r2_perfect_linear_readout():
     rates = rng.uniform(0.0, 2.0, size=(30, 12, 6))  # (trials, T, N)
     w, b = rng.standard_normal((6, 2)), np.array([0.5, -1.0])
     beh = rates @ w + b  # (trials, T, 2)
-    assert M.vel_r2(rates[:20], beh[:20], rates[20:], beh[20:]) > 0.999
+    assert R.vel_r2(rates[:20], beh[:20], rates[20:], beh[20:]) > 0.999
     # rates unrelated to behaviour cannot decode it
     other = rng.uniform(0.0, 2.0, size=rates.shape)
-    assert M.vel_r2(other[:20], beh[:20], other[20:], beh[20:]) < 0.05
+    assert R.vel_r2(other[:20], beh[:20], other[20:], beh[20:]) < 0.05
 
 
 def test_ridge_cv_chooses_alpha_from_train_only():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((20, 5, 4))
     y = x @ rng.standard_normal((4, 1)) + 0.5 * rng.standard_normal((20, 5, 1))
-    w, b, alpha = M.ridge_cv(x, y, alphas=(1e-3, 1e3))
+    w, b, alpha = R.ridge_cv(x, y, alphas=(1e-3, 1e3))
     assert alpha == 1e-3  # a huge penalty cannot win on data with a real linear signal
     assert w.shape == (4, 1) and b.shape == (1,)
 
@@ -200,13 +202,13 @@ def test_latent_r2_invariant_to_invertible_linear_transform():
     rng = np.random.default_rng(7)
     true = rng.standard_normal((40, 10, 3))  # (trials, T, L)
     model = true @ rng.standard_normal((3, 4)) + 0.3 * rng.standard_normal((40, 10, 4))  # noisy, K = 4
-    ref = M.latent_r2(model[:30], true[:30], model[30:], true[30:])
+    ref = R.latent_r2(model[:30], true[:30], model[30:], true[30:])
     a = rng.standard_normal((4, 4)) + 3 * np.eye(4)
     moved = model @ a + np.array([1.0, -2.0, 0.5, 3.0])
-    assert M.latent_r2(moved[:30], true[:30], moved[30:], true[30:]) == pytest.approx(ref, abs=1e-9)
+    assert R.latent_r2(moved[:30], true[:30], moved[30:], true[30:]) == pytest.approx(ref, abs=1e-9)
     assert 0.3 < ref < 1.0
     exact = true @ rng.standard_normal((3, 3)) + 1.0
-    assert M.latent_r2(exact[:30], true[:30], exact[30:], true[30:]) == pytest.approx(1.0, abs=1e-9)
+    assert R.latent_r2(exact[:30], true[:30], exact[30:], true[30:]) == pytest.approx(1.0, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- NLB
@@ -261,8 +263,8 @@ def test_vel_r2_equals_sklearn_gridsearch_ridge(seed, noise):
     beh = x @ rng.standard_normal((15, 2)) + noise * rng.standard_normal((23, 9, 2))
     beh += np.linspace(0, 3, 23)[:, None, None]  # a drift over trials: unshuffled folds matter
     want, alpha = _nlb_vel_r2(x[:17], beh[:17], x[17:], beh[17:])
-    assert M.vel_r2(x[:17], beh[:17], x[17:], beh[17:]) == pytest.approx(want, abs=1e-9)
-    assert M.ridge_cv(x[:17], beh[:17])[2] == pytest.approx(alpha)
+    assert R.vel_r2(x[:17], beh[:17], x[17:], beh[17:]) == pytest.approx(want, abs=1e-9)
+    assert R.ridge_cv(x[:17], beh[:17])[2] == pytest.approx(alpha)
 
 
 def test_vel_r2_constant_behaviour_dimension_scores_zero_as_sklearn():
@@ -273,13 +275,13 @@ def test_vel_r2_constant_behaviour_dimension_scores_zero_as_sklearn():
     beh = np.stack([x @ rng.standard_normal(5), np.ones((20, 6))], axis=-1)  # dim 2 constant everywhere
     beh[15:, :, 1] = 2.0  # ... but a different constant on the eval trials: prediction (≈1) is wrong -> 0
     want, _ = _nlb_vel_r2(x[:15], beh[:15], x[15:], beh[15:])
-    got = M.vel_r2(x[:15], beh[:15], x[15:], beh[15:])
+    got = R.vel_r2(x[:15], beh[:15], x[15:], beh[15:])
     assert got == pytest.approx(want, abs=1e-9)
     # sklearn's per-dimension scores: the decodable dim near 1, the constant one exactly 0, averaged
     from sklearn.linear_model import Ridge
 
     flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
-    alpha = M.ridge_cv(x[:15], beh[:15])[2]
+    alpha = R.ridge_cv(x[:15], beh[:15])[2]
     pred = Ridge(alpha=alpha).fit(flat(x[:15]), flat(beh[:15])).predict(flat(x[15:]))
     raw = r2_score(flat(beh[15:]), pred, multioutput="raw_values")
     assert raw[1] == 0.0 and raw[0] > 0.99 and got == pytest.approx(raw.mean(), abs=1e-9)
@@ -306,11 +308,11 @@ def test_vel_r2_legacy_variant_is_trial_cv_with_the_wide_grid():
         means.append(np.mean(scores))
     best = M.LEGACY_ALPHAS[int(np.argmax(means))]
     want = r2_score(flat(beh[ev]), Ridge(alpha=best).fit(flat(x[tr]), flat(beh[tr])).predict(flat(x[ev])))
-    got = M.vel_r2(x[tr], beh[tr], x[ev], beh[ev], alphas=M.LEGACY_ALPHAS, cv="trials")
+    got = R.vel_r2(x[tr], beh[tr], x[ev], beh[ev], alphas=M.LEGACY_ALPHAS, cv="trials")
     assert got == pytest.approx(want, abs=1e-9)
-    assert M.ridge_cv(x[tr], beh[tr], M.LEGACY_ALPHAS, cv="trials")[2] == best
+    assert R.ridge_cv(x[tr], beh[tr], M.LEGACY_ALPHAS, cv="trials")[2] == best
     with pytest.raises(ValueError, match="cv must be one of"):
-        M.vel_r2(x[tr], beh[tr], x[ev], beh[ev], cv="shuffled")
+        R.vel_r2(x[tr], beh[tr], x[ev], beh[ev], cv="shuffled")
 
 
 def psth_reference(rates_ev, cond_ev, spikes_all, cond_all, bin_size, sigma_ms):
@@ -385,7 +387,7 @@ def test_fewshot_co_bps_with_all_trials_equals_a_sklearn_poisson_glm():
 
     z, _, y = _fewshot_case(n_trials=30)
     tr, ev = slice(0, 12), slice(12, None)
-    got = M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=12, alpha=0.0)  # k = all 12: one fit
+    got = F.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=12, alpha=0.0)  # k = all 12: one fit
     x = z[tr].reshape(-1, 3)
     mu, sd = x.mean(0), x.std(0, ddof=1)
     pred = np.empty(y[ev].shape)
@@ -406,19 +408,19 @@ def test_fewshot_co_bps_rewards_latents_that_determine_the_heldout_rates():
     z, rates, y = _fewshot_case()
     tr, ev = slice(0, 40), slice(40, None)
     true_bps = M.bits_per_spike(rates[ev], y[ev])
-    good = M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=16, n_resamples=5)
+    good = F.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=16, n_resamples=5)
     assert good == pytest.approx(true_bps, abs=0.05)
     noise = np.random.default_rng(16).standard_normal(z.shape)
-    bad = M.fewshot_co_bps(noise[tr], y[tr], noise[ev], y[ev], k=16, n_resamples=5)
+    bad = F.fewshot_co_bps(noise[tr], y[tr], noise[ev], y[ev], k=16, n_resamples=5)
     assert bad < good - 0.2
     # extraneous latent dimensions cost in the few-shot fit
     extra = np.concatenate([z, 2 * np.random.default_rng(17).standard_normal(z.shape[:2] + (12,))], axis=-1)
-    assert M.fewshot_co_bps(extra[tr], y[tr], extra[ev], y[ev], k=4, n_resamples=5) < M.fewshot_co_bps(
+    assert F.fewshot_co_bps(extra[tr], y[tr], extra[ev], y[ev], k=4, n_resamples=5) < F.fewshot_co_bps(
         z[tr], y[tr], z[ev], y[ev], k=4, n_resamples=5
     )
     # seeded: the same call gives the same number, another seed another draw
-    assert M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=4, n_resamples=3) == M.fewshot_co_bps(
+    assert F.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=4, n_resamples=3) == F.fewshot_co_bps(
         z[tr], y[tr], z[ev], y[ev], k=4, n_resamples=3
     )
     with pytest.raises(ValueError, match="need k >= 1"):
-        M.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=0)
+        F.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=0)

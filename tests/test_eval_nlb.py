@@ -9,7 +9,7 @@ import pytest
 from neuralnets.data import DataError, SpikeData, load
 from neuralnets.data.formats.nlb_targets import read_nlb_targets, targets_from_data, write_nlb_targets
 from neuralnets.eval import evaluate
-from neuralnets.eval import metrics as M
+from neuralnets.eval import regression as R
 from neuralnets.eval.nlb import (
     SUBMISSION_KEYS,
     read_nlb_submission,
@@ -127,7 +127,7 @@ def test_forward_and_behaviour_targets(tiny_data):
     # vel R²: fit on NLB's train trials (SpikeData train + val), scored on the test trial
     tr, ev = np.isin(tiny_data.split, ["train", "val"]), tiny_data.split == "test"
     t_obs = tiny_data.n_obs
-    ref = M.vel_r2(rates[tr, :t_obs], tiny_data.behavior[tr], rates[ev, :t_obs], tiny_data.behavior[ev])
+    ref = R.vel_r2(rates[tr, :t_obs], tiny_data.behavior[tr], rates[ev, :t_obs], tiny_data.behavior[ev])
     assert scores["vel_r2"] == pytest.approx(ref, rel=1e-6)
 
 

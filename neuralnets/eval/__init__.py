@@ -4,6 +4,7 @@
 a model. Modules, each importing only those listed before it:
 
 - `metrics`: the metric functions on arrays and `METRICS` (name -> meaning, table order);
+- `regression`: ridge CV, vel R², linear fit, latent R²; `fewshot`: few-shot co-bps;
 - `harness`: `evaluate`, `skipped_metrics`, `behavior_trials` (scoring a dataset's split);
 - `baselines`: the smoothing + GLM, mean-rate and true-rate rows, scored by `evaluate`;
 - `tblog`: TensorBoard scalars and hparams table; `tables`: comparison tables (`format_table`);
@@ -12,19 +13,18 @@ a model. Modules, each importing only those listed before it:
 The run directory (metrics.json, predictions.h5) is `neuralnets.runs`.
 """
 
+from neuralnets.eval.fewshot import fewshot_co_bps
 from neuralnets.eval.harness import behavior_trials, evaluate, skipped_metrics
 from neuralnets.eval.metrics import (
     METRICS,
     bits_per_spike,
     co_bps,
-    fewshot_co_bps,
     fp_bps,
-    latent_r2,
     poisson_ll,
     psth_r2,
     rate_r2,
-    vel_r2,
 )
+from neuralnets.eval.regression import latent_r2, vel_r2
 from neuralnets.eval.tables import format_table
 from neuralnets.eval.tblog import log_to_tensorboard
 

@@ -3,8 +3,9 @@
 `evaluate` never looks at a model: it scores rates (and optionally latents) predicted for *every* trial
 of a `SpikeData` against that data. Regressions (velocity, latents) are fit on the train trials and
 scored on the `split` trials; the Poisson metrics only ever touch the `split` trials. The metric
-definitions live in `neuralnets.eval.metrics` (`METRICS` names them); writing the scores to a run
-directory is `neuralnets.runs`, logging them `neuralnets.eval.tblog`, tables `neuralnets.eval.tables`.
+definitions live in `neuralnets.eval.metrics` (`METRICS` names them), `.regression` and `.fewshot`;
+writing the scores to a run directory is `neuralnets.runs`, logging them `neuralnets.eval.tblog`,
+tables `neuralnets.eval.tables`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from torch import Tensor
 
 from neuralnets.data.spikedata import DataError, SpikeData
 from neuralnets.eval import metrics as M
+from neuralnets.eval.fewshot import fewshot_co_bps
 from neuralnets.eval.metrics import METRICS
+from neuralnets.eval.regression import latent_r2, vel_r2
 
 # `SpikeData.meta` key listing the splits whose behaviour is real data (set by
 # `neuralnets.data.loaders.load_nlb_h5` when only the NLB train trials have behaviour; the other
@@ -176,7 +179,7 @@ def evaluate(
         tr = data.indices("train")
         tr, ev = tr[has[tr]], idx[has[idx]]
         beh = data.behavior  # (trials, T_obs, D)
-        out["vel_r2"] = M.vel_r2(
+        out["vel_r2"] = vel_r2(
             lam[torch.as_tensor(tr, device=dev), :t_obs],
             beh[tr],
             lam[torch.as_tensor(ev, device=dev), :t_obs],
@@ -215,7 +218,7 @@ def evaluate(
         obs = data.observed_mask()  # (trials, T, N)
         tr = tr[(data.spikes[tr, :t_obs, n_in:] * obs[tr, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
         sl = (slice(0, t_obs), slice(n_in, None))
-        out["fewshot_co_bps"] = M.fewshot_co_bps(
+        out["fewshot_co_bps"] = fewshot_co_bps(
             z[torch.as_tensor(tr, device=z.device), :t_obs],
             data.spikes[tr][:, sl[0], sl[1]],
             z[torch.as_tensor(idx, device=z.device), :t_obs],
@@ -234,7 +237,7 @@ def evaluate(
         t = min(z.shape[1], data.latents.shape[1])  # common leading bins
         tr = data.indices("train")
         zt = data.latents
-        out["latent_r2"] = M.latent_r2(
+        out["latent_r2"] = latent_r2(
             z[torch.as_tensor(tr, device=z.device), :t],
             zt[tr, :t],
             z[torch.as_tensor(idx, device=z.device), :t],

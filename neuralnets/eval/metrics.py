@@ -1,5 +1,9 @@
 """Metric functions on plain arrays: numpy arrays or torch tensors (CPU or CUDA) in, Python float out.
 
+This module holds `METRICS` with every metric's parameters, input validation, the Poisson metrics
+(bits/spike, co-bps, fp-bps), R² and PSTH R²; linear read-outs (vel R², latent R²) are in
+`neuralnets.eval.regression`, few-shot co-bps in `neuralnets.eval.fewshot`.
+
 Definitions follow the Neural Latents Benchmark (Pei et al. 2021) as written in DESIGN.md. All
 computations run in float64 on the device of the `rates` argument (a CUDA tensor keeps the work on
 the GPU; only the Gaussian smoothing of true spikes for PSTH R² runs in scipy on the CPU) and are
@@ -33,8 +37,6 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
-
-from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
 
 RATE_FLOOR = 1e-9  # counts/bin; floor for predicted rates inside the log (zero rates would give -inf)
 # Ridge penalties of vel R²: NLB's grid (logspace(-4, 0, 9)); the project's earlier, wider grid is kept for
@@ -83,7 +85,7 @@ def as_tensor(x: ArrayLike, name: str, device: torch.device | str | None = None)
     return t.to(device=device if device is not None else t.device, dtype=torch.float64)
 
 
-def _as_mask(mask: ArrayLike | None, shape: torch.Size, device: torch.device) -> Tensor | None:
+def as_mask(mask: ArrayLike | None, shape: torch.Size, device: torch.device) -> Tensor | None:
     if mask is None:
         return None
     m = torch.as_tensor(mask.detach() if isinstance(mask, Tensor) else np.asarray(mask), device=device)
@@ -132,7 +134,7 @@ def _prepare_counts(
         raise ValueError(
             f"{rates_name} must have a trailing neuron axis, e.g. (trials, T, N); got {tuple(lam.shape)}"
         )
-    m = _as_mask(mask, lam.shape, lam.device)
+    m = as_mask(mask, lam.shape, lam.device)
     check_values(lam, rates_name, m, nonneg=True)
     check_values(y, "spikes", m, nonneg=True)
     if m is None:
@@ -218,7 +220,7 @@ def _split_view(rates, spikes, observed, n_fwd):
         )
     if not 0 <= n_fwd < y.shape[1]:
         raise ValueError(f"n_fwd={n_fwd} does not fit {y.shape[1]} bins")
-    m = _as_mask(observed, lam.shape, lam.device)
+    m = as_mask(observed, lam.shape, lam.device)
     return lam, y, m
 
 
@@ -254,7 +256,7 @@ def r2_columns_sklearn(pred: Tensor, true: Tensor, weight: Tensor | None = None)
     return torch.where(n > 0, r2, torch.full_like(r2, float("nan")))
 
 
-def _mean_defined(r2: Tensor, what: str) -> float:
+def mean_defined(r2: Tensor, what: str) -> float:
     ok = ~torch.isnan(r2)
     if not ok.any():
         raise ValueError(
@@ -269,7 +271,7 @@ def r2_score(pred: ArrayLike, true: ArrayLike, mask: ArrayLike | None = None) ->
     t = as_tensor(true, "true", device=p.device)
     if p.shape != t.shape:
         raise ValueError(f"pred has shape {tuple(p.shape)} but true has shape {tuple(t.shape)}")
-    m = _as_mask(mask, p.shape, p.device)
+    m = as_mask(mask, p.shape, p.device)
     check_values(p, "pred", m, nonneg=False)
     check_values(t, "true", m, nonneg=False)
     c = p.shape[-1]
@@ -277,7 +279,7 @@ def r2_score(pred: ArrayLike, true: ArrayLike, mask: ArrayLike | None = None) ->
     if m is not None:
         zero = torch.zeros((), dtype=p.dtype, device=p.device)
         p, t = torch.where(m, p, zero), torch.where(m, t, zero)
-    return _mean_defined(r2_per_column(p.reshape(-1, c), t.reshape(-1, c), w), "r2_score")
+    return mean_defined(r2_per_column(p.reshape(-1, c), t.reshape(-1, c), w), "r2_score")
 
 
 def rate_r2(rates: ArrayLike, true_rates: ArrayLike, mask: ArrayLike | None = None) -> float:
@@ -366,7 +368,7 @@ def psth_r2(
                 f"target_spikes have shape {tuple(y_t.shape)}; expected (trials', {lam.shape[1]}, "
                 f"{lam.shape[2]}) (same bins and neurons as rates)"
             )
-        m_t = _as_mask(target_mask, y_t.shape, lam.device)
+        m_t = as_mask(target_mask, y_t.shape, lam.device)
         check_values(y_t, "target_spikes", m_t, nonneg=True)
         w_t = torch.ones_like(y_t) if m_t is None else m_t.to(y_t.dtype)
         y_t = torch.where(w_t > 0, y_t, torch.zeros((), dtype=y_t.dtype, device=y_t.device))
@@ -388,243 +390,5 @@ def psth_r2(
     valid = ((n_pred > 0) & (n_true > 0)).to(lam.dtype).reshape(-1, n_neurons)  # (C*T, N)
     pred, true = psth_pred.reshape(-1, n_neurons), psth_true.reshape(-1, n_neurons)
     if constant_target == "drop":
-        return _mean_defined(r2_per_column(pred, true, valid), "psth_r2")
-    return _mean_defined(r2_columns_sklearn(pred, true, valid), "psth_r2")
-
-
-# ---------------------------------------------------------------------------------------------- regression
-def _flatten_trials(x: Tensor) -> Tensor:
-    return x.reshape(-1, x.shape[-1])  # (trials*T, F)
-
-
-def _moments(x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
-    """n, Σx (F,), Σy (D,), XᵀX (F,F), XᵀY (F,D) of row-wise samples x (S,F), y (S,D)."""
-    return (
-        torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device),
-        x.sum(0),
-        y.sum(0),
-        x.T @ x,
-        x.T @ y,
-    )
-
-
-def _ridge_from_moments(n, sx, sy, sxx, sxy, alphas: Tensor) -> tuple[Tensor, Tensor]:
-    """Ridge weights (A, F, D) and unpenalised intercepts (A, D) for each alpha, from sample moments."""
-    mx, my = sx / n, sy / n
-    gram = sxx - n * torch.outer(mx, mx)  # centred XᵀX (F, F)
-    cross = sxy - n * torch.outer(mx, my)  # centred XᵀY (F, D)
-    evals, evecs = torch.linalg.eigh(gram)
-    evals = evals.clamp(min=0.0)  # round-off can make tiny eigenvalues negative
-    proj = evecs.T @ cross  # (F, D)
-    w = evecs @ (proj / (evals[None, :, None] + alphas[:, None, None]))  # (A, F, D)
-    b = my - mx @ w  # (A, D)
-    return w, b
-
-
-def _check_regression_inputs(x: ArrayLike, y: ArrayLike, xname: str, yname: str, device=None):
-    xt = as_tensor(x, xname, device=device)
-    yt = as_tensor(y, yname, device=xt.device)
-    if xt.ndim != 3 or yt.ndim != 3 or xt.shape[:2] != yt.shape[:2]:
-        raise ValueError(
-            f"{xname} {tuple(xt.shape)} and {yname} {tuple(yt.shape)} must be (trials, T, ·) "
-            "with the same trials and bins"
-        )
-    if xt.shape[0] == 0:
-        raise ValueError(f"{xname} has no trials")
-    check_values(xt, xname, None, nonneg=False)
-    check_values(yt, yname, None, nonneg=False)
-    return xt, yt
-
-
-CV_MODES = ("samples", "trials")
-
-
-def ridge_cv(
-    x: ArrayLike,
-    y: ArrayLike,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    n_folds: int = 5,
-    seed: int = 0,
-    cv: str = "samples",
-) -> tuple[Tensor, Tensor, float]:
-    """Ridge (unpenalised intercept) from x (trials, T, F) to y (trials, T, D), alpha by K-fold CV.
-
-    Returns weights (F, D), intercept (D,) refit on all rows with the best alpha, and that alpha.
-    - cv="samples" (NLB, = sklearn `GridSearchCV(Ridge(), {"alpha": alphas})`): the rows are the
-      trials × bins flattened in trial order, split by an unshuffled `KFold(n_folds)` (contiguous folds,
-      the first `S % n_folds` one row longer); each fold is scored by sklearn's R² (`r2_columns_sklearn`,
-      uniform average over the D outputs); the best mean over folds wins, the first alpha on ties.
-    - cv="trials" (the project's earlier rule): folds are a seeded permutation of the *trials* split into
-      `n_folds` (fewer when there are fewer trials); R² with constant columns left out.
-    """
-    if cv not in CV_MODES:
-        raise ValueError(f"cv must be one of {CV_MODES}; got {cv!r}")
-    xt, yt = _check_regression_inputs(x, y, "x", "y")
-    a = torch.as_tensor(list(alphas), dtype=xt.dtype, device=xt.device)
-    if a.ndim != 1 or a.numel() == 0 or (a < 0).any():
-        raise ValueError(f"alphas must be a non-empty list of non-negative numbers; got {list(alphas)}")
-    if cv == "samples":
-        xs, ys = _flatten_trials(xt), _flatten_trials(yt)  # (S, F), (S, D) rows in trial order
-        if xs.shape[0] < n_folds:
-            raise ValueError(f"ridge_cv needs at least n_folds={n_folds} samples; got {xs.shape[0]}")
-        splits = np.array_split(np.arange(xs.shape[0]), n_folds)  # KFold(n_folds, shuffle=False)
-        folds = [torch.as_tensor(f, device=xt.device) for f in splits]
-        rows = [(xs[f], ys[f]) for f in folds]
-        r2_fn = r2_columns_sklearn
-    else:
-        n_trials = xt.shape[0]
-        if n_trials < 2:
-            raise ValueError(
-                f"ridge_cv needs at least 2 training trials for cross-validation; got {n_trials}"
-            )
-        perm = np.random.default_rng(seed).permutation(n_trials)
-        folds = [torch.as_tensor(f, device=xt.device) for f in np.array_split(perm, min(n_folds, n_trials))]
-        rows = [(_flatten_trials(xt[f]), _flatten_trials(yt[f])) for f in folds]
-        r2_fn = r2_per_column
-    fold_moments = [_moments(xf, yf) for xf, yf in rows]  # a handful of folds, each vectorised
-    total = [sum(m[i] for m in fold_moments) for i in range(5)]
-    scores = torch.zeros(len(folds), a.numel(), dtype=xt.dtype, device=xt.device)
-    for k, (xf, yf) in enumerate(rows):
-        train = [total[i] - fold_moments[k][i] for i in range(5)]
-        w, b = _ridge_from_moments(*train, a)  # (A, F, D), (A, D)
-        pred = torch.einsum("sf,afd->sad", xf, w) + b[None]  # (S, A, D)
-        n_alpha, d = pred.shape[1], pred.shape[2]
-        r2 = r2_fn(pred.reshape(-1, n_alpha * d), yf.repeat(1, n_alpha)).reshape(n_alpha, d)
-        scores[k] = torch.nanmean(r2, dim=1)  # (A,) uniform average over dims (NaN only if none defined)
-    mean_scores = torch.nanmean(scores, dim=0)
-    best = int(torch.nan_to_num(mean_scores, nan=-float("inf")).argmax())  # first of equal maxima
-    w, b = _ridge_from_moments(*total, a[best : best + 1])
-    return w[0], b[0], float(a[best])
-
-
-def vel_r2(
-    rates_train: ArrayLike,
-    behavior_train: ArrayLike,
-    rates_eval: ArrayLike,
-    behavior_eval: ArrayLike,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    n_folds: int = 5,
-    cv: str = "samples",
-) -> float:
-    """Velocity R²: ridge from rates (trials, T_obs, N) to behaviour (trials, T_obs, D), each bin a sample.
-
-    Fit on the train trials with alpha chosen by `ridge_cv` on the train trials only, scored on the eval
-    trials: R² per behaviour dimension over eval trials × bins, uniform average over dimensions.
-    Default (NLB): alphas logspace(-4, 0, 9), 5-fold unshuffled CV over the samples, sklearn's R² (a
-    constant dimension scores 1 or 0). `alphas=LEGACY_ALPHAS, cv="trials"` is the project's earlier
-    variant (CV over trials, constant dimensions left out).
-    """
-    w, b, _ = ridge_cv(rates_train, behavior_train, alphas, n_folds, cv=cv)
-    xe, ye = _check_regression_inputs(
-        rates_eval, behavior_eval, "rates_eval", "behavior_eval", device=w.device
-    )
-    if xe.shape[2] != w.shape[0] or ye.shape[2] != w.shape[1]:
-        raise ValueError(
-            f"eval arrays {tuple(xe.shape)}, {tuple(ye.shape)} do not match the train features/outputs "
-            f"({w.shape[0]} rates, {w.shape[1]} behaviour dims)"
-        )
-    pred = _flatten_trials(xe) @ w + b  # (S, D)
-    r2_fn = r2_columns_sklearn if cv == "samples" else r2_per_column
-    return _mean_defined(r2_fn(pred, _flatten_trials(ye)), "vel_r2")
-
-
-def linear_fit(x: ArrayLike, y: ArrayLike, rcond: float = 1e-10) -> tuple[Tensor, Tensor]:
-    """Least squares with intercept from x (trials, T, K) to y (trials, T, L), over all trials × bins.
-
-    Uses the pseudo-inverse of the centred Gram matrix (eigenvalues below rcond·max are dropped), so the
-    fit is unchanged by any invertible linear transform of x. Returns weights (K, L), intercept (L,).
-    """
-    xt, yt = _check_regression_inputs(x, y, "x", "y")
-    n, sx, sy, sxx, sxy = _moments(_flatten_trials(xt), _flatten_trials(yt))
-    mx, my = sx / n, sy / n
-    gram = sxx - n * torch.outer(mx, mx)
-    cross = sxy - n * torch.outer(mx, my)
-    evals, evecs = torch.linalg.eigh(gram)
-    keep = evals > rcond * evals.abs().max().clamp(min=torch.finfo(evals.dtype).tiny)
-    inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
-    w = evecs @ (inv[:, None] * (evecs.T @ cross))  # (K, L)
-    return w, my - mx @ w
-
-
-def latent_r2(
-    latents_train: ArrayLike, true_train: ArrayLike, latents_eval: ArrayLike, true_eval: ArrayLike
-) -> float:
-    """R² of a linear map (with intercept) from model latents (trials, T, K) to true latents (trials, T, L).
-
-    Fit by least squares on the train trials, scored on the eval trials; uniform average over the L
-    true dimensions. Model and true latents must cover the same bins (the harness trims both to the
-    common leading bins before calling this).
-    """
-    w, b = linear_fit(latents_train, true_train)
-    xe, ye = _check_regression_inputs(latents_eval, true_eval, "latents_eval", "true_eval", device=w.device)
-    if xe.shape[2] != w.shape[0] or ye.shape[2] != w.shape[1]:
-        raise ValueError(
-            f"eval latents {tuple(xe.shape)} / true {tuple(ye.shape)} do not match the train fit "
-            f"({w.shape[0]} model dims -> {w.shape[1]} true dims)"
-        )
-    pred = _flatten_trials(xe) @ w + b
-    return _mean_defined(r2_per_column(pred, _flatten_trials(ye)), "latent_r2")
-
-
-# ---------------------------------------------------------------------------------------------- few-shot
-def fewshot_co_bps(
-    latents_train: ArrayLike,
-    heldout_train: ArrayLike,
-    latents_eval: ArrayLike,
-    heldout_eval: ArrayLike,
-    k: int = FEWSHOT_K,
-    n_resamples: int = FEWSHOT_RESAMPLES,
-    alpha: float = FEWSHOT_ALPHA,
-    seed: int = FEWSHOT_SEED,
-    mask_train: ArrayLike | None = None,
-    mask_eval: ArrayLike | None = None,
-) -> float:
-    """Few-shot co-bps (Dabholkar & Barak 2025): how well k trials suffice to read held-out neurons from
-    the model's latents.
-
-    latents_*: (trials, T_obs, K) model latents at the observed bins; heldout_*: (trials, T_obs, N_out)
-    held-out counts; mask_*: same shape as heldout_*, recorded entries. For each of `n_resamples`
-    resamples (seeded by `seed`), `k` train trials are drawn without replacement (all of them, and a
-    single fit, when there are no more than k), a Poisson GLM (log link, bias, L2 `alpha` on the weights
-    of the latents standardised on those k trials: `glm.fit_poisson_glm`) is fit from the latent at each
-    bin to the held-out counts of that bin, and its rates score bits/spike on the eval trials' held-out
-    neurons (co-bps). Returns the mean over resamples. Latents with dynamics that do not help predict
-    held-out neurons make the k-trial fit worse, which plain co-bps cannot see.
-    """
-    zt, yt = _check_regression_inputs(latents_train, heldout_train, "latents_train", "heldout_train")
-    ze, ye = _check_regression_inputs(
-        latents_eval, heldout_eval, "latents_eval", "heldout_eval", device=zt.device
-    )
-    if ze.shape[2] != zt.shape[2] or ye.shape[2] != yt.shape[2]:
-        raise ValueError(
-            f"eval latents {tuple(ze.shape)} / held-out {tuple(ye.shape)} do not match the train ones "
-            f"{tuple(zt.shape)} / {tuple(yt.shape)}"
-        )
-    if k < 1 or n_resamples < 1 or not (alpha >= 0):
-        raise ValueError(f"need k >= 1, n_resamples >= 1, alpha >= 0; got {k}, {n_resamples}, {alpha}")
-    m_t = _as_mask(mask_train, yt.shape, zt.device)
-    check_values(yt, "heldout_train", m_t, nonneg=True)
-    w_t = torch.ones_like(yt) if m_t is None else m_t.to(yt.dtype)
-    y_fit = torch.where(w_t > 0, yt, torch.zeros_like(yt))
-    n_train, t, n_lat = zt.shape
-    n_out = yt.shape[2]
-    rng = np.random.default_rng(seed)
-    if n_train <= k:
-        picks = np.arange(n_train)[None]  # (1, n_train): every resample would be this same fit
-    else:
-        picks = np.stack([rng.choice(n_train, size=k, replace=False) for _ in range(n_resamples)])
-    idx = torch.as_tensor(picks, device=zt.device)  # (R, k)
-    x = zt[idx].reshape(len(picks), -1, n_lat)  # (R, k*T, K)
-    mu, sd = x.mean(1, keepdim=True), x.std(1, keepdim=True)
-    sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # a constant latent stays 0 after standardising
-    weights, bias = fit_poisson_glm(
-        (x - mu) / sd,
-        y_fit[idx].reshape(len(picks), -1, n_out),
-        w_t[idx].reshape(len(picks), -1, n_out),
-        alpha,
-    )  # (R, K, J), (R, J)
-    xe = (_flatten_trials(ze)[None] - mu) / sd  # (R, trials_eval*T, K)
-    rates = torch.exp((xe @ weights + bias[:, None, :]).clamp(max=30.0)).clamp(min=GLM_FLOOR)
-    rates = rates.reshape(len(picks), *ye.shape)  # (R, trials_eval, T, N_out)
-    scores = [bits_per_spike(r, ye, mask_eval) for r in rates]
-    return float(np.mean(scores))
+        return mean_defined(r2_per_column(pred, true, valid), "psth_r2")
+    return mean_defined(r2_columns_sklearn(pred, true, valid), "psth_r2")

@@ -31,6 +31,7 @@ from neuralnets.data.formats.common import open_h5, require_file
 from neuralnets.data.formats.nlb_targets import check_targets, nlb_group_name, write_nlb_h5
 from neuralnets.data.spikedata import DataError, SpikeData
 from neuralnets.eval import metrics as M
+from neuralnets.eval.regression import vel_r2
 
 SUBMISSION_KEYS = (
     "train_rates_heldin",
@@ -194,7 +195,7 @@ def score_against_targets(
     - co_bps: bits/spike of `eval_rates_heldout` on `eval_spikes_heldout` (`metrics.co_bps`);
     - fp_bps: held-in + held-out forward rates on the forward spikes (`metrics.fp_bps`), if both are there;
     - vel_r2: ridge from train rates (held-in + held-out, observed bins) to `train_behavior`, scored on the
-      eval rates vs `eval_behavior` (`metrics.vel_r2`); skipped with a warning if decode masks are present;
+      eval rates vs `eval_behavior` (`regression.vel_r2`); skipped with a warning if decode masks are present;
     - psth_r2: eval rates (held-in + held-out) averaged over each condition's `eval_cond_idx` trials vs
       `psth`, R² per neuron, uniform average (`metrics.r2_score`); skipped with a warning given `eval_jitter`.
     Returns {metric: value} for the metrics the targets allow.
@@ -243,7 +244,7 @@ def score_against_targets(
             train = np.concatenate([sub["train_rates_heldin"], sub["train_rates_heldout"]], axis=2)
             _expect(targets, "train_behavior", (train.shape[0], t_obs, None))
             _expect(targets, "eval_behavior", (e, t_obs, None))
-            out["vel_r2"] = M.vel_r2(
+            out["vel_r2"] = vel_r2(
                 train, targets["train_behavior"], eval_obs, targets["eval_behavior"], alphas=alphas
             )
     if "psth" in targets:
