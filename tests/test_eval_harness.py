@@ -39,7 +39,7 @@ def test_evaluate_returns_every_metric_and_matches_the_metric_functions():
     rng = np.random.default_rng(1)
     rates = rng.uniform(0.2, 2.0, size=data.spikes.shape)
     out = H.evaluate(rates, data, "test", latents=rng.standard_normal((data.n_trials, data.n_bins, 5)))
-    assert list(out) == list(M.METRICS)  # all seven, in table order
+    assert list(out) == [k for k in M.METRICS if k != "input_corr"]  # all but input_corr, in table order
     te = data.indices("test")
     assert out["co_bps"] == pytest.approx(M.co_bps(rates[te], data.spikes[te], 4, 3), abs=1e-12)
     assert out["fp_bps"] == pytest.approx(M.fp_bps(rates[te], data.spikes[te], 3), abs=1e-12)
@@ -174,3 +174,35 @@ def test_evaluate_fewshot_co_bps_needs_latents_over_the_observed_bins():
     assert "do not cover the 8 observed bins" in H.skipped_metrics(data, "test", short)["fewshot_co_bps"]
     with pytest.raises(ValueError, match=r"latents have shape \(3, 11, 3\)"):
         H.evaluate(rates, data, "test", latents=z[:3])
+
+
+def test_evaluate_input_corr_compares_known_and_inferred_inputs_on_the_split():
+    t_obs = 16
+    rng = np.random.default_rng(30)
+    pulses = (rng.uniform(size=(24, t_obs + 3, 1)) < 0.2).astype(np.float64)  # (trials, T, U=1)
+    data = make_data(t_obs=t_obs, inputs=pulses, behavior=rng.standard_normal((24, t_obs, 2)))
+    rates = data.rates
+    inferred = np.zeros((24, t_obs, 2))  # (trials, T_obs, U'): the pulse 2 bins later, split over 2 dims
+    inferred[:, 2:, 0], inferred[:, 2:, 1] = 3 * pulses[:, : t_obs - 2, 0], -4 * pulses[:, : t_obs - 2, 0]
+    out = H.evaluate(rates, data, "test", inputs=inferred)
+    assert out["input_corr"] == pytest.approx(1.0, abs=1e-12)
+    te = data.indices("test")
+    assert out["input_corr"] == pytest.approx(M.input_corr(pulses[te, :t_obs], inferred[te]), abs=1e-12)
+    assert list(out)[-3:] == ["bps_heldin", "input_corr", "rate_r2"]  # METRICS order
+    assert H.skipped_metrics(data, "test")["input_corr"] == "no inferred inputs given"
+    no_known = H.skipped_metrics(make_data(), "test", inputs=inferred)["input_corr"]
+    assert no_known == "no known inputs in the data"
+    assert "must both cover 12 bins" in H.skipped_metrics(data, "test", inputs=inferred[:, :5])["input_corr"]
+    with pytest.raises(ValueError, match=r"inputs have shape \(3, 16, 2\)"):
+        H.evaluate(rates, data, "test", inputs=inferred[:3])
+
+
+def test_evaluate_skips_fewshot_co_bps_on_request():
+    data = make_data()
+    z = np.random.default_rng(31).standard_normal((data.n_trials, data.n_bins, 3))
+    full = H.evaluate(data.rates, data, "test", latents=z)
+    quick = H.evaluate(data.rates, data, "test", latents=z, fewshot=False)
+    assert "fewshot_co_bps" in full and "fewshot_co_bps" not in quick
+    assert quick == {k: v for k, v in full.items() if k != "fewshot_co_bps"}
+    reason = H.skipped_metrics(data, "test", z, fewshot=False)["fewshot_co_bps"]
+    assert reason == "skipped on request (fewshot=False)"

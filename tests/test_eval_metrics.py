@@ -424,3 +424,47 @@ def test_fewshot_co_bps_rewards_latents_that_determine_the_heldout_rates():
     )
     with pytest.raises(ValueError, match="need k >= 1"):
         F.fewshot_co_bps(z[tr], y[tr], z[ev], y[ev], k=0)
+
+
+# ---------------------------------------------------------------------------------------------- input_corr
+def _pearson_max_lag(u: np.ndarray, mag: np.ndarray, max_lag: int) -> float:
+    """Reference: for each lag, np.corrcoef over the pooled (trial, bin) pairs; max over lags."""
+    t = u.shape[1]
+    return max(np.corrcoef(u[:, : t - lag].ravel(), mag[:, lag:].ravel())[0, 1] for lag in range(max_lag + 1))
+
+
+def test_input_corr_is_one_for_a_delayed_copy_at_the_right_lag():
+    rng = np.random.default_rng(40)
+    u = (rng.uniform(size=(20, 40, 1)) < 0.1) * rng.uniform(1, 2, size=(20, 40, 1))  # (trials, T, 1) pulses
+    z = np.zeros((20, 40, 3))  # inferred inputs: the pulse 4 bins later, sign and direction mixed
+    z[:, 4:] = u[:, :-4] * np.array([0.6, -0.8, 0.0])  # L2 norm = the pulse
+    assert M.input_corr(u, z, max_lag=10) == pytest.approx(1.0, abs=1e-12)
+    assert M.input_corr(u, z, max_lag=3) < 0.5  # the right lag is out of reach
+    want = _pearson_max_lag(u[..., 0], np.linalg.norm(z, axis=2), 3)
+    assert M.input_corr(u, z, max_lag=3) == pytest.approx(want, abs=1e-12)
+
+
+def test_input_corr_of_noise_is_near_zero_and_matches_a_hand_computation():
+    rng = np.random.default_rng(41)
+    u = rng.standard_normal((200, 30, 2))  # (trials, T, U)
+    z = rng.standard_normal((200, 30, 4))
+    got = M.input_corr(u, z, max_lag=5)
+    assert abs(got) < 0.05
+    mag = np.linalg.norm(z, axis=2)
+    want = np.mean([_pearson_max_lag(u[..., i], mag, 5) for i in range(2)])
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_input_corr_leaves_out_constant_inputs_and_rejects_bad_shapes():
+    rng = np.random.default_rng(42)
+    u = np.stack([rng.standard_normal((6, 20)), np.zeros((6, 20))], axis=2)  # second input never varies
+    z = rng.standard_normal((6, 20, 2))
+    mag = np.linalg.norm(z, axis=2)
+    assert M.input_corr(u, z, max_lag=2) == pytest.approx(_pearson_max_lag(u[..., 0], mag, 2), abs=1e-12)
+    assert M.input_corr(u, np.ones((6, 20, 2)), max_lag=2) == 0.0  # constant magnitude: r = 0
+    with pytest.raises(ValueError, match="input_corr is undefined"):
+        M.input_corr(np.zeros((6, 20, 1)), z)
+    with pytest.raises(ValueError, match="same trials and bins"):
+        M.input_corr(u, z[:, :10])
+    with pytest.raises(ValueError, match="max_lag=19"):
+        M.input_corr(u, z, max_lag=19)

@@ -152,7 +152,11 @@ def _eval(argv: list[str] | None) -> int:
     if target is not None:
         pred = read_predictions(target)
         metrics = evaluate(
-            _to_device(pred["rates"], args.device), data, split, _to_device(pred.get("latents"), args.device)
+            _to_device(pred["rates"], args.device),
+            data,
+            split,
+            _to_device(pred.get("latents"), args.device),
+            inputs=_to_device(pred.get("inputs"), args.device),
         )
         model = args.model or run.get("model") or target.stem
         rows.append(

@@ -49,11 +49,17 @@ PSTH_VARIANTS = ("nlb", "heldout")
 
 
 def skipped_metrics(
-    data: SpikeData, split: str = "test", latents: Any = None, psth_variant: str = "nlb"
+    data: SpikeData,
+    split: str = "test",
+    latents: Any = None,
+    psth_variant: str = "nlb",
+    fewshot: bool = True,
+    inputs: Any = None,
 ) -> dict[str, str]:
-    """Metrics `evaluate` cannot compute on this data/split, each with the reason it is left out.
+    """Metrics `evaluate` cannot compute on this data/split (or was asked to skip), each with the reason.
 
-    latents: the model latents (trials, T_lat, K) or None (only their presence and shape are read)."""
+    latents, inputs: the model latents (trials, T_lat, K) and inferred inputs (trials, T_inf, U') or None
+    (only their presence and shape are read)."""
     idx = data.indices(split)
     train = data.indices("train")
     mask = data.observed_mask()[idx]  # (trials_eval, T, N)
@@ -90,6 +96,8 @@ def skipped_metrics(
         reasons["psth_r2"] = "no held-out neurons (psth_variant='heldout' scores held-out neurons)"
     if "co_bps" in reasons:
         reasons["fewshot_co_bps"] = reasons["co_bps"]
+    elif not fewshot:
+        reasons["fewshot_co_bps"] = "skipped on request (fewshot=False)"
     elif latents is None:
         reasons["fewshot_co_bps"] = "no model latents given"
     elif len(np.shape(latents)) != 3 or np.shape(latents)[1] < t_obs:
@@ -100,6 +108,15 @@ def skipped_metrics(
         obs = data.observed_mask()[train][:, :t_obs, n_in:]
         if not (data.spikes[train][:, :t_obs, n_in:] * obs).any():
             reasons["fewshot_co_bps"] = "no held-out spikes recorded in the train trials"
+    if data.inputs is None:
+        reasons["input_corr"] = "no known inputs in the data"
+    elif inputs is None:
+        reasons["input_corr"] = "no inferred inputs given"
+    elif min(np.shape(inputs)[1], t_obs) < M.INPUT_CORR_MAX_LAG + 2:
+        reasons["input_corr"] = (
+            f"inferred inputs ({np.shape(inputs)[1]} bins) and observed bins ({t_obs}) must both cover "
+            f"{M.INPUT_CORR_MAX_LAG + 2} bins (lags 0..{M.INPUT_CORR_MAX_LAG})"
+        )
     if data.rates is None:
         reasons["rate_r2"] = "no ground-truth rates"
     if data.latents is None:
@@ -123,15 +140,20 @@ def evaluate(
     psth_variant: str = "nlb",
     fewshot_k: int = M.FEWSHOT_K,
     fewshot_resamples: int = M.FEWSHOT_RESAMPLES,
+    fewshot: bool = True,
+    inputs: np.ndarray | Tensor | None = None,
 ) -> dict[str, float]:
     """Score predicted rates on `data`'s `split` trials; returns {metric: value} for the computable metrics.
 
     rates: (trials, T_obs+T_fwd, N_all) expected counts per bin for ALL trials of `data` (numpy or torch,
     any device; the Poisson metrics run on that device). latents: optional (trials, T_lat, K) for all
     trials; latent R² uses the first min(T_lat, T) bins of both model and true latents, few-shot co-bps
-    the first T_obs bins of the model latents.
+    the first T_obs bins of the model latents. inputs: optional inferred inputs (trials, T_inf, U') for all
+    trials, compared with `data.inputs` on the split's first min(T_inf, T_obs) bins (`input_corr`).
     Entries with `data.observed == False` are never scored. Metrics that cannot be computed (see
-    `skipped_metrics`) are left out of the dict. Keys and meanings: `METRICS`.
+    `skipped_metrics`) are left out of the dict. Keys and meanings: `METRICS`. `fewshot=False` skips
+    few-shot co-bps, the one costly metric (`fewshot_resamples` Poisson GLM fits by L-BFGS): the training
+    callback skips it, the final scoring of a run keeps it.
 
     The defaults are NLB's definitions. Earlier project variants, by name: `alphas=M.LEGACY_ALPHAS,
     vel_cv="trials"` (vel R² with alpha chosen by CV over trials); `psth_variant="heldout"` (PSTH R² on
@@ -162,7 +184,15 @@ def evaluate(
                 f"latents have shape {tuple(z.shape)}; expected ({data.n_trials}, T, K) for all trials of "
                 f"data {data.name!r}"
             )
-    skip = skipped_metrics(data, split, latents, psth_variant)
+    u = None
+    if inputs is not None:
+        u = M.as_tensor(inputs, "inputs")
+        if u.ndim != 3 or u.shape[0] != data.n_trials:
+            raise ValueError(
+                f"inputs have shape {tuple(u.shape)}; expected ({data.n_trials}, T, U) for all trials of "
+                f"data {data.name!r}"
+            )
+    skip = skipped_metrics(data, split, latents, psth_variant, fewshot, inputs)
     idx_t = torch.as_tensor(idx, device=dev)
     lam_e = lam[idx_t]  # (trials_eval, T, N)
     y_e = torch.as_tensor(data.spikes[idx], device=dev)
@@ -231,6 +261,9 @@ def evaluate(
     if "bps_heldin" not in skip:
         sl = (slice(None), slice(0, t_obs), slice(0, n_in))
         out["bps_heldin"] = M.bits_per_spike(lam_e[sl], y_e[sl], None if m_e is None else m_e[sl])
+    if "input_corr" not in skip:
+        t = min(u.shape[1], t_obs)
+        out["input_corr"] = M.input_corr(data.inputs[idx, :t], u[torch.as_tensor(idx, device=u.device), :t])
     if "rate_r2" not in skip:
         out["rate_r2"] = M.rate_r2(lam_e, data.rates[idx], m_e)
     if "latent_r2" not in skip:

@@ -49,6 +49,7 @@ FEWSHOT_K = 16
 FEWSHOT_RESAMPLES = 10
 FEWSHOT_ALPHA = 1e-2  # on standardised latents, per-sample mean Poisson NLL (as the smoothing GLM)
 FEWSHOT_SEED = 0
+INPUT_CORR_MAX_LAG = 10  # bins: inferred inputs may trail the true input by 0..10 bins
 
 ArrayLike = np.ndarray | Tensor | Sequence
 
@@ -65,6 +66,8 @@ METRICS: dict[str, str] = {
     f"train trials, mean of {FEWSHOT_RESAMPLES} resamples",
     # Not an NLB metric: the model sees these spikes, so echoing the (smoothed) input scores high here.
     "bps_heldin": "bits/spike on held-in neurons, observed bins (reconstruction of the input)",
+    "input_corr": f"known vs inferred inputs: max over lags 0..{INPUT_CORR_MAX_LAG} bins of the Pearson r "
+    "between each true input and the inferred-input L2 norm (eval trials, observed bins), mean over inputs",
     "rate_r2": "R² of predicted vs true rates per neuron (synthetic data)",
     "latent_r2": "R² of a linear map from model latents to true latents (synthetic data)",
 }
@@ -259,9 +262,7 @@ def r2_columns_sklearn(pred: Tensor, true: Tensor, weight: Tensor | None = None)
 def mean_defined(r2: Tensor, what: str) -> float:
     ok = ~torch.isnan(r2)
     if not ok.any():
-        raise ValueError(
-            f"{what}: R² is undefined, every target column is constant over the evaluated entries"
-        )
+        raise ValueError(f"{what} is undefined: every target column is constant over the evaluated entries")
     return float(r2[ok].mean())
 
 
@@ -392,3 +393,47 @@ def psth_r2(
     if constant_target == "drop":
         return mean_defined(r2_per_column(pred, true, valid), "psth_r2")
     return mean_defined(r2_columns_sklearn(pred, true, valid), "psth_r2")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def input_corr(
+    true_inputs: ArrayLike, inferred_inputs: ArrayLike, max_lag: int = INPUT_CORR_MAX_LAG
+) -> float:
+    """How well inferred inputs line up with known inputs, in [-1, 1].
+
+    true_inputs: (trials, T, U) known external inputs; inferred_inputs: (trials, T, U') a model's inferred
+    inputs over the same trials and bins (e.g. an LFADS controller's output). The inferred-input magnitude
+    m = ||inferred||₂ over U' (trials, T) is compared with each true input u: for each lag ℓ in
+    0..max_lag, the Pearson r between u[:, t] and m[:, t + ℓ], pooled over trials and the bins t with
+    t + ℓ < T (a model that responds ℓ bins after the input scores at lag ℓ). Per input, the max over
+    lags; returned: the mean over true inputs. A true input that is constant over the trials and bins
+    is left out (no correlation is defined; ValueError if every one is); a constant magnitude correlates
+    with nothing and scores 0.
+    """
+    u = as_tensor(true_inputs, "true_inputs")
+    z = as_tensor(inferred_inputs, "inferred_inputs", device=u.device)
+    if u.ndim != 3 or z.ndim != 3 or u.shape[:2] != z.shape[:2]:
+        raise ValueError(
+            f"true_inputs {tuple(u.shape)} and inferred_inputs {tuple(z.shape)} must be (trials, T, ·) "
+            "with the same trials and bins"
+        )
+    if not 0 <= max_lag < u.shape[1] - 1:
+        raise ValueError(f"max_lag={max_lag} must be >= 0 and leave at least 2 of the {u.shape[1]} bins")
+    check_values(u, "true_inputs", None, nonneg=False)
+    check_values(z, "inferred_inputs", None, nonneg=False)
+    mag = torch.linalg.vector_norm(z, dim=2)  # (trials, T)
+    t, n_in = u.shape[1], u.shape[2]
+    flat = u.reshape(-1, n_in)
+    defined = (flat != flat[:1]).any(0)  # (U,) inputs that vary at all
+    best = torch.full((n_in,), -float("inf"), dtype=u.dtype, device=u.device)
+    for lag in range(max_lag + 1):
+        x = u[:, : t - lag].reshape(-1, n_in)  # (S, U) true inputs at t
+        y = mag[:, lag:].reshape(-1, 1)  # (S, 1) magnitude at t + lag
+        xc, yc = x - x.mean(0), y - y.mean(0)
+        sx, sy = xc.pow(2).sum(0).sqrt(), yc.pow(2).sum(0).sqrt()  # (U,), (1,)
+        # A series constant over these samples (up to round-off) correlates with nothing: r = 0.
+        ok = (sx > 1e-12 * x.pow(2).sum(0).sqrt()) & (sy > 1e-12 * y.pow(2).sum(0).sqrt())
+        den = torch.where(ok, sx * sy, torch.ones_like(sx))
+        r = torch.where(ok, (xc * yc).sum(0) / den, 0.0)
+        best = torch.maximum(best, r)
+    return mean_defined(torch.where(defined, best, torch.full_like(best, float("nan"))), "input_corr")

@@ -171,7 +171,7 @@ class PretrainedModel:
         from neuralnets.eval import evaluate
 
         out = self.predict(data, batch_size=batch_size)
-        return evaluate(out["rates"], data, split, latents=out["latents"])
+        return evaluate(out["rates"], data, split, latents=out["latents"], inputs=out.get("inputs"))
 
 
 # ---------------------------------------------------------------------------------------------- loading

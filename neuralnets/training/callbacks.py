@@ -54,7 +54,7 @@ class HarnessEvaluation(pl.Callback):
         was_training = pl_module.model.training
         pred = pl_module.model.predict(self.data.heldin_obs)
         pl_module.model.train(was_training)
-        metrics = evaluate(pred["rates"], self.data, self.split, latents=pred["latents"])
+        metrics = evaluate(pred["rates"], self.data, self.split, latents=pred["latents"], fewshot=False)
         for name, value in metrics.items():
             pl_module.log(f"{self.split}/{name}", float(value), sync_dist=False)
         if self.figures and trainer.is_global_zero:

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
-
 def _run_dir(resume: str | None, new_dir: str) -> str:
     """Hydra's run directory: the resumed run's own directory, or a new one."""
     if not resume:
@@ -165,7 +164,8 @@ def finish_run(
     write_predictions(run_dir, predict_chunks(module.model, data), data.n_trials)
     pred = read_predictions(pred_path)
     scores = {
-        split: evaluate(pred["rates"], data, split, latents=pred["latents"]) for split in ("val", "test")
+        split: evaluate(pred["rates"], data, split, latents=pred["latents"], inputs=pred.get("inputs"))
+        for split in ("val", "test")
     }
     record = {
         "model": module.model_name,
