@@ -96,6 +96,8 @@ def test_tensorboard_has_scalars_hparams_and_figures(tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
     assert {"train/loss", "val/loss", "val/co_bps", "train/kl_ic", "hp/co_bps"} <= tags
+    # Few-shot co-bps (costly GLM fits) is left out of the scoring during training, kept in the final one.
+    assert "hp/fewshot_co_bps" in tags and "val/fewshot_co_bps" not in tags
     assert {"figures/raster_vs_rates", "figures/latents", "figures/psth"} <= tags
 
 
