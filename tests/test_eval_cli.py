@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from neuralnets import runs as run_dirs
+from neuralnets.data import load
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.synthetic import lorenz
 from neuralnets.eval.cli import compare_main, eval_main
@@ -134,3 +136,31 @@ def test_eval_needs_a_dataset(tmp_path, capsys):
     np.save(tmp_path / "r.npy", np.ones((2, 3, 4)))
     assert eval_main([str(tmp_path / "r.npy")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+NWB = Path(__file__).parent / "fixtures" / "sub-Jenkins_ses-small_desc-test_ecephys.nwb"
+
+
+def test_eval_takes_loader_options_and_names_the_flag(tmp_path, capsys):
+    opts = ["-o", "bin_size=0.01", "-o", "heldout_fraction=0.25", "-o", "heldout_column=null"]
+    data = load(NWB, bin_size=0.01, heldout_fraction=0.25, heldout_column=None)
+    rates = np.broadcast_to(data.spikes.mean(axis=(0, 1)), data.spikes.shape)  # (trials, T, N) mean rates
+    np.save(tmp_path / "r.npy", rates)
+    out = tmp_path / "m.json"
+    assert eval_main([str(tmp_path / "r.npy"), "--data", str(NWB), *opts, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"] == pytest.approx(evaluate(rates, data, "test"))
+    assert eval_main([str(tmp_path / "r.npy"), "--data", str(NWB)]) == 2
+    assert "-o bin_size=" in capsys.readouterr().err  # the error names the command-line flag
+    assert eval_main([str(tmp_path / "r.npy"), "--data", str(NWB), "-o", "bin_size"]) == 2
+    assert "'bin_size' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_compare_baselines_take_loader_options(tmp_path, dataset):
+    path, data = dataset
+    run = make_run(tmp_path, "truth", "lorenz", data.rates)  # recorded: the built-in, default options
+    csv_path = tmp_path / "c.csv"
+    opts = ["-o", "n_trials=40", "-o", "n_bins=30", "-o", "n_fwd=5", "-o", "seed=1"]  # = the fixture's data
+    assert compare_main([str(run), *opts, "--csv", str(csv_path)]) == 0
+    rows = {r["model"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
+    want = evaluate(data.rates, data, "test")["co_bps"]
+    assert float(rows["baseline/true_rates"]["co_bps"]) == pytest.approx(want)

@@ -125,7 +125,10 @@ def load(path_or_name: str | Path, **kwargs) -> SpikeData:
         fn = load_nlb_nwb  # an NLB DANDI file, NLB's preprocessing of that dataset (5 ms bins by default)
     elif suffix == ".nwb":
         if "bin_size" not in kwargs:
-            raise DataError(f"{path}: NWB files are binned on load; pass bin_size= (seconds)")
+            raise DataError(
+                f"{path}: NWB files are binned on load; pass bin_size= (seconds; command line: "
+                "-o bin_size=SECONDS)"
+            )
         fn = load_nwb
     else:
         with open_h5(path) as f:

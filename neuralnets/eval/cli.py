@@ -3,6 +3,7 @@
 neuralnets-eval RUN_DIR                              # score a run's predictions on its own dataset
 neuralnets-eval rates.npz --data lorenz --split val  # score a rates file on a dataset
 neuralnets-eval --baselines --data mc_maze_small     # the baseline rows alone
+neuralnets-eval --baselines --data my.nwb -o bin_size=0.01 -o heldout_fraction=0.25  # loader options
 neuralnets-compare runs/a runs/b --csv out.csv --markdown out.md
 
 Errors (missing directory or file, a dataset that cannot be loaded, rates whose shape does not match
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets.data.options import parse_load_options
 from neuralnets.data.spikedata import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.harness import evaluate
@@ -37,6 +39,18 @@ _ERRORS = (
     ImportError,
     TypeError,
 )
+
+
+def _add_load_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "-o",
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a dataset loader option, repeatable, as for neuralnets-data ({what}); VALUE is a YAML "
+        "scalar or list, e.g. -o bin_size=0.01 -o heldout_fraction=0.25",
+    )
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -77,6 +91,7 @@ def _eval_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add the baseline rows (smoothing + GLM, mean rates, and true rates for synthetic data)",
     )
+    _add_load_args(p, "with a run directory and no --data: added to the options the run recorded")
     _add_output_args(p)
     return p
 
@@ -94,6 +109,7 @@ def _compare_parser() -> argparse.ArgumentParser:
         default=True,
         help="add baseline rows for each dataset present (default: yes)",
     )
+    _add_load_args(p, "for the baseline rows: added to the options each run recorded")
     _add_output_args(p)
     return p
 
@@ -109,10 +125,10 @@ def _run(prog: str, fn, argv: list[str] | None) -> int:
         return EXIT_USAGE
 
 
-def _load_data(source: str, kwargs: dict | None = None):
+def _load_data(source: str, kwargs: dict):
     from neuralnets.data.loaders import load
 
-    return load(source, **(kwargs or {}))
+    return load(source, **kwargs)
 
 
 def _to_device(x: np.ndarray | None, device: str):
@@ -133,6 +149,7 @@ def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- eval
 def _eval(argv: list[str] | None) -> int:
     args = _eval_parser().parse_args(argv)
+    options = parse_load_options(args.opt)
     if args.target is None and not args.baselines:
         raise ValueError("give a run directory or rates file to score, or --baselines with --data")
     run: dict[str, Any] = {}
@@ -145,7 +162,7 @@ def _eval(argv: list[str] | None) -> int:
     source = args.data or run.get("data_source") or run.get("data")
     if source is None:
         raise ValueError(f"{target}: no dataset recorded there; pass --data NAME_OR_PATH")
-    data = _load_data(source, None if args.data else run.get("data_kwargs"))
+    data = _load_data(source, {**({} if args.data else run.get("data_kwargs") or {}), **options})
     split = args.split or run.get("split") or "test"
     label = args.data or run.get("data") or data.name
     rows: list[dict[str, Any]] = []
@@ -188,12 +205,13 @@ def eval_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- compare
 def _compare(argv: list[str] | None) -> int:
     args = _compare_parser().parse_args(argv)
+    options = parse_load_options(args.opt)
     rows = [read_run(d) for d in args.run_dirs]
     if args.baselines:
         seen: set[tuple] = set()
         for r in list(rows):
             source = r.get("data_source") or r["data"]
-            kwargs = r.get("data_kwargs") or {}
+            kwargs = {**(r.get("data_kwargs") or {}), **options}
             key = (str(source), json.dumps(kwargs, sort_keys=True), r["split"])
             if key in seen:
                 continue

@@ -68,7 +68,10 @@ def load_lfads_h5(path: str | Path, bin_size: float | None = None, name: str | N
             )
         if bin_size is None:
             if "bin_size" not in f.attrs:
-                raise DataError(f"{src}: the file has no 'bin_size' attribute; pass bin_size= (seconds)")
+                raise DataError(
+                    f"{src}: the file has no 'bin_size' attribute; pass bin_size= (seconds; "
+                    "command line: -o bin_size=SECONDS)"
+                )
             bin_size = float(f.attrs["bin_size"])
         file_name = f.attrs.get("name")
         factor = 1.0
