@@ -12,10 +12,12 @@ import pytest
 
 from neuralnets import runs as run_dirs
 from neuralnets.data import load
+from neuralnets.data.formats.nlb_targets import nlb_group_name, targets_from_data, write_nlb_targets
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.synthetic import lorenz
 from neuralnets.eval.cli import compare_main, eval_main
 from neuralnets.eval.harness import evaluate
+from neuralnets.eval.nlb import read_nlb_submission, submission_from_run
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +166,32 @@ def test_compare_baselines_take_loader_options(tmp_path, dataset):
     rows = {r["model"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
     want = evaluate(data.rates, data, "test")["co_bps"]
     assert float(rows["baseline/true_rates"]["co_bps"]) == pytest.approx(want)
+
+
+def test_eval_writes_an_nlb_submission_and_scores_nlb_targets(tmp_path, dataset, capsys):
+    path, data = dataset
+    rates = np.clip(data.rates * 0.9, 0, None).astype(np.float32)
+    run = make_run(tmp_path, "nlbrun", path, rates)
+    group = nlb_group_name(data.name, data.bin_size)
+    targets = write_nlb_targets(tmp_path / "eval_data.h5", {group: targets_from_data(data)})
+    sub = tmp_path / "sub.h5"
+    csv_path = tmp_path / "t.csv"
+    args = [str(run), "--nlb-submission", str(sub), "--nlb-targets", str(targets), "--csv", str(csv_path)]
+    assert eval_main(args) == 0
+    assert f"NLB submission: {sub}" in capsys.readouterr().out
+    written = read_nlb_submission(sub, group)
+    want = submission_from_run(rates, data)
+    assert written.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(written[k], want[k])
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert [(r["model"], r["split"]) for r in rows] == [
+        ("nlbrun", "test"),
+        ("nlbrun (NLB targets)", "nlb-eval"),
+    ]
+    assert float(rows[1]["co_bps"]) == pytest.approx(evaluate(rates, data, "test")["co_bps"], rel=1e-6)
+    before = sub.read_bytes()
+    assert eval_main([str(run), "--nlb-submission", str(sub)]) == 2  # never overwrites
+    assert "sub.h5" in capsys.readouterr().err and sub.read_bytes() == before
+    assert eval_main(["--baselines", "--data", str(path), "--nlb-submission", str(tmp_path / "x.h5")]) == 2
+    assert "need rates" in capsys.readouterr().err

@@ -4,6 +4,7 @@ neuralnets-eval RUN_DIR                              # score a run's predictions
 neuralnets-eval rates.npz --data lorenz --split val  # score a rates file on a dataset
 neuralnets-eval --baselines --data mc_maze_small     # the baseline rows alone
 neuralnets-eval --baselines --data my.nwb -o bin_size=0.01 -o heldout_fraction=0.25  # loader options
+neuralnets-eval runs/lfads_maze --nlb-submission sub.h5 --nlb-targets eval_data_val.h5  # NLB files
 neuralnets-compare runs/a runs/b --csv out.csv --markdown out.md
 
 Errors (missing directory or file, a dataset that cannot be loaded, rates whose shape does not match
@@ -20,13 +21,20 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets.data.formats.nlb_targets import read_nlb_targets
 from neuralnets.data.options import parse_load_options
 from neuralnets.data.spikedata import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.harness import evaluate
+from neuralnets.eval.nlb import (
+    run_group_name,
+    score_against_targets,
+    submission_from_run,
+    write_run_submission,
+)
 from neuralnets.eval.tables import print_table, write_table
 from neuralnets.eval.tblog import write_tensorboard
-from neuralnets.runs import METRICS_FILE, read_predictions, read_run
+from neuralnets.runs import METRICS_FILE, atomic_path, read_predictions, read_run
 
 EXIT_USAGE = 2
 _ERRORS = (
@@ -91,6 +99,22 @@ def _eval_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add the baseline rows (smoothing + GLM, mean rates, and true rates for synthetic data)",
     )
+    p.add_argument(
+        "--nlb-submission",
+        metavar="OUT.h5",
+        help="also write the rates as an NLB submission (train = train+val trials, eval = test trials); "
+        "never overwrites",
+    )
+    p.add_argument(
+        "--nlb-targets",
+        metavar="EVAL_DATA.h5",
+        help="also score the rates against an NLB target file (adds a row)",
+    )
+    p.add_argument(
+        "--nlb-dataset",
+        metavar="GROUP",
+        help="group name in NLB files (default: from the dataset, e.g. mc_maze_small)",
+    )
     _add_load_args(p, "with a run directory and no --data: added to the options the run recorded")
     _add_output_args(p)
     return p
@@ -152,6 +176,8 @@ def _eval(argv: list[str] | None) -> int:
     options = parse_load_options(args.opt)
     if args.target is None and not args.baselines:
         raise ValueError("give a run directory or rates file to score, or --baselines with --data")
+    if args.target is None and (args.nlb_submission or args.nlb_targets):
+        raise ValueError("--nlb-submission and --nlb-targets need rates: give a run directory or rates file")
     run: dict[str, Any] = {}
     target = Path(args.target) if args.target else None
     if target is not None:
@@ -186,11 +212,19 @@ def _eval(argv: list[str] | None) -> int:
                 "n_parameters": run.get("n_parameters"),
             }
         )
+        if args.nlb_submission:
+            written = write_run_submission(args.nlb_submission, pred["rates"], data, args.nlb_dataset)
+            print(f"NLB submission: {written}")
+        if args.nlb_targets:
+            targets = read_nlb_targets(args.nlb_targets, run_group_name(data, args.nlb_dataset))
+            nlb = score_against_targets(submission_from_run(pred["rates"], data), targets)
+            rows.append(
+                {"model": f"{model} (NLB targets)", "data": label, "split": "nlb-eval", "metrics": nlb}
+            )
         if args.out:
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
             record = {"model": model, "data": label, "split": split, "metrics": metrics}
-            out.write_text(json.dumps(record, indent=2) + "\n")
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(json.dumps(record, indent=2) + "\n")
     if args.baselines:
         rows += baseline_rows(data, split, data_label=label, device=args.device)
     _emit(rows, args)

@@ -155,14 +155,20 @@ def write_nlb_submission(
     return write_nlb_h5(path, {dataset_name: sub})
 
 
+def run_group_name(data: SpikeData, dataset_name: str | None = None) -> str:
+    """The NLB group of `data`: `dataset_name` if given, else `data.meta['nlb_group']`, else
+    `nlb_group_name(data.name, data.bin_size)` (e.g. 'mc_maze_small' for the bundled tensors at 5 ms)."""
+    return dataset_name or data.meta.get("nlb_group") or nlb_group_name(data.name, data.bin_size)
+
+
 def write_run_submission(
     path: str | Path, rates: np.ndarray, data: SpikeData, dataset_name: str | None = None
 ) -> Path:
-    """`submission_from_run` + `write_nlb_submission`; the group defaults to `data.meta['nlb_group']`, else
-    `nlb_group_name(data.name, data.bin_size)` (e.g. 'mc_maze_small' for the bundled tensors at 5 ms)."""
+    """`submission_from_run` + `write_nlb_submission` into the group `run_group_name(data, dataset_name)`."""
     sub = submission_from_run(rates, data)
-    group = dataset_name or data.meta.get("nlb_group") or nlb_group_name(data.name, data.bin_size)
-    return write_nlb_submission(path, group, *(sub.get(k) for k in SUBMISSION_KEYS))
+    return write_nlb_submission(
+        path, run_group_name(data, dataset_name), *(sub.get(k) for k in SUBMISSION_KEYS)
+    )
 
 
 def read_nlb_submission(path: str | Path, dataset: str | None = None) -> dict:
