@@ -410,8 +410,8 @@ def input_corr(
     is left out (no correlation is defined; ValueError if every one is); a constant magnitude correlates
     with nothing and scores 0.
     """
-    u = as_tensor(true_inputs, "true_inputs")
-    z = as_tensor(inferred_inputs, "inferred_inputs", device=u.device)
+    z = as_tensor(inferred_inputs, "inferred_inputs")  # the work runs on the inferred inputs' device
+    u = as_tensor(true_inputs, "true_inputs", device=z.device)
     if u.ndim != 3 or z.ndim != 3 or u.shape[:2] != z.shape[:2]:
         raise ValueError(
             f"true_inputs {tuple(u.shape)} and inferred_inputs {tuple(z.shape)} must be (trials, T, ·) "
