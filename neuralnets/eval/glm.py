@@ -1,5 +1,5 @@
 """Poisson GLM (log link) fitted with L-BFGS in torch: the smoothing baseline's held-out readout and the
-few-shot co-bps readout (`metrics.fewshot_co_bps`)."""
+few-shot co-bps readout (`fewshot.fewshot_co_bps`)."""
 
 from __future__ import annotations
 
