@@ -215,12 +215,17 @@ def test_bidirectional_gru_recurrence_option():
 
 
 # ------------------------------------------------------------------------------ fused vs plain: LFADS
-@pytest.mark.parametrize("co_dim, n_fwd", [(2, 3), (2, 0), (0, 3)])
-def test_lfads_fused_equals_plain_float64_train_mode(co_dim, n_fwd):
-    """Dropout and posterior samples included: both paths draw the same random numbers."""
+@pytest.mark.parametrize(
+    "co_dim, n_fwd, ci_lag, ic_dim",
+    [(2, 3, 0, None), (2, 0, 0, None), (0, 3, 0, None), (2, 3, 2, 3), (0, 3, 0, 3)],
+)
+def test_lfads_fused_equals_plain_float64_train_mode(co_dim, n_fwd, ci_lag, ic_dim):
+    """Dropout and posterior samples included: both paths draw the same random numbers. Also with a
+    controller-input lag and a low-dimensional initial condition mapped to g0."""
     spec = DataSpec(n_heldin=6, n_neurons=8, n_obs_bins=7, n_fwd_bins=n_fwd, bin_size=0.01)
     torch.manual_seed(0)
-    model = LFADS(spec, **dict(SMALL, co_dim=co_dim), dropout=0.3, cell_clip=1.0).double()
+    options = dict(SMALL, co_dim=co_dim, ci_lag=ci_lag, ic_dim=ic_dim)
+    model = LFADS(spec, **options, dropout=0.3, cell_clip=1.0).double()
     results = _run_pair(model, _batch(spec, dtype=torch.float64), train=True)
     assert (results[0][0].latents != 0).all()
     _assert_pair_close(results, F64)
@@ -238,6 +243,30 @@ def test_lfads_fused_equals_plain_float32_eval_and_no_grad():
         b = model(_batch())
     torch.testing.assert_close(b.rates, a.rates, **F32)
     torch.testing.assert_close(b.inputs, a.inputs, **F32)
+
+
+def test_lfads_fused_equals_plain_float32_eval_with_lag_and_ic_dim():
+    torch.manual_seed(0)
+    model = LFADS(SPEC, **SMALL, ci_lag=3, ic_dim=4)
+    _assert_pair_close(_run_pair(model, _batch(), train=False), F32)
+
+
+def test_lfads_gradcheck_through_lag_and_ic_map():
+    """float64 gradcheck of the fused forward w.r.t. the g0 map and the controller's input weights
+    (which read the lagged encoding): the lag and the map sit outside the hand-written unroll."""
+    torch.manual_seed(0)
+    model = LFADS(SPEC, **dict(SMALL, gen_dim=5, con_dim=3), ci_lag=2, ic_dim=2, cell_clip=1.0)
+    model = model.double().eval()
+    model.recurrence = "fused"
+    batch = _batch(B=2, dtype=torch.float64)
+    names = ["ic_to_g0.weight", "ic_to_g0.bias", "controller.weight_ih"]
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters() if n in names}
+
+    def fn(*tensors):
+        out = torch.func.functional_call(model, dict(zip(names, tensors, strict=True)), (batch,))
+        return out.rates, out.inputs
+
+    assert torch.autograd.gradcheck(fn, tuple(params[n] for n in names))
 
 
 def test_lfads_fused_equals_plain_float32_mc_maze_width():

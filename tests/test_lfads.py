@@ -1,5 +1,6 @@
 """LFADS model: shapes, modes, gradients, loss contract and a short training run."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,174 @@ def test_short_training_run_lowers_loss():
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - 15.0, (first, last)
     assert last < constant_rate_nll - 10.0, (constant_rate_nll, last)
+
+
+# --------------------------------------------------------------- ic_dim, ci_lag, posterior_samples
+def test_defaults_keep_the_checkpoint_layout():
+    """ic_dim null: the posterior is over g0 itself, with no map (the bundled checkpoints' layout)."""
+    model = LFADS(SPEC, **SMALL)
+    assert model.ic_dim == 16 and model.ic_to_g0 is None
+    assert not any(k.startswith("ic_to_g0") for k in model.state_dict())
+    assert model.ic_linear.out_features == 2 * 16 and model.ci_lag == 0 and model.posterior_samples == 0
+
+
+def test_ic_dim_maps_a_low_dimensional_posterior_to_g0():
+    torch.manual_seed(0)
+    model = LFADS(SPEC, ic_dim=3, **SMALL)
+    assert model.ic_linear.out_features == 2 * 3  # [mean, raw log-var] of z (B, 3)
+    assert (model.ic_to_g0.in_features, model.ic_to_g0.out_features) == (3, 16)
+    assert model.ic_prior.mean.shape == (3,)  # prior and KL over ic_dim
+    out = model(_batch())
+    assert out.rates.shape == (5, 20, 8) and out.latents.shape == (5, 20, 4)
+    out.aux_losses["kl_ic"].backward()  # the KL reaches the z posterior, not the map
+    assert model.ic_linear.weight.grad.abs().sum() > 0 and model.ic_to_g0.weight.grad is None
+    model.zero_grad()
+    model(_batch()).rates.sum().backward()
+    assert model.ic_to_g0.weight.grad.abs().sum() > 0
+    # g0 comes only through the map: with its weights zeroed, an autonomous generator starts every
+    # trial at the map's bias and predicts the same rates whatever the spikes
+    auto = LFADS(SPEC, ic_dim=3, **{**SMALL, "co_dim": 0}).eval()
+    with torch.no_grad():
+        auto.ic_to_g0.weight.zero_()
+    a, b = auto(_batch(seed=0)), auto(_batch(seed=1))
+    torch.testing.assert_close(a.rates, b.rates)
+    assert not torch.allclose(a.rates[0], a.rates[0, :1].expand(20, 8))  # dynamics, not a constant
+
+
+def test_ci_lag_hides_the_encoding_of_the_last_lag_bins():
+    """With ci_lag = L the inferred input at bin t depends on the controller-input encoding only up to
+    bin t - L: changing the ci encoder leaves u over bins < L unchanged (it reads zeros there) and
+    changes it after; with no lag every bin changes."""
+    torch.manual_seed(0)
+    L = 3
+    batch = _batch()
+    for lag in (0, L):
+        model = LFADS(SPEC, co_dim=2, ci_lag=lag, **SMALL).eval()
+        before = model(batch).inputs  # (B, T_obs, U)
+        with torch.no_grad():
+            for p in model.ci_encoder.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+        after = model(batch).inputs
+        differs = (after - before).abs().amax(dim=(0, 2)) > 1e-6  # (T_obs,) per bin
+        assert differs[lag:].all()
+        assert not differs[:lag].any()
+
+
+def test_ci_lag_equals_shifting_the_encoding_by_hand():
+    """The lagged model equals the unlagged one whose controller reads the encoding shifted by L bins."""
+    torch.manual_seed(0)
+    L = 2
+    lagged = LFADS(SPEC, co_dim=2, ci_lag=L, **SMALL).eval()
+    plain = LFADS(SPEC, co_dim=2, **SMALL).eval()
+    plain.load_state_dict(lagged.state_dict())
+    seen = []
+    plain.recurrence = lagged.recurrence = "plain"
+    orig = plain._unroll
+
+    def shifted(g0, ci, eps, mask):  # ci (B, T_obs, CI) -> the encoding of bin t - L at bin t
+        ci = torch.cat([torch.zeros_like(ci[:, :L]), ci[:, :-L]], dim=1)
+        seen.append(ci)
+        return orig(g0, ci, eps, mask)
+
+    plain._unroll = shifted
+    batch = _batch()
+    a, b = lagged(batch), plain(batch)
+    assert seen and torch.equal(seen[0][:, :L], torch.zeros_like(seen[0][:, :L]))
+    torch.testing.assert_close(a.rates, b.rates)
+    torch.testing.assert_close(a.inputs, b.inputs)
+
+
+def test_posterior_samples_average_sampled_outputs_in_eval_mode():
+    torch.manual_seed(0)
+    model = LFADS(SPEC, co_dim=2, posterior_samples=4, **SMALL).eval()
+    batch = _batch()
+    torch.manual_seed(1)
+    averaged = model(batch)
+    torch.manual_seed(1)
+    draws = [model(batch, sample=True) for _ in range(4)]
+    torch.testing.assert_close(averaged.rates, torch.stack([d.rates for d in draws]).mean(0))
+    torch.testing.assert_close(averaged.latents, torch.stack([d.latents for d in draws]).mean(0))
+    torch.testing.assert_close(averaged.inputs, torch.stack([d.inputs for d in draws]).mean(0))
+    kl = torch.stack([d.aux_losses["kl_co"] for d in draws]).mean()
+    torch.testing.assert_close(averaged.aux_losses["kl_co"], kl)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.sample_average(batch, n_samples=4).rates, averaged.rates)
+    # predict (eval mode, numpy) uses it too; posterior means differ
+    torch.manual_seed(1)
+    pred = model.predict(batch["heldin"])
+    np.testing.assert_allclose(pred["rates"], averaged.rates.detach().numpy(), rtol=1e-6)
+    model.posterior_samples = 0
+    assert not torch.allclose(model(batch).rates, averaged.rates)
+    # training mode ignores it: one draw per step, as with posterior_samples=0
+    model.train()
+    model.posterior_samples = 4
+    torch.manual_seed(2)
+    a = model(batch).rates
+    model.posterior_samples = 0
+    torch.manual_seed(2)
+    torch.testing.assert_close(model(batch).rates, a)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(ic_dim=0), r"ic_dim must be an integer >= 1 .*got 0"),
+        (dict(ic_dim=2.5), r"ic_dim must be an integer >= 1 .*got 2.5"),
+        (dict(ci_lag=-1), r"ci_lag must be an integer >= 0 .*got -1"),
+        (dict(ci_lag=16), r"ci_lag=16 must be < the data's observed bins T_obs=16"),
+        (dict(ci_lag=2, co_dim=0), r"ci_lag=2 needs a controller \(co_dim > 0\)"),
+        (dict(posterior_samples=-1), r"posterior_samples must be an integer >= 0 .*got -1"),
+        (dict(posterior_samples=True), r"posterior_samples must be an integer"),
+    ],
+)
+def test_bad_option_values_name_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        LFADS(SPEC, **{**SMALL, **options})
+
+
+def test_tiny_training_run_with_the_options_round_trips_through_load_pretrained(tmp_path):
+    """Train 1 epoch with ic_dim, ci_lag and posterior_samples set (validation then averages samples);
+    the run directory loads with the same options and weights, and predict averages samples."""
+    from hydra import compose, initialize_config_dir
+    from tiny import TINY_LFADS
+
+    from neuralnets.data import load
+    from neuralnets.pretrained import load_pretrained
+    from neuralnets.training.train import CONFIG_DIR, train
+
+    data_kw = dict(n_trials=24, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4, seed=0)
+    overrides = [
+        *(f"data.load_kwargs.{k}={v}" for k, v in data_kw.items()),
+        "data.batch_size=12",
+        *TINY_LFADS,
+        "model.ic_dim=3",
+        "model.ci_lag=2",
+        "model.posterior_samples=3",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.figures=false",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    record = train(cfg, tmp_path / "run")
+    assert np.isfinite(record["metrics"]["co_bps"])
+    loaded = load_pretrained(tmp_path / "run")
+    model = loaded.model
+    assert (model.ic_dim, model.ci_lag, model.posterior_samples) == (3, 2, 3)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    assert state.keys() == model.state_dict().keys() and "ic_to_g0.weight" in state
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k], msg=k)
+    spikes = load("lorenz", **data_kw).spikes
+    torch.manual_seed(0)
+    a = loaded.predict(spikes)
+    torch.manual_seed(0)
+    b = loaded.predict(spikes)
+    np.testing.assert_array_equal(a["rates"], b["rates"])  # reproducible under a seed
+    model.posterior_samples = 0
+    means = loaded.predict(spikes)
+    assert a["rates"].shape == means["rates"].shape == (24, 16, 12)
+    assert not np.allclose(a["rates"], means["rates"])

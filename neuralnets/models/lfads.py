@@ -1,11 +1,16 @@
 """LFADS: latent factor analysis via dynamical systems (Sussillo et al. 2016; Pandarinath et al. 2018).
 
 A sequential VAE for single-trial spiking. A bidirectional GRU encodes the held-in spikes
-`(B, T_obs, N_in)` into the Gaussian posterior of the generator's initial state g0; with `co_dim > 0`
-a second encoder feeds a controller whose output is the posterior of the inferred inputs u_t (under an
-AR(1) prior). A clipped-GRU generator driven by u_t (zero over the T_fwd forward bins) gives
-low-dimensional factors and, through an exponential readout, rates of ALL neurons over
-T = T_obs + T_fwd bins. Train mode samples g0 and u_t; eval mode uses the posterior means.
+`(B, T_obs, N_in)` into the Gaussian posterior of the generator's initial state g0 (with `ic_dim`, of
+a low-dimensional initial condition z mapped linearly to g0 = W z + b; Pandarinath et al. 2018); with
+`co_dim > 0` a second encoder feeds a controller whose output is the posterior of the inferred inputs
+u_t (under an AR(1) prior). The controller at bin t reads that encoder's output at bin t - `ci_lag`
+(zeros before), as the papers lag it to weaken the incentive to copy input to output; note that the
+encoder is bidirectional, so its backward half at bin t - ci_lag has still read bins >= t. A
+clipped-GRU generator driven by u_t (zero over the T_fwd forward bins) gives low-dimensional factors
+and, through an exponential readout, rates of ALL neurons over T = T_obs + T_fwd bins. Train mode
+samples g0 and u_t; eval mode uses the posterior means, or with `posterior_samples = n > 0` averages
+the outputs of n posterior samples (no dropout), as LFADS does at inference.
 
 Contract with the training module (units: nats per trial, MEAN over the batch): `aux_losses` holds
 `kl_ic`, `l2_gen` and, with a controller, `kl_co`, `l2_con`, with the same keys in `aux_weights`;
@@ -45,11 +50,13 @@ class LFADS(SpikeModel):
         self,
         spec: DataSpec | dict,
         gen_dim: int = 64,
+        ic_dim: int | None = None,
         fac_dim: int = 8,
         ic_enc_dim: int = 64,
         ci_enc_dim: int = 32,
         con_dim: int = 32,
         co_dim: int = 2,
+        ci_lag: int = 0,
         dropout: float = 0.1,
         cell_clip: float = 5.0,
         ic_post_var_min: float = 1e-4,
@@ -66,6 +73,7 @@ class LFADS(SpikeModel):
         l2_ramp_start: int = 0,
         l2_ramp_steps: int = 400,
         recurrence: str = "auto",
+        posterior_samples: int = 0,
     ):
         super().__init__(spec)
         resolve_recurrence(recurrence)  # validates the name early
@@ -78,12 +86,25 @@ class LFADS(SpikeModel):
             raise ValueError(
                 f"LFADS: with co_dim > 0, ci_enc_dim and con_dim must be > 0; got {ci_enc_dim}, {con_dim}"
             )
+        if ic_dim is not None:
+            _check_int("ic_dim", ic_dim, 1, "or null: a posterior over the whole generator state")
+        _check_int("ci_lag", ci_lag, 0, "bins")
+        _check_int("posterior_samples", posterior_samples, 0, "0 = posterior means")
+        if ci_lag > 0 and co_dim == 0:
+            raise ValueError(f"LFADS: ci_lag={ci_lag} needs a controller (co_dim > 0); got co_dim=0")
+        if ci_lag >= self.spec.n_obs_bins:
+            raise ValueError(
+                f"LFADS: ci_lag={ci_lag} must be < the data's observed bins T_obs={self.spec.n_obs_bins}, "
+                "or the controller reads only zeros"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LFADS: dropout must be in [0, 1); got {dropout}")
         if not (ic_post_var_min > 0 and co_post_var_min > 0):
             raise ValueError("LFADS: posterior variance floors must be > 0")
         s = self.spec
         self.gen_dim, self.fac_dim, self.co_dim = gen_dim, fac_dim, co_dim
+        self.ic_dim = gen_dim if ic_dim is None else ic_dim  # dimension of the initial-condition posterior
+        self.ci_lag, self.posterior_samples = ci_lag, posterior_samples
         self.recurrence = recurrence  # may be changed after construction; read at every forward
         self.ci_dim = 2 * ci_enc_dim if co_dim > 0 else 0
         self.log_ic_var_min = math.log(ic_post_var_min)
@@ -91,9 +112,11 @@ class LFADS(SpikeModel):
 
         self.dropout = nn.Dropout(dropout)
         self.ic_encoder = BidirectionalGRU(s.n_heldin, ic_enc_dim)
-        self.ic_linear = nn.Linear(2 * ic_enc_dim, 2 * gen_dim)  # -> [mean, raw log-var] of g0
-        self.ic_prior = MultivariateNormalPrior(gen_dim, var_init=ic_prior_var)
-        _init_logvar_bias(self.ic_linear, gen_dim, ic_prior_var)
+        self.ic_linear = nn.Linear(2 * ic_enc_dim, 2 * self.ic_dim)  # -> [mean, raw log-var] of z (or g0)
+        self.ic_prior = MultivariateNormalPrior(self.ic_dim, var_init=ic_prior_var)
+        _init_logvar_bias(self.ic_linear, self.ic_dim, ic_prior_var)
+        # ic_dim null: the posterior is over g0 itself (no map; the bundled checkpoints' layout).
+        self.ic_to_g0 = None if ic_dim is None else nn.Linear(ic_dim, gen_dim)  # z (B, ic_dim) -> g0 (B, G)
         if co_dim > 0:
             self.ci_encoder = BidirectionalGRU(s.n_heldin, ci_enc_dim)
             self.controller = ClippedGRUCell(self.ci_dim + fac_dim, con_dim, clip_value=cell_clip)
@@ -131,9 +154,12 @@ class LFADS(SpikeModel):
         return ok  # 'auto' falls back to the plain loop when the fused one does not apply
 
     def forward(self, batch: dict[str, Tensor], sample: bool | None = None) -> ModelOutput:
-        """`sample`: draw from the posteriors (default: in training mode) or use their means."""
+        """`sample`: draw from the posteriors or use their means. Default: draw in training mode; in eval
+        mode use the means, or average `posterior_samples` draws when that option is > 0."""
         heldin = batch["heldin"]
         self.check_input(heldin)
+        if sample is None and not self.training and self.posterior_samples > 0:
+            return self._average_samples(batch, self.posterior_samples)
         sample = self.training if sample is None else sample
         fused = self.uses_fused()
         x = self._dropout(heldin.to(self.readout.weight.dtype))  # (B, T_obs, N_in)
@@ -143,17 +169,21 @@ class LFADS(SpikeModel):
         # One stacked scan for both encoders (CPU) unless plain; each encoder's own setting otherwise.
         encoded = run_bidirectional(encoders, x, fused=False if not fused else None)
         ic_final = encoded[0][1]  # (B, 2·ic_enc_dim)
-        ic_mean, ic_raw = self.ic_linear(self._dropout(ic_final)).chunk(2, dim=-1)  # (B, G) each
+        ic_mean, ic_raw = self.ic_linear(self._dropout(ic_final)).chunk(2, dim=-1)  # (B, ic_dim) each
         ic_logvar = _floored_logvar(ic_raw, self.log_ic_var_min)  # log(exp(raw) + var_min)
-        g0 = _sample(ic_mean, ic_logvar) if sample else ic_mean  # (B, G)
+        g0 = _sample(ic_mean, ic_logvar) if sample else ic_mean  # (B, ic_dim)
+        if self.ic_to_g0 is not None:
+            g0 = self.ic_to_g0(g0)  # (B, G)
 
+        T_obs, T = self.spec.n_obs_bins, self.spec.n_bins
         ci = None
         if self.co_dim > 0:
             ci = self._dropout(encoded[1][0])  # (B, T_obs, 2·ci_enc_dim)
+            if self.ci_lag:  # bin t reads the encoding of bin t - ci_lag, zeros before the start
+                ci = F.pad(ci, (0, 0, self.ci_lag, 0))[:, :T_obs]  # (B, T_obs, 2·ci_enc_dim)
 
         # All randomness of the unroll is drawn here, in one fixed layout, so that the plain and the
         # fused paths consume the same random numbers (and give the same result for the same seed).
-        T_obs, T = self.spec.n_obs_bins, self.spec.n_bins
         eps = torch.randn(T_obs, B, self.co_dim, dtype=x.dtype, device=x.device) if sample else None
         mask = self._dropout_mask((T + 1, B, self.gen_dim), x)  # dropout multipliers of g0, g_0 .. g_{T-1}
         unroll = self._unroll_fused if fused else self._unroll
@@ -301,25 +331,36 @@ class LFADS(SpikeModel):
         return factors, bt(mean), bt(logvar), bt(u).contiguous()
 
     # ------------------------------------------------------------------ utilities
+    def _average_samples(self, batch: dict[str, Tensor], n_samples: int) -> ModelOutput:
+        """Mean rates, factors, inputs and aux losses over `n_samples` posterior draws of g0 and u
+        (dropout as the current mode has it). Running sums: memory of one output, not n."""
+        acc = lambda total, x: x if total is None else total + x  # noqa: E731
+        rates = latents = inputs = None
+        aux: dict[str, Tensor] = {}
+        for _ in range(n_samples):
+            out = self(batch, sample=True)
+            rates, latents = acc(rates, out.rates), acc(latents, out.latents)  # (B, T, N), (B, T, F)
+            inputs = None if out.inputs is None else acc(inputs, out.inputs)  # (B, T_obs, U)
+            aux = {k: acc(aux.get(k), v) for k, v in out.aux_losses.items()}
+        return ModelOutput(
+            rates=rates / n_samples,
+            latents=latents / n_samples,
+            aux_losses={k: v / n_samples for k, v in aux.items()},
+            inputs=None if inputs is None else inputs / n_samples,
+        )
+
     @torch.no_grad()
     def sample_average(self, batch: dict[str, Tensor], n_samples: int = 20) -> ModelOutput:
-        """Posterior-sample average (as LFADS does at inference): eval mode (no dropout), `n_samples`
-        draws of g0 and u; returns the mean rates, factors, inputs and aux losses."""
+        """Posterior-sample average (as LFADS does at inference) in eval mode (no dropout), whatever
+        `posterior_samples` is: the mean over `n_samples` draws of g0 and u."""
         if n_samples <= 0:
             raise ValueError(f"sample_average: n_samples must be > 0; got {n_samples}")
         was_training = self.training
         self.eval()
         try:
-            outs = [self(batch, sample=True) for _ in range(n_samples)]
+            return self._average_samples(batch, n_samples)
         finally:
             self.train(was_training)
-        mean = lambda xs: torch.stack(xs).mean(dim=0)  # noqa: E731
-        return ModelOutput(
-            rates=mean([o.rates for o in outs]),
-            latents=mean([o.latents for o in outs]),
-            aux_losses={k: mean([o.aux_losses[k] for o in outs]) for k in outs[0].aux_losses},
-            inputs=None if outs[0].inputs is None else mean([o.inputs for o in outs]),
-        )
 
     def init_readout_bias(self, mean_counts: Tensor) -> None:
         """Start the readout at each neuron's mean count per bin `mean_counts (N,)` (optional)."""
@@ -331,6 +372,12 @@ def _init_logvar_bias(linear: nn.Linear, dim: int, var: float) -> None:
     """Start a posterior's variance near its prior's, so the first KL values are not dominated by a
     variance mismatch (the linear layer's outputs are [mean (dim), raw log-var (dim)])."""
     linear.bias[dim:].fill_(math.log(var))
+
+
+def _check_int(name: str, value: object, minimum: int, note: str) -> None:
+    """Raise a ValueError naming the option unless `value` is an int >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"LFADS: {name} must be an integer >= {minimum} ({note}); got {value!r}")
 
 
 def _floored_logvar(raw: Tensor, log_var_min: float) -> Tensor:
