@@ -315,11 +315,12 @@ def test_fused_recurrence_runs_in_float32_under_cpu_autocast():
 # ---------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @cuda
-def test_lfads_fused_equals_plain_on_cuda():
+@pytest.mark.parametrize("options", [{}, dict(ci_lag=2, ic_dim=3)], ids=["default", "lag_ic_dim"])
+def test_lfads_fused_equals_plain_on_cuda(options):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = LFADS(SPEC, **SMALL).cuda()
+    model = LFADS(SPEC, **SMALL, **options).cuda()
     _assert_pair_close(_run_pair(model, _batch(device="cuda"), train=True), F32)
 
 
