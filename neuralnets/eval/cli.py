@@ -6,7 +6,9 @@ neuralnets-eval --baselines --data mc_maze_small     # the baseline rows alone
 neuralnets-compare runs/a runs/b --csv out.csv --markdown out.md
 
 Errors (missing directory or file, a dataset that cannot be loaded, rates whose shape does not match
-the dataset) print one line and exit with status 2.
+the dataset, a run directory that is not finished) print one line and exit with status 2
+(NEURALNETS_DEBUG=1: the full traceback). `neuralnets-compare` skips run directories that are not
+finished runs (running, failed, diverged, or no run at all) with a one-line warning each.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets import debug_mode
 from neuralnets.data.spikedata import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.harness import evaluate
 from neuralnets.eval.tables import print_table, write_table
 from neuralnets.eval.tblog import write_tensorboard
-from neuralnets.runs import METRICS_FILE, read_predictions, read_run
+from neuralnets.runs import METRICS_FILE, STATUS_FILE, read_predictions, read_run, require_finished
 
 EXIT_USAGE = 2
 _ERRORS = (
@@ -104,7 +107,9 @@ def _run(prog: str, fn, argv: list[str] | None) -> int:
     try:
         return fn(argv)
     except _ERRORS as e:
-        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
+        if debug_mode():
+            raise
+        msg = " ".join(str(e).split()) if not isinstance(e, KeyError) else f"missing key {e}"
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -140,6 +145,8 @@ def _eval(argv: list[str] | None) -> int:
     if target is not None:
         if not target.exists():
             raise FileNotFoundError(f"{target}: no such run directory or rates file")
+        if (target / STATUS_FILE).is_file():
+            require_finished(target)  # a running, failed or diverged run has nothing final to score
         if target.is_dir() and (target / METRICS_FILE).is_file():
             run = read_run(target)
     source = args.data or run.get("data_source") or run.get("data")
@@ -184,7 +191,15 @@ def eval_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- compare
 def _compare(argv: list[str] | None) -> int:
     args = _compare_parser().parse_args(argv)
-    rows = [read_run(d) for d in args.run_dirs]
+    rows = []
+    for d in args.run_dirs:
+        try:
+            require_finished(d)
+            rows.append(read_run(d))
+        except (ValueError, FileNotFoundError) as e:  # RunStatusError is a ValueError
+            print(f"neuralnets-compare: skipping {d}: {' '.join(str(e).split())}", file=sys.stderr)
+    if not rows:
+        raise ValueError(f"none of the {len(args.run_dirs)} directories holds a finished run")
     if args.baselines:
         seen: set[tuple] = set()
         for r in list(rows):

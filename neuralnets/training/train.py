@@ -28,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from neuralnets import debug_mode
 from neuralnets.data.spikedata import DataError, DataSpec
 from neuralnets.eval import evaluate
 from neuralnets.eval.tables import format_table
@@ -60,17 +61,11 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
 
 
 RUN_DIR_ENV = "NEURALNETS_RUN_DIR"  # rank 0's run directory, inherited by the DDP processes Lightning starts
-DEBUG_ENV = "NEURALNETS_DEBUG"  # set to 1 for full tracebacks instead of one-line errors
 LOG_FILE = "train.log"
 
 
 class NothingToDo(Exception):
     """resume= of a finished run without more epochs to train: nothing is changed."""
-
-
-def debug_mode() -> bool:
-    """True when NEURALNETS_DEBUG is set (to anything but 0 or empty): errors keep their traceback."""
-    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
 
 
 def _timestamp() -> str:
