@@ -188,6 +188,9 @@ def write_status(run_dir: str | Path, status: str | Mapping[str, Any], **fields:
 def require_finished(run_dir: str | Path) -> dict[str, Any]:
     """The status of a finished run; a RunStatusError naming the directory and its status otherwise."""
     status = read_status(run_dir)
+    if status["status"] == "unknown":
+        what = "does not exist" if not Path(run_dir).is_dir() else f"holds no run ({METRICS_FILE} not found)"
+        raise RunStatusError(f"run directory {run_dir} {what}")
     if status["status"] != "finished":
         error = f": {status['error']}" if status.get("error") else ""
         raise RunStatusError(f"{run_dir} is not a finished run (status {status['status']}{error})")

@@ -191,15 +191,17 @@ def eval_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- compare
 def _compare(argv: list[str] | None) -> int:
     args = _compare_parser().parse_args(argv)
-    rows = []
+    rows, skipped = [], []
     for d in args.run_dirs:
         try:
             require_finished(d)
             rows.append(read_run(d))
         except (ValueError, FileNotFoundError) as e:  # RunStatusError is a ValueError
-            print(f"neuralnets-compare: skipping {d}: {' '.join(str(e).split())}", file=sys.stderr)
+            skipped.append(" ".join(str(e).split()))
     if not rows:
-        raise ValueError(f"none of the {len(args.run_dirs)} directories holds a finished run")
+        raise ValueError(f"no finished run to compare: {'; '.join(skipped)}")
+    for reason in skipped:
+        print(f"neuralnets-compare: skipping: {reason}", file=sys.stderr)
     if args.baselines:
         seen: set[tuple] = set()
         for r in list(rows):

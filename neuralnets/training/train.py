@@ -12,10 +12,10 @@ overwritten. A user mistake prints one line and exits non-zero (a traceback with
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +39,7 @@ from neuralnets.runs import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
     PREDICTIONS_FILE,
+    STATUS_FILE,
     RunStatusError,
     claim_run_dir,
     create_run_dir,
@@ -196,10 +197,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         start_step = int(ckpt.get("global_step", 0))
     module = build_module(cfg, data.spec)
     rank_zero = is_launch_rank_zero()
-    created = False
     if ckpt_path is None and rank_zero:
-        created = run_dir is None
-        run_dir = create_run_dir(*new_run_location(cfg)) if created else claim_run_dir(run_dir)
+        run_dir = create_run_dir(*new_run_location(cfg)) if run_dir is None else claim_run_dir(run_dir)
     elif run_dir is None:
         raise ConfigError(
             "this process is not rank 0 of a distributed run and was given no run directory: name it "
@@ -215,8 +214,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         callbacks = [*build.build_callbacks(cfg, run_dir, data), clock]
         trainer = build_trainer(cfg, run_dir, data, callbacks, build.build_logger(cfg, run_dir, **purge))
     except BaseException:
-        if created:  # nothing but status.json is in it yet
-            shutil.rmtree(run_dir)
+        if ckpt_path is None and rank_zero:  # a failed start leaves no run behind: only status.json is there
+            (run_dir / STATUS_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # if empty
         raise
     if rank_zero:
         if ckpt_path is None:  # a new run: its config is written once model and trainer could be built
