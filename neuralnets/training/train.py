@@ -41,6 +41,7 @@ from neuralnets.runs import (
     PREDICTIONS_FILE,
     STATUS_FILE,
     RunStatusError,
+    atomic_path,
     claim_run_dir,
     create_run_dir,
     holds_run,
@@ -221,7 +222,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         raise
     if rank_zero:
         if ckpt_path is None:  # a new run: its config is written once model and trainer could be built
-            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+            with atomic_path(run_dir / CONFIG_FILE) as tmp:
+                OmegaConf.save(cfg, tmp, resolve=True)
         write_status(run_dir, "running", error=None)
     handler = _log_to_file(run_dir / LOG_FILE) if rank_zero else None
     try:
