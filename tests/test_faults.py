@@ -140,12 +140,13 @@ def _claim(path: str, queue) -> None:
 
 
 def _race(target, arg: str, n: int = 6) -> list[str]:
-    ctx = multiprocessing.get_context("spawn")
+    """`target(arg, queue)` in `n` processes started together; what they put in the queue."""
+    ctx = multiprocessing.get_context("fork")  # no re-import of torch in each process
     queue = ctx.Queue()
     procs = [ctx.Process(target=target, args=(arg, queue)) for _ in range(n)]
     for p in procs:
         p.start()
-    out = [queue.get(timeout=60) for _ in procs]
+    out = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join()
     return out

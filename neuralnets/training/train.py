@@ -168,6 +168,9 @@ def check_resumable(run_dir: Path, cfg: DictConfig, ckpt: dict) -> None:
 
 
 def _one_line(err: BaseException) -> str:
+    """The error recorded in status.json."""
+    if isinstance(err, KeyboardInterrupt | SystemExit):  # Lightning ends Ctrl-C and SIGTERM with SystemExit
+        return "interrupted (Ctrl-C or SIGTERM); resume= continues the run"
     return " ".join(f"{type(err).__name__}: {err}".split())
 
 
