@@ -4,9 +4,19 @@
 are imported on first use.
 """
 
+import os
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_pretrained"]
+__all__ = ["__version__", "debug_mode", "load_pretrained"]
+
+DEBUG_ENV = "NEURALNETS_DEBUG"  # NEURALNETS_DEBUG=1: the command-line tools show full tracebacks
+
+
+def debug_mode() -> bool:
+    """True when NEURALNETS_DEBUG is set (to anything but 0 or empty): command-line errors keep their
+    traceback instead of one line."""
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
 
 
 def __getattr__(name: str):

@@ -1,6 +1,8 @@
 """The run directory: its layout and every read and write of it (the one owner of these paths).
 
     run_dir/
+      status.json         STATUS_FILE: {"status": running | finished | failed | diverged, "started", "updated"
+                          (UTC ISO times), "train_time_s" (all training segments), "epochs", "error"}
       config.yaml         CONFIG_FILE: the resolved training config (written by training)
       checkpoints/        CHECKPOINT_DIR: Lightning checkpoints, `last.ckpt` (LAST_CHECKPOINT) and best-*.ckpt
       predictions.h5      PREDICTIONS_FILE: `rates (trials, T, N)` counts per bin for ALL trials of the
@@ -13,11 +15,18 @@ path accepted by `neuralnets.data.loaders.load`, preferred over "data") and "dat
 keyword arguments, e.g. a synthetic seed). Older runs may hold `predictions.npz` instead of
 `predictions.h5`; `read_predictions` reads both. metrics.json and predictions.h5 are written
 atomically (a temporary file in the same directory, fsync, rename), so a reader never sees half a file.
+
+New run directories come from `create_run_dir` (a unique name, made with an exclusive `os.mkdir`, safe
+across processes and nodes sharing a filesystem) or `claim_run_dir` (a directory the user named, refused
+if it already holds a run). Either records status "running"; `write_status` moves it on, and readers
+(`neuralnets-eval`, `neuralnets-compare`, `load_pretrained`, resume) ask `read_status`/`require_finished`.
+A run directory without status.json (written before it existed) counts as finished if it has metrics.json.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -38,6 +47,8 @@ PREDICTIONS_FILE = "predictions.h5"
 LEGACY_PREDICTIONS_FILE = "predictions.npz"  # read, never written
 PREDICTIONS_FILES = (PREDICTIONS_FILE, LEGACY_PREDICTIONS_FILE)  # lookup order in a run directory
 METRICS_FILE = "metrics.json"
+STATUS_FILE = "status.json"
+RUN_STATES = ("running", "finished", "failed", "diverged")
 PREDICTION_KEYS = ("rates", "latents", "inputs")  # the arrays predictions.h5 may hold
 CHUNK_BYTES = 8 << 20  # HDF5 chunks of at most ~8 MiB (whole trials; one trial if a trial is larger)
 
@@ -54,6 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a run file gets the usual mode
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -68,6 +80,121 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------- run directory
+class RunStatusError(ValueError):
+    """A run directory that is not in the state the caller needs (e.g. not finished)."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _status_text(status: Mapping[str, Any]) -> str:
+    return json.dumps(_finite_or_none(dict(status)), indent=2) + "\n"
+
+
+def _new_status() -> dict[str, Any]:
+    return {"status": "running", "started": _now(), "updated": _now(), "train_time_s": 0.0}
+
+
+def create_run_dir(parent: str | Path, name: str) -> Path:
+    """Create a new, unique run directory `parent/name` (or `name_1`, `name_2`, ... when taken) with
+    an exclusive `os.mkdir`, so two runs started at the same moment, in any processes or on any nodes
+    sharing the filesystem, never get the same one; records status "running". Returns its path."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(10_000):
+        path = parent / (name if i == 0 else f"{name}_{i}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        write_status(path, _new_status())
+        return path
+    raise FileExistsError(f"{parent}: no free run directory name {name}_N (10000 taken)")
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """True if `run_dir` holds (part of) a run: a status, config, checkpoints, metrics or predictions."""
+    run_dir = Path(run_dir)
+    names = (STATUS_FILE, CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, *PREDICTIONS_FILES)
+    return any((run_dir / n).exists() for n in names)
+
+
+def claim_run_dir(run_dir: str | Path) -> Path:
+    """Take the directory the user named (created if absent) for a new run: refused with a
+    FileExistsError if it already holds a run; of two processes claiming it at once, one wins (the
+    status file is created exclusively, by a hard link). Returns its path."""
+    run_dir = Path(run_dir)
+    if holds_run(run_dir):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; refusing to overwrite it (use resume= to continue it)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATUS_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(_status_text(_new_status()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.link(tmp, run_dir / STATUS_FILE)  # fails if it exists: an exclusive create with its whole content
+    except FileExistsError:
+        raise FileExistsError(f"{run_dir} was just claimed by another run; refusing to share it") from None
+    finally:
+        os.unlink(tmp)
+    return run_dir
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """Contents of run_dir/status.json; for a run directory without one, {"status": "finished"} if it
+    has metrics.json (an older run) else {"status": "unknown"}. A damaged file is a ValueError naming it."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATUS_FILE
+    if not path.is_file():
+        return {"status": "finished" if (run_dir / METRICS_FILE).is_file() else "unknown"}
+    try:
+        status = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(status, dict) or status.get("status") not in RUN_STATES:
+        raise ValueError(f"{path}: 'status' must be one of {list(RUN_STATES)}; got {status!r}")
+    return status
+
+
+def write_status(run_dir: str | Path, status: str | Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """Set run_dir/status.json to `status` (a state of RUN_STATES, or a whole record), keeping the
+    other fields already there and adding `fields` (e.g. error=..., train_time_s=...). Atomic. Returns it."""
+    run_dir = Path(run_dir)
+    record = dict(status) if isinstance(status, Mapping) else {"status": status}
+    if record.get("status") not in RUN_STATES:
+        raise ValueError(f"run status must be one of {list(RUN_STATES)}; got {record.get('status')!r}")
+    path = run_dir / STATUS_FILE
+    previous = read_status(run_dir) if path.is_file() else {}
+    merged = {**previous, **record, **fields, "updated": _now()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(_status_text(merged))
+    return merged
+
+
+def require_finished(run_dir: str | Path) -> dict[str, Any]:
+    """The status of a finished run; a RunStatusError naming the directory and its status otherwise."""
+    status = read_status(run_dir)
+    if status["status"] == "unknown":
+        what = "does not exist" if not Path(run_dir).is_dir() else f"holds no run ({METRICS_FILE} not found)"
+        raise RunStatusError(f"run directory {run_dir} {what}")
+    if status["status"] != "finished":
+        error = f": {status['error']}" if status.get("error") else ""
+        raise RunStatusError(f"{run_dir} is not a finished run (status {status['status']}{error})")
+    return status
 
 
 # ---------------------------------------------------------------------------------------------- metrics.json
@@ -174,6 +301,7 @@ def write_predictions(
     run_dir: str | Path,
     predictions: Mapping[str, Any] | Iterable[tuple[int, Mapping[str, Any]]],
     n_trials: int | None = None,
+    replace: bool = False,
 ) -> Path:
     """Write run_dir/predictions.h5 (float32 arrays, chunked by trials); returns its path. Atomic.
 
@@ -181,12 +309,13 @@ def write_predictions(
     "inputs": ...} (numpy or torch; None values skipped), or an iterable of (start, {key: chunk}) over
     trials, e.g. `predict_chunks(model, data)`, written chunk by chunk so that predictions for a large
     dataset never sit in memory whole; then `n_trials` (the dataset's trial count) is required.
-    Refuses to overwrite an existing file.
+    Refuses to overwrite an existing file unless `replace` (a resumed run's new predictions: the old
+    file stays whole until the new one is complete).
     """
     import h5py
 
     path = Path(run_dir) / PREDICTIONS_FILE
-    if path.exists():
+    if path.exists() and not replace:
         raise FileExistsError(f"{path} exists; refusing to overwrite predictions")
     if isinstance(predictions, Mapping):
         arrays = {k: v for k, v in predictions.items() if v is not None}

@@ -293,6 +293,7 @@ def test_optuna_sweep_through_the_submitit_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     import yaml
+    from omegaconf import OmegaConf
 
     cmd = [sys.executable, "-m", "neuralnets.training.train", "hparams_search=lfads_optuna"]
     cmd += ["hydra/launcher=slurm_local", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
@@ -310,12 +311,11 @@ def test_optuna_sweep_through_the_submitit_launcher(tmp_path):
     assert len([p for p in (sweep / ".submitit").iterdir() if p.name != "%j"]) == 2  # two submitit jobs
     lrs = []
     for job in jobs:
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        values = dict(o.split("=", 1) for o in overrides)
+        saved = OmegaConf.load(job / "config.yaml")  # the run's config, with the values sampled for it
         hp = _tb_hparams(job)
         for name in searched:
             tb_name = name.replace("model.", "model_cfg.")  # train.py logs the model config as model_cfg
-            assert hp[tb_name] == pytest.approx(float(values[name])), (job.name, name)
+            assert hp[tb_name] == pytest.approx(float(OmegaConf.select(saved, name))), (job.name, name)
         lrs.append(hp["module.lr"])
     assert lrs[0] != lrs[1]
 

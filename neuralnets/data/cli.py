@@ -6,6 +6,9 @@ neuralnets-data mc_maze_small
 neuralnets-data ca1_linear_track --opt bin_size=0.025 --opt heldout_every=3
 neuralnets-data data.nwb --bin-size 0.005 --align-event move_onset_time --window -0.25 0.45
 neuralnets-data data.nwb -o bin_size=0.01 -o trials_table=encoding_table -o heldout_units=[0,3] --save s.npz
+
+A mistake (missing or damaged file, bad option) prints one line and exits with status 2; set
+NEURALNETS_DEBUG=1 for the full traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from neuralnets import debug_mode
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.options import parse_load_options
@@ -78,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.save:
             out = save_npz(data, args.save)
             print(f"saved to {out}")
-    except (DataError, FileNotFoundError, FileExistsError) as e:
-        print(f"neuralnets-data: error: {e}", file=sys.stderr)
+    except (DataError, OSError, ValueError, TypeError, KeyError) as e:
+        if debug_mode():
+            raise
+        print(f"neuralnets-data: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,7 +8,9 @@ neuralnets-eval runs/lfads_maze --nlb-submission sub.h5 --nlb-targets eval_data_
 neuralnets-compare runs/a runs/b --csv out.csv --markdown out.md
 
 Errors (missing directory or file, a dataset that cannot be loaded, rates whose shape does not match
-the dataset) print one line and exit with status 2.
+the dataset, a run directory that is not finished) print one line and exit with status 2
+(NEURALNETS_DEBUG=1: the full traceback). `neuralnets-compare` skips run directories that are not
+finished runs (running, failed, diverged, or no run at all) with a one-line warning each.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets import debug_mode
 from neuralnets.data.formats.nlb_targets import read_nlb_targets
 from neuralnets.data.options import parse_load_options
 from neuralnets.data.spikedata import DataError
@@ -34,7 +37,14 @@ from neuralnets.eval.nlb import (
 )
 from neuralnets.eval.tables import print_table, write_table
 from neuralnets.eval.tblog import write_tensorboard
-from neuralnets.runs import METRICS_FILE, atomic_path, read_predictions, read_run
+from neuralnets.runs import (
+    METRICS_FILE,
+    STATUS_FILE,
+    atomic_path,
+    read_predictions,
+    read_run,
+    require_finished,
+)
 
 EXIT_USAGE = 2
 _ERRORS = (
@@ -144,7 +154,9 @@ def _run(prog: str, fn, argv: list[str] | None) -> int:
     try:
         return fn(argv)
     except _ERRORS as e:
-        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
+        if debug_mode():
+            raise
+        msg = " ".join(str(e).split()) if not isinstance(e, KeyError) else f"missing key {e}"
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -183,6 +195,8 @@ def _eval(argv: list[str] | None) -> int:
     if target is not None:
         if not target.exists():
             raise FileNotFoundError(f"{target}: no such run directory or rates file")
+        if (target / STATUS_FILE).is_file():
+            require_finished(target)  # a running, failed or diverged run has nothing final to score
         if target.is_dir() and (target / METRICS_FILE).is_file():
             run = read_run(target)
     source = args.data or run.get("data_source") or run.get("data")
@@ -240,7 +254,17 @@ def eval_main(argv: list[str] | None = None) -> int:
 def _compare(argv: list[str] | None) -> int:
     args = _compare_parser().parse_args(argv)
     options = parse_load_options(args.opt)
-    rows = [read_run(d) for d in args.run_dirs]
+    rows, skipped = [], []
+    for d in args.run_dirs:
+        try:
+            require_finished(d)
+            rows.append(read_run(d))
+        except (ValueError, FileNotFoundError) as e:  # RunStatusError is a ValueError
+            skipped.append(" ".join(str(e).split()))
+    if not rows:
+        raise ValueError(f"no finished run to compare: {'; '.join(skipped)}")
+    for reason in skipped:
+        print(f"neuralnets-compare: skipping: {reason}", file=sys.stderr)
     if args.baselines:
         seen: set[tuple] = set()
         for r in list(rows):

@@ -13,6 +13,7 @@ model config and the data spec) and its weights are loaded with `torch.load(weig
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from neuralnets.pretrained.registry import (
 from neuralnets.runs import CHECKPOINT_DIR as RUN_CHECKPOINTS
 from neuralnets.runs import CONFIG_FILE as RUN_CONFIG
 from neuralnets.runs import METRICS_FILE as RUN_METRICS
+from neuralnets.runs import read_status
 
 
 class PretrainedModel:
@@ -231,6 +233,12 @@ def _load_folder(folder: Path, device: torch.device, name: str) -> PretrainedMod
 
 def _load_run_dir(run_dir: Path, device: torch.device) -> PretrainedModel:
     ckpt_dir = run_dir / RUN_CHECKPOINTS
+    status = read_status(run_dir)["status"]
+    if status not in ("finished", "unknown"):  # unknown: a folder of checkpoints, not a run directory
+        warnings.warn(
+            f"{run_dir} is not a finished run (status {status}): loading its latest checkpoint",
+            stacklevel=3,
+        )
     record = _read_json(run_dir / RUN_METRICS)
     ckpt = None
     if record and record.get("checkpoint") and (run_dir / record["checkpoint"]).is_file():

@@ -149,9 +149,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.
     return callbacks
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Logger:
-    """The logger of `cfg.logger` (TensorBoard or CSV), writing into `run_dir`."""
-    return instantiate_safe(cfg.logger, "logger", Logger, save_dir=str(run_dir))
+def build_logger(cfg: DictConfig, run_dir: Path, **runtime: Any) -> Logger:
+    """The logger of `cfg.logger` (TensorBoard or CSV), writing into `run_dir`, with `runtime` options."""
+    return instantiate_safe(cfg.logger, "logger", Logger, save_dir=str(run_dir), **runtime)
 
 
 def build_trainer(

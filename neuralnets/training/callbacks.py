@@ -1,13 +1,16 @@
-"""Callbacks: score the model with the shared harness during training, log figures, and checkpoint
-with a sha256 recorded beside each file."""
+"""Callbacks: score the model with the shared harness during training, log figures, checkpoint with
+a sha256 recorded beside each file, and keep the training time across resumed segments."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.eval import evaluate
@@ -64,7 +67,28 @@ class HarnessEvaluation(pl.Callback):
 class HashedModelCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` that records the sha256 of every checkpoint it writes in `<file>.sha256`
     (verified by `neuralnets.pretrained.checkpoint_file.load_checkpoint` on resume and loading) and
-    removes that record with the file."""
+    removes that record with the file.
+
+    With `save_last`, `last.ckpt` is rewritten at the end of every training epoch whether or not the
+    monitored value improved (Lightning 2.6 writes it only alongside a top-k save), and on Ctrl-C or
+    SIGTERM, so a kill loses at most the current epoch.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)  # runs after the epoch's validation
+        self._save_last_now(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            self._save_last_now(trainer)
+
+    def _save_last_now(self, trainer: pl.Trainer) -> None:
+        """Write last.ckpt unless it already holds this step (or checkpointing is off right now)."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)  # Trainer.save_checkpoint ends with a barrier
@@ -75,3 +99,28 @@ class HashedModelCheckpoint(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
             checksum_path(filepath).unlink(missing_ok=True)
+
+
+class TrainingClock(pl.Callback):
+    """Wall-clock seconds spent in `Trainer.fit`, summed over every segment of a resumed run: the
+    total so far is saved in each checkpoint and read back on resume (`elapsed_s`)."""
+
+    def __init__(self) -> None:
+        self.previous_s = 0.0  # earlier segments, from the checkpoint resumed
+        self._start: float | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.previous_s + (0.0 if self._start is None else time.perf_counter() - self._start)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.previous_s, self._start = self.elapsed_s, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_time_s": self.elapsed_s}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous_s = float(state_dict.get("train_time_s", 0.0))

@@ -32,6 +32,10 @@ class ConfigError(ValueError):
     """A training configuration that cannot work; raised before any training starts."""
 
 
+class DivergenceError(RuntimeError):
+    """Training diverged: too large a share of its steps had a non-finite loss or gradient."""
+
+
 class TrainingModule(pl.LightningModule):
     """Wraps a `SpikeModel` with likelihood, auxiliary-loss ramps, optimiser and LR schedule.
 
@@ -55,6 +59,8 @@ class TrainingModule(pl.LightningModule):
         adam_eps: float = 1e-8,
         coordinated_dropout: float = 0.0,
         data_name: str = "",
+        max_skipped_fraction: float = 0.5,
+        divergence_min_steps: int = 20,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +68,8 @@ class TrainingModule(pl.LightningModule):
             raise ConfigError(f"lr_schedule must be 'plateau', 'cosine' or 'none'; got {lr_schedule!r}")
         if not 0.0 <= coordinated_dropout < 1.0:
             raise ConfigError(f"coordinated_dropout must be in [0, 1); got {coordinated_dropout}")
+        if not 0.0 < max_skipped_fraction <= 1.0:
+            raise ConfigError(f"max_skipped_fraction must be in (0, 1]; got {max_skipped_fraction}")
         self.spec = DataSpec(**spec)
         try:
             self.model = create_model(model, self.spec)
@@ -69,6 +77,7 @@ class TrainingModule(pl.LightningModule):
             raise ConfigError(str(err)) from None
         self.likelihood = make_likelihood(likelihood, self.spec.n_neurons)
         self.skipped_steps = 0
+        self.attempted_steps = 0  # training steps of this segment (skipped ones included)
         self._drop_step = False  # set by training_step under DDP: drop this step's gradients
 
     @property
@@ -104,7 +113,24 @@ class TrainingModule(pl.LightningModule):
             loss = loss + weight * value
         return loss, parts
 
+    def _skip_step(self, why: str) -> None:
+        """Count a skipped step; raise DivergenceError once more than `max_skipped_fraction` of the
+        steps (after `divergence_min_steps` of them) were skipped. Every DDP rank decides the same."""
+        self.skipped_steps += 1
+        log.warning("%s at step %d; step skipped", why, self.global_step)
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        hp = self.hparams
+        if self.attempted_steps >= hp.divergence_min_steps and (
+            self.skipped_steps > hp.max_skipped_fraction * self.attempted_steps
+        ):
+            raise DivergenceError(
+                f"training diverged: {self.skipped_steps} of {self.attempted_steps} steps had a non-finite "
+                f"loss or gradient (limit module.max_skipped_fraction={hp.max_skipped_fraction}); "
+                "try a lower module.lr"
+            )
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        self.attempted_steps += 1
         loss, parts = self._loss(batch, train=True)
         finite = bool(torch.isfinite(loss))
         distributed = self._trainer is not None and self._trainer.world_size > 1
@@ -112,9 +138,7 @@ class TrainingModule(pl.LightningModule):
             # Under DDP every rank must take the same decision, or the ranks fall out of step.
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            self.skipped_steps += 1
-            log.warning("non-finite training loss at step %d (%s); step skipped", self.global_step, parts)
-            self.log("train/skipped_steps", float(self.skipped_steps))
+            self._skip_step(f"non-finite training loss ({parts})")
             if not distributed:
                 return None  # skips backward and the optimiser step: the weights stay finite
             # DDP cannot skip backward (every rank must join the gradient all-reduce, and Lightning
@@ -140,11 +164,9 @@ class TrainingModule(pl.LightningModule):
         if grads and not all(torch.isfinite(g).all() for g in grads):
             # A finite loss can still back-propagate inf/NaN; drop this step's gradients entirely.
             # (Under DDP the gradients are already all-reduced, so every rank decides the same.)
-            self.skipped_steps += 1
-            log.warning("non-finite gradient at step %d; step skipped", self.global_step)
-            self.log("train/skipped_steps", float(self.skipped_steps))
             for p in self.parameters():
                 p.grad = None
+            self._skip_step("non-finite gradient")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, parts = self._loss(batch, train=False)

@@ -4,12 +4,16 @@
     neuralnets-train model=lfads data=mc_maze_small trainer.max_epochs=50
     neuralnets-train resume=runs/lfads_lorenz/2026-11-25_10-00-00   # continue a killed run in place
 
-Each run gets its own directory (`runs/<model>_<data>/<time>`) holding `config.yaml`, TensorBoard
-logs, `checkpoints/`, `predictions.h5` and `metrics.json`. An existing run is never overwritten.
+Each run gets its own directory (`runs/<model>_<data.name>/<time>`, made by `neuralnets.runs`, never
+shared even by runs started in the same second) holding `status.json`, `config.yaml`, `train.log`,
+TensorBoard logs, `checkpoints/`, `predictions.h5` and `metrics.json`. An existing run is never
+overwritten. A user mistake prints one line and exits non-zero (a traceback with NEURALNETS_DEBUG=1).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import time
@@ -24,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from neuralnets import debug_mode
 from neuralnets.data.spikedata import DataError, DataSpec
 from neuralnets.eval import evaluate
 from neuralnets.eval.tables import format_table
@@ -32,30 +37,60 @@ from neuralnets.pretrained.checkpoint_file import CheckpointError, load_checkpoi
 from neuralnets.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    LAST_CHECKPOINT,
     PREDICTIONS_FILE,
+    STATUS_FILE,
+    RunStatusError,
+    atomic_path,
+    claim_run_dir,
+    create_run_dir,
+    holds_run,
     predict_chunks,
     read_predictions,
+    read_status,
     write_metrics,
     write_predictions,
+    write_status,
 )
+from neuralnets.training import build
 from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer, load_kwargs
-from neuralnets.training.callbacks import log_figures
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.callbacks import TrainingClock, log_figures
+from neuralnets.training.module import ConfigError, DivergenceError, TrainingModule
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a pytree API that torch deprecated, and says so on every run: not ours to fix.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
-def _run_dir(resume: str | None, new_dir: str) -> str:
-    """Hydra's run directory: the resumed run's own directory, or a new one."""
-    if not resume:
-        return new_dir
+RUN_DIR_ENV = "NEURALNETS_RUN_DIR"  # rank 0's run directory, inherited by the DDP processes Lightning starts
+LOG_FILE = "train.log"
+
+
+class NothingToDo(Exception):
+    """resume= of a finished run without more epochs to train: nothing is changed."""
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def new_run_location(cfg: DictConfig) -> tuple[Path, str]:
+    """(parent, name) of a new run's directory: `<out_dir>/<model>_<data.name>/<time>`, or in a Hydra
+    multirun `<sweep dir>/<job number>_<model>_<data.name>`; `neuralnets.runs.create_run_dir` makes it
+    unique."""
+    model = cfg.model.name
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        model = hydra_cfg.runtime.choices.get("model") or model
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return Path(hydra_cfg.sweep.dir), f"{hydra_cfg.job.num}_{model}_{cfg.data.name}"
+    return Path(cfg.out_dir) / f"{model}_{cfg.data.name}", _timestamp()
+
+
+def resume_dir(resume: str) -> Path:
+    """The run directory of `resume=` (a run directory, or a checkpoint in its checkpoints/)."""
     path = Path(resume)
-    return str(path.parent.parent if path.suffix == ".ckpt" else path)
-
-
-OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    return path.parent.parent if path.suffix == ".ckpt" else path
 
 
 def read_resume_checkpoint(path: Path) -> dict:
@@ -70,7 +105,7 @@ def read_resume_checkpoint(path: Path) -> dict:
 def resume_checkpoint(resume: str) -> Path:
     """`resume` is a run directory (its `checkpoints/last.ckpt` is used) or a checkpoint file."""
     path = Path(resume)
-    ckpt = path / CHECKPOINT_DIR / "last.ckpt" if path.is_dir() else path
+    ckpt = path / CHECKPOINT_DIR / LAST_CHECKPOINT if path.is_dir() else path
     if not ckpt.is_file():
         raise ConfigError(f"resume={resume!r}: no checkpoint at {ckpt}")
     return ckpt
@@ -83,11 +118,11 @@ def is_launch_rank_zero() -> bool:
     return all(int(os.environ.get(k) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def prepare_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+def prepare_config(cfg: DictConfig, run_dir: Path | None, overrides: list[str]) -> DictConfig:
     """For a new run, refuse a used directory; for a resumed one, reload the run's saved config and
     apply only the overrides given on this command line (e.g. a larger `trainer.max_epochs`)."""
-    saved = run_dir / CONFIG_FILE
     if cfg.get("resume"):
+        saved = resume_dir(cfg.resume) / CONFIG_FILE
         if not saved.is_file():
             raise ConfigError(
                 f"resume={cfg.resume!r}: {saved} not found; is this a neuralnets run directory?"
@@ -96,45 +131,161 @@ def prepare_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
         resumed = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(extra))
         resumed.resume = cfg.resume
         return resumed
-    if is_launch_rank_zero() and (saved.exists() or (run_dir / CHECKPOINT_DIR).exists()):
+    if run_dir is not None and is_launch_rank_zero() and holds_run(run_dir):
         raise ConfigError(
             f"{run_dir} already holds a run; refusing to overwrite it (use resume= to continue it)"
         )
     return cfg
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train, then score the best checkpoint with the harness. Returns the contents of metrics.json."""
-    run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
+def check_config(cfg: DictConfig) -> None:
+    """Refuse, before anything is built, a run that cannot mean anything or a `module.` key that
+    `TrainingModule` does not take (e.g. a misspelt `+module.x=`)."""
+    for key in ("max_epochs", "max_steps"):
+        if cfg.trainer.get(key) == 0:
+            raise ConfigError(f"trainer.{key}=0: the run would take no training step; give a positive number")
+    options = set(inspect.signature(TrainingModule.__init__).parameters) - {"self", "model", "spec"}
+    unknown = sorted(set(cfg.module) - options)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {['module.' + k for k in unknown]}; module options: {sorted(options)}"
+        )
+
+
+def check_resumable(run_dir: Path, cfg: DictConfig, ckpt: dict) -> None:
+    """NothingToDo for a finished run, unless `trainer.max_epochs` asks for more epochs than it trained."""
+    status = read_status(run_dir)
+    if status["status"] != "finished":
+        return
+    trained = int(status.get("epochs") or ckpt.get("epoch", -1) + 1)
+    wanted = cfg.trainer.get("max_epochs")
+    if wanted is None or wanted < 0 or wanted > trained:
+        return
+    raise NothingToDo(
+        f"{run_dir} is a finished run ({trained} epochs); nothing to do (raise trainer.max_epochs above "
+        f"{trained} to train it further)"
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    """The error recorded in status.json."""
+    if isinstance(err, KeyboardInterrupt | SystemExit):  # Lightning ends Ctrl-C and SIGTERM with SystemExit
+        return "interrupted (Ctrl-C or SIGTERM); resume= continues the run"
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """Train, then score the best checkpoint with the harness. Returns the contents of metrics.json.
+
+    `run_dir`: a resumed run's own directory, a directory named for a new run (claimed: refused if it
+    holds a run), or None for a new unique directory (`new_run_location`). It is made only once data,
+    model and trainer could be built; its status.json ends finished, failed or diverged.
+    """
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     data = dm.data
     ckpt_path = resume_checkpoint(cfg.resume) if cfg.get("resume") else None
+    previous_s, start_step = 0.0, 0
     if ckpt_path is not None:
         # Verified (sha256 where recorded) and read with weights_only before Lightning opens it.
-        saved_spec = DataSpec(**read_resume_checkpoint(ckpt_path)["hyper_parameters"]["spec"])
+        ckpt = read_resume_checkpoint(ckpt_path)
+        saved_spec = DataSpec(**ckpt["hyper_parameters"]["spec"])
         if saved_spec != data.spec:
             raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {data.spec}")
+        run_dir = resume_dir(cfg.resume)
+        check_resumable(run_dir, cfg, ckpt)
+        previous_s = float(ckpt.get("callbacks", {}).get("TrainingClock", {}).get("train_time_s", 0.0))
+        start_step = int(ckpt.get("global_step", 0))
     module = build_module(cfg, data.spec)
-    trainer = build_trainer(cfg, run_dir, data)
-    if ckpt_path is None:  # a new run: its config is written once model and trainer could be built
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if is_launch_rank_zero():
-            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
-    # The configured checkpoint callback (Lightning adds a plain one if the config has none).
+    rank_zero = is_launch_rank_zero()
+    if ckpt_path is None and rank_zero:
+        run_dir = create_run_dir(*new_run_location(cfg)) if run_dir is None else claim_run_dir(run_dir)
+    elif run_dir is None:
+        raise ConfigError(
+            "this process is not rank 0 of a distributed run and was given no run directory: name it "
+            "with hydra.run.dir=... so that every process agrees on it"
+        )
+    run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # the DDP processes Lightning starts use the same directory
+    clock = TrainingClock()
+    clock.previous_s = previous_s
+    try:
+        # A resumed TensorBoard run purges the events it logged after its checkpoint: no duplicate points.
+        purge = {"purge_step": start_step} if ckpt_path and "TensorBoard" in str(cfg.logger._target_) else {}
+        callbacks = [*build.build_callbacks(cfg, run_dir, data), clock]
+        trainer = build_trainer(cfg, run_dir, data, callbacks, build.build_logger(cfg, run_dir, **purge))
+    except BaseException:
+        if ckpt_path is None and rank_zero:  # a failed start leaves no run behind: only status.json is there
+            (run_dir / STATUS_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # if empty
+        raise
+    if rank_zero:
+        if ckpt_path is None:  # a new run: its config is written once model and trainer could be built
+            with atomic_path(run_dir / CONFIG_FILE) as tmp:
+                OmegaConf.save(cfg, tmp, resolve=True)
+        write_status(run_dir, "running", error=None)
+    handler = _log_to_file(run_dir / LOG_FILE) if rank_zero else None
+    try:
+        return _fit_and_finish(cfg, run_dir, dm, module, trainer, clock, ckpt_path)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """Copy this process's log records to `path` (the run's train.log) until the handler is removed."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _fit_and_finish(cfg, run_dir: Path, dm, module: TrainingModule, trainer: pl.Trainer, clock, ckpt_path):
+    """trainer.fit, then `finish_run` on rank 0; status.json records how it ended."""
+    data = dm.data
     logger, checkpoint = trainer.logger, trainer.checkpoint_callback
     log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    train_time = time.perf_counter() - start
-    if not trainer.is_global_zero:
-        return {}
-    step = trainer.global_step
-    if step == 0 and checkpoint.best_model_path:
-        step = recover_spawned_state(checkpoint, run_dir / CHECKPOINT_DIR)
-    return finish_run(cfg, run_dir, data, module, checkpoint, logger, train_time, step)
+    previous_s, start = clock.previous_s, time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        if not trainer.is_global_zero:
+            return {}
+        train_time = previous_s + time.perf_counter() - start  # also right after ddp_spawn
+        step = trainer.global_step
+        if step == 0 and checkpoint.best_model_path:
+            step = recover_spawned_state(checkpoint, run_dir / CHECKPOINT_DIR)
+        if step == 0:
+            raise ConfigError(
+                f"{run_dir}: training took no optimizer step (trainer: {dict(cfg.trainer)}); nothing to score"
+            )
+        record = finish_run(cfg, run_dir, data, module, checkpoint, logger, train_time, step)
+    except DivergenceError as err:
+        if trainer.is_global_zero:
+            train_time = previous_s + time.perf_counter() - start
+            extra = {"model": module.model_name, "data": cfg.data.name, "status": "diverged"}
+            counts = {"skipped_steps": module.skipped_steps, "attempted_steps": module.attempted_steps}
+            write_metrics({}, run_dir, extra={**extra, **counts, "train_time_s": round(train_time, 2)})
+            write_status(run_dir, "diverged", error=str(err), train_time_s=round(train_time, 2), **counts)
+        raise
+    except BaseException as err:
+        if is_launch_rank_zero():
+            train_time = previous_s + time.perf_counter() - start
+            write_status(run_dir, "failed", error=_one_line(err), train_time_s=round(train_time, 2))
+        raise
+    write_status(
+        run_dir,
+        "finished",
+        error=None,
+        epochs=trainer.current_epoch,
+        train_time_s=record["train_time_s"],
+        skipped_steps=module.skipped_steps,
+    )
+    return record
 
 
 def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path) -> int:
@@ -158,39 +309,43 @@ def finish_run(
     if best:
         read_resume_checkpoint(Path(best))  # sha256 and weights_only, with a clear error
         module = TrainingModule.load_from_checkpoint(best, map_location=module.device, weights_only=True)
-    pred_path = run_dir / PREDICTIONS_FILE
-    if pred_path.exists():  # a resumed run re-scores its final weights
-        pred_path.unlink()
-    write_predictions(run_dir, predict_chunks(module.model, data), data.n_trials)
-    pred = read_predictions(pred_path)
+    # A resumed run re-scores its final weights: the new file replaces the old one only once complete.
+    write_predictions(run_dir, predict_chunks(module.model, data), data.n_trials, replace=True)
+    pred = read_predictions(run_dir / PREDICTIONS_FILE)
+    # Scored on the test trials, or (data without them, e.g. an LFADS file of train and valid only)
+    # on the last split there is; metrics.json and the table name it.
+    present = [s for s in ("train", "val", "test") if len(data.indices(s))]
+    split = present[-1]
     scores = {
-        split: evaluate(pred["rates"], data, split, latents=pred["latents"], inputs=pred.get("inputs"))
-        for split in ("val", "test")
+        s: evaluate(pred["rates"], data, s, latents=pred["latents"], inputs=pred.get("inputs"))
+        for s in {"val", split} & set(present)
     }
     record = {
         "model": module.model_name,
         "data": cfg.data.name,
         "data_source": str(cfg.data.source),
         "data_kwargs": load_kwargs(cfg),
-        "split": "test",
-        "val_metrics": scores["val"],
+        "split": split,
+        "val_metrics": scores.get("val", {}),
         "train_time_s": round(train_time, 2),
         "n_parameters": module.model.n_parameters,
         "steps": step,
+        "skipped_steps": module.skipped_steps,
         "checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
         # The checkpoint monitor's best value (e.g. {"val/loss": ...}): a sweep objective too.
         "monitor": {cfg.callbacks.monitor: _float_or_none(checkpoint.best_model_score)},
     }
-    write_metrics(scores["test"], run_dir, extra=record)
-    record["metrics"] = scores["test"]
+    write_metrics(scores[split], run_dir, extra=record)
+    record["metrics"] = scores[split]
+    record["run_dir"] = str(run_dir)
     hparams = {
         "model": module.model_name,
         "data": cfg.data.name,
         "model_cfg": OmegaConf.to_container(cfg.model),
         "module": OmegaConf.to_container(cfg.module),
     }
-    log_to_tensorboard(logger, hparams, scores["test"])
-    log_figures(logger, data, pred, "test", step)
+    log_to_tensorboard(logger, hparams, scores[split])
+    log_figures(logger, data, pred, split, step)
     logger.finalize("success")
     return record
 
@@ -224,10 +379,30 @@ def _relaunches_command(trainer_cfg: DictConfig) -> bool:
     return several and not launched_outside
 
 
+def requested_run_dir(cfg: DictConfig, hydra_cfg) -> Path | None:
+    """The run directory this command must use, or None for a new one (`new_run_location`): the
+    resumed run's, rank 0's (in a DDP process Lightning started), or the one the user named with
+    `hydra.run.dir=...` (used as is; refused if it already holds a run)."""
+    if cfg.get("resume"):
+        return resume_dir(cfg.resume)
+    if not is_launch_rank_zero() and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    named = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
+    if named and hydra_cfg.mode != RunMode.MULTIRUN:
+        return Path(hydra_cfg.run.dir)
+    return None
+
+
+def fail(err: BaseException):
+    """Exit with one line naming the problem (the whole traceback with NEURALNETS_DEBUG=1)."""
+    if debug_mode():
+        raise err
+    raise SystemExit(f"error: {' '.join(str(err).split())}") from None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         if hydra_cfg.mode == RunMode.MULTIRUN and _relaunches_command(cfg.trainer):
             # Lightning would re-run this whole command line (the sweep included) in each extra process.
@@ -237,20 +412,43 @@ def main(cfg: DictConfig) -> float | None:
                 "run (trainer=gpu), trainer.strategy=ddp_spawn, or the SLURM launcher (hydra/launcher=slurm) "
                 "with hydra.launcher.tasks_per_node equal to trainer.devices"
             )
+        run_dir = requested_run_dir(cfg, hydra_cfg)
         cfg = prepare_config(cfg, run_dir, list(hydra_cfg.overrides.task))
         record = train(cfg, run_dir)
         sweeping = hydra_cfg.mode == RunMode.MULTIRUN and bool(record)
         value = sweep_value(record, cfg.get("sweep_metric", "co_bps")) if sweeping else None
-    except (ConfigError, DataError, FileExistsError) as err:
-        # A config or data problem is the user's to fix: say what and where, no traceback.
-        log.error("%s", err)
-        raise SystemExit(f"error: {err}") from None
+    except NothingToDo as done:
+        print(done)
+        return None
+    except (ConfigError, DataError, DivergenceError, RunStatusError, OSError) as err:
+        # A config, data or file problem (a disk full included) is the user's to fix: say what and
+        # where, no traceback. FileExistsError and FileNotFoundError are OSErrors.
+        fail(err)
     if not record:
         return None
     print(format_table([record], baselines=cfg.print_baselines))
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {record['run_dir']}")
     return value  # what Hydra sweepers (Optuna) optimise
 
 
+def cli() -> None:
+    """Entry point of `neuralnets-train`: `main`, with Hydra's own errors (an unknown override key, a
+    config group choice that does not exist, a malformed override) shown as one line, exit status 1."""
+    if debug_mode():
+        main()
+        return
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here instead of printing several lines
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__
+        detail = f" ({str(cause).splitlines()[0]})" if isinstance(cause, OmegaConfBaseException) else ""
+        message = str(err).split("\nConfig search path")[0]  # Hydra's search path is noise here
+        raise SystemExit(f"error: {' '.join(message.split())}{detail}") from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

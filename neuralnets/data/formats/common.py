@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -18,12 +20,18 @@ def require_file(path: str | Path) -> Path:
     return path
 
 
-def open_h5(path: Path) -> h5py.File:
-    """Open an HDF5 file for reading; an unreadable file is a DataError naming it."""
+@contextlib.contextmanager
+def open_h5(path: Path) -> Iterator[h5py.File]:
+    """`with open_h5(path) as f:` an HDF5 file open for reading. An unreadable or damaged file is a
+    DataError naming it, also when the damage shows only while reading inside the block (h5py then
+    raises OSError, RuntimeError or KeyError from deep in the library)."""
     try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read as an HDF5 file ({e})") from e
+        with h5py.File(path, "r") as f:
+            yield f
+    except DataError:
+        raise
+    except (OSError, RuntimeError, KeyError) as e:
+        raise DataError(f"{path}: cannot read as an HDF5 file, damaged? ({type(e).__name__}: {e})") from e
 
 
 def h5_array(f, key: str, src: str, rank: int | None = 3, counts: bool = False) -> np.ndarray:

@@ -1,0 +1,346 @@
+"""Runs you can trust (issue 12): kills, clashes, divergence, damaged files and user mistakes give a
+clear error or a correct result, and nothing is lost."""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from test_training import TINY_DATA, lorenz_tiny, tiny_cfg
+from tiny import TINY_LFADS
+
+import neuralnets.training.build as build_mod
+import neuralnets.training.train as train_mod
+from neuralnets.data.formats.lfads_h5 import save_lfads_h5
+from neuralnets.data.loaders import load
+from neuralnets.data.spikedata import DataError
+from neuralnets.eval.cli import compare_main, eval_main
+from neuralnets.runs import (
+    atomic_path,
+    claim_run_dir,
+    create_run_dir,
+    read_status,
+    write_metrics,
+    write_status,
+)
+from neuralnets.training.module import ConfigError, DivergenceError
+from neuralnets.training.train import NothingToDo, prepare_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH = 2  # 24 train trials of lorenz_tiny at batch 16
+
+
+class _Stop(pl.Callback):
+    """Raises `exc` at batch 1 of epoch `epoch` (a kill part-way through that epoch)."""
+
+    def __init__(self, epoch: int, exc: BaseException):
+        self.epoch, self.exc = epoch, exc
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            raise self.exc
+
+
+def _with_callback(monkeypatch, callback: pl.Callback) -> None:
+    real = build_mod.build_callbacks
+    monkeypatch.setattr(build_mod, "build_callbacks", lambda *a: [*real(*a), callback])
+
+
+def _resume(cfg, run: Path, *overrides: str) -> dict:
+    resumed = prepare_config(OmegaConf.merge(cfg, {"resume": str(run)}), run, [f"resume={run}", *overrides])
+    return train(resumed, run)
+
+
+def _scalar_steps(run: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+# ----- 1, 4: kill, resume
+def test_kill_after_epochs_without_improvement_resumes_from_the_last_epoch(tmp_path, monkeypatch):
+    """The monitor improves only in epoch 0; a kill in epoch 3 resumes from the end of epoch 2 (not 0),
+    TensorBoard gets no duplicate points and the training time adds up over both segments."""
+    monkeypatch.setattr(
+        ModelCheckpoint, "check_monitor_top_k", lambda self, trainer, current=None: trainer.current_epoch == 0
+    )
+    run = tmp_path / "run"
+    cfg = tiny_cfg("trainer.max_epochs=5")
+    _with_callback(monkeypatch, _Stop(3, RuntimeError("simulated kill")))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg, run)
+    monkeypatch.undo()
+    assert read_status(run)["status"] == "failed"
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * STEPS_PER_EPOCH
+    first_segment_s = last["callbacks"]["TrainingClock"]["train_time_s"]
+    assert first_segment_s > 0
+    assert max(_scalar_steps(run, "train/loss")) >= 3 * STEPS_PER_EPOCH  # logged past the checkpoint
+
+    record = _resume(cfg, run)
+    assert record["steps"] == 5 * STEPS_PER_EPOCH
+    assert record["train_time_s"] > first_segment_s
+    status = read_status(run)
+    assert status["status"] == "finished" and status["epochs"] == 5
+    steps = _scalar_steps(run, "train/loss")
+    assert len(steps) == len(set(steps)), f"duplicate TensorBoard points after resume: {sorted(steps)}"
+    assert set(steps) == set(range(5 * STEPS_PER_EPOCH))
+
+
+def test_ctrl_c_writes_last_checkpoint_of_the_step_reached(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _with_callback(monkeypatch, _Stop(1, KeyboardInterrupt()))
+    with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit status 1
+        train(tiny_cfg("trainer.max_epochs=3"), run)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == STEPS_PER_EPOCH + 1  # one step into epoch 1, not the end of epoch 0
+    assert read_status(run)["status"] == "failed"
+
+
+def test_resume_of_a_finished_run_changes_nothing_unless_asked_for_more_epochs(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg("trainer.max_epochs=1")
+    first = train(cfg, run)
+    files = ["metrics.json", "predictions.h5", first["checkpoint"], "checkpoints/last.ckpt"]
+    before = {f: (run / f).read_bytes() for f in files}
+    with pytest.raises(NothingToDo, match="finished run.*nothing to do"):
+        _resume(cfg, run)
+    with pytest.raises(NothingToDo):
+        _resume(cfg, run, "trainer.max_epochs=1")
+    assert {f: (run / f).read_bytes() for f in files} == before
+    record = _resume(cfg, run, "trainer.max_epochs=2")
+    assert record["steps"] == 2 * STEPS_PER_EPOCH and read_status(run)["epochs"] == 2
+    assert record["train_time_s"] > first["train_time_s"]
+
+
+# ----- 2: run directories
+def _make(parent: str, queue) -> None:
+    queue.put(str(create_run_dir(parent, "2026-01-01_00-00-00")))
+
+
+def _claim(path: str, queue) -> None:
+    try:
+        claim_run_dir(path)
+        queue.put("won")
+    except FileExistsError:
+        queue.put("refused")
+
+
+def _race(target, arg: str, n: int = 6) -> list[str]:
+    """`target(arg, queue)` in `n` processes started together; what they put in the queue."""
+    ctx = multiprocessing.get_context("fork")  # no re-import of torch in each process
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(arg, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    out = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    return out
+
+
+def test_runs_started_at_the_same_moment_never_share_a_directory(tmp_path):
+    made = _race(_make, str(tmp_path / "runs"))
+    assert len(set(made)) == len(made) and all(Path(d).is_dir() for d in made)
+    assert all(read_status(d)["status"] == "running" for d in made)
+    assert sorted(_race(_claim, str(tmp_path / "named"))) == ["refused"] * 5 + ["won"]
+
+
+def test_two_trainings_with_the_same_clock_get_two_complete_directories(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "_timestamp", lambda: "2026-01-01_00-00-00")
+    cfg = tiny_cfg("trainer.max_epochs=1", f"out_dir={tmp_path}")
+    dirs = {Path(train(cfg)["run_dir"]) for _ in range(2)}
+    assert {d.name for d in dirs} == {"2026-01-01_00-00-00", "2026-01-01_00-00-00_1"}
+    for d in dirs:
+        assert read_status(d)["status"] == "finished"
+        assert {"config.yaml", "metrics.json", "predictions.h5", "train.log"} <= {p.name for p in d.iterdir()}
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(cfg, sorted(dirs)[0])  # a named directory that holds a run is refused
+
+
+# ----- 5: no step, divergence
+def test_a_run_that_can_take_no_step_is_refused_before_anything_is_made(tmp_path):
+    for override in ("trainer.max_epochs=0", "+trainer.max_steps=0"):
+        with pytest.raises(ConfigError, match="no training step"):
+            train(tiny_cfg(override, f"out_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match=r"module\.bogus"):
+        train(tiny_cfg("+module.bogus=1", f"out_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match="bogus"):
+        train(tiny_cfg("+model.bogus=1", f"out_dir={tmp_path}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_divergence_stops_with_status_diverged_and_the_skip_count(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg("module.lr=1e3", "module.divergence_min_steps=4", "trainer.max_epochs=20")
+    with pytest.raises(DivergenceError, match="non-finite"):
+        train(cfg, run)
+    status = read_status(run)
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert status["status"] == "diverged" and on_disk["status"] == "diverged"
+    assert on_disk["skipped_steps"] > 0.5 * on_disk["attempted_steps"] >= 2
+    assert on_disk["metrics"] == {} and not (run / "predictions.h5").exists()
+
+
+# ----- 3, 6: status readers
+def _fake_run(path: Path, status: str | None) -> Path:
+    path.mkdir(parents=True)
+    write_metrics({"co_bps": 0.1}, path, extra={"model": "M", "data": "lorenz", "data_kwargs": {}})
+    if status:
+        write_status(path, status)
+    return path
+
+
+def test_compare_skips_unfinished_runs_and_still_writes_its_table(tmp_path, capsys):
+    done = _fake_run(tmp_path / "done", "finished")
+    legacy = _fake_run(tmp_path / "legacy", None)  # a run from before status.json
+    failed = _fake_run(tmp_path / "failed", "failed")
+    running = _fake_run(tmp_path / "running", "running")
+    (tmp_path / "stub").mkdir()
+    out = tmp_path / "table.csv"
+    dirs = [done, legacy, failed, running, tmp_path / "stub"]
+    assert compare_main([*map(str, dirs), "--no-baselines", "--csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping") == 3 and "status failed" in err and "status running" in err
+    assert len(out.read_text().strip().splitlines()) == 3  # header + the two finished runs
+    assert eval_main([str(failed)]) == 2
+    assert "not a finished run (status failed)" in capsys.readouterr().err
+
+
+def test_load_pretrained_warns_about_an_unfinished_run(tmp_path, monkeypatch):
+    from neuralnets import load_pretrained
+
+    run = tmp_path / "run"
+    _with_callback(monkeypatch, _Stop(1, RuntimeError("simulated kill")))
+    with pytest.raises(RuntimeError):
+        train(tiny_cfg("trainer.max_epochs=2"), run)
+    with pytest.warns(UserWarning, match="not a finished run \\(status failed\\)"):
+        assert load_pretrained(run).n_parameters > 0
+
+
+# ----- 8, 9: files
+def test_run_files_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_metrics({"x": 1.0}, tmp_path, extra={"model": "M", "data": "d"})
+        with atomic_path(tmp_path / "other.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "other.txt").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_disk_full_while_writing_predictions_leaves_no_partial_file(tmp_path, monkeypatch):
+    real = train_mod.predict_chunks
+
+    def full_disk(model, data):
+        chunks = real(model, data, batch_size=8)
+        yield next(chunks)
+        raise OSError(errno.ENOSPC, "No space left on device", "predictions.h5")
+
+    monkeypatch.setattr(train_mod, "predict_chunks", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        train(tiny_cfg("trainer.max_epochs=1"), run)
+    assert not (run / "predictions.h5").exists() and not list(run.glob(".predictions.h5.*"))
+    status = read_status(run)
+    assert status["status"] == "failed" and "No space left" in status["error"]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_damaged_h5_gives_a_data_error_naming_the_file_at_every_position(tmp_path):
+    src = save_lfads_h5(lorenz_tiny(), tmp_path / "small.h5")
+    raw = src.read_bytes()
+    escaped = {}
+    for i, pos in enumerate(np.linspace(0, len(raw) - 1, 48).astype(int)):
+        damaged = bytearray(raw)
+        damaged[pos] ^= 0xFF
+        path = tmp_path / f"damaged_{i}.h5"
+        path.write_bytes(bytes(damaged))
+        try:
+            load(str(path))
+        except DataError as err:
+            assert str(path) in str(err)
+        except Exception as err:  # noqa: BLE001 - what the test looks for
+            escaped[int(pos)] = f"{type(err).__name__}: {err}"
+    assert not escaped
+
+
+# ----- 10: file data
+def test_file_data_without_a_test_split_is_named_and_scored_on_val(tmp_path):
+    data = lorenz_tiny()
+    data.split[data.split == "test"] = "val"
+    src = save_lfads_h5(data, tmp_path / "session.h5")
+    cfg = tiny_cfg(
+        "trainer.max_epochs=1",
+        "data=file",
+        f"data.source={src}",
+        "data.name=session7",
+        f"out_dir={tmp_path}",
+        data=[],
+    )
+    record = train(cfg)
+    run = Path(record["run_dir"])
+    assert run.parent == tmp_path / "lfads_session7"
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["split"] == "val" and np.isfinite(on_disk["metrics"]["co_bps"])
+    assert read_status(run)["status"] == "finished"
+
+
+# ----- 7: command line
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`neuralnets-train ARGS` in a fresh process, as a user runs it (no debug variables set)."""
+    keep = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "NEURALNETS_DEBUG")}
+    cmd = [sys.executable, "-m", "neuralnets.training.train", *args]
+    env = {**keep, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip() and "Seed set" not in line]
+
+
+def test_cli_mistakes_are_one_line_and_a_nonzero_exit(tmp_path):
+    cases = {
+        "module.x=1": "Could not override 'module.x'",
+        "+module.x=1": "module.x",
+        "+model.bogus=1": "no option(s) ['bogus']",
+        "model=lfadz": "Could not find 'model/lfadz'",
+        "data=file data.source=/no/such.h5 data.name=x": "/no/such.h5",
+    }
+    for override, message in cases.items():
+        out = _cli(*override.split(), f"out_dir={tmp_path}")
+        lines = _error_lines(out.stderr)
+        assert out.returncode != 0 and len(lines) == 1 and message in lines[0], (override, out.stderr)
+        assert "Traceback" not in out.stderr + out.stdout
+    assert list(tmp_path.iterdir()) == []  # no failed start left a directory
+    debug = _cli("+module.x=1", f"out_dir={tmp_path}", env={"NEURALNETS_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_cli_run_makes_one_directory_with_its_log_and_refuses_to_reuse_it(tmp_path):
+    tiny = [*TINY_DATA, "data.batch_size=16", *TINY_LFADS, "trainer.max_epochs=1", "print_baselines=false"]
+    out = _cli(*tiny, "trainer.enable_progress_bar=false", f"out_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    (group,) = tmp_path.iterdir()  # no train.log or .hydra beside the runs
+    (run,) = group.iterdir()
+    assert group.name == "lfads_lorenz" and not (run / ".hydra").exists()
+    assert "LFADS" in (run / "train.log").read_text() and read_status(run)["status"] == "finished"
+    again = _cli(*tiny, f"hydra.run.dir={run}")
+    assert again.returncode != 0 and "already holds a run" in _error_lines(again.stderr)[-1]
+    done = _cli(f"resume={run}")
+    assert done.returncode == 0 and "nothing to do" in done.stdout
