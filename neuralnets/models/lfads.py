@@ -321,11 +321,6 @@ class LFADS(SpikeModel):
             inputs=None if outs[0].inputs is None else mean([o.inputs for o in outs]),
         )
 
-    def init_readout_bias(self, mean_counts: Tensor) -> None:
-        """Start the readout at each neuron's mean count per bin `mean_counts (N,)` (optional)."""
-        self.readout.set_bias_from_mean(mean_counts)
-
-
 @torch.no_grad()
 def _init_logvar_bias(linear: nn.Linear, dim: int, var: float) -> None:
     """Start a posterior's variance near its prior's, so the first KL values are not dominated by a

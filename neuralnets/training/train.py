@@ -118,7 +118,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         saved_spec = DataSpec(**read_resume_checkpoint(ckpt_path)["hyper_parameters"]["spec"])
         if saved_spec != data.spec:
             raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {data.spec}")
-    module = build_module(cfg, data.spec)
+    module = build_module(cfg, data.spec, init_data=data if ckpt_path is None else None)
     trainer = build_trainer(cfg, run_dir, data)
     if ckpt_path is None:  # a new run: its config is written once model and trainer could be built
         run_dir.mkdir(parents=True, exist_ok=True)
