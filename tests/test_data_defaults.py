@@ -95,3 +95,23 @@ def test_a_recipe_owns_its_batch_size():
     cfg = _cfg("experiment=lfads_lorenz", "data=file", "data.source=x.npz")
     assert cfg.data.name == "file" and cfg.data.batch_size == 32
     assert _cfg("data=file", "data.source=x.npz").data.batch_size == "auto"
+
+
+def test_runs_differing_only_in_batch_size_differ_in_the_hparams_table(tmp_path, monkeypatch):
+    from test_training import tiny_cfg
+
+    from neuralnets.eval.tblog import flatten_hparams
+    from neuralnets.training import train as train_mod
+
+    tables = {}
+    logged = []
+    monkeypatch.setattr(train_mod, "log_to_tensorboard", lambda logger, h, m: logged.append(h))
+    for batch in (8, 16):
+        cfg = tiny_cfg("trainer.max_epochs=1", "experiment=lfads_lorenz", f"data.batch_size={batch}")
+        train_mod.train(cfg, tmp_path / str(batch))
+        tables[batch] = flatten_hparams(logged[-1])
+    differ = {k for k in tables[8] if tables[8][k] != tables[16].get(k)}
+    assert differ == {"batch_size", "steps"}
+    for key, value in {"seed": 0, "recipe": "lfads_lorenz", "max_epochs": 1, "epochs_trained": 1}.items():
+        assert tables[8][key] == value, key
+    assert tables[8]["data_kwargs.n_trials"] == 40 and tables[8]["data"] == "lorenz"

@@ -183,12 +183,24 @@ def finish_run(
     }
     write_metrics(scores["test"], run_dir, extra=record)
     record["metrics"] = scores["test"]
+    last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
+    # Every setting that tells runs apart, so that TensorBoard's hparams table shows it.
     hparams = {
         "model": module.model_name,
         "data": cfg.data.name,
+        "data_source": str(cfg.data.source),
+        "data_kwargs": load_kwargs(cfg),
+        "recipe": str(cfg.get("recipe")),  # configs/experiment/<recipe>.yaml, "None" without one
+        "seed": cfg.seed,
+        "batch_size": cfg.data.batch_size,  # the resolved number (`auto` is resolved at start)
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "epochs_trained": read_resume_checkpoint(last)["epoch"] + 1 if last and last.is_file() else None,
+        "steps": step,
         "model_cfg": OmegaConf.to_container(cfg.model),
         "module": OmegaConf.to_container(cfg.module),
     }
+    if cfg.get("tune_member"):  # a member of a `neuralnets-tune` study
+        hparams["tune_member"] = OmegaConf.to_container(cfg.tune_member, resolve=True)
     log_to_tensorboard(logger, hparams, scores["test"])
     log_figures(logger, data, pred, "test", step)
     logger.finalize("success")
