@@ -321,6 +321,7 @@ class LFADS(SpikeModel):
             inputs=None if outs[0].inputs is None else mean([o.inputs for o in outs]),
         )
 
+
 @torch.no_grad()
 def _init_logvar_bias(linear: nn.Linear, dim: int, var: float) -> None:
     """Start a posterior's variance near its prior's, so the first KL values are not dominated by a

@@ -33,4 +33,3 @@ class NormalizedLinear(nn.Module):
 
 class LogRateReadout(nn.Linear):
     """Affine map from latents `(..., K)` to log-rates `(..., N)` (per bin); the model exponentiates."""
-

@@ -140,7 +140,11 @@ def resolve_data_defaults(cfg: DictConfig, data: SpikeData) -> None:
         _whole(patience, "callbacks.early_stopping_patience", 0)
     log.info(
         "%s: %d training trials, batch size %d (%d steps per epoch), early-stopping patience %s epochs",
-        cfg.data.name, n_train, batch, steps, callbacks.get("early_stopping_patience") if callbacks else None,
+        cfg.data.name,
+        n_train,
+        batch,
+        steps,
+        callbacks.get("early_stopping_patience") if callbacks else None,
     )
 
 
