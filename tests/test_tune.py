@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from tiny import TINY_LFADS
 
 from neuralnets.runs import read_run
 from neuralnets.training.build import CONFIG_DIR
 from neuralnets.training.module import ConfigError
-from neuralnets.training.tune import search_space, tune
+from neuralnets.training.tune import ReportAndPrune, search_space, tune
 
 pytest.importorskip("optuna")
 
@@ -45,6 +47,8 @@ def test_tune_runs_members_writes_a_leaderboard_and_resumes(tmp_path):
     assert space == set(trials[0]["params"]) and "module.coordinated_dropout" in space
     for t in trials:  # each member is an ordinary run with its hyperparameters applied
         run = read_run(t["run_dir"])
+        assert len(t["values"]) == t["epochs_trained"] >= 1  # val co-bps reported every epoch
+        assert t["best"] == pytest.approx(run["monitor"]["val/co_bps"])
         assert run["val_metrics"]["co_bps"] is not None and run["model"] == "LFADS"
         assert list((study / "members" / f"{t['number']:03d}").glob("events.out.tfevents*"))
         cfg_text = (study / "members" / f"{t['number']:03d}" / "config.yaml").read_text()
@@ -70,3 +74,24 @@ def test_tune_refuses_bad_settings(tmp_path):
     space.write_text("params:\n  - {key: model.no_such, low: 0.0, high: 1.0}\n")
     with pytest.raises(ConfigError, match="'model.no_such' is not a setting"):
         tune(_cfg(tmp_path, f"tune.space={space}"))
+
+
+def test_report_and_prune_reports_each_epoch_and_stops_when_told():
+    class Trial:
+        def __init__(self):
+            self.reports = []
+
+        def report(self, value, step):
+            self.reports.append((step, value))
+
+        def should_prune(self):
+            return len(self.reports) >= 2
+
+    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={}, current_epoch=0, should_stop=False)
+    cb = ReportAndPrune(Trial(), "val/loss")
+    cb.on_validation_end(trainer, None)  # nothing logged yet: nothing reported
+    for epoch, loss in enumerate((3.0, 2.0)):
+        trainer.current_epoch, trainer.callback_metrics = epoch, {"val/loss": torch.tensor(loss)}
+        cb.on_validation_end(trainer, None)
+    assert cb.trial.reports == [(0, -3.0), (1, -2.0)]  # a loss is maximised negated
+    assert cb.pruned and trainer.should_stop

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ class ReportAndPrune(pl.Callback):
 def member_config(cfg: DictConfig, params: dict[str, float], number: int) -> DictConfig:
     """The training config of member `number`: `cfg` with `params` set, `tune.max_epochs` epochs,
     the harness metric every epoch and the checkpoint on `tune.metric` (no early stopping: the pruner)."""
-    member = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    member = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # callbacks read the keys below
     member.pop("tune")
     for key, value in params.items():
         OmegaConf.update(member, key, value)
@@ -275,7 +276,9 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
     pruner = optuna.pruners.SuccessiveHalvingPruner(
         min_resource=int(t.min_epochs), reduction_factor=int(t.reduction_factor)
     )
-    ostudy = study.to_optuna(space, sampler, pruner)
+    with warnings.catch_warnings():  # add_trial/create_trial are marked experimental in Optuna 2.10
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ostudy = study.to_optuna(space, sampler, pruner)
     left = int(t.n_trials) - len(study.trials)
     log.info("%s: %d members so far, %d to go", tune_dir, len(study.trials), max(left, 0))
 
