@@ -201,7 +201,7 @@ class Study:
 
 def leaderboard_rows(study: Study, metric: str) -> list[dict[str, Any]]:
     """Members best first (complete before pruned before failed), with their best val metric."""
-    order = {"complete": 0, "pruned": 1, "failed": 2, "running": 3}
+    order = {"complete": 0, "pruned": 1, "failed": 2, "interrupted": 3}
     sign = -1.0 if metric.endswith("loss") else 1.0  # trials.json holds maximised values
     rows = []
     for t in study.trials:
@@ -219,7 +219,7 @@ def leaderboard_rows(study: Study, metric: str) -> list[dict[str, Any]]:
     return sorted(
         rows,
         key=lambda r: (
-            order[r["status"]] if r["status"] in order else 3,
+            order[r["status"]],
             -(sign * r[metric]) if r[metric] is not None else math.inf,
         ),
     )
