@@ -72,8 +72,8 @@ def test_init_readout_bias_refuses_wrong_shapes_and_values(tiny_data):
 
 
 def test_auto_batch_size_and_patience_rules():
-    assert [auto_batch_size(n) for n in (10, 60, 240, 600, 5000)] == [8, 8, 30, 64, 64]
-    assert auto_patience(8) == 63 and auto_patience(100) == 30
+    assert [auto_batch_size(n) for n in (10, 60, 240, 600, 5000)] == [8, 8, 15, 37, 64]
+    assert auto_patience(8) == 63 and auto_patience(16) == 32 and auto_patience(100) == 30
 
 
 def test_auto_settings_are_resolved_into_the_config(tiny_data):
