@@ -29,7 +29,12 @@ def _by_type(callbacks):
 
 
 def test_default_callbacks_follow_the_flat_keys(tmp_path, data):
-    cfg = _cfg("callbacks.monitor=val/co_bps", "callbacks.mode=max", "callbacks.eval_every_n_epochs=3")
+    cfg = _cfg(
+        "callbacks.monitor=val/co_bps",
+        "callbacks.mode=max",
+        "callbacks.eval_every_n_epochs=3",
+        "callbacks.early_stopping_patience=30",
+    )
     cbs = _by_type(build_callbacks(cfg, tmp_path, data))
     assert set(cbs) == {HashedModelCheckpoint, EarlyStopping, LearningRateMonitor, HarnessEvaluation}
     ckpt = cbs[HashedModelCheckpoint]

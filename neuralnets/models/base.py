@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
 
+READOUT_FLOOR = 1e-3  # counts per bin: the smallest initial rate (silent neurons), e.g. 0.2 Hz in 5 ms bins
+
 
 @dataclass
 class ModelOutput:
@@ -51,6 +53,9 @@ class SpikeModel(nn.Module):
       (`ModelOutput.recon_mask`), so the training module applies no coordinated dropout on top;
     - `has_inferred_inputs`: forward returns `inputs` (LFADS with a controller);
     - `supports_fused_recurrence`: has a `recurrence` option with a fused fast path ('plain'/'fused').
+
+    Every model names its read-out `self.readout`: an `nn.Linear` from latents to the log-rates
+    `(..., N)` of all neurons, whose bias `init_readout_bias` sets from the data.
     """
 
     masks_input: bool = False
@@ -64,6 +69,26 @@ class SpikeModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @torch.no_grad()
+    def init_readout_bias(self, mean_counts: Tensor | np.ndarray, floor: float = READOUT_FLOOR) -> None:
+        """Start each neuron's log-rate at log(its mean count per bin) `mean_counts (N,)`, floored at
+        `floor` counts per bin for silent neurons (log(0) would be -inf). Called once when a run starts
+        from scratch (`training/build.py`), never on resume or when loading weights."""
+        readout = getattr(self, "readout", None)
+        if not isinstance(readout, nn.Linear) or readout.bias is None:
+            raise TypeError(
+                f"{type(self).__name__} has no `readout` nn.Linear with a bias to initialise from the data"
+            )
+        mean = torch.as_tensor(mean_counts, dtype=readout.bias.dtype, device=readout.bias.device)
+        if mean.shape != readout.bias.shape:
+            raise ValueError(
+                f"{type(self).__name__}.init_readout_bias: mean counts have shape {tuple(mean.shape)}; "
+                f"expected {tuple(readout.bias.shape)} (one per neuron)"
+            )
+        if not torch.isfinite(mean).all() or (mean < 0).any():
+            raise ValueError(f"{type(self).__name__}.init_readout_bias: mean counts must be finite and >= 0")
+        readout.bias.copy_(torch.log(mean.clamp(min=floor)))
 
     def check_input(self, heldin: Tensor) -> None:
         """Raise a clear error when the input does not match the spec the model was built for."""

@@ -362,10 +362,6 @@ class LFADS(SpikeModel):
         finally:
             self.train(was_training)
 
-    def init_readout_bias(self, mean_counts: Tensor) -> None:
-        """Start the readout at each neuron's mean count per bin `mean_counts (N,)` (optional)."""
-        self.readout.set_bias_from_mean(mean_counts)
-
 
 @torch.no_grad()
 def _init_logvar_bias(linear: nn.Linear, dim: int, var: float) -> None:

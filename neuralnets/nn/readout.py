@@ -33,13 +33,3 @@ class NormalizedLinear(nn.Module):
 
 class LogRateReadout(nn.Linear):
     """Affine map from latents `(..., K)` to log-rates `(..., N)` (per bin); the model exponentiates."""
-
-    @torch.no_grad()
-    def set_bias_from_mean(self, mean_counts: Tensor, floor: float = 1e-3) -> None:
-        """Start each neuron's log-rate at log(its mean count per bin); `floor` for silent neurons."""
-        mean_counts = torch.as_tensor(mean_counts, dtype=self.bias.dtype, device=self.bias.device)
-        if mean_counts.shape != self.bias.shape:
-            raise ValueError(
-                f"mean counts have shape {tuple(mean_counts.shape)}; expected {tuple(self.bias.shape)}"
-            )
-        self.bias.copy_(torch.log(mean_counts.clamp(min=floor)))

@@ -2,8 +2,8 @@
 
 Used by `neuralnets-train` (`training/train.py`) and population-based training (`training/pbt.py`):
 
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm.data.spec)
+    dm = build_datamodule(cfg)                          # resolves `auto` batch size / patience in cfg
+    module = build_module(cfg, dm.data.spec, init_data=dm.data)   # init_data only for a fresh run
     trainer = build_trainer(cfg, run_dir, dm.data)      # callbacks and logger from cfg.callbacks / cfg.logger
     model_config("lfads_mc_maze")                       # a named model config as a plain dict
 
@@ -16,9 +16,12 @@ built, with plain option values (no nested `_target_`).
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -26,14 +29,26 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
 from neuralnets.data.datamodule import SpikeDataModule
+from neuralnets.data.loaders import load
 from neuralnets.data.spikedata import DataSpec, SpikeData
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import ConfigError, TrainingModule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+AUTO = "auto"
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
 _PLAIN = (bool, int, float, str, type(None))
+log = logging.getLogger(__name__)
+
+# `data.batch_size: auto` = clip(n_train // STEPS_PER_EPOCH, MIN_BATCH, MAX_BATCH): about 16 optimiser
+# steps per epoch (60 trials -> 8, 240 -> 15, 600 -> 37), batches of 64 from 1024 training trials up.
+# Chosen on validation co-bps (experiments/results/defaults_mc_maze_small.md): at a fixed number of
+# epochs smaller batches did better on chaotic_rnn and tied on lorenz.
+STEPS_PER_EPOCH, MIN_BATCH, MAX_BATCH = 16, 8, 64
+# `callbacks.early_stopping_patience: auto` = max(MIN_PATIENCE, ceil(PATIENCE_STEPS / steps per epoch))
+# epochs: with few steps per epoch an epoch is little training, so patience is counted in steps.
+MIN_PATIENCE, PATIENCE_STEPS = 30, 500
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -94,21 +109,79 @@ def load_kwargs(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}
 
 
-def build_datamodule(cfg: DictConfig) -> SpikeDataModule:
-    """The DataModule of `cfg.data` (loads the data: `dm.data`)."""
-    return SpikeDataModule(
-        cfg.data.source, batch_size=cfg.data.batch_size, seed=cfg.seed, load_kwargs=load_kwargs(cfg)
+def auto_batch_size(n_train: int) -> int:
+    """The batch size of `data.batch_size: auto` for `n_train` training trials (rule above)."""
+    return min(max(n_train // STEPS_PER_EPOCH, MIN_BATCH), MAX_BATCH)
+
+
+def auto_patience(steps_per_epoch: int) -> int:
+    """The early-stopping patience (epochs) of `callbacks.early_stopping_patience: auto`."""
+    return max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / max(steps_per_epoch, 1)))
+
+
+def _whole(value: Any, where: str, minimum: int) -> int:
+    """`value` if it is an int >= `minimum`, else a ConfigError naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}={value!r}: expected 'auto' or a whole number >= {minimum}")
+    return value
+
+
+def resolve_data_defaults(cfg: DictConfig, data: SpikeData) -> None:
+    """Replace `auto` in `cfg.data.batch_size` and `cfg.callbacks.early_stopping_patience` (in place,
+    so the run's saved config and hparams hold the numbers used) and log what was chosen."""
+    n_train = int(data.indices("train").size)
+    batch = cfg.data.get("batch_size", AUTO)
+    batch = auto_batch_size(n_train) if batch == AUTO else _whole(batch, "data.batch_size", 1)
+    cfg.data.batch_size = batch
+    steps = math.ceil(n_train / batch)
+    callbacks = cfg.get("callbacks")
+    patience = callbacks.get("early_stopping_patience") if callbacks is not None else None
+    if patience == AUTO:
+        callbacks.early_stopping_patience = auto_patience(steps)
+    elif patience is not None:
+        _whole(patience, "callbacks.early_stopping_patience", 0)
+    log.info(
+        "%s: %d training trials, batch size %d (%d steps per epoch), early-stopping patience %s epochs",
+        cfg.data.name,
+        n_train,
+        batch,
+        steps,
+        callbacks.get("early_stopping_patience") if callbacks else None,
     )
 
 
-def build_module(cfg: DictConfig, spec: DataSpec) -> TrainingModule:
-    """The TrainingModule of `cfg.model` (built by name through the model registry) and `cfg.module`."""
-    return TrainingModule(
+def build_datamodule(cfg: DictConfig) -> SpikeDataModule:
+    """The DataModule of `cfg.data` (loads the data: `dm.data`), after resolving `auto` settings in
+    `cfg` from the data (`resolve_data_defaults`)."""
+    data = load(cfg.data.source, **load_kwargs(cfg))
+    resolve_data_defaults(cfg, data)
+    return SpikeDataModule(data, batch_size=cfg.data.batch_size, seed=cfg.seed)
+
+
+def train_mean_counts(data: SpikeData) -> np.ndarray:
+    """(N,) each neuron's mean count per bin over the training trials' observed entries
+    (`SpikeData.observed_mask()`); 0 for a neuron never observed in training."""
+    idx = data.indices("train")
+    mask = data.observed_mask()[idx]  # (trials, T, N)
+    total = np.where(mask, data.spikes[idx], 0.0).sum(axis=(0, 1), dtype=np.float64)
+    n = mask.sum(axis=(0, 1))
+    return np.divide(total, n, out=np.zeros_like(total), where=n > 0).astype(np.float32)
+
+
+def build_module(cfg: DictConfig, spec: DataSpec, init_data: SpikeData | None = None) -> TrainingModule:
+    """The TrainingModule of `cfg.model` (built by name through the model registry) and `cfg.module`.
+
+    `init_data`: for a run that starts from scratch (never on resume or when loading weights), the
+    data whose training split sets the model's read-out bias (`SpikeModel.init_readout_bias`)."""
+    module = TrainingModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         spec=spec.to_dict(),
         data_name=cfg.data.name,
         **OmegaConf.to_container(cfg.module, resolve=True),
     )
+    if init_data is not None:
+        module.model.init_readout_bias(train_mean_counts(init_data))
+    return module
 
 
 def _default_callbacks() -> DictConfig:

@@ -164,9 +164,9 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
     # A different initialisation for each member (trial ids end in a running number).
     pl.seed_everything(int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1]), workers=True)
     dm = build_datamodule(cfg)
-    module = build_module(cfg, dm.data.spec)
-    ckpt_path = None
     checkpoint = tune.get_checkpoint()
+    module = build_module(cfg, dm.data.spec, init_data=dm.data if checkpoint is None else None)
+    ckpt_path = None
     if checkpoint is not None:
         with checkpoint.as_directory() as src:
             ckpt_path = Path(tempfile.mkdtemp(prefix="pbt_restore_")) / CKPT_NAME

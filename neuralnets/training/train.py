@@ -199,7 +199,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         check_resumable(run_dir, cfg, ckpt)
         previous_s = float(ckpt.get("callbacks", {}).get("TrainingClock", {}).get("train_time_s", 0.0))
         start_step = int(ckpt.get("global_step", 0))
-    module = build_module(cfg, data.spec)
+    module = build_module(cfg, data.spec, init_data=data if ckpt_path is None else None)
     rank_zero = is_launch_rank_zero()
     if ckpt_path is None and rank_zero:
         run_dir = create_run_dir(*new_run_location(cfg)) if run_dir is None else claim_run_dir(run_dir)
@@ -338,12 +338,24 @@ def finish_run(
     write_metrics(scores[split], run_dir, extra=record)
     record["metrics"] = scores[split]
     record["run_dir"] = str(run_dir)
+    last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
+    # Every setting that tells runs apart, so that TensorBoard's hparams table shows it.
     hparams = {
         "model": module.model_name,
         "data": cfg.data.name,
+        "data_source": str(cfg.data.source),
+        "data_kwargs": load_kwargs(cfg),
+        "recipe": str(cfg.get("recipe")),  # configs/experiment/<recipe>.yaml, "None" without one
+        "seed": cfg.seed,
+        "batch_size": cfg.data.batch_size,  # the resolved number (`auto` is resolved at start)
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "epochs_trained": read_resume_checkpoint(last)["epoch"] + 1 if last and last.is_file() else None,
+        "steps": step,
         "model_cfg": OmegaConf.to_container(cfg.model),
         "module": OmegaConf.to_container(cfg.module),
     }
+    if cfg.get("tune_member"):  # a member of a `neuralnets-tune` study
+        hparams["tune_member"] = OmegaConf.to_container(cfg.tune_member, resolve=True)
     log_to_tensorboard(logger, hparams, scores[split])
     log_figures(logger, data, pred, split, step)
     logger.finalize("success")

@@ -1,0 +1,173 @@
+"""`neuralnets-ensemble`: average the predicted rates of several runs on the same data.
+
+    neuralnets-ensemble runs/a runs/b runs/c --out runs/ensemble_abc            # k chosen on val
+    neuralnets-ensemble runs/tune/lfads_mc_maze_small/members/* --out runs/ens --k 3
+
+Members are ranked by validation co-bps; `--k N` averages the best N, `--k auto` (default) the best k
+whose average scores highest on the validation trials (test trials are never used to choose). The
+output is an ordinary run directory: `predictions.h5` (mean rates `(trials, T, N)`, no latents: the
+members' latent spaces differ), `metrics.json` (test metrics, `val_metrics`, `members`, `k`, `status`)
+and a TensorBoard hparams row, so `neuralnets-eval`, `neuralnets-compare` and TensorBoard read it
+like a trained run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.eval.cli import _run
+from neuralnets.eval.harness import evaluate
+from neuralnets.eval.tables import format_table
+from neuralnets.eval.tblog import log_to_tensorboard
+from neuralnets.runs import (
+    load_run_data,
+    read_predictions,
+    read_run,
+    write_metrics,
+    write_predictions,
+)
+
+SELECT_METRIC = "co_bps"  # validation metric that ranks members and chooses k
+
+
+def check_same_data(runs: Sequence[dict[str, Any]]) -> None:
+    """Raise a ValueError naming the first run whose data source or load kwargs differ from the first's."""
+    first = runs[0]
+    for run in runs[1:]:
+        for k in ("data_source", "data_kwargs"):
+            if (run.get(k) or None) != (first.get(k) or None):
+                raise ValueError(
+                    f"{run['run_dir']} was trained on {k}={run.get(k)!r}, but {first['run_dir']} on "
+                    f"{first.get(k)!r}: an ensemble needs runs on the same data"
+                )
+
+
+def choose_members(
+    rates: Sequence[np.ndarray], data: SpikeData, k: int | str = "auto"
+) -> tuple[list[int], list[float], dict[int, float]]:
+    """(chosen member indices, each member's val co-bps, {k: val co-bps of the top-k mean}) for `rates`
+    (members' `(trials, T, N)` arrays): members ranked by val co-bps, then the best `k` (or, for
+    "auto", the k whose mean of the top k scores highest on val)."""
+    scores = [evaluate(r, data, "val")[SELECT_METRIC] for r in rates]
+    order = sorted(range(len(rates)), key=lambda i: -scores[i])
+    if k == "auto":
+        curve = {
+            n: evaluate(_mean([rates[i] for i in order[:n]]), data, "val")[SELECT_METRIC]
+            for n in range(1, len(rates) + 1)
+        }
+        k = max(curve, key=curve.get)
+    else:
+        curve = {}
+        if not 1 <= int(k) <= len(rates):
+            raise ValueError(f"--k {k}: expected 'auto' or 1..{len(rates)} (the number of runs)")
+    return order[: int(k)], scores, curve
+
+
+def _mean(rates: Sequence[np.ndarray]) -> np.ndarray:
+    return np.mean(np.stack(rates), axis=0, dtype=np.float64).astype(np.float32)  # (trials, T, N)
+
+
+def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "auto") -> dict[str, Any]:
+    """Average the rates of `run_dirs` (best `k` on val) into the new run directory `out`; returns
+    what metrics.json holds."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; refusing to overwrite it")
+    if len(run_dirs) < 2:
+        raise ValueError(f"an ensemble needs at least 2 runs; got {len(run_dirs)}")
+    runs = [read_run(r) for r in run_dirs]
+    check_same_data(runs)
+    data = load_run_data(runs[0])
+    rates = []
+    for run in runs:
+        r = read_predictions(run["run_dir"])["rates"]
+        if r.shape[0] != data.n_trials or (rates and r.shape != rates[0].shape):
+            raise ValueError(
+                f"{run['run_dir']}: predicted rates of shape {r.shape}; the dataset has {data.n_trials} "
+                f"trials" + (f" and {runs[0]['run_dir']} predicted {rates[0].shape}" if rates else "")
+            )
+        rates.append(r)
+    chosen, scores, curve = choose_members(rates, data, k)
+    mean = _mean([rates[i] for i in chosen])
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out, {"rates": mean})
+    val = evaluate(mean, data, "val")
+    test = evaluate(mean, data, "test")
+    members = [
+        {"run_dir": run["run_dir"], "model": run["model"], f"val_{SELECT_METRIC}": s, "chosen": i in chosen}
+        for i, (run, s) in enumerate(zip(runs, scores, strict=True))
+    ]
+    models = sorted({runs[i]["model"] for i in chosen})
+    record = {
+        "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
+        "data": runs[0]["data"],
+        "data_source": runs[0].get("data_source"),
+        "data_kwargs": runs[0].get("data_kwargs") or {},
+        "split": "test",
+        "val_metrics": val,
+        "train_time_s": None,
+        "n_parameters": None,
+        "k": len(chosen),
+        "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
+        f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
+        "members": members,
+        "status": "complete",
+    }
+    write_metrics(test, out, extra=record)
+    _log_hparams(out, record, test)
+    return {**record, "metrics": test, "run_dir": str(out)}
+
+
+def _log_hparams(out: Path, record: dict[str, Any], metrics: dict[str, float]) -> None:
+    """One TensorBoard hparams row for the ensemble, naming its members."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    chosen = [m["run_dir"] for m in record["members"] if m["chosen"]]
+    hparams = {
+        "model": record["model"],
+        "data": record["data"],
+        "data_source": str(record["data_source"]),
+        "data_kwargs": record["data_kwargs"],
+        "ensemble_k": record["k"],
+        "ensemble_members": ", ".join(chosen),
+    }
+    with SummaryWriter(log_dir=str(out)) as writer:
+        log_to_tensorboard(writer, hparams, metrics)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neuralnets-ensemble", description=__doc__.split("\n")[0])
+    p.add_argument("run_dirs", nargs="+", metavar="RUN", help="finished run directories on the same data")
+    p.add_argument("--out", required=True, metavar="DIR", help="new run directory for the ensemble")
+    p.add_argument("--k", default="auto", help="'auto' (chosen on val co-bps) or how many best members")
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    k = args.k if args.k == "auto" else _int_k(args.k)
+    record = ensemble(args.run_dirs, args.out, k)
+    print(format_table([record], baselines=False))
+    print(f"run directory: {record['run_dir']}")
+    return 0
+
+
+def _int_k(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--k {text!r}: expected 'auto' or a whole number") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _run("neuralnets-ensemble", _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
