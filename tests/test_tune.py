@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from tiny import TINY_LFADS
 
-from neuralnets.runs import read_run
+from neuralnets.runs import read_run, read_status
 from neuralnets.training.build import CONFIG_DIR
 from neuralnets.training.module import ConfigError
 from neuralnets.training.tune import ReportAndPrune, search_space, tune
@@ -47,6 +47,7 @@ def test_tune_runs_members_writes_a_leaderboard_and_resumes(tmp_path):
     assert space == set(trials[0]["params"]) and "module.coordinated_dropout" in space
     for t in trials:  # each member is an ordinary run with its hyperparameters applied
         run = read_run(t["run_dir"])
+        assert read_status(t["run_dir"])["status"] == "finished"
         assert len(t["values"]) == t["epochs_trained"] >= 1  # val co-bps reported every epoch
         assert t["best"] == pytest.approx(run["monitor"]["val/co_bps"])
         assert run["val_metrics"]["co_bps"] is not None and run["model"] == "LFADS"

@@ -26,11 +26,13 @@ from neuralnets.eval.harness import evaluate
 from neuralnets.eval.tables import format_table
 from neuralnets.eval.tblog import log_to_tensorboard
 from neuralnets.runs import (
+    claim_run_dir,
     load_run_data,
     read_predictions,
     read_run,
     write_metrics,
     write_predictions,
+    write_status,
 )
 
 SELECT_METRIC = "co_bps"  # validation metric that ranks members and chooses k
@@ -95,7 +97,7 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
         rates.append(r)
     chosen, scores, curve = choose_members(rates, data, k)
     mean = _mean([rates[i] for i in chosen])
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out)
     write_predictions(out, {"rates": mean})
     val = evaluate(mean, data, "val")
     test = evaluate(mean, data, "test")
@@ -117,9 +119,9 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
         "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
         f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
         "members": members,
-        "status": "complete",
     }
     write_metrics(test, out, extra=record)
+    write_status(out, "finished")
     _log_hparams(out, record, test)
     return {**record, "metrics": test, "run_dir": str(out)}
 

@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.data.spikedata import DataError
-from neuralnets.runs import CONFIG_FILE, atomic_path
+from neuralnets.runs import CONFIG_FILE, atomic_path, claim_run_dir, write_status
 from neuralnets.training.build import (
     CONFIG_DIR,
     build_callbacks,
@@ -130,27 +130,33 @@ def member_config(cfg: DictConfig, params: dict[str, float], number: int) -> Dic
 
 def train_member(cfg: DictConfig, run_dir: Path, trial: Any) -> tuple[dict, ReportAndPrune]:
     """Train one member into the new run directory `run_dir` and score it like `neuralnets-train`."""
-    run_dir.mkdir(parents=True, exist_ok=False)
+    claim_run_dir(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.data.spec, init_data=dm.data)
-    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    with atomic_path(run_dir / CONFIG_FILE) as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
     reporter = ReportAndPrune(trial, cfg.callbacks.monitor)
     callbacks = [*build_callbacks(cfg, run_dir, dm.data), reporter]  # after the harness evaluation
     trainer = build_trainer(cfg, run_dir, dm.data, callbacks=callbacks)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, weights_only=True)
-    seconds = time.perf_counter() - start
-    record = finish_run(
-        cfg,
-        run_dir,
-        dm.data,
-        module,
-        trainer.checkpoint_callback,
-        trainer.logger,
-        seconds,
-        trainer.global_step,
-    )
+    try:
+        trainer.fit(module, datamodule=dm, weights_only=True)
+        seconds = time.perf_counter() - start
+        record = finish_run(
+            cfg,
+            run_dir,
+            dm.data,
+            module,
+            trainer.checkpoint_callback,
+            trainer.logger,
+            seconds,
+            trainer.global_step,
+        )
+    except BaseException as err:
+        write_status(run_dir, "failed", error=" ".join(str(err).split()) or type(err).__name__)
+        raise
+    write_status(run_dir, "finished", epochs=trainer.current_epoch, train_time_s=round(seconds, 2))
     return record, reporter
 
 
