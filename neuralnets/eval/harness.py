@@ -128,6 +128,17 @@ def skipped_metrics(
     return reasons
 
 
+def _all_trials(x: Any, name: str, dim: str, data: SpikeData) -> Tensor:
+    """`x` as a tensor of shape (trials, T, dim) covering every trial of `data`, or a ValueError."""
+    t = M.as_tensor(x, name)
+    if t.ndim != 3 or t.shape[0] != data.n_trials:
+        raise ValueError(
+            f"{name} have shape {tuple(t.shape)}; expected ({data.n_trials}, T, {dim}) for all trials of "
+            f"data {data.name!r}"
+        )
+    return t
+
+
 def evaluate(
     rates: np.ndarray | Tensor,
     data: SpikeData,
@@ -176,22 +187,8 @@ def evaluate(
     M.check_values(
         lam, "rates", None if data.observed is None else torch.as_tensor(data.observed, device=dev), True
     )
-    z = None
-    if latents is not None:
-        z = M.as_tensor(latents, "latents")
-        if z.ndim != 3 or z.shape[0] != data.n_trials:
-            raise ValueError(
-                f"latents have shape {tuple(z.shape)}; expected ({data.n_trials}, T, K) for all trials of "
-                f"data {data.name!r}"
-            )
-    u = None
-    if inputs is not None:
-        u = M.as_tensor(inputs, "inputs")
-        if u.ndim != 3 or u.shape[0] != data.n_trials:
-            raise ValueError(
-                f"inputs have shape {tuple(u.shape)}; expected ({data.n_trials}, T, U) for all trials of "
-                f"data {data.name!r}"
-            )
+    z = None if latents is None else _all_trials(latents, "latents", "K", data)  # (trials, T, K)
+    u = None if inputs is None else _all_trials(inputs, "inputs", "U", data)  # (trials, T, U)
     skip = skipped_metrics(data, split, latents, psth_variant, fewshot, inputs)
     idx_t = torch.as_tensor(idx, device=dev)
     lam_e = lam[idx_t]  # (trials_eval, T, N)

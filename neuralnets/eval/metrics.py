@@ -228,14 +228,20 @@ def _split_view(rates, spikes, observed, n_fwd):
 
 
 # ---------------------------------------------------------------------------------------------- R²
-def r2_per_column(pred: Tensor, true: Tensor, weight: Tensor | None = None) -> Tensor:
-    """R² of each column of (S, C) arrays over the rows with weight 1; NaN where the target is constant."""
+def _sums_of_squares(pred: Tensor, true: Tensor, weight: Tensor | None) -> tuple[Tensor, ...]:
+    """(weight, rows n (C,), SS_tot (C,), SS_res (C,)) of (S, C) arrays over the rows with weight 1."""
     if weight is None:
         weight = torch.ones_like(true)
     n = weight.sum(0)  # (C,)
     mean = (weight * true).sum(0) / n.clamp(min=1.0)
     ss_tot = (weight * (true - mean) ** 2).sum(0)
     ss_res = (weight * (true - pred) ** 2).sum(0)
+    return weight, n, ss_tot, ss_res
+
+
+def r2_per_column(pred: Tensor, true: Tensor, weight: Tensor | None = None) -> Tensor:
+    """R² of each column of (S, C) arrays over the rows with weight 1; NaN where the target is constant."""
+    weight, n, ss_tot, ss_res = _sums_of_squares(pred, true, weight)
     # A constant target (or no rows) has no R²; tolerance relative to the target's scale.
     scale = (weight * true**2).sum(0).clamp(min=torch.finfo(true.dtype).tiny)
     defined = (n > 1) & (ss_tot > 1e-12 * scale)
@@ -248,12 +254,7 @@ def r2_columns_sklearn(pred: Tensor, true: Tensor, weight: Tensor | None = None)
     force_finite=True) over the rows with weight 1: 1 − SS_res/SS_tot; a constant target (SS_tot == 0
     exactly) scores 1.0 when predicted exactly (SS_res == 0) and 0.0 otherwise. NaN for a column
     with no weighted row."""
-    if weight is None:
-        weight = torch.ones_like(true)
-    n = weight.sum(0)  # (C,)
-    mean = (weight * true).sum(0) / n.clamp(min=1.0)
-    ss_tot = (weight * (true - mean) ** 2).sum(0)
-    ss_res = (weight * (true - pred) ** 2).sum(0)
+    _, n, ss_tot, ss_res = _sums_of_squares(pred, true, weight)
     safe = torch.where(ss_tot != 0, ss_tot, torch.ones_like(ss_tot))
     r2 = torch.where(ss_tot != 0, 1.0 - ss_res / safe, (ss_res == 0).to(true.dtype))
     return torch.where(n > 0, r2, torch.full_like(r2, float("nan")))
