@@ -120,13 +120,15 @@ def evaluate(
     psth_variant: str = "nlb",
     fewshot_k: int = M.FEWSHOT_K,
     fewshot_resamples: int = M.FEWSHOT_RESAMPLES,
+    fewshot: bool = True,
 ) -> dict[str, float]:
     """Score predicted rates on `data`'s `split` trials; returns {metric: value} for the computable metrics.
 
     rates: (trials, T_obs+T_fwd, N_all) expected counts per bin for ALL trials of `data` (numpy or torch,
     any device; the Poisson metrics run on that device). latents: optional (trials, T_lat, K) for all
     trials; latent R² uses the first min(T_lat, T) bins of both model and true latents, few-shot co-bps
-    the first T_obs bins of the model latents.
+    the first T_obs bins of the model latents; `fewshot=False` skips few-shot co-bps (its GLM fits
+    are most of the time of this function; training callbacks leave it to the final evaluation).
     Entries with `data.observed == False` are never scored. Metrics that cannot be computed (see
     `skipped_metrics`) are left out of the dict. Keys and meanings: `METRICS`.
 
@@ -210,7 +212,7 @@ def evaluate(
             None if m_e is None else m_e[sl],
             constant_target="drop",
         )
-    if "fewshot_co_bps" not in skip:
+    if fewshot and "fewshot_co_bps" not in skip:
         tr = data.indices("train")
         obs = data.observed_mask()  # (trials, T, N)
         tr = tr[(data.spikes[tr, :t_obs, n_in:] * obs[tr, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
