@@ -47,7 +47,7 @@ DEFAULT_CONFIGS = [f"branch={REPO}:trainer.precision=32-true", f"branch={REPO}:t
 
 
 # ------------------------------------------------------------------------------------------- child
-def run_child(overrides: list[str], epochs: int, seed: int) -> dict:
+def run_child(overrides: list[str], epochs: int, seed: int, eval_every: int | None) -> dict:
     """One configuration in this process: train `epochs` epochs and return the measurements."""
     import resource
 
@@ -86,6 +86,7 @@ def run_child(overrides: list[str], epochs: int, seed: int) -> dict:
 
     base = ["model=lfads_mc_maze", "data.batch_size=256", f"seed={seed}", f"trainer.max_epochs={epochs}"]
     base += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    base += [] if eval_every is None else [f"callbacks.eval_every_n_epochs={eval_every}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose("train", overrides=base + overrides)
     pl.seed_everything(seed, verbose=False)
@@ -157,11 +158,12 @@ def parse_config(text: str) -> tuple[str, Path, list[str]]:
     return name, code_dir, [o for o in over.split(",") if o]
 
 
-def spawn(code_dir: Path, overrides: list[str], epochs: int, seed: int) -> dict:
+def spawn(code_dir: Path, overrides: list[str], args: argparse.Namespace) -> dict:
     """Run one configuration in a fresh Python process importing `neuralnets` from `code_dir`."""
     env = {**os.environ, "PYTHONPATH": str(code_dir), "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, __file__, "--child", json.dumps(overrides), "--epochs", str(epochs)]
-    cmd += ["--seed", str(seed)]
+    cmd = [sys.executable, __file__, "--child", json.dumps(overrides), "--epochs", str(args.epochs)]
+    cmd += ["--seed", str(args.seed)]
+    cmd += [] if args.eval_every is None else ["--eval-every", str(args.eval_every)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(code_dir))
     if proc.returncode != 0:
         raise RuntimeError(f"configuration {overrides} in {code_dir} failed:\n{proc.stderr[-4000:]}")
@@ -189,11 +191,14 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--epochs", type=int, default=11, help="epochs per run; the first is not timed")
     p.add_argument("--repeats", type=int, default=2, help="runs per configuration, interleaved")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="callbacks.eval_every_n_epochs (default: the config's)"
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(run_child(json.loads(args.child), args.epochs, args.seed)))
+        print(json.dumps(run_child(json.loads(args.child), args.epochs, args.seed, args.eval_every)))
         return ""
     if args.epochs < 2 or args.repeats < 1:
         p.error("--epochs must be >= 2 (the first is a warm-up) and --repeats >= 1")
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> str:
     pressure0, wall0 = _cpu_pressure(), time.perf_counter()
     for rep in range(args.repeats):
         for name, code_dir, overrides in configs if rep % 2 == 0 else configs[::-1]:
-            res = spawn(code_dir, overrides, args.epochs, args.seed)
+            res = spawn(code_dir, overrides, args)
             rate = res["train_trials"] / statistics.median(res["epoch_s"])
             mib = res["rss_mb"]
             print(f"  [{rep + 1}/{args.repeats}] {name}: {rate:.0f} trials/s, {mib:.0f} MiB", flush=True)
@@ -244,7 +249,8 @@ def main(argv: list[str] | None = None) -> str:
         f"Data: Lorenz shaped like MC_Maze, {N_TRIALS} trials (1721 train / 574 val) x 45 bins x 182 "
         "neurons; "
         f"LFADS configs/model/lfads_mc_maze.yaml, batch 256; {args.epochs} epochs per run (first untimed), "
-        f"{args.repeats} runs per configuration, interleaved, each in a fresh process.",
+        f"{args.repeats} runs per configuration, interleaved, each in a fresh process; harness evaluation "
+        f"every {args.eval_every or 'configured (10)'} epochs.",
         "Configurations: "
         + "; ".join(f"{n} = {c.name} {' '.join(o) or '(defaults)'}" for n, c, o in configs),
     ]
