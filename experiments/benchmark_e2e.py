@@ -212,8 +212,12 @@ def main(argv: list[str] | None = None) -> str:
         for name, code_dir, overrides in configs if rep % 2 == 0 else configs[::-1]:
             res = spawn(code_dir, overrides, args)
             rate = res["train_trials"] / statistics.median(res["epoch_s"])
-            mib = res["rss_mb"]
-            print(f"  [{rep + 1}/{args.repeats}] {name}: {rate:.0f} trials/s, {mib:.0f} MiB", flush=True)
+            print(
+                f"  [{rep + 1}/{args.repeats}] {name} ({res['precision']}): {rate:.0f} trials/s, "
+                f"epochs {[round(s, 1) for s in res['epoch_s']]} s, {res['rss_mb']:.0f} MiB, "
+                f"co-bps {res['co_bps']:.4f}, fp-bps {res['fp_bps']:.4f}",
+                flush=True,
+            )
             results[name].append(res)
     wall, pressure1 = time.perf_counter() - wall0, _cpu_pressure()
 
