@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 N_TRIALS = 2869  # default_split: 1721 train / 574 val / 574 test
-DEFAULT_CONFIGS = [f"branch={REPO}:trainer.precision=32-true", f"branch={REPO}:trainer.precision=auto"]
+DEFAULT_CONFIGS = [f"fp32={REPO}:trainer.precision=32-true", f"auto={REPO}:trainer.precision=auto"]
 
 
 # ------------------------------------------------------------------------------------------- child
