@@ -91,9 +91,7 @@ def main() -> None:
             else:
                 record = run_pair(model, dataset, args.epochs, run_dir)
             data = load(dataset, **record.get("data_kwargs", {}))
-            rates = read_predictions(args.out / "runs" / f"{model}_{dataset}" / PREDICTIONS_FILE)[
-                "rates"
-            ]
+            rates = read_predictions(args.out / "runs" / f"{model}_{dataset}" / PREDICTIONS_FILE)["rates"]
             dec = behavior_decoder_r2(data, rates)
             if dec is not None:
                 record["metrics"]["rnn_dec_r2"] = dec

@@ -99,3 +99,16 @@ def test_trainer_settings_must_be_plain(tmp_path, data):
     cfg.trainer.plugins = {"_target_": "os.system", "command": "true"}
     with pytest.raises(ConfigError, match=r"trainer.plugins names a callable"):
         build_trainer(cfg, tmp_path, data)
+
+
+def test_trainer_precision_auto_is_resolved_and_logged(tmp_path, data, caplog, monkeypatch):
+    from neuralnets.training import build
+
+    assert _cfg().trainer.precision == "32-true"  # the CPU default; auto is opt-in
+    assert _cfg().callbacks.harness_evaluation.fewshot is False
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(build, "native_bf16_cpu", lambda native=native: native)
+        with caplog.at_level("INFO", logger="neuralnets.training.build"):
+            trainer = build_trainer(_cfg("trainer.precision=auto"), tmp_path / expected, data)
+        assert trainer.precision == expected
+        assert f"trainer.precision: {expected}" in caplog.text

@@ -20,14 +20,32 @@ from neuralnets.data.loaders import load
 from neuralnets.data.spikedata import DataError, SpikeData
 
 
+def log_count_factorials(spikes: Tensor, observed: Tensor | None, chunk: int = 256) -> Tensor:
+    """Per trial, the sum of `log y!` over the observed entries of `spikes (trials, T, N)` -> (trials,).
+
+    The target-only term of the Poisson and negative-binomial likelihoods, constant over training:
+    `TrainingModule._loss` adds it per batch instead of evaluating `lgamma` at every entry and step.
+    Summed in float64, `chunk` trials at a time (no full-size temporary).
+    """
+    sums = []
+    for start in range(0, spikes.shape[0], chunk):
+        lg = torch.lgamma(spikes[start : start + chunk].double() + 1.0)  # (chunk, T, N)
+        if observed is not None:
+            lg = torch.where(observed[start : start + chunk], lg, 0.0)
+        sums.append(lg.sum(dim=(1, 2)))
+    return torch.cat(sums).to(spikes.dtype) if sums else spikes.new_zeros(0)
+
+
 def batch_tensors(data: SpikeData, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """All trials as tensors on `device`, keyed as in the model contract (neuralnets.models.base)."""
+    """All trials as tensors on `device`, keyed as in the model contract (neuralnets.models.base),
+    plus `log_count_factorial (trials,)` (see `log_count_factorials`)."""
     tensors = {
         "spikes": torch.as_tensor(data.spikes, device=device),  # (trials, T, N)
         "index": torch.arange(data.n_trials, device=device),  # (trials,)
     }
     if data.observed is not None:
         tensors["observed"] = torch.as_tensor(data.observed, device=device)  # (trials, T, N) bool
+    tensors["log_count_factorial"] = log_count_factorials(tensors["spikes"], tensors.get("observed"))
     if data.behavior is not None:
         tensors["behavior"] = torch.as_tensor(data.behavior, device=device)  # (trials, T_obs, D)
     if data.inputs is not None:

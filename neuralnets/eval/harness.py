@@ -240,7 +240,7 @@ def evaluate(
             None if m_e is None else m_e[sl],
             constant_target="drop",
         )
-    if "fewshot_co_bps" not in skip:
+    if fewshot and "fewshot_co_bps" not in skip:
         tr = data.indices("train")
         obs = data.observed_mask()  # (trials, T, N)
         tr = tr[(data.spikes[tr, :t_obs, n_in:] * obs[tr, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]

@@ -169,7 +169,9 @@ class LFADS(SpikeModel):
         # One stacked scan for both encoders (CPU) unless plain; each encoder's own setting otherwise.
         encoded = run_bidirectional(encoders, x, fused=False if not fused else None)
         ic_final = encoded[0][1]  # (B, 2·ic_enc_dim)
-        ic_mean, ic_raw = self.ic_linear(self._dropout(ic_final)).chunk(2, dim=-1)  # (B, ic_dim) each
+        # The posterior parameters in the weights' precision (fp32) under autocast: the KL stays fp32.
+        ic_params = self.ic_linear(self._dropout(ic_final)).to(x.dtype)  # (B, 2 ic_dim)
+        ic_mean, ic_raw = ic_params.chunk(2, dim=-1)  # (B, ic_dim) each
         ic_logvar = _floored_logvar(ic_raw, self.log_ic_var_min)  # log(exp(raw) + var_min)
         g0 = _sample(ic_mean, ic_logvar) if sample else ic_mean  # (B, ic_dim)
         if self.ic_to_g0 is not None:

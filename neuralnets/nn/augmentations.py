@@ -71,12 +71,14 @@ def sbtt_mask(observed: Tensor | None, like: Tensor) -> Tensor:
     return observed.to(device=like.device, dtype=torch.bool)
 
 
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of `values` over entries where `mask` is True -> scalar.
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of `values` over entries where `mask` is True -> scalar (`mask` None: every entry).
 
     Exact (sum over selected / number selected); an empty mask gives 0 with zero gradients, and
     non-finite values at unselected entries do not leak in.
     """
+    if mask is None:
+        return values.mean()
     if values.shape != mask.shape:
         raise ValueError(
             f"masked_mean: values {tuple(values.shape)} and mask {tuple(mask.shape)} differ in shape"
@@ -87,7 +89,7 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return total / count
 
 
-def masked_trial_sum(values: Tensor, mask: Tensor) -> Tensor:
+def masked_trial_sum(values: Tensor, mask: Tensor | None) -> Tensor:
     """Masked mean scaled to per-trial units: `masked_mean(values, mask) · T · N` for `(B, T, N)` inputs.
 
     With a full mask this is exactly `values.sum(dim=(1, 2)).mean()` (per-trial sum, mean over trials).

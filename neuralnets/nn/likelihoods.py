@@ -11,6 +11,10 @@ negative-binomial dispersion, zero-inflated-Gamma amplitude parameters) is a lea
 
 `mean(rates)` is the expected observation `E[y]` (identical to `rates` for every likelihood except
 the zero-inflated Gamma, where `rates` are event rates; see `ZeroInflatedGamma`).
+Poisson and negative binomial have a term of the targets alone, `count_term(y) = −log Γ(y + 1)`
+(`has_count_term`); `log_prob(rates, y, count_term=False)` leaves it out, so that a training loop
+can add it from per-trial sums computed once per dataset (`neuralnets.data.datamodule.batch_tensors`)
+instead of evaluating `lgamma` on every entry at every step.
 `check_support(y)` raises a ValueError when targets are outside the support (call it once on the
 dataset, not every step: it synchronises with the device).
 """
@@ -31,6 +35,7 @@ class Likelihood(nn.Module):
 
     name: str = "likelihood"
     n_params: int = 1
+    has_count_term: bool = False  # log_prob includes count_term(y), which depends on the targets only
 
     def __init__(self, n_neurons: int):
         super().__init__()
@@ -45,6 +50,12 @@ class Likelihood(nn.Module):
     def mean(self, rates: Tensor) -> Tensor:
         """Expected observation `E[y]` (B, T, N)."""
         return rates
+
+    @staticmethod
+    def count_term(y: Tensor) -> Tensor:
+        """`−log Γ(y + 1) = −log y!` elementwise (..., N): the term of the targets alone in `log_prob` of
+        the likelihoods with `has_count_term`."""
+        return -torch.lgamma(y + 1.0)
 
     def check_support(self, y: Tensor) -> None:
         """Raise ValueError if any target is outside the distribution's support."""
@@ -65,10 +76,13 @@ class PoissonLikelihood(Likelihood):
 
     name = "poisson"
     n_params = 1
+    has_count_term = True
 
-    def log_prob(self, rates: Tensor, y: Tensor) -> Tensor:
+    def log_prob(self, rates: Tensor, y: Tensor, count_term: bool = True) -> Tensor:
+        """`count_term=False`: without `−log Γ(y + 1)` (see `Likelihood.count_term`)."""
         self._check_rates(rates, y)
-        return torch.xlogy(y, rates) - rates - torch.lgamma(y + 1.0)
+        lp = torch.xlogy(y, rates) - rates
+        return lp + self.count_term(y) if count_term else lp
 
 
 class GaussianLikelihood(Likelihood):
@@ -189,23 +203,25 @@ class NegativeBinomialLikelihood(Likelihood):
 
     name = "negative_binomial"
     n_params = 2
+    has_count_term = True
 
     def __init__(self, n_neurons: int, total_count_init: float = 10.0):
         super().__init__(n_neurons)
         self.log_total_count = nn.Parameter(torch.full((n_neurons,), math.log(total_count_init)))  # (N,)
 
-    def log_prob(self, rates: Tensor, y: Tensor) -> Tensor:
+    def log_prob(self, rates: Tensor, y: Tensor, count_term: bool = True) -> Tensor:
+        """`count_term=False`: without `−log Γ(y + 1)` (see `Likelihood.count_term`)."""
         self._check_rates(rates, y)
         r = torch.exp(self.log_total_count)  # (N,)
         log_r_mu = torch.logaddexp(self.log_total_count, torch.log(rates))  # log(r + μ), (B, T, N)
-        return (
+        lp = (
             torch.lgamma(y + r)
             - torch.lgamma(r)
-            - torch.lgamma(y + 1.0)
             + r * (self.log_total_count - log_r_mu)
             + torch.xlogy(y, rates)
             - y * log_r_mu
         )
+        return lp + self.count_term(y) if count_term else lp
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {

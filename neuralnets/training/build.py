@@ -4,7 +4,8 @@ Used by `neuralnets-train` (`training/train.py`) and population-based training (
 
     dm = build_datamodule(cfg)                          # resolves `auto` batch size / patience in cfg
     module = build_module(cfg, dm.data.spec, init_data=dm.data)   # init_data only for a fresh run
-    trainer = build_trainer(cfg, run_dir, dm.data)      # callbacks and logger from cfg.callbacks / cfg.logger
+    trainer = build_trainer(cfg, run_dir, dm.data)      # callbacks, logger from cfg.callbacks / cfg.logger;
+                                                        # trainer.precision=auto resolved (resolve_precision)
     model_config("lfads_mc_maze")                       # a named model config as a plain dict
 
 Callbacks and loggers are given in the config by `_target_` (one file per callback in
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -227,6 +229,32 @@ def build_logger(cfg: DictConfig, run_dir: Path, **runtime: Any) -> Logger:
     return instantiate_safe(cfg.logger, "logger", Logger, save_dir=str(run_dir), **runtime)
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX512-BF16), as torch detects it
+    at run time (other CPUs emulate bf16: correct, but no faster than fp32)."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_precision(precision: Any, accelerator: Any) -> tuple[Any, str]:
+    """The Lightning precision for `trainer.precision` (`auto` resolved here) and why.
+
+    `auto`: `bf16-mixed` on a CUDA GPU with bf16, and on a CPU with native bf16 matmuls (AMX or
+    AVX512-BF16); `32-true` elsewhere. Under `bf16-mixed` the models' matmuls outside the recurrences
+    (input projections, encoders' projections, factors) run in bf16; recurrent states, log-rates and
+    the loss stay fp32. Any other value is returned unchanged.
+    """
+    if str(precision) != "auto":
+        return precision, "as configured"
+    on_gpu = str(accelerator) in ("gpu", "cuda") or (str(accelerator) == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ("bf16-mixed", "GPU with bf16") if ok else ("32-true", "GPU without bf16")
+    if native_bf16_cpu():
+        return "bf16-mixed", "CPU with native bf16 matmuls (AMX / AVX512-BF16)"
+    return "32-true", "CPU without native bf16 matmuls"
+
+
 def build_trainer(
     cfg: DictConfig,
     run_dir: str | Path,
@@ -240,6 +268,9 @@ def build_trainer(
     run_dir = Path(run_dir)
     settings = _plain(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
     settings.update(overrides)
+    if "precision" in settings:
+        settings["precision"], why = resolve_precision(settings["precision"], settings.get("accelerator"))
+        log.info("trainer.precision: %s (%s)", settings["precision"], why)
     return pl.Trainer(
         **settings,
         logger=build_logger(cfg, run_dir) if logger is None else logger,

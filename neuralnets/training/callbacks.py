@@ -43,10 +43,20 @@ def log_figures(logger, data: SpikeData, pred: dict[str, np.ndarray], split: str
 
 class HarnessEvaluation(pl.Callback):
     """Every `every_n_epochs` validation epochs: predict all trials, score the `split` trials with
-    `neuralnets.eval.evaluate`, log the metrics as `val/<metric>`, and log figures."""
+    `neuralnets.eval.evaluate`, log the metrics as `val/<metric>`, and log figures. `fewshot`: also
+    few-shot co-bps (off by default: its GLM fits made the callback ~4x slower; the evaluation after
+    training computes it)."""
 
-    def __init__(self, data: SpikeData, every_n_epochs: int = 5, split: str = "val", figures: bool = True):
+    def __init__(
+        self,
+        data: SpikeData,
+        every_n_epochs: int = 5,
+        split: str = "val",
+        figures: bool = True,
+        fewshot: bool = False,
+    ):
         self.data, self.every_n_epochs, self.split, self.figures = data, every_n_epochs, split, figures
+        self.fewshot = fewshot
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.every_n_epochs <= 0:
@@ -57,7 +67,8 @@ class HarnessEvaluation(pl.Callback):
         was_training = pl_module.model.training
         pred = pl_module.model.predict(self.data.heldin_obs)
         pl_module.model.train(was_training)
-        metrics = evaluate(pred["rates"], self.data, self.split, latents=pred["latents"], fewshot=False)
+        latents = pred["latents"]
+        metrics = evaluate(pred["rates"], self.data, self.split, latents=latents, fewshot=self.fewshot)
         for name, value in metrics.items():
             pl_module.log(f"{self.split}/{name}", float(value), sync_dist=False)
         if self.figures and trainer.is_global_zero:

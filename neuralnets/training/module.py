@@ -90,18 +90,34 @@ class TrainingModule(pl.LightningModule):
     # ------------------------------------------------------------------ loss
     def _loss(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor, dict[str, Tensor]]:
         spikes = batch["spikes"]  # (B, T, N)
-        scored = sbtt_mask(batch.get("observed"), spikes)  # (B, T, N) bool
+        B, T, N = spikes.shape
+        observed = batch.get("observed")
+        scored = None if observed is None else sbtt_mask(observed, spikes)  # (B, T, N) bool; None: all
+        per_step_mask = False  # scored entries chosen per step (coordinated dropout, model masks)
         cd_rate = self.hparams.coordinated_dropout
         # A model that masks its own input (NDT) gets no coordinated dropout on top.
         if train and cd_rate > 0 and not self.model.masks_input:
             heldin, dropped = coordinated_dropout(batch["heldin"], cd_rate)  # (B, T_obs, N_in) each
             batch = {**batch, "heldin": heldin}
-            scored = scored & expand_heldin_mask(dropped, spikes.shape[1], spikes.shape[2])
+            scored = sbtt_mask(observed, spikes) & expand_heldin_mask(dropped, T, N)
+            per_step_mask = True
         out = self.model(batch)
         if train and out.recon_mask is not None:
-            scored = scored & out.recon_mask
-        nll = -self.likelihood.log_prob(out.rates, spikes)  # (B, T, N)
+            scored = out.recon_mask if scored is None else scored & out.recon_mask
+            per_step_mask = True
+        # The likelihood's target-only term (log y! for Poisson) is constant: with the data's own mask,
+        # add the per-trial sums the DataModule computed once instead of evaluating it at every entry.
+        use_counts = self.likelihood.has_count_term and not per_step_mask
+        counts = batch.get("log_count_factorial") if use_counts else None  # (B,)
+        rates = out.rates.to(spikes.dtype)  # (B, T, N) fp32 loss even when the model ran under autocast
+        if counts is None:
+            nll = -self.likelihood.log_prob(rates, spikes)  # (B, T, N)
+        else:
+            nll = -self.likelihood.log_prob(rates, spikes, count_term=False)
         recon = masked_trial_sum(nll, scored)
+        if counts is not None:
+            n_scored = B * T * N if scored is None else scored.sum().clamp(min=1)
+            recon = recon + counts.sum() * (T * N / n_scored)  # counts: Σ log y! over each trial's scored
         parts = {"recon": recon}
         loss = recon
         for name, value in out.aux_losses.items():
