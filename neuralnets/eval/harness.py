@@ -24,7 +24,7 @@ from neuralnets.eval.metrics import METRICS
 from neuralnets.eval.regression import latent_r2, vel_r2
 
 # `SpikeData.meta` key listing the splits whose behaviour is real data (set by
-# `neuralnets.data.loaders.load_nlb_h5` when only the NLB train trials have behaviour; the other
+# `neuralnets.data.formats.nlb_h5.load_nlb_h5` when only the NLB train trials have behaviour; the other
 # trials hold zeros that are not data). Absent means every trial has behaviour. vel R² only uses
 # trials of those splits, in the fit and in the score.
 BEHAVIOR_SPLITS_KEY = "behavior_splits"
