@@ -214,6 +214,9 @@ def render_card(card: Mapping[str, Any]) -> str:
         "Definitions: `neuralnets.eval.METRICS`. The full training config is in `model_card.json`.",
         "",
     ]
+    if card.get("rescored"):
+        r = card["rescored"]
+        lines += [f"Re-scored {r['date']}: {r['why']} (the earlier values are in `model_card.json`).", ""]
     return "\n".join(lines)
 
 
