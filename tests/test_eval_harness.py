@@ -140,6 +140,16 @@ def test_evaluate_vel_and_psth_follow_nlb_on_hand_computed_references():
     assert out["psth_r2"] == pytest.approx(want_psth, abs=1e-12)
 
 
+def test_evaluate_float32_rates_score_as_their_float64_values():
+    data = make_data()
+    rates = np.random.default_rng(22).uniform(0.2, 2.0, size=data.spikes.shape).astype(np.float32)
+    latents = np.random.default_rng(23).standard_normal((data.n_trials, data.n_bins, 3)).astype(np.float32)
+    single = H.evaluate(torch.from_numpy(rates), data, "test", latents=torch.from_numpy(latents))
+    double = H.evaluate(rates.astype(np.float64), data, "test", latents=latents.astype(np.float64))
+    assert single.keys() == double.keys() and "psth_r2" in single
+    assert single == double  # the metrics convert exactly what they use to float64
+
+
 def test_evaluate_keeps_the_earlier_variants_behind_named_options():
     data = make_data()
     rates = np.random.default_rng(21).uniform(0.2, 2.0, size=data.spikes.shape)

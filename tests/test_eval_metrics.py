@@ -363,6 +363,77 @@ def test_psth_r2_targets_all_trials_of_a_condition_and_keeps_constant_neurons():
     assert legacy == pytest.approx(ref, abs=1e-12)
 
 
+def masked_psth_reference(rates_ev, mask_ev, cond_ev, spikes_all, mask_all, cond_all, bin_size, sigma_ms):
+    """NLB PSTH R² with recorded-entry masks, from the definition, one trial and one neuron at a time."""
+    from scipy.ndimage import gaussian_filter1d
+    from sklearn.metrics import r2_score
+
+    sigma = sigma_ms / 1000 / bin_size
+    smooth = np.zeros(spikes_all.shape)
+    for i in range(spikes_all.shape[0]):  # normalised convolution of each trial's recorded bins
+        m = mask_all[i].astype(float)
+        y = np.where(m > 0, spikes_all[i], 0.0).astype(float)
+        num = gaussian_filter1d(y, sigma, axis=0, mode="constant")
+        den = gaussian_filter1d(m, sigma, axis=0, mode="constant")
+        smooth[i] = np.where(den > 1e-12, num / np.where(den > 1e-12, den, 1.0), 0.0)
+    scores = []
+    for j in range(rates_ev.shape[2]):
+        pred, true = [], []
+        for c in np.unique(cond_ev):
+            for t in range(rates_ev.shape[1]):
+                on_p = mask_ev[cond_ev == c, t, j]
+                on_t = mask_all[cond_all == c, t, j]
+                if on_p.any() and on_t.any():  # both sides have a recorded trial
+                    pred.append(rates_ev[cond_ev == c, t, j][on_p].mean())
+                    true.append(smooth[cond_all == c, t, j][on_t].mean())
+        if pred:
+            scores.append(r2_score(true, pred))
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("chunk", [4, 1000])
+def test_psth_r2_with_masks_matches_the_definition_in_chunks(monkeypatch, chunk):
+    rng = np.random.default_rng(31)
+    n_trials, t, n = 23, 12, 3
+    cond = rng.integers(0, 4, size=n_trials)
+    spikes = rng.poisson(1.2, size=(n_trials, t, n)).astype(np.float32)
+    mask = rng.random((n_trials, t, n)) > 0.15
+    mask[rng.random(n_trials) < 0.3, -4:, :] = False  # some trials end early
+    mask[cond == 2, 0, 1] = False  # an entry no trial of condition 2 recorded
+    spikes[~mask] = np.nan  # unrecorded entries are never read
+    ev = np.flatnonzero(np.arange(n_trials) % 3 == 0)  # the evaluated trials (a split)
+    rates = rng.uniform(0.3, 2.0, size=(n_trials, t, n))
+    kw = dict(bin_size=0.02, sigma_ms=35.0)
+    monkeypatch.setattr(M, "PSTH_TRIAL_CHUNK", chunk)
+    got = M.psth_r2(
+        rates[ev],
+        spikes[ev],
+        cond[ev],
+        mask=mask[ev],
+        **kw,
+        target_spikes=spikes,
+        target_condition=cond,
+        target_mask=mask,
+    )
+    want = masked_psth_reference(rates[ev], mask[ev], cond[ev], spikes, mask, cond, **kw)
+    assert got == pytest.approx(want, abs=1e-10)
+    # the earlier variant: target = the evaluated trials themselves
+    own = M.psth_r2(rates[ev], spikes[ev], cond[ev], mask=mask[ev], **kw)
+    assert own == pytest.approx(
+        masked_psth_reference(rates[ev], mask[ev], cond[ev], spikes[ev], mask[ev], cond[ev], **kw), abs=1e-10
+    )
+    assert own != pytest.approx(got, abs=1e-6)
+
+
+def test_psth_r2_names_the_target_chunk_with_a_bad_value(monkeypatch):
+    monkeypatch.setattr(M, "PSTH_TRIAL_CHUNK", 4)
+    x = np.ones((4, 5, 2))
+    target = np.ones((10, 5, 2))
+    target[6, 1, 0] = -1.0
+    with pytest.raises(ValueError, match=r"target_spikes\[4:8\] has negative values .* \(2, 1, 0\)"):
+        M.psth_r2(x, x, np.arange(4), 0.01, target_spikes=target, target_condition=np.arange(10) % 4)
+
+
 def test_psth_r2_argument_errors():
     x = np.ones((4, 5, 2))
     with pytest.raises(ValueError, match="target_condition has shape"):

@@ -130,7 +130,7 @@ def skipped_metrics(
 
 def _all_trials(x: Any, name: str, dim: str, data: SpikeData) -> Tensor:
     """`x` as a tensor of shape (trials, T, dim) covering every trial of `data`, or a ValueError."""
-    t = M.as_tensor(x, name)
+    t = M.as_tensor(x, name, keep_float=True)  # the metrics convert the trials they use to float64
     if t.ndim != 3 or t.shape[0] != data.n_trials:
         raise ValueError(
             f"{name} have shape {tuple(t.shape)}; expected ({data.n_trials}, T, {dim}) for all trials of "
@@ -173,7 +173,7 @@ def evaluate(
     """
     if psth_variant not in PSTH_VARIANTS:
         raise ValueError(f"psth_variant must be one of {PSTH_VARIANTS}; got {psth_variant!r}")
-    lam = M.as_tensor(rates, "rates")
+    lam = M.as_tensor(rates, "rates", keep_float=True)  # no float64 copy of all trials
     if tuple(lam.shape) != data.spikes.shape:
         raise ValueError(
             f"rates have shape {tuple(lam.shape)} but data {data.name!r} has spikes of shape "

@@ -74,8 +74,11 @@ METRICS: dict[str, str] = {
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def as_tensor(x: ArrayLike, name: str, device: torch.device | str | None = None) -> Tensor:
-    """float64 tensor on `device` (default: x's own device for tensors, CPU otherwise)."""
+def as_tensor(
+    x: ArrayLike, name: str, device: torch.device | str | None = None, *, keep_float: bool = False
+) -> Tensor:
+    """float64 tensor on `device` (default: x's own device for tensors, CPU otherwise). `keep_float`:
+    a floating-point x keeps its dtype (no float64 copy of a large array; metrics convert what they use)."""
     if isinstance(x, Tensor):
         t = x.detach()
     else:
@@ -85,7 +88,8 @@ def as_tensor(x: ArrayLike, name: str, device: torch.device | str | None = None)
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.is_complex():
         raise ValueError(f"{name}: complex values are not supported")
-    return t.to(device=device if device is not None else t.device, dtype=torch.float64)
+    dtype = t.dtype if keep_float and t.is_floating_point() else torch.float64
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
 
 
 def as_mask(mask: ArrayLike | None, shape: torch.Size, device: torch.device) -> Tensor | None:
@@ -108,13 +112,16 @@ def _first_index(bad: Tensor) -> tuple[int, ...]:
 def check_values(x: Tensor, name: str, mask: Tensor | None, nonneg: bool) -> None:
     """Finite (and >= 0 if `nonneg`) where `mask` is True (everywhere if None), else ValueError with
     the first bad index."""
-    sel = mask if mask is not None else torch.ones_like(x, dtype=torch.bool)
-    bad = ~torch.isfinite(x) & sel
+    bad = ~torch.isfinite(x)
+    if mask is not None:
+        bad &= mask
     if bad.any():
         idx = _first_index(bad)
         raise ValueError(f"{name} has non-finite values (first {x[idx].item()} at index {idx})")
     if nonneg:
-        bad = (x < 0) & sel
+        bad = x < 0
+        if mask is not None:
+            bad &= mask
         if bad.any():
             idx = _first_index(bad)
             raise ValueError(
@@ -319,6 +326,43 @@ def _condition_means(x: Tensor, w: Tensor, cond: np.ndarray, labels: np.ndarray)
     return mean.reshape(len(labels), *x.shape[1:]), n.reshape(len(labels), *x.shape[1:])
 
 
+PSTH_TRIAL_CHUNK = 256  # target trials smoothed at a time: float64 copies of one chunk, never of all trials
+
+
+def _smoothed_condition_means(
+    spikes: ArrayLike,
+    mask: ArrayLike | None,
+    cond: np.ndarray,
+    labels: np.ndarray,
+    bin_size: float,
+    sigma_ms: float,
+    name: str,
+) -> tuple[Tensor, Tensor]:
+    """Per-condition means of the smoothed spikes over recorded entries: (C, T, N) means and counts, CPU.
+
+    spikes, mask: (trials, T, N) (numpy or torch, any dtype); cond: (trials,) labels. Each trial is
+    smoothed on its own (`smooth_spikes`), `PSTH_TRIAL_CHUNK` trials at a time, and the chunks' weighted
+    sums are accumulated, so only one chunk is ever held in float64."""
+    n_trials, shape = spikes.shape[0], tuple(spikes.shape[1:])
+    total = torch.zeros(len(labels), int(np.prod(shape)), dtype=torch.float64)
+    count = torch.zeros_like(total)
+    for start in range(0, n_trials, PSTH_TRIAL_CHUNK):
+        stop = min(start + PSTH_TRIAL_CHUNK, n_trials)
+        y = as_tensor(spikes[start:stop], f"{name}[{start}:{stop}]", device="cpu")
+        m = None if mask is None else as_mask(mask[start:stop], y.shape, y.device)
+        check_values(y, f"{name}[{start}:{stop}]", m, nonneg=True)
+        w = torch.ones_like(y) if m is None else m.to(y.dtype)
+        if m is not None:
+            y = torch.where(m, y, torch.zeros((), dtype=y.dtype))
+        w_np = None if m is None else w.numpy()
+        smooth = torch.from_numpy(smooth_spikes(y.numpy(), w_np, bin_size, sigma_ms))  # (chunk, T, N)
+        onehot = torch.as_tensor(cond[None, start:stop] == labels[:, None], dtype=torch.float64)  # (C, chunk)
+        total += onehot @ (w * smooth).reshape(stop - start, -1)
+        count += onehot @ w.reshape(stop - start, -1)
+    mean = total / count.clamp(min=1.0)
+    return mean.reshape(len(labels), *shape), count.reshape(len(labels), *shape)
+
+
 def psth_r2(
     rates: ArrayLike,
     spikes: ArrayLike,
@@ -344,6 +388,7 @@ def psth_r2(
     Smoothing: NLB smooths the continuous 1 ms spike train before binning; with binned data only, this
     smooths each trial's binned counts along time with the Gaussian (`smooth_spikes`: normalised
     convolution, so trial edges and unrecorded bins are not read as zeros). That is the approximation used.
+    The target trials are smoothed a chunk at a time (`_smoothed_condition_means`), never all at once.
     Only the target is smoothed (as in NLB), so the target PSTH is blurred by the kernel: when rates
     change faster than `sigma_ms`, a prediction as smooth as the kernel can score above the true rates.
 
@@ -362,32 +407,35 @@ def psth_r2(
     if target_spikes is None:
         if target_condition is not None or target_mask is not None:
             raise ValueError("target_condition/target_mask need target_spikes")
-        y_t, w_t, cond_t = y, w, cond
+        target_spikes, target_mask, cond_t, name = y, None if mask is None else w > 0, cond, "spikes"
     else:
-        y_t = as_tensor(target_spikes, "target_spikes", device=lam.device)
-        if y_t.ndim != 3 or y_t.shape[1:] != lam.shape[1:]:
+        target_spikes = target_spikes if isinstance(target_spikes, Tensor) else np.asarray(target_spikes)
+        if target_mask is not None and not isinstance(target_mask, Tensor):
+            target_mask = np.asarray(target_mask)
+        shape = tuple(target_spikes.shape)
+        if len(shape) != 3 or shape[1:] != tuple(lam.shape[1:]):
             raise ValueError(
-                f"target_spikes have shape {tuple(y_t.shape)}; expected (trials', {lam.shape[1]}, "
+                f"target_spikes have shape {shape}; expected (trials', {lam.shape[1]}, "
                 f"{lam.shape[2]}) (same bins and neurons as rates)"
             )
-        m_t = as_mask(target_mask, y_t.shape, lam.device)
-        check_values(y_t, "target_spikes", m_t, nonneg=True)
-        w_t = torch.ones_like(y_t) if m_t is None else m_t.to(y_t.dtype)
-        y_t = torch.where(w_t > 0, y_t, torch.zeros((), dtype=y_t.dtype, device=y_t.device))
+        if target_mask is not None and tuple(target_mask.shape) != shape:
+            raise ValueError(f"target_mask has shape {tuple(target_mask.shape)}; expected {shape}")
         if target_condition is None:
             raise ValueError("target_spikes need target_condition (one label per target trial)")
         cond_t = np.asarray(
             target_condition.cpu() if isinstance(target_condition, Tensor) else target_condition
         )
-        if cond_t.shape != (y_t.shape[0],):
+        if cond_t.shape != (shape[0],):
             raise ValueError(
-                f"target_condition has shape {cond_t.shape}; expected ({y_t.shape[0]},), one per target trial"
+                f"target_condition has shape {cond_t.shape}; expected ({shape[0]},), one per target trial"
             )
+        name = "target_spikes"
     labels = np.unique(cond)  # the conditions of the evaluated trials
-    w_np = w_t.cpu().numpy()
-    smooth = torch.from_numpy(smooth_spikes(y_t.cpu().numpy(), w_np, bin_size, sigma_ms)).to(lam.device)
     psth_pred, n_pred = _condition_means(lam, w, cond, labels)  # (C, T, N)
-    psth_true, n_true = _condition_means(smooth, w_t, cond_t, labels)
+    psth_true, n_true = _smoothed_condition_means(
+        target_spikes, target_mask, cond_t, labels, bin_size, sigma_ms, name
+    )
+    psth_true, n_true = psth_true.to(lam.device), n_true.to(lam.device)
     n_neurons = lam.shape[2]
     valid = ((n_pred > 0) & (n_true > 0)).to(lam.dtype).reshape(-1, n_neurons)  # (C*T, N)
     pred, true = psth_pred.reshape(-1, n_neurons), psth_true.reshape(-1, n_neurons)
