@@ -6,7 +6,9 @@ Batch (a dict of tensors on the model's device; B trials):
 - `heldin   (B, T_obs, N_in)`  float counts: the only thing a model may read as input;
 - `spikes   (B, T, N)`         all neurons over observed + forward bins (targets, for the training module);
 - `observed (B, T, N)` bool     False where no data were recorded (absent when everything was);
-- `behavior (B, T_obs, D)`      optional; `index (B,)` trial indices into the dataset.
+- `behavior (B, T_obs, D)`      optional; `index (B,)` trial indices into the dataset;
+- `inputs   (B, T, U)`          optional known external inputs (no model reads them yet);
+- `log_count_factorial (B,)`    sum of log y! over each trial's observed entries (for the training module).
 """
 
 from __future__ import annotations
