@@ -214,23 +214,21 @@ def evaluate(
             alphas=alphas,
             cv=vel_cv,
         )
-    if "psth_r2" not in skip and psth_variant == "nlb":
-        # All neurons; the target averages every trial of the dataset with that condition (recorded bins).
-        sl = (slice(None), slice(0, t_obs), slice(None))
-        out["psth_r2"] = M.psth_r2(
-            lam_e[sl],
-            y_e[sl],
-            data.condition[idx],
-            data.bin_size,
-            psth_sigma_ms,
-            None if m_e is None else m_e[sl],
-            target_spikes=data.spikes[sl],
-            target_condition=data.condition,
-            target_mask=None if data.observed is None else data.observed[sl],
+    if "psth_r2" not in skip:
+        # NLB: all neurons, the target averages every trial of the dataset with that condition (recorded
+        # bins). The earlier variant: held-out neurons only, target from the evaluated trials, constant ones
+        # dropped.
+        nlb = psth_variant == "nlb"
+        sl = (slice(None), slice(0, t_obs), slice(None) if nlb else slice(n_in, None))
+        target = (
+            {
+                "target_spikes": data.spikes[sl],
+                "target_condition": data.condition,
+                "target_mask": None if data.observed is None else data.observed[sl],
+            }
+            if nlb
+            else {"constant_target": "drop"}
         )
-    elif "psth_r2" not in skip:
-        # The earlier variant: held-out neurons only, target from the evaluated trials, constant ones dropped.
-        sl = (slice(None), slice(0, t_obs), slice(n_in, None))
         out["psth_r2"] = M.psth_r2(
             lam_e[sl],
             y_e[sl],
@@ -238,7 +236,7 @@ def evaluate(
             data.bin_size,
             psth_sigma_ms,
             None if m_e is None else m_e[sl],
-            constant_target="drop",
+            **target,
         )
     if fewshot and "fewshot_co_bps" not in skip:
         tr = data.indices("train")
