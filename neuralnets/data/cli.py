@@ -19,7 +19,7 @@ import sys
 from neuralnets import debug_mode
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
-from neuralnets.data.options import parse_load_options
+from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.spikedata import DataError
 
 
@@ -30,15 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help=f"built-in name {sorted(BUILTIN_DATASETS)} or a .npz/.h5/.hdf5/.nwb file")
     p.add_argument("--save", metavar="OUT.npz", help="write the dataset to this .npz file (never overwrites)")
-    p.add_argument(
-        "-o",
-        "--opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any option of the loader, repeatable; VALUE is a YAML scalar or list, e.g. "
-        "-o bin_size=0.005 -o heldout_units=[0,3] -o trials_table=encoding_table -o heldout_column=null",
-    )
+    add_load_options_arg(p)
     shortcuts = p.add_argument_group("shortcuts for common options (the same as --opt KEY=VALUE)")
     shortcuts.add_argument("--seed", type=int, help="random seed (synthetic data; split seed for files)")
     shortcuts.add_argument("--bin-size", type=float, help="bin width in seconds (NWB, LFADS, NLB files)")

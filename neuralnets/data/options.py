@@ -8,6 +8,7 @@ keep it text: `name='007'`. Unlike YAML 1.1, an exponent without a dot is a numb
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Sequence
 
@@ -69,3 +70,17 @@ def parse_load_options(items: Sequence[str]) -> dict:
             raise DataError(f"load option {item!r}: the value must be a scalar or a list, not a mapping")
         out[key] = value
     return out
+
+
+def add_load_options_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """Add the repeatable `-o/--opt KEY=VALUE` loader option (parsed by `parse_load_options`) to a CLI."""
+    parser.add_argument(
+        "-o",
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any option of the dataset loader, repeatable" + (f" ({note})" if note else "") + "; VALUE is a "
+        "YAML scalar or list, e.g. -o bin_size=0.005 -o heldout_units=[0,3] -o trials_table=encoding_table "
+        "-o heldout_column=null",
+    )

@@ -25,7 +25,7 @@ import numpy as np
 
 from neuralnets import debug_mode
 from neuralnets.data.formats.nlb_targets import read_nlb_targets
-from neuralnets.data.options import parse_load_options
+from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.spikedata import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.harness import evaluate
@@ -57,18 +57,6 @@ _ERRORS = (
     ImportError,
     TypeError,
 )
-
-
-def _add_load_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "-o",
-        "--opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"a dataset loader option, repeatable, as for neuralnets-data ({what}); VALUE is a YAML "
-        "scalar or list, e.g. -o bin_size=0.01 -o heldout_fraction=0.25",
-    )
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +113,7 @@ def _eval_parser() -> argparse.ArgumentParser:
         metavar="GROUP",
         help="group name in NLB files (default: from the dataset, e.g. mc_maze_small)",
     )
-    _add_load_args(p, "with a run directory and no --data: added to the options the run recorded")
+    add_load_options_arg(p, "with a run directory and no --data: added to the options the run recorded")
     _add_output_args(p)
     return p
 
@@ -143,7 +131,7 @@ def _compare_parser() -> argparse.ArgumentParser:
         default=True,
         help="add baseline rows for each dataset present (default: yes)",
     )
-    _add_load_args(p, "for the baseline rows: added to the options each run recorded")
+    add_load_options_arg(p, "for the baseline rows: added to the options each run recorded")
     _add_output_args(p)
     return p
 
