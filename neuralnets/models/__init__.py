@@ -55,8 +55,10 @@ def model_options(cls: type[SpikeModel]) -> dict[str, Any]:
     }
 
 
-def _check_plain(value: Any, where: str) -> Any:
-    """`value` as plain Python data (DictConfig/ListConfig converted), or a ModelConfigError."""
+def check_plain(value: Any, where: str, error: type[Exception] = ModelConfigError) -> Any:
+    """`value` as plain Python data (OmegaConf containers converted: numbers, strings, booleans, None,
+    lists and dicts of those), or `error` naming `where`; a dict with `_target_` anywhere is refused, so
+    no config or checkpoint can name a callable."""
     if hasattr(value, "_metadata") and hasattr(value, "_get_node"):  # an OmegaConf container
         from omegaconf import OmegaConf
 
@@ -64,16 +66,16 @@ def _check_plain(value: Any, where: str) -> Any:
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, list | tuple):
-        return [_check_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [check_plain(v, f"{where}[{i}]", error) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         if "_target_" in value:
-            raise ModelConfigError(
-                f"model option {where} names a callable (_target_={value['_target_']!r}); model options "
-                "must be plain values (numbers, strings, booleans, None, lists and dicts of those)"
+            raise error(
+                f"{where} names a callable (_target_={value['_target_']!r}); options must be plain values "
+                "(numbers, strings, booleans, None, lists and dicts of those)"
             )
-        return {str(k): _check_plain(v, f"{where}.{k}") for k, v in value.items()}
-    raise ModelConfigError(
-        f"model option {where} = {value!r} has type {type(value).__name__}; options must be plain values "
+        return {str(k): check_plain(v, f"{where}.{k}", error) for k, v in value.items()}
+    raise error(
+        f"{where} = {value!r} has type {type(value).__name__}; options must be plain values "
         "(numbers, strings, booleans, None, lists and dicts of those)"
     )
 
@@ -116,7 +118,7 @@ def resolve_model_config(name_or_cfg: str | Mapping[str, Any], **options: Any) -
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
         raise ModelConfigError(f"model {name!r} has no option(s) {unknown}; valid options: {sorted(valid)}")
-    return name, {k: _check_plain(v, f"{name}.{k}") for k, v in cfg.items()}
+    return name, {k: check_plain(v, f"{name}.{k}") for k, v in cfg.items()}
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
@@ -137,7 +139,7 @@ def create_model(name_or_cfg: str | Mapping[str, Any], spec: DataSpec | dict, **
     are ValueErrors naming the option.
     """
     name, opts = resolve_model_config(name_or_cfg, **options)
-    spec = spec if isinstance(spec, DataSpec) else DataSpec(**_check_plain(dict(spec), "spec"))
+    spec = spec if isinstance(spec, DataSpec) else DataSpec(**check_plain(dict(spec), "spec"))
     return MODELS[name](spec, **opts)
 
 
@@ -149,6 +151,7 @@ __all__ = [
     "ModelOutput",
     "RNNSeq2Seq",
     "SpikeModel",
+    "check_plain",
     "create_model",
     "model_name",
     "model_options",

@@ -33,6 +33,7 @@ from pytorch_lightning.loggers import Logger
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.loaders import load
 from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.models import check_plain
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import ConfigError, TrainingModule
@@ -40,7 +41,6 @@ from neuralnets.training.module import ConfigError, TrainingModule
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 AUTO = "auto"
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
-_PLAIN = (bool, int, float, str, type(None))
 log = logging.getLogger(__name__)
 
 # `data.batch_size: auto` = clip(n_train // STEPS_PER_EPOCH, MIN_BATCH, MAX_BATCH): about 16 optimiser
@@ -54,17 +54,8 @@ MIN_PATIENCE, PATIENCE_STEPS = 30, 500
 
 
 def _plain(value: Any, where: str) -> Any:
-    """Refuse anything but plain data (and any nested `_target_`) in `where`."""
-    if isinstance(value, _PLAIN):
-        return value
-    if isinstance(value, list | tuple):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if "_target_" in value:
-            target = value["_target_"]
-            raise ConfigError(f"{where} names a callable (_target_={target!r}); options must be plain")
-        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
-    raise ConfigError(f"{where} = {value!r}: options must be plain values, not {type(value).__name__}")
+    """Refuse anything but plain data (and any nested `_target_`) in `where`: a ConfigError."""
+    return check_plain(value, where, ConfigError)
 
 
 def _allowed_class(target: Any, where: str, base: type) -> type:
