@@ -42,7 +42,7 @@ import numpy as np
 
 from neuralnets.data.formats.common import require_file
 from neuralnets.data.formats.nlb_targets import nlb_group_name
-from neuralnets.data.formats.nwb import load_nwb
+from neuralnets.data.formats.nwb import load_nwb, open_nwb
 from neuralnets.data.spikedata import DataError, SpikeData, default_split
 
 
@@ -200,13 +200,7 @@ def _whole_bins(length: float, bin_size: float, what: str, src: str) -> int:
 
 def _read_nlb_tables(path: Path, src: str, preset: NLBPreset) -> dict:
     """The trials' ids, NLB split labels and condition labels; checks the columns NLB files must have."""
-    from pynwb import NWBHDF5IO  # imported on use, as in load_nwb
-
-    try:
-        io = NWBHDF5IO(str(path), "r")
-        nwb = io.read()
-    except Exception as e:  # pynwb/hdmf raise many types for unreadable files
-        raise DataError(f"{src}: cannot read as an NWB file ({type(e).__name__}: {e})") from e
+    io, nwb = open_nwb(path, src)
     try:
         trials, units = nwb.trials, nwb.units
         if trials is None or len(trials) == 0:

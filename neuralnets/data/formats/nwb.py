@@ -22,6 +22,17 @@ _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": 
 _DEFAULT_HELDOUT_COLUMN = "heldout"  # NLB's units column; its absence is not an error
 
 
+def open_nwb(path: Path, src: str):
+    """(io, nwbfile) of an NWB file opened for reading (close `io` when done), or a DataError naming it."""
+    from pynwb import NWBHDF5IO  # imported on use: importing pynwb takes ~0.6 s
+
+    try:
+        io = NWBHDF5IO(str(path), "r")
+        return io, io.read()
+    except Exception as e:  # pynwb/hdmf raise many types for unreadable files
+        raise DataError(f"{src}: cannot read as an NWB file ({type(e).__name__}: {e})") from e
+
+
 def load_nwb(
     path: str | Path,
     bin_size: float,
@@ -93,17 +104,11 @@ def load_nwb(
     Returns:
         SpikeData `spikes (trials, T, N)` with `T = round((t1 - t0) / bin_size)`.
     """
-    from pynwb import NWBHDF5IO  # imported on use: importing pynwb takes ~0.6 s
-
     path = require_file(path)
     src = str(path)
     _check_arguments(src, bin_size, window, n_fwd)
     behavior_names, input_names = _names(behavior, "behavior", src), _names(inputs, "inputs", src)
-    try:
-        io = NWBHDF5IO(str(path), "r")
-        nwb = io.read()
-    except Exception as e:  # pynwb/hdmf raise many types for unreadable files
-        raise DataError(f"{src}: cannot read as an NWB file ({type(e).__name__}: {e})") from e
+    io, nwb = open_nwb(path, src)
     try:
         units = _read_units(nwb, src, heldout_column, use_obs_intervals)
         trials = _read_trials(nwb, src, trials_table, align_event, split_column, condition_column)
