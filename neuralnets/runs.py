@@ -154,6 +154,14 @@ def claim_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def read_json(path: Path) -> Any:
+    """The parsed JSON file `path`; a damaged one (bad JSON or text encoding) is a ValueError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """Contents of run_dir/status.json; for a run directory without one, {"status": "finished"} if it
     has metrics.json (an older run) else {"status": "unknown"}. A damaged file is a ValueError naming it."""
@@ -161,10 +169,7 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / STATUS_FILE
     if not path.is_file():
         return {"status": "finished" if (run_dir / METRICS_FILE).is_file() else "unknown"}
-    try:
-        status = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    status = read_json(path)
     if not isinstance(status, dict) or status.get("status") not in RUN_STATES:
         raise ValueError(f"{path}: 'status' must be one of {list(RUN_STATES)}; got {status!r}")
     return status
@@ -242,10 +247,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run directory?")
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    run = read_json(path)
     if not isinstance(run, dict):
         raise ValueError(f"{path} must hold a JSON object; got {type(run).__name__}")
     missing = [k for k in ("model", "data", "metrics") if k not in run]

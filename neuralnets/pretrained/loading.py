@@ -12,7 +12,6 @@ model config and the data spec) and its weights are loaded with `torch.load(weig
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ from neuralnets.pretrained.registry import (
 from neuralnets.runs import CHECKPOINT_DIR as RUN_CHECKPOINTS
 from neuralnets.runs import CONFIG_FILE as RUN_CONFIG
 from neuralnets.runs import METRICS_FILE as RUN_METRICS
-from neuralnets.runs import read_status
+from neuralnets.runs import read_json, read_status
 
 
 class PretrainedModel:
@@ -290,10 +289,7 @@ def _load_checkpoint_file(path: Path, device: torch.device, name: str | None = N
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    return read_json(path)
 
 
 def read_checkpoint(

@@ -13,9 +13,10 @@ and written by `experiments/train_pretrained.py`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from neuralnets.runs import read_json
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
 CHECKPOINT_FILE = "model.ckpt"
@@ -51,10 +52,7 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model card")
-    try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    card = read_json(path)
     missing = [k for k in ("name", "data", "config", "metrics", "checkpoint") if k not in card]
     if missing:
         raise ValueError(f"{path} lacks the key(s) {missing}")
