@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuralnets.data.sessions import spec_from_dict
 from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, check_counts
 from neuralnets.models import MODELS, ModelConfigError, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
@@ -328,7 +329,7 @@ def build_from_checkpoint(
         raise ValueError(f"{path}: saved model config refused: {e}") from None
     cls = MODELS[name]
     try:
-        model = create_model(name, DataSpec(**hp["spec"]), **options)
+        model = create_model(name, spec_from_dict(hp["spec"]), **options)
     except Exception as e:  # noqa: BLE001 - surface which file and class failed to build
         raise ValueError(f"{path}: cannot rebuild {cls.__name__} from its saved config ({e})") from None
     prefix = "model."
