@@ -19,7 +19,7 @@ from neuralnets.data.spikedata import DataError, DataSpec, SpikeData
 
 # A session name: a word of letters, digits, '_' and '-' (it becomes part of logged metric names).
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-SHARED_FIELDS = ("bin_size", "n_obs_bins", "n_fwd_bins")  # what every session must agree on
+SHARED_FIELDS = ("bin_size", "n_fwd_bins", "n_obs_bins")  # what every session must agree on
 
 
 @dataclass(frozen=True)
