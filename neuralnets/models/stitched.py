@@ -159,7 +159,8 @@ def readin_init(
     held-in counts of every session, smoothed with a Gaussian of `smooth_bins`, side by side
     `(C * T_obs, sum N_in_s)`; their top principal components, scaled to unit variance, are the shared
     space; each session's read-in is the ridge regression from its own centred condition averages onto
-    those components. Otherwise ('pca'): each session's own top principal components of its (smoothed)
+    those components, all divided by one number so that single trials' read-in outputs have unit
+    variance on average. Otherwise ('pca'): each session's own top principal components of its (smoothed)
     trials, scaled to unit variance: no alignment across sessions, only a sensible scale.
     """
     shared = None
@@ -172,12 +173,16 @@ def readin_init(
         ]
         centred = [p - p.mean(axis=0) for p in psths]
         scores = _top_components(np.concatenate(centred, axis=1), dim)  # (C * T_obs, k)
-        out = []
-        for p, cp in zip(psths, centred, strict=True):
+        out, trial_var = [], []
+        for x, p, cp in zip(heldin, psths, centred, strict=True):
             lam = 1e-2 * np.trace(cp.T @ cp) / cp.shape[1]  # ridge, relative to the data's scale
             w = np.linalg.solve(cp.T @ cp + lam * np.eye(cp.shape[1]), cp.T @ scores).T  # (k, N_in_s)
             out.append((w, -w @ p.mean(axis=0)))
-        return out, "aligned"
+            trial_var.append((x.reshape(-1, x.shape[-1]) @ w.T).var(axis=0).mean())
+        # Single trials are noisier than condition averages: one scale for all sessions (alignment kept)
+        # gives the read-in outputs of single trials unit variance.
+        scale = float(np.sqrt(np.mean(trial_var)))
+        return [(w / scale, b / scale) for w, b in out], "aligned"
     out = []
     for x in heldin:
         flat = _smooth(x, smooth_bins).reshape(-1, x.shape[-1])  # (trials * T_obs, N_in_s)
