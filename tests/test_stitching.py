@@ -230,3 +230,22 @@ def test_finetune_from_the_cli_and_a_tampered_checkpoint_is_refused(trained_run,
     checksum_path(bad).write_text(checksum_path(ckpt).read_text())
     with pytest.raises(ConfigError, match="refusing to fine-tune from"):
         finetune_module(bad, lorenz_sessions(**TINY, keep=[2]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stitched_training_on_cuda_matches_the_batch_contract(sessions):
+    import pytorch_lightning as pl
+
+    from neuralnets.training.build import init_sessions_from_data
+    from neuralnets.training.module import TrainingModule
+
+    module = TrainingModule({"name": "stitched", "core_options": CORE}, sessions.spec.to_dict(), lr=1e-2)
+    init_sessions_from_data(module.model, sessions)
+    dm = MultiSessionDataModule(sessions, batch_size=8)
+    trainer = pl.Trainer(max_epochs=2, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    assert module.global_step == len(dm.train_dataloader()) * 2
+    assert dm.tensors[0]["spikes"].is_cuda  # the data stayed on the device
+    preds = module.model.cuda().predict_sessions(sessions)
+    assert all(np.isfinite(p["rates"]).all() for p in preds.values())
