@@ -12,7 +12,6 @@ is untrusted: it is read with its sha256 verified where recorded and `weights_on
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,6 @@ from neuralnets.pretrained.loading import build_from_checkpoint, read_checkpoint
 from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, read_json, write_metrics
 from neuralnets.training.build import init_sessions_from_data, load_kwargs
 from neuralnets.training.module import ConfigError, TrainingModule
-
-log = logging.getLogger(__name__)
 
 
 def checkpoint_of(source: str | Path) -> Path:
@@ -102,17 +99,19 @@ def finetune(
     batch_size: int = 16,
     lr: float = 1e-2,
     seed: int = 0,
+    accelerator: str = "cpu",
 ) -> Stitched:
     """Fine-tune the stitched model of `source` (run directory or checkpoint) on the new session(s) of
     `data` in this process (no run directory, no logger): only the new read-ins / read-outs train.
-    Returns the model in eval mode, knowing the old and new sessions."""
+    Returns the model in eval mode, knowing the old and new sessions. `accelerator`: as Lightning's
+    (`"gpu"` for a GPU)."""
     pl.seed_everything(seed, workers=True)
     module, first = finetune_module(source, data, lr=lr, lr_schedule="none")
     dm = MultiSessionDataModule(
         MultiSessionData.of(data), batch_size=batch_size, seed=seed, first_session=first
     )
     trainer = pl.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+        max_epochs=max_epochs, accelerator=accelerator, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
