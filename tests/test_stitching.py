@@ -249,3 +249,19 @@ def test_stitched_training_on_cuda_matches_the_batch_contract(sessions):
     assert dm.tensors[0]["spikes"].is_cuda  # the data stayed on the device
     preds = module.model.cuda().predict_sessions(sessions)
     assert all(np.isfinite(p["rates"]).all() for p in preds.values())
+
+
+def test_load_pretrained_takes_a_stitched_run_and_a_session(trained_run):
+    import neuralnets
+
+    model = neuralnets.load_pretrained(trained_run["run_dir"])
+    data = lorenz_sessions(**TINY, keep=[0, 1])
+    assert "sessions: s0 (" in repr(model)
+    out = model.predict(data["s1"], session="s1")
+    assert out["rates"].shape == data["s1"].spikes.shape
+    scores = model.evaluate(data)
+    assert scores["mean"]["co_bps"] == pytest.approx(trained_run["metrics"]["co_bps"], abs=1e-6)
+    with pytest.raises(DataError, match=r"has sessions \['s0', 's1'\]: pass session="):
+        model.predict(data["s1"])
+    with pytest.raises(DataError, match="data have .* held-in of .* but model"):
+        model.predict(data["s1"], session="s0")
