@@ -51,10 +51,10 @@ def fit(module: TrainingModule, dm: pl.LightningDataModule, epochs: int) -> None
     trainer.fit(module, datamodule=dm)
 
 
-def stitched_arm(data, epochs: int, seed: int, batch_size: int) -> dict[str, dict]:
+def stitched_arm(data, epochs: int, seed: int, batch_size: int, readin_dim: int = 16) -> dict[str, dict]:
     """{session: {"latents", "rates"}} of one stitched LFADS trained on all sessions."""
     pl.seed_everything(seed, workers=True)
-    model = {"name": "stitched", "core": "lfads", "readin_dim": 16, "core_options": CORE}
+    model = {"name": "stitched", "core": "lfads", "readin_dim": readin_dim, "core_options": CORE}
     module = TrainingModule(model=model, spec=data.spec.to_dict(), **MODULE)
     init_sessions_from_data(module.model, data)
     fit(module, MultiSessionDataModule(data, batch_size=batch_size, seed=seed), epochs)
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-sessions", type=int, default=4)
     p.add_argument("--n-trials", type=int, default=100, help="trials per session (60%% train)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--readin-dim", type=int, default=16, help="the stitched model's shared input size")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
@@ -117,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict]] = {"stitched": [], "separate": []}
     start = time.perf_counter()
     for seed in args.seeds:
-        results["stitched"].append(score(data, stitched_arm(data, args.epochs, seed, args.batch_size)))
+        results["stitched"].append(
+            score(data, stitched_arm(data, args.epochs, seed, args.batch_size, args.readin_dim))
+        )
         results["separate"].append(score(data, separate_arm(data, args.epochs, seed, args.batch_size)))
         print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
     sizes = ", ".join(f"{n}: {d.n_heldin}+{d.n_heldout} neurons" for n, d in data)
@@ -126,12 +129,13 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Command: `python experiments/stitching.py --seeds {' '.join(map(str, args.seeds))} --epochs "
         f"{args.epochs} --n-sessions {args.n_sessions} --n-trials {args.n_trials} --batch-size "
-        f"{args.batch_size} --threads {args.threads}`",
+        f"{args.batch_size} --readin-dim {args.readin_dim} --threads {args.threads}`",
         "",
         f"Data: `lorenz_sessions(n_sessions={args.n_sessions}, n_trials={args.n_trials}, seed=0)` ({sizes}); "
-        f"LFADS core {CORE}, stitched read-in dim 16; module {MODULE}; {args.epochs} epochs for every model "
-        f"(the same trials and optimiser steps in total). Test trials of each session; mean ± sd over seeds "
-        f"{args.seeds}. Total time {time.perf_counter() - start:.0f} s with {args.threads} thread(s).",
+        f"LFADS core {CORE}, stitched read-in dim {args.readin_dim}; module {MODULE}; {args.epochs} epochs "
+        f"for every model (the same trials and optimiser steps in total). Test trials of each session; "
+        f"mean ± sd over seeds {args.seeds}. Total time {time.perf_counter() - start:.0f} s with "
+        f"{args.threads} thread(s).",
         "",
         "`latent_r2`: harness latent R² (linear map fit on that session's train trials). `pooled_latent_r2`:"
         " one linear map fit on all sessions' train trials together. `co_bps`: held-out neurons.",
