@@ -31,14 +31,8 @@ from neuralnets.eval.regression import latent_r2
 from neuralnets.training.build import init_sessions_from_data, train_mean_counts
 from neuralnets.training.module import TrainingModule
 
-CORE = {
-    "gen_dim": 32,
-    "fac_dim": 8,
-    "ic_enc_dim": 32,
-    "co_dim": 0,
-    "kl_ramp_steps": 200,
-    "l2_ramp_steps": 200,
-}
+CORE = {"gen_dim": 32, "fac_dim": 8, "ic_enc_dim": 32, "co_dim": 0}
+RAMP_SHARE = 0.25  # KL and L2 weights ramp up over this share of each model's own optimiser steps
 MODULE = {"lr": 1e-2, "lr_schedule": "none", "coordinated_dropout": 0.3}
 OUT = Path(__file__).resolve().parent / "results" / "stitching.md"
 
@@ -51,13 +45,22 @@ def fit(module: TrainingModule, dm: pl.LightningDataModule, epochs: int) -> None
     trainer.fit(module, datamodule=dm)
 
 
+def ramps(dm: pl.LightningDataModule, epochs: int) -> dict[str, int]:
+    """KL / L2 ramp lengths: `RAMP_SHARE` of the model's steps (the stitched model takes as many steps
+    as all separate models together, so equal ramps in steps would regularise the arms differently)."""
+    steps = max(1, int(RAMP_SHARE * epochs * len(dm.train_dataloader())))
+    return {"kl_ramp_steps": steps, "l2_ramp_steps": steps}
+
+
 def stitched_arm(data, epochs: int, seed: int, batch_size: int, readin_dim: int = 16) -> dict[str, dict]:
     """{session: {"latents", "rates"}} of one stitched LFADS trained on all sessions."""
     pl.seed_everything(seed, workers=True)
-    model = {"name": "stitched", "core": "lfads", "readin_dim": readin_dim, "core_options": CORE}
+    dm = MultiSessionDataModule(data, batch_size=batch_size, seed=seed)
+    core = {**CORE, **ramps(dm, epochs)}
+    model = {"name": "stitched", "core": "lfads", "readin_dim": readin_dim, "core_options": core}
     module = TrainingModule(model=model, spec=data.spec.to_dict(), **MODULE)
     init_sessions_from_data(module.model, data)
-    fit(module, MultiSessionDataModule(data, batch_size=batch_size, seed=seed), epochs)
+    fit(module, dm, epochs)
     return module.model.predict_sessions(data)
 
 
@@ -66,9 +69,11 @@ def separate_arm(data, epochs: int, seed: int, batch_size: int) -> dict[str, dic
     preds = {}
     for name, session in data:
         pl.seed_everything(seed, workers=True)
-        module = TrainingModule(model={"name": "lfads", **CORE}, spec=session.spec.to_dict(), **MODULE)
+        dm = SpikeDataModule(session, batch_size=batch_size, seed=seed)
+        model = {"name": "lfads", **CORE, **ramps(dm, epochs)}
+        module = TrainingModule(model=model, spec=session.spec.to_dict(), **MODULE)
         module.model.init_readout_bias(train_mean_counts(session))
-        fit(module, SpikeDataModule(session, batch_size=batch_size, seed=seed), epochs)
+        fit(module, dm, epochs)
         preds[name] = module.model.predict(session.heldin_obs)
     return preds
 
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.batch_size} --readin-dim {args.readin_dim} --threads {args.threads}`",
         "",
         f"Data: `lorenz_sessions(n_sessions={args.n_sessions}, n_trials={args.n_trials}, seed=0)` ({sizes}); "
-        f"LFADS core {CORE}, stitched read-in dim {args.readin_dim}; module {MODULE}; {args.epochs} epochs "
+        f"LFADS core {CORE}, KL and L2 ramps over {RAMP_SHARE:.0%} of each model's steps, stitched read-in "
+        f"dim {args.readin_dim}; module {MODULE}; {args.epochs} epochs "
         f"for every model (the same trials and optimiser steps in total). Test trials of each session; "
         f"mean ± sd over seeds {args.seeds}. Total time {time.perf_counter() - start:.0f} s with "
         f"{args.threads} thread(s).",
