@@ -267,6 +267,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 def load_run_data(run: Mapping[str, Any]) -> SpikeData:
     """The dataset a run was scored on: `load(run["data_source"] or run["data"], **run["data_kwargs"])`."""
     from neuralnets.data.loaders import load  # the loaders pull in pynwb/h5py: only when asked
+    from neuralnets.data.spikedata import DataError, SpikeData
 
     source = run.get("data_source") or run["data"]
     kwargs = run.get("data_kwargs") or {}
@@ -274,7 +275,10 @@ def load_run_data(run: Mapping[str, Any]) -> SpikeData:
         raise ValueError(
             f"'data_kwargs' of run {run.get('run_dir', run.get('model'))} must be an object; got {kwargs!r}"
         )
-    return load(source, **kwargs)
+    data = load(source, **kwargs)
+    if not isinstance(data, SpikeData):  # several sessions: scored per session, no single dataset
+        raise DataError(f"{source!r} holds {len(data)} sessions; the run's metrics.json scores each one")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- predictions

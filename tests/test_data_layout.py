@@ -12,6 +12,7 @@ DATA_DIR = Path(neuralnets.data.__file__).parent
 # Lower layers never import higher ones (DESIGN.md: imports point one way).
 LAYERS = {
     "spikedata": 0,
+    "sessions": 1,
     "binning": 1,
     "heldout": 1,
     "options": 1,

@@ -15,15 +15,19 @@ from neuralnets.data.formats.npz import load_npz, save_npz
 from neuralnets.data.formats.nwb import load_nwb
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.options import parse_load_options
+from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
 from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, default_split
-from neuralnets.data.synthetic import chaotic_rnn, lorenz
+from neuralnets.data.synthetic import chaotic_rnn, lorenz, lorenz_sessions
 
 __all__ = [
     "BUILTIN_DATASETS",
     "DataError",
     "DataSpec",
+    "MultiSessionData",
+    "MultiSessionSpec",
     "SpikeData",
     "SpikeDataModule",
+    "MultiSessionDataModule",
     "chaotic_rnn",
     "default_split",
     "load",
@@ -35,6 +39,7 @@ __all__ = [
     "load_npz",
     "load_nwb",
     "lorenz",
+    "lorenz_sessions",
     "parse_load_options",
     "read_nlb_targets",
     "save_lfads_h5",
@@ -45,8 +50,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "SpikeDataModule":
-        from neuralnets.data.datamodule import SpikeDataModule
+    if name in ("SpikeDataModule", "MultiSessionDataModule"):
+        from neuralnets.data import datamodule
 
-        return SpikeDataModule
+        return getattr(datamodule, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,7 @@ from neuralnets import debug_mode
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.options import add_load_options_arg, parse_load_options
+from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import DataError
 
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load(args.source, **_load_kwargs(args))
         print(data.summary())
+        if args.save and isinstance(data, MultiSessionData):
+            raise DataError(f"{args.source} holds {data.n_sessions} sessions; --save writes one SpikeData")
         if args.save:
             out = save_npz(data, args.save)
             print(f"saved to {out}")

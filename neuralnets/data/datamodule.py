@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from neuralnets.data.loaders import load
+from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import DataError, SpikeData
 
 
@@ -176,3 +177,75 @@ class SpikeDataModule(pl.LightningDataModule):
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # already resident on the device
+
+
+class SessionBatches:
+    """Batches of several sessions, each batch from ONE session (shapes differ between sessions) with
+    `batch["session"]` = that session's index (an int: `first_session` + its position). With `shuffle`,
+    the sessions' batches are interleaved in a random order each pass (drawn from `seed`, the same on
+    every DDP rank), so an epoch mixes sessions; otherwise session by session."""
+
+    def __init__(self, per_session: list[TrialBatches], shuffle: bool, seed: int = 0, first_session: int = 0):
+        self.per_session, self.shuffle, self.first_session = per_session, shuffle, first_session
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.per_session)
+
+    def order(self) -> list[int]:
+        """The session position of each batch of one pass."""
+        order = torch.cat([torch.full((len(b),), i) for i, b in enumerate(self.per_session)])  # (batches,)
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=self.generator)]
+        return order.tolist()
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        iterators = [iter(b) for b in self.per_session]
+        for i in self.order():
+            batch = next(iterators[i])
+            batch["session"] = self.first_session + i
+            yield batch
+
+
+class MultiSessionDataModule(SpikeDataModule):
+    """Serves a `MultiSessionData` as single-session batches, sessions mixed within each epoch
+    (`SessionBatches`). `first_session`: the index of the data's first session in the model (a
+    model fine-tuned on new sessions numbers them after the ones it was trained on)."""
+
+    def __init__(self, data: MultiSessionData, batch_size: int = 128, seed: int = 0, first_session: int = 0):
+        pl.LightningDataModule.__init__(self)
+        if not isinstance(data, MultiSessionData):
+            raise DataError(f"MultiSessionDataModule needs a MultiSessionData; got {type(data).__name__}")
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1; got {batch_size}")
+        self.data, self.batch_size, self.seed = data, int(batch_size), seed
+        self.first_session = int(first_session)
+        self.tensors: list[dict[str, Tensor]] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.tensors is None or self.tensors[0]["spikes"].device != device:
+            self.tensors = [batch_tensors(s, device) for _, s in self.data]
+
+    def _batches(self, split: str, shuffle: bool) -> SessionBatches:
+        if self.tensors is None:
+            self.setup()
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if split != "train":
+            rank, world = 0, 1  # evaluation is not sharded (see SpikeDataModule._batches)
+        per_session = [
+            TrialBatches(
+                tensors,
+                s.indices(split),
+                self.batch_size,
+                s.n_obs,
+                s.n_heldin,
+                shuffle=shuffle,
+                seed=self.seed + i,
+                rank=rank,
+                world_size=world,
+            )  # fmt: skip
+            for i, (tensors, (_, s)) in enumerate(zip(self.tensors, self.data, strict=True))
+        ]
+        return SessionBatches(per_session, shuffle=shuffle, seed=self.seed, first_session=self.first_session)

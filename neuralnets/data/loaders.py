@@ -26,8 +26,9 @@ from neuralnets.data.formats.nlb_h5 import load_nlb_h5
 from neuralnets.data.formats.nlb_nwb import load_nlb_nwb
 from neuralnets.data.formats.npz import load_npz
 from neuralnets.data.formats.nwb import load_nwb
+from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import DataError, SpikeData
-from neuralnets.data.synthetic import chaotic_rnn, lorenz
+from neuralnets.data.synthetic import chaotic_rnn, lorenz, lorenz_sessions
 
 __all__ = ["BUILTIN_DATASETS", "load"]
 
@@ -87,8 +88,9 @@ def _pretty(hint) -> str:
     return str(hint).replace("collections.abc.", "").replace("pathlib.", "")
 
 
-BUILTIN_DATASETS: dict[str, Callable[..., SpikeData]] = {
+BUILTIN_DATASETS: dict[str, Callable[..., SpikeData | MultiSessionData]] = {
     "lorenz": lorenz,
+    "lorenz_sessions": lorenz_sessions,
     "chaotic_rnn": chaotic_rnn,
     "mc_maze_small": load_mc_maze_small,
     "ca1_linear_track": load_ca1_linear_track,
@@ -96,10 +98,11 @@ BUILTIN_DATASETS: dict[str, Callable[..., SpikeData]] = {
 _SUFFIXES = (".npz", ".h5", ".hdf5", ".nwb")
 
 
-def load(path_or_name: str | Path, **kwargs) -> SpikeData:
+def load(path_or_name: str | Path, **kwargs) -> SpikeData | MultiSessionData:
     """Load a built-in dataset by name or a file by suffix; `kwargs` go to the loader/generator.
 
-    Names: 'lorenz', 'chaotic_rnn' (synthetic, see `neuralnets.data.synthetic`), 'mc_maze_small'
+    Names: 'lorenz', 'chaotic_rnn' (synthetic, see `neuralnets.data.synthetic`), 'lorenz_sessions'
+    (several sessions of one Lorenz system: a `MultiSessionData`), 'mc_maze_small'
     (the bundled NLB MC_Maze_Small tensors), 'ca1_linear_track' (bundled rat CA1 laps with position,
     see `load_ca1_linear_track`). Files: `.npz` (`load_npz`), `.h5`/`.hdf5` (NLB layout if
     it has 'train_spikes_heldin', LFADS layout if it has a '*_encod_data' key), `.nwb` (`load_nwb`,

@@ -24,9 +24,10 @@ import functools
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import DataError, SpikeData, default_split
 
-__all__ = ["lorenz", "chaotic_rnn"]
+__all__ = ["lorenz", "chaotic_rnn", "lorenz_sessions"]
 
 
 def _single_threaded_blas(fn):
@@ -148,6 +149,76 @@ def lorenz(
     )  # fmt: skip
     return _package("lorenz", params, spikes, rates, latents, behavior, condition,
                     latents_note="z-scored Lorenz state (x, y, z)")  # fmt: skip
+
+
+@_single_threaded_blas
+def lorenz_sessions(
+    n_sessions: int = 4,
+    n_trials: int = 200,
+    n_neurons: tuple[int, int] = (20, 40),
+    heldout_frac: float = 0.25,
+    n_bins: int = 50,
+    bin_size: float = 0.01,
+    n_fwd: int = 10,
+    seed: int = 0,
+    n_conditions: int = 8,
+    base_rate: tuple[float, float] = (5.0, 20.0),
+    modulation: float = 0.75,
+    keep: list[int] | None = None,
+) -> MultiSessionData:
+    """Several recording sessions of ONE Lorenz system (for stitching): sessions `s0`, `s1`, ...
+
+    The latents of `n_sessions * n_trials` trials come from `lorenz(...)` with this `seed` (so the
+    conditions' initial states are shared by all sessions); session i takes trials
+    `i * n_trials .. (i + 1) * n_trials - 1`. Each session then records its own population: a neuron
+    count drawn uniformly from `n_neurons` (low, high), its own random log-linear read-out of the
+    latents, Poisson spikes, the last `round(heldout_frac * N)` neurons held out (at least one), the
+    last `n_fwd` bins forward, and its own train/val/test split. Ground truth `rates` and `latents`
+    (the z-scored Lorenz state, the same coordinates in every session) and `behavior` are kept.
+    `keep`: only these session indices (e.g. `[3]` for a held-out session); the others are still
+    drawn, so a session is the same whatever `keep` is.
+    """
+    _check_positive(n_sessions=n_sessions)
+    lo, hi = n_neurons
+    if not 2 <= lo <= hi:
+        raise DataError(f"n_neurons={tuple(n_neurons)} must be (low, high) with 2 <= low <= high")
+    if not 0 < heldout_frac < 1:
+        raise DataError(f"heldout_frac={heldout_frac} must be in (0, 1)")
+    keep = list(range(n_sessions)) if keep is None else list(keep)
+    bad = [k for k in keep if not 0 <= k < n_sessions]
+    if bad or not keep:
+        raise DataError(f"keep={keep} must list session indices in 0..{n_sessions - 1}")
+    shared = lorenz(
+        n_trials=n_sessions * n_trials, n_neurons=2, n_bins=n_bins, bin_size=bin_size, n_heldout=0,
+        n_fwd=n_fwd, seed=seed, n_conditions=n_conditions,
+    )  # fmt: skip
+    streams = np.random.SeedSequence([seed, 1]).spawn(n_sessions)  # one per session: its neurons, spikes
+    sessions = {}
+    for i, stream in enumerate(streams):
+        rng_net, rng_spk = (np.random.default_rng(s) for s in stream.spawn(2))
+        trials = slice(i * n_trials, (i + 1) * n_trials)
+        latents = shared.latents[trials]  # (trials, T, 3)
+        n = int(rng_net.integers(lo, hi + 1))
+        rates = _loglinear_rates(latents, n, bin_size, base_rate, modulation, rng_net)  # (trials, T, n)
+        if i not in keep:
+            continue
+        spikes = rng_spk.poisson(rates).astype(np.float32)  # (trials, T, n)
+        n_heldout = min(max(1, int(round(heldout_frac * n))), n - 1)
+        sessions[f"s{i}"] = SpikeData(
+            spikes=spikes, bin_size=bin_size, n_heldin=n - n_heldout, n_fwd=n_fwd,
+            split=default_split(n_trials, seed=seed + 1 + i), behavior=shared.behavior[trials],
+            condition=shared.condition[trials], rates=rates, latents=latents, name=f"s{i}",
+            source=f"lorenz_sessions(seed={seed}).s{i}",
+        )  # fmt: skip
+    params = dict(
+        n_sessions=n_sessions, n_trials=n_trials, n_neurons=list(n_neurons), heldout_frac=heldout_frac,
+        n_bins=n_bins, bin_size=bin_size, n_fwd=n_fwd, seed=seed, n_conditions=n_conditions,
+        base_rate=list(base_rate), modulation=modulation, keep=keep,
+    )  # fmt: skip
+    return MultiSessionData(
+        sessions, name="lorenz_sessions", source=f"lorenz_sessions(seed={seed})",
+        meta={"generator": "lorenz_sessions", "params": params, "latents": "z-scored Lorenz state (x, y, z)"},
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- chaotic RNN

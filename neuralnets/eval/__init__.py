@@ -5,7 +5,8 @@ a model. Modules, each importing only those listed before it:
 
 - `metrics`: the metric functions on arrays and `METRICS` (name -> meaning, table order);
 - `regression`: ridge CV, vel R², linear fit, latent R²; `fewshot`: few-shot co-bps;
-- `harness`: `evaluate`, `skipped_metrics`, `behavior_trials` (scoring a dataset's split);
+- `harness`: `evaluate`, `evaluate_sessions` (each session of a `MultiSessionData`), `skipped_metrics`,
+  `behavior_trials` (scoring a dataset's split);
 - `baselines`: the smoothing + GLM, mean-rate and true-rate rows, scored by `evaluate`;
 - `tblog`: TensorBoard scalars and hparams table; `tables`: comparison tables (`format_table`);
 - `cli`: `neuralnets-eval` and `neuralnets-compare`.
@@ -14,7 +15,7 @@ The run directory (metrics.json, predictions.h5) is `neuralnets.runs`.
 """
 
 from neuralnets.eval.fewshot import fewshot_co_bps
-from neuralnets.eval.harness import behavior_trials, evaluate, skipped_metrics
+from neuralnets.eval.harness import behavior_trials, evaluate, evaluate_sessions, skipped_metrics
 from neuralnets.eval.metrics import (
     METRICS,
     bits_per_spike,
@@ -35,6 +36,7 @@ __all__ = [
     "bits_per_spike",
     "co_bps",
     "evaluate",
+    "evaluate_sessions",
     "fewshot_co_bps",
     "format_table",
     "fp_bps",

@@ -26,6 +26,7 @@ import numpy as np
 from neuralnets import debug_mode
 from neuralnets.data.formats.nlb_targets import read_nlb_targets
 from neuralnets.data.options import add_load_options_arg, parse_load_options
+from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.harness import evaluate
@@ -263,6 +264,12 @@ def _compare(argv: list[str] | None) -> int:
                 continue
             seen.add(key)
             data = _load_data(source, kwargs)
+            if isinstance(data, MultiSessionData):  # the baselines score one session's SpikeData
+                print(
+                    f"neuralnets-compare: no baseline rows for {r['data']} (several sessions)",
+                    file=sys.stderr,
+                )
+                continue
             rows += baseline_rows(data, r["split"], data_label=r["data"], device=args.device)
     _emit(rows, args)
     return 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import DataError, SpikeData
 from neuralnets.eval import metrics as M
 from neuralnets.eval.fewshot import fewshot_co_bps
@@ -272,3 +273,29 @@ def evaluate(
             zt[idx, :t],
         )
     return {k: out[k] for k in METRICS if k in out}
+
+
+def evaluate_sessions(
+    predictions: Mapping[str, Mapping[str, Any]], data: MultiSessionData, split: str = "test", **kwargs: Any
+) -> dict[str, Any]:
+    """`evaluate` each session of `data` on its `split` trials: `predictions` is {session: {"rates":
+    (trials, T, N_s), "latents": (trials, T, K) optional, "inputs": optional}} for all of that session's
+    trials; `kwargs` go to `evaluate`. Returns {"sessions": {session: metrics}, "mean": {metric: mean over
+    the sessions}} (a metric enters the mean only if every session has it)."""
+    missing = sorted(set(data.names) - set(predictions))
+    if missing:
+        raise ValueError(f"no predictions for session(s) {missing} of {data.name!r}")
+    per_session = {
+        name: evaluate(
+            predictions[name]["rates"],
+            session,
+            split,
+            latents=predictions[name].get("latents"),
+            inputs=predictions[name].get("inputs"),
+            **kwargs,
+        )  # fmt: skip
+        for name, session in data
+    }
+    common = [k for k in METRICS if all(k in m for m in per_session.values())]
+    mean = {k: float(np.mean([m[k] for m in per_session.values()])) for k in common}
+    return {"sessions": per_session, "mean": mean}

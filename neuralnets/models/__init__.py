@@ -13,16 +13,19 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, SpikeModel
 from neuralnets.models.lfads import LFADS
 from neuralnets.models.ndt import NDT
 from neuralnets.models.rnn import RNNSeq2Seq
+from neuralnets.models.stitched import Stitched
 
 MODELS: dict[str, type[SpikeModel]] = {
     "lfads": LFADS,
     "rnn": RNNSeq2Seq,
     "ndt": NDT,
+    "stitched": Stitched,
 }
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -130,7 +133,9 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
     return {str(k): v for k, v in cfg.items()}
 
 
-def create_model(name_or_cfg: str | Mapping[str, Any], spec: DataSpec | dict, **options: Any) -> SpikeModel:
+def create_model(
+    name_or_cfg: str | Mapping[str, Any], spec: DataSpec | MultiSessionSpec | dict, **options: Any
+) -> SpikeModel:
     """Build a registered model for data of shape `spec`.
 
     `name_or_cfg`: a registered name (`MODELS`) or a config `{"name": "lfads", **options}` (a dict or
@@ -139,7 +144,14 @@ def create_model(name_or_cfg: str | Mapping[str, Any], spec: DataSpec | dict, **
     are ValueErrors naming the option.
     """
     name, opts = resolve_model_config(name_or_cfg, **options)
-    spec = spec if isinstance(spec, DataSpec) else DataSpec(**check_plain(dict(spec), "spec"))
+    if not isinstance(spec, DataSpec | MultiSessionSpec):
+        spec = spec_from_dict(check_plain(dict(spec), "spec"))
+    if isinstance(spec, MultiSessionSpec) and not MODELS[name].multi_session:
+        multi = sorted(n for n, cls in MODELS.items() if cls.multi_session)
+        raise ModelConfigError(
+            f"model {name!r} models one session; data of {spec.n_sessions} sessions {list(spec.names)} "
+            f"need a multi-session model: one of {multi} (e.g. model=stitched)"
+        )
     return MODELS[name](spec, **opts)
 
 
@@ -151,6 +163,7 @@ __all__ = [
     "ModelOutput",
     "RNNSeq2Seq",
     "SpikeModel",
+    "Stitched",
     "check_plain",
     "create_model",
     "model_name",

@@ -8,7 +8,9 @@ Batch (a dict of tensors on the model's device; B trials):
 - `observed (B, T, N)` bool     False where no data were recorded (absent when everything was);
 - `behavior (B, T_obs, D)`      optional; `index (B,)` trial indices into the dataset;
 - `inputs   (B, T, U)`          optional known external inputs (no model reads them yet);
-- `log_count_factorial (B,)`    sum of log y! over each trial's observed entries (for the training module).
+- `log_count_factorial (B,)`    sum of log y! over each trial's observed entries (for the training module);
+- `session`                     int, multi-session data only: the index of the one session of the batch
+                                (a stitched model picks that session's read-in and read-out).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
 from neuralnets.data.spikedata import DataSpec
 
 READOUT_FLOOR = 1e-3  # counts per bin: the smallest initial rate (silent neurons), e.g. 0.2 Hz in 5 ms bins
@@ -54,7 +57,8 @@ class SpikeModel(nn.Module):
     - `masks_input`: the model hides parts of its own input in training and says where to score
       (`ModelOutput.recon_mask`), so the training module applies no coordinated dropout on top;
     - `has_inferred_inputs`: forward returns `inputs` (LFADS with a controller);
-    - `supports_fused_recurrence`: has a `recurrence` option with a fused fast path ('plain'/'fused').
+    - `supports_fused_recurrence`: has a `recurrence` option with a fused fast path ('plain'/'fused');
+    - `multi_session`: built for several sessions (`MultiSessionSpec`), reads `batch["session"]`.
 
     Every model names its read-out `self.readout`: an `nn.Linear` from latents to the log-rates
     `(..., N)` of all neurons, whose bias `init_readout_bias` sets from the data.
@@ -63,10 +67,16 @@ class SpikeModel(nn.Module):
     masks_input: bool = False
     has_inferred_inputs: bool = False
     supports_fused_recurrence: bool = False
+    multi_session: bool = False  # accepts a MultiSessionSpec and reads `batch["session"]`
 
-    def __init__(self, spec: DataSpec | dict):
+    def __init__(self, spec: DataSpec | MultiSessionSpec | dict):
         super().__init__()
-        self.spec = spec if isinstance(spec, DataSpec) else DataSpec(**spec)
+        self.spec = spec_from_dict(spec)
+        if isinstance(self.spec, MultiSessionSpec) and not self.multi_session:
+            raise ValueError(
+                f"{type(self).__name__} models one session; data of {self.spec.n_sessions} sessions "
+                f"{list(self.spec.names)} need a stitched model (model=stitched)"
+            )
         self.aux_weights: dict[str, Ramp] = {}
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:  # pragma: no cover - abstract
@@ -77,23 +87,12 @@ class SpikeModel(nn.Module):
         """Start each neuron's log-rate at log(its mean count per bin) `mean_counts (N,)`, floored at
         `floor` counts per bin for silent neurons (log(0) would be -inf). Called once when a run starts
         from scratch (`training/build.py`), never on resume or when loading weights."""
-        readout = getattr(self, "readout", None)
-        if not isinstance(readout, nn.Linear) or readout.bias is None:
-            raise TypeError(
-                f"{type(self).__name__} has no `readout` nn.Linear with a bias to initialise from the data"
-            )
-        mean = torch.as_tensor(mean_counts, dtype=readout.bias.dtype, device=readout.bias.device)
-        if mean.shape != readout.bias.shape:
-            raise ValueError(
-                f"{type(self).__name__}.init_readout_bias: mean counts have shape {tuple(mean.shape)}; "
-                f"expected {tuple(readout.bias.shape)} (one per neuron)"
-            )
-        if not torch.isfinite(mean).all() or (mean < 0).any():
-            raise ValueError(f"{type(self).__name__}.init_readout_bias: mean counts must be finite and >= 0")
-        readout.bias.copy_(torch.log(mean.clamp(min=floor)))
+        set_log_rate_bias(self, getattr(self, "readout", None), mean_counts, floor)
 
-    def check_input(self, heldin: Tensor) -> None:
+    def check_input(self, heldin: Tensor, session: int | str | None = None) -> None:
         """Raise a clear error when the input does not match the spec the model was built for."""
+        if session is not None:
+            raise ValueError(f"{type(self).__name__} models one session; got session={session!r}")
         s = self.spec
         if heldin.ndim != 3 or heldin.shape[1:] != (s.n_obs_bins, s.n_heldin):
             raise ValueError(
@@ -102,29 +101,34 @@ class SpikeModel(nn.Module):
             )
 
     @torch.no_grad()
-    def predict_batches(self, heldin, batch_size: int = 256):
+    def predict_batches(self, heldin, batch_size: int = 256, session: int | str | None = None):
         """Yield (start, ModelOutput) over trials of `heldin (trials, T_obs, N_in)`, in eval mode.
 
         Accepts numpy or torch input; each chunk is moved to the model's device, so inputs far
         larger than device memory stream through. The caller restores train mode if needed.
+        `session`: the session (name or index) of a multi-session model.
         """
         heldin = torch.as_tensor(heldin)
         if not torch.is_floating_point(heldin):
             heldin = heldin.float()
-        self.check_input(heldin)
+        self.check_input(heldin, session)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.eval()
         device = next(self.parameters()).device
+        extra = {} if session is None else {"session": self.spec.index(session)}
         for start in range(0, heldin.shape[0], batch_size):
             chunk = heldin[start : start + batch_size].to(device, torch.float32)  # (b, T_obs, N_in)
-            yield start, self({"heldin": chunk})
+            yield start, self({"heldin": chunk, **extra})
 
-    def predict(self, heldin, batch_size: int = 256) -> dict[str, np.ndarray]:
+    def predict(
+        self, heldin, batch_size: int = 256, session: int | str | None = None
+    ) -> dict[str, np.ndarray]:
         """Rates `(trials, T, N)`, latents `(trials, T, K)` and, if the model has them, inferred
-        inputs `(trials, T_obs, U)` as float32 numpy arrays, computed in eval mode in batches."""
+        inputs `(trials, T_obs, U)` as float32 numpy arrays, computed in eval mode in batches.
+        `session`: the session (name or index) of a multi-session model."""
         parts: dict[str, list[np.ndarray]] = {}
-        for _, out in self.predict_batches(heldin, batch_size):
+        for _, out in self.predict_batches(heldin, batch_size, session):
             for key in ("rates", "latents", "inputs"):
                 value = getattr(out, key)
                 if value is not None:
@@ -141,6 +145,24 @@ class SpikeModel(nn.Module):
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@torch.no_grad()
+def set_log_rate_bias(model: nn.Module, readout, mean_counts, floor: float = READOUT_FLOOR) -> None:
+    """Start each log-rate of `readout` (an nn.Linear with a bias, to log-rates `(..., N)`) at log(the
+    neuron's mean count per bin) `mean_counts (N,)`, floored at `floor` (log(0) would be -inf)."""
+    name = type(model).__name__
+    if not isinstance(readout, nn.Linear) or readout.bias is None:
+        raise TypeError(f"{name} has no `readout` nn.Linear with a bias to initialise from the data")
+    mean = torch.as_tensor(mean_counts, dtype=readout.bias.dtype, device=readout.bias.device)
+    if mean.shape != readout.bias.shape:
+        raise ValueError(
+            f"{name}.init_readout_bias: mean counts have shape {tuple(mean.shape)}; "
+            f"expected {tuple(readout.bias.shape)} (one per neuron)"
+        )
+    if not torch.isfinite(mean).all() or (mean < 0).any():
+        raise ValueError(f"{name}.init_readout_bias: mean counts must be finite and >= 0")
+    readout.bias.copy_(torch.log(mean.clamp(min=floor)))
 
 
 def get_heldin(model: SpikeModel, batch: dict[str, Tensor]) -> Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec, spec_from_dict
 from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, check_counts
 from neuralnets.models import MODELS, ModelConfigError, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
@@ -40,7 +41,8 @@ from neuralnets.runs import read_json, read_status
 class PretrainedModel:
     """A trained `SpikeModel` in eval mode with what is known about it.
 
-    Attributes: `model` (the SpikeModel, eval mode, on `device`), `spec` (DataSpec it was trained for),
+    Attributes: `model` (the SpikeModel, eval mode, on `device`), `spec` (DataSpec it was trained for;
+    a MultiSessionSpec for a stitched model, whose `heldin` / `predict` / `evaluate` take `session=`),
     `config` (dict: the training config, or what the checkpoint holds of it), `metrics` (dict: harness
     metrics on the test split of its data; empty when unknown), `card` (the model card of a bundled
     model, else None), `name`, `path` (the checkpoint file).
@@ -62,8 +64,23 @@ class PretrainedModel:
 
     # ------------------------------------------------------------------ properties
     @property
-    def spec(self) -> DataSpec:
+    def spec(self) -> DataSpec | MultiSessionSpec:
         return self.model.spec
+
+    def session_spec(self, session: str | int | None = None) -> DataSpec:
+        """The DataSpec of one session (`session` names it for a multi-session model, else None)."""
+        if not isinstance(self.spec, MultiSessionSpec):
+            if session is not None:
+                raise DataError(f"model {self.name!r} models one session; got session={session!r}")
+            return self.spec
+        if session is None:
+            if self.spec.n_sessions > 1:
+                raise DataError(f"model {self.name!r} has sessions {list(self.spec.names)}: pass session=")
+            session = 0
+        try:
+            return self.spec[session]
+        except ValueError as err:
+            raise DataError(f"model {self.name!r}: {err}") from None
 
     @property
     def device(self) -> torch.device:
@@ -79,8 +96,18 @@ class PretrainedModel:
         return self
 
     def __repr__(self) -> str:
-        s = self.spec
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in self.metrics.items()) or "unknown"
+        if isinstance(self.spec, MultiSessionSpec):
+            sessions = ", ".join(f"{n} ({d.n_heldin} held-in of {d.n_neurons})" for n, d in zip(
+                self.spec.names, self.spec.specs, strict=True))  # fmt: skip
+            name = type(self.model).__name__
+            return (
+                f"PretrainedModel({self.name!r}: {name}, {self.n_parameters} parameters, on {self.device})\n"
+                f"  sessions: {sessions}; {self.spec.n_obs_bins} observed + "
+                f"{self.spec.n_fwd_bins} forward bins of {self.spec.bin_size * 1e3:g} ms\n"
+                f"  test metrics (mean over the sessions it was scored on): {metrics}"
+            )
+        s = self.spec
         return (
             f"PretrainedModel({self.name!r}: {type(self.model).__name__}, {self.n_parameters} parameters, "
             f"on {self.device})\n"
@@ -92,16 +119,20 @@ class PretrainedModel:
 
     # ------------------------------------------------------------------ inference
     def heldin(
-        self, spikes: SpikeData | np.ndarray | torch.Tensor, bin_size: float | None = None
+        self,
+        spikes: SpikeData | np.ndarray | torch.Tensor,
+        bin_size: float | None = None,
+        session: str | int | None = None,
     ) -> np.ndarray:
         """The model input `(trials, T_obs, N_in)` from `spikes`, after checking it against `spec`.
 
         `spikes` is a SpikeData, held-in spikes `(trials, T_obs, N_in)`, or full spikes
         `(trials, T_obs + T_fwd, N_in + N_out)` (held-in neurons first, observed bins first, the
         SpikeData convention; only the held-in observed part is read). `bin_size` (seconds) is checked
-        when given; a SpikeData's own bin size is always checked.
+        when given; a SpikeData's own bin size is always checked. `session`: which session of a
+        multi-session (stitched) model the spikes come from.
         """
-        s = self.spec
+        s = self.session_spec(session)
         if isinstance(spikes, SpikeData):
             got = spikes.spec
             if (got.n_heldin, got.n_obs_bins, got.n_neurons) != (s.n_heldin, s.n_obs_bins, s.n_neurons):
@@ -151,6 +182,7 @@ class PretrainedModel:
         spikes: SpikeData | np.ndarray | torch.Tensor,
         bin_size: float | None = None,
         batch_size: int = 256,
+        session: str | int | None = None,
     ) -> dict[str, np.ndarray]:
         """Infer rates and latents for every trial of `spikes` (see `heldin` for the accepted inputs).
 
@@ -158,20 +190,30 @@ class PretrainedModel:
         (divide by `spec.bin_size` for Hz), `latents (trials, T, K)` (LFADS: factors) and, for models
         with a controller, `inputs (trials, T_obs, U)` (LFADS inferred inputs). Runs in eval mode,
         `batch_size` trials at a time on the model's device, so large inputs fit in memory.
+        `session`: which session of a multi-session (stitched) model the spikes come from.
         """
-        x = self.heldin(spikes, bin_size)
+        x = self.heldin(spikes, bin_size, session)
+        if session is not None:
+            session = self.spec.index(session)
         try:
-            return self.model.predict(x, batch_size=batch_size)
+            return self.model.predict(x, batch_size=batch_size, session=session)
         except FloatingPointError as err:
             raise FloatingPointError(f"pretrained model {self.name!r} ({self.path}): {err}") from None
 
-    def evaluate(self, data: SpikeData, split: str = "test", batch_size: int = 256) -> dict[str, float]:
+    def evaluate(
+        self, data: SpikeData | MultiSessionData, split: str = "test", batch_size: int = 256
+    ) -> dict[str, Any]:
         """Harness metrics (`neuralnets.eval.evaluate`) of this model on `data`'s `split` trials.
 
-        Predicts every trial of `data` (the harness fits its regressions on the train trials)."""
-        from neuralnets.eval import evaluate
+        Predicts every trial of `data` (the harness fits its regressions on the train trials).
+        Several sessions: `evaluate_sessions`' {"sessions": {name: metrics}, "mean": metrics}."""
+        from neuralnets.eval import evaluate, evaluate_sessions
 
-        out = self.predict(data, batch_size=batch_size)
+        if isinstance(data, MultiSessionData):
+            preds = {n: self.predict(d, batch_size=batch_size, session=n) for n, d in data}
+            return evaluate_sessions(preds, data, split)
+        session = None if not isinstance(self.spec, MultiSessionSpec) else data.name
+        out = self.predict(data, batch_size=batch_size, session=session)
         return evaluate(out["rates"], data, split, latents=out["latents"], inputs=out.get("inputs"))
 
 
@@ -328,7 +370,7 @@ def build_from_checkpoint(
         raise ValueError(f"{path}: saved model config refused: {e}") from None
     cls = MODELS[name]
     try:
-        model = create_model(name, DataSpec(**hp["spec"]), **options)
+        model = create_model(name, spec_from_dict(hp["spec"]), **options)
     except Exception as e:  # noqa: BLE001 - surface which file and class failed to build
         raise ValueError(f"{path}: cannot rebuild {cls.__name__} from its saved config ({e})") from None
     prefix = "model."

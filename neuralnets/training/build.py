@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
-from neuralnets.data.datamodule import SpikeDataModule
+from neuralnets.data.datamodule import MultiSessionDataModule, SpikeDataModule
 from neuralnets.data.loaders import load
+from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
 from neuralnets.data.spikedata import DataSpec, SpikeData
 from neuralnets.models import check_plain
 from neuralnets.runs import CHECKPOINT_DIR
@@ -119,14 +120,17 @@ def _whole(value: Any, where: str, minimum: int) -> int:
     return value
 
 
-def resolve_data_defaults(cfg: DictConfig, data: SpikeData) -> None:
+def resolve_data_defaults(cfg: DictConfig, data: SpikeData | MultiSessionData) -> None:
     """Replace `auto` in `cfg.data.batch_size` and `cfg.callbacks.early_stopping_patience` (in place,
-    so the run's saved config and hparams hold the numbers used) and log what was chosen."""
-    n_train = int(data.indices("train").size)
+    so the run's saved config and hparams hold the numbers used) and log what was chosen. Several
+    sessions: from their training trials together (each batch holds one session's trials)."""
+    sessions = [d for _, d in data] if isinstance(data, MultiSessionData) else [data]
+    n_trains = [int(d.indices("train").size) for d in sessions]
+    n_train = sum(n_trains)
     batch = cfg.data.get("batch_size", AUTO)
     batch = auto_batch_size(n_train) if batch == AUTO else _whole(batch, "data.batch_size", 1)
     cfg.data.batch_size = batch
-    steps = math.ceil(n_train / batch)
+    steps = sum(math.ceil(n / batch) for n in n_trains)
     callbacks = cfg.get("callbacks")
     patience = callbacks.get("early_stopping_patience") if callbacks is not None else None
     if patience == AUTO:
@@ -145,9 +149,14 @@ def resolve_data_defaults(cfg: DictConfig, data: SpikeData) -> None:
 
 def build_datamodule(cfg: DictConfig) -> SpikeDataModule:
     """The DataModule of `cfg.data` (loads the data: `dm.data`), after resolving `auto` settings in
-    `cfg` from the data (`resolve_data_defaults`)."""
+    `cfg` from the data (`resolve_data_defaults`). Several sessions (or fine-tuning a stitched model,
+    `finetune_from`): a `MultiSessionDataModule`, one session per batch."""
     data = load(cfg.data.source, **load_kwargs(cfg))
+    if cfg.get("finetune_from"):
+        data = MultiSessionData.of(data)
     resolve_data_defaults(cfg, data)
+    if isinstance(data, MultiSessionData):
+        return MultiSessionDataModule(data, batch_size=cfg.data.batch_size, seed=cfg.seed)
     return SpikeDataModule(data, batch_size=cfg.data.batch_size, seed=cfg.seed)
 
 
@@ -161,18 +170,35 @@ def train_mean_counts(data: SpikeData) -> np.ndarray:
     return np.divide(total, n, out=np.zeros_like(total), where=n > 0).astype(np.float32)
 
 
-def build_module(cfg: DictConfig, spec: DataSpec, init_data: SpikeData | None = None) -> TrainingModule:
+def init_sessions_from_data(model, data: MultiSessionData, sessions: list[str] | None = None) -> str:
+    """Start the read-outs of a stitched model's `sessions` (default: all of `data`'s) at each neuron's
+    mean training count and their read-ins from the data (`Stitched.init_readins`); returns how the
+    read-ins were set ('aligned' or 'pca')."""
+    names = list(data.names) if sessions is None else list(sessions)
+    for name in names:
+        model.init_readout_bias(train_mean_counts(data[name]), session=name)
+    how = model.init_readins(data, names)
+    log.info("read-ins of sessions %s initialised from their training trials (%s)", names, how)
+    return how
+
+
+def build_module(
+    cfg: DictConfig, spec: DataSpec | MultiSessionSpec, init_data: SpikeData | MultiSessionData | None = None
+) -> TrainingModule:
     """The TrainingModule of `cfg.model` (built by name through the model registry) and `cfg.module`.
 
     `init_data`: for a run that starts from scratch (never on resume or when loading weights), the
-    data whose training split sets the model's read-out bias (`SpikeModel.init_readout_bias`)."""
+    data whose training split sets the model's read-out bias (`SpikeModel.init_readout_bias`; several
+    sessions: `init_sessions_from_data`, which also sets the read-ins)."""
     module = TrainingModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         spec=spec.to_dict(),
         data_name=cfg.data.name,
         **OmegaConf.to_container(cfg.module, resolve=True),
     )
-    if init_data is not None:
+    if isinstance(init_data, MultiSessionData):
+        init_sessions_from_data(module.model, init_data)
+    elif init_data is not None:
         module.model.init_readout_bias(train_mean_counts(init_data))
     return module
 

@@ -12,8 +12,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
-from neuralnets.eval import evaluate
+from neuralnets.eval import evaluate, evaluate_sessions
 from neuralnets.pretrained.checkpoint_file import checksum_path, write_checksum
 from neuralnets.training import figures
 
@@ -45,11 +46,12 @@ class HarnessEvaluation(pl.Callback):
     """Every `every_n_epochs` validation epochs: predict all trials, score the `split` trials with
     `neuralnets.eval.evaluate`, log the metrics as `val/<metric>`, and log figures. `fewshot`: also
     few-shot co-bps (off by default: its GLM fits made the callback ~4x slower; the evaluation after
-    training computes it)."""
+    training computes it). Multi-session data: each session is scored, the mean over sessions is logged
+    as `val/<metric>` and each session as `val/<session>/<metric>` (no figures)."""
 
     def __init__(
         self,
-        data: SpikeData,
+        data: SpikeData | MultiSessionData,
         every_n_epochs: int = 5,
         split: str = "val",
         figures: bool = True,
@@ -64,6 +66,9 @@ class HarnessEvaluation(pl.Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs and not trainer.should_stop:
             return
         # Every rank computes the same numbers (eval mode is deterministic), so monitors agree under DDP.
+        if isinstance(self.data, MultiSessionData):
+            self._score_sessions(pl_module)
+            return
         was_training = pl_module.model.training
         pred = pl_module.model.predict(self.data.heldin_obs)
         pl_module.model.train(was_training)
@@ -73,6 +78,17 @@ class HarnessEvaluation(pl.Callback):
             pl_module.log(f"{self.split}/{name}", float(value), sync_dist=False)
         if self.figures and trainer.is_global_zero:
             log_figures(trainer.logger, self.data, pred, self.split, trainer.global_step)
+
+    def _score_sessions(self, pl_module: pl.LightningModule) -> None:
+        was_training = pl_module.model.training
+        preds = pl_module.model.predict_sessions(self.data)
+        pl_module.model.train(was_training)
+        scores = evaluate_sessions(preds, self.data, self.split, fewshot=self.fewshot)
+        for name, value in scores["mean"].items():
+            pl_module.log(f"{self.split}/{name}", float(value), sync_dist=False)
+        for session, metrics in scores["sessions"].items():
+            for name, value in metrics.items():
+                pl_module.log(f"{self.split}/{session}/{name}", float(value), sync_dist=False)
 
 
 class HashedModelCheckpoint(ModelCheckpoint):

@@ -17,9 +17,9 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from neuralnets.data.spikedata import DataSpec
+from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
 from neuralnets.models import ModelConfigError, create_model
 from neuralnets.models.base import ModelOutput
 from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask, masked_trial_sum, sbtt_mask
@@ -43,6 +43,8 @@ class TrainingModule(pl.LightningModule):
     Everything needed to rebuild the model (that config and the data spec) is saved as
     hyperparameters, so `TrainingModule.load_from_checkpoint(path, map_location="cpu")` needs no
     config tree (checkpoints whose model config gives a registered class as `_target_` load too).
+    `spec` is a `DataSpec` or, for a multi-session model, a `MultiSessionSpec` as a dict: then each
+    session has its own likelihood (per-neuron parameters) and a batch holds one `session`.
     """
 
     def __init__(
@@ -70,12 +72,18 @@ class TrainingModule(pl.LightningModule):
             raise ConfigError(f"coordinated_dropout must be in [0, 1); got {coordinated_dropout}")
         if not 0.0 < max_skipped_fraction <= 1.0:
             raise ConfigError(f"max_skipped_fraction must be in (0, 1]; got {max_skipped_fraction}")
-        self.spec = DataSpec(**spec)
+        try:
+            self.spec = spec_from_dict(spec)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"spec {spec!r} is not a data spec nor a multi-session spec: {err}") from None
         try:
             self.model = create_model(model, self.spec)
         except ModelConfigError as err:
             raise ConfigError(str(err)) from None
-        self.likelihood = make_likelihood(likelihood, self.spec.n_neurons)
+        if isinstance(self.spec, MultiSessionSpec):  # per-neuron likelihood parameters: one set per session
+            self.likelihood = nn.ModuleList(make_likelihood(likelihood, s.n_neurons) for s in self.spec.specs)
+        else:
+            self.likelihood = make_likelihood(likelihood, self.spec.n_neurons)
         self.skipped_steps = 0
         self.attempted_steps = 0  # training steps of this segment (skipped ones included)
         self._drop_step = False  # set by training_step under DDP: drop this step's gradients
@@ -86,6 +94,12 @@ class TrainingModule(pl.LightningModule):
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         return self.model(batch)
+
+    def likelihood_of(self, batch: dict[str, Tensor]) -> nn.Module:
+        """The likelihood of the batch's session (the one likelihood of single-session data)."""
+        if isinstance(self.likelihood, nn.ModuleList):
+            return self.likelihood[self.spec.index(batch.get("session", 0))]
+        return self.likelihood
 
     # ------------------------------------------------------------------ loss
     def _loss(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor, dict[str, Tensor]]:
@@ -107,13 +121,14 @@ class TrainingModule(pl.LightningModule):
             per_step_mask = True
         # The likelihood's target-only term (log y! for Poisson) is constant: with the data's own mask,
         # add the per-trial sums the DataModule computed once instead of evaluating it at every entry.
-        use_counts = self.likelihood.has_count_term and not per_step_mask
+        likelihood = self.likelihood_of(batch)
+        use_counts = likelihood.has_count_term and not per_step_mask
         counts = batch.get("log_count_factorial") if use_counts else None  # (B,)
         rates = out.rates.to(spikes.dtype)  # (B, T, N) fp32 loss even when the model ran under autocast
         if counts is None:
-            nll = -self.likelihood.log_prob(rates, spikes)  # (B, T, N)
+            nll = -likelihood.log_prob(rates, spikes)  # (B, T, N)
         else:
-            nll = -self.likelihood.log_prob(rates, spikes, count_term=False)
+            nll = -likelihood.log_prob(rates, spikes, count_term=False)
         recon = masked_trial_sum(nll, scored)
         if counts is not None:
             n_scored = B * T * N if scored is None else scored.sum().clamp(min=1)
@@ -194,7 +209,8 @@ class TrainingModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
+        trainable = [p for p in self.parameters() if p.requires_grad]  # frozen parts (fine-tuning) left out
+        opt = torch.optim.AdamW(trainable, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "none":
             return opt
         if hp.lr_schedule == "cosine":

@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralnets import debug_mode
-from neuralnets.data.spikedata import DataError, DataSpec
+from neuralnets.data.sessions import MultiSessionData, spec_from_dict
+from neuralnets.data.spikedata import DataError
 from neuralnets.eval import evaluate
 from neuralnets.eval.tables import format_table
 from neuralnets.eval.tblog import log_to_tensorboard
@@ -56,6 +57,7 @@ from neuralnets.training import build
 from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer, load_kwargs
 from neuralnets.training.callbacks import TrainingClock, log_figures
 from neuralnets.training.module import ConfigError, DivergenceError, TrainingModule
+from neuralnets.training.stitching import finetune_module, finish_sessions_run
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a pytree API that torch deprecated, and says so on every run: not ours to fix.
@@ -192,14 +194,23 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if ckpt_path is not None:
         # Verified (sha256 where recorded) and read with weights_only before Lightning opens it.
         ckpt = read_resume_checkpoint(ckpt_path)
-        saved_spec = DataSpec(**ckpt["hyper_parameters"]["spec"])
-        if saved_spec != data.spec:
-            raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {data.spec}")
         run_dir = resume_dir(cfg.resume)
         check_resumable(run_dir, cfg, ckpt)
         previous_s = float(ckpt.get("callbacks", {}).get("TrainingClock", {}).get("train_time_s", 0.0))
         start_step = int(ckpt.get("global_step", 0))
-    module = build_module(cfg, data.spec, init_data=data if ckpt_path is None else None)
+    if cfg.get("finetune_from"):  # a trained stitched model plus read-in/out for data's sessions
+        module, dm.first_session = finetune_module(
+            cfg.finetune_from,
+            data,
+            data_name=cfg.data.name,
+            **OmegaConf.to_container(cfg.module, resolve=True),
+        )
+    else:
+        module = build_module(cfg, data.spec, init_data=data if ckpt_path is None else None)
+    if ckpt_path is not None:
+        saved_spec = spec_from_dict(ckpt["hyper_parameters"]["spec"])
+        if saved_spec != module.spec:
+            raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {module.spec}")
     rank_zero = is_launch_rank_zero()
     if ckpt_path is None and rank_zero:
         run_dir = create_run_dir(*new_run_location(cfg)) if run_dir is None else claim_run_dir(run_dir)
@@ -304,7 +315,10 @@ def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path) -> int:
 def finish_run(
     cfg, run_dir: Path, data, module: TrainingModule, checkpoint, logger, train_time: float, step: int
 ):
-    """Reload the best weights, write predictions for all trials, score them, log the hparams table."""
+    """Reload the best weights, write predictions for all trials, score them, log the hparams table.
+    Several sessions: `training.stitching.finish_sessions_run` (per-session scores, no predictions.h5)."""
+    if isinstance(data, MultiSessionData):
+        return finish_sessions_run(cfg, run_dir, data, module, checkpoint, logger, train_time, step)
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if best:
         read_resume_checkpoint(Path(best))  # sha256 and weights_only, with a clear error
@@ -438,7 +452,8 @@ def main(cfg: DictConfig) -> float | None:
         fail(err)
     if not record:
         return None
-    print(format_table([record], baselines=cfg.print_baselines))
+    # Baseline rows are single-session: a multi-session run prints its mean over sessions alone.
+    print(format_table([record], baselines=cfg.print_baselines and "sessions" not in record))
     print(f"run directory: {record['run_dir']}")
     return value  # what Hydra sweepers (Optuna) optimise
 
