@@ -15,6 +15,7 @@ from typing import Any
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, SpikeModel
+from neuralnets.models.gpfa import GPFA
 from neuralnets.models.lfads import LFADS
 from neuralnets.models.ndt import NDT
 from neuralnets.models.rnn import RNNSeq2Seq
@@ -23,6 +24,7 @@ MODELS: dict[str, type[SpikeModel]] = {
     "lfads": LFADS,
     "rnn": RNNSeq2Seq,
     "ndt": NDT,
+    "gpfa": GPFA,
 }
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -144,6 +146,7 @@ def create_model(name_or_cfg: str | Mapping[str, Any], spec: DataSpec | dict, **
 
 
 __all__ = [
+    "GPFA",
     "LFADS",
     "MODELS",
     "NDT",

@@ -75,6 +75,11 @@ class TrainingModule(pl.LightningModule):
             self.model = create_model(model, self.spec)
         except ModelConfigError as err:
             raise ConfigError(str(err)) from None
+        if coordinated_dropout > 0 and not self.model.accepts_coordinated_dropout:
+            raise ConfigError(
+                f"{self.model_name} takes no coordinated dropout (it fits its whole input); "
+                f"set module.coordinated_dropout=0 (got {coordinated_dropout})"
+            )
         self.likelihood = make_likelihood(likelihood, self.spec.n_neurons)
         self.skipped_steps = 0
         self.attempted_steps = 0  # training steps of this segment (skipped ones included)
