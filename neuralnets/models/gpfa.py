@@ -53,8 +53,8 @@ def _cholesky(matrix: Tensor, what: str) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(matrix)
     if bool((info != 0).any()):
         raise FloatingPointError(
-            f"GPFA: the Cholesky factorisation of {what} {tuple(matrix.shape)} failed (not positive definite); "
-            "its parameters have diverged: try a lower module.lr or a larger gp_noise"
+            f"GPFA: the Cholesky factorisation of {what} {tuple(matrix.shape)} failed (not positive "
+            "definite); its parameters have diverged: try a lower module.lr or a larger gp_noise"
         )
     return chol
 
