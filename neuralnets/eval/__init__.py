@@ -6,7 +6,7 @@ a model. Modules, each importing only those listed before it:
 - `metrics`: the metric functions on arrays and `METRICS` (name -> meaning, table order);
 - `regression`: ridge CV, vel R², linear fit, latent R²; `fewshot`: few-shot co-bps;
 - `harness`: `evaluate`, `skipped_metrics`, `behavior_trials` (scoring a dataset's split);
-- `baselines`: the smoothing + GLM, mean-rate and true-rate rows, scored by `evaluate`;
+- `baselines`: the smoothing + GLM, mean-rate, condition-average and true-rate rows, scored by `evaluate`;
 - `tblog`: TensorBoard scalars and hparams table; `tables`: comparison tables (`format_table`);
 - `cli`: `neuralnets-eval` and `neuralnets-compare`.
 
