@@ -79,7 +79,7 @@ class GPFA(SpikeModel):
     def __init__(
         self,
         spec: DataSpec | dict,
-        latent_dim: int = 8,
+        latent_dim: int = 6,
         tau_init_ms: float = 100.0,
         gp_noise: float = 1e-3,
         obs_noise_init: float = 0.1,
