@@ -186,7 +186,7 @@ class ConditionAverageFit:
     sigma_ms: float  # the smoothing width used
     sigma_scores: dict[float, float]  # val bits/spike (all neurons, all bins) of each width tried
     selected_on: str  # "val trials" or "fixed"
-    unseen_conditions: list  # conditions of evaluated trials absent from the train trials (all-trial mean)
+    unseen_conditions: list  # conditions of non-train trials absent from the train trials (all-trial mean)
 
 
 def condition_average(
