@@ -28,10 +28,12 @@ from neuralnets.data import load
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.metrics import r2_score
 from neuralnets.eval.tables import to_markdown, write_table
+from neuralnets.models import MODELS as REGISTRY
 from neuralnets.runs import METRICS_FILE, PREDICTIONS_FILE, read_predictions, read_run
+from neuralnets.training.build import model_config
 from neuralnets.training.train import CONFIG_DIR, train
 
-MODELS = ("lfads", "rnn", "rnn_vae", "ndt")
+MODELS = ("lfads", "rnn", "rnn_vae", "ndt", "gpfa")
 DATASETS = ("lorenz", "mc_maze_small")
 # Per-dataset settings every model shares; the budget is a fixed number of epochs.
 DATA_OVERRIDES = {
@@ -54,6 +56,14 @@ def behavior_decoder_r2(data, rates: np.ndarray, seed: int = 0) -> float | None:
     return float(r2_score(pred.reshape(-1, pred.shape[-1]), data.behavior[te].reshape(-1, pred.shape[-1])))
 
 
+def data_overrides(model: str, dataset: str) -> list[str]:
+    """`DATA_OVERRIDES` of `dataset`, less coordinated dropout for a model that takes none (GPFA)."""
+    overrides = DATA_OVERRIDES.get(dataset, [])
+    if not REGISTRY[model_config(model)["name"]].accepts_coordinated_dropout:
+        overrides = [o for o in overrides if not o.startswith("module.coordinated_dropout=")]
+    return overrides
+
+
 def run_pair(model: str, dataset: str, epochs: int, run_dir: Path) -> dict:
     overrides = [
         f"model={model}",
@@ -61,7 +71,7 @@ def run_pair(model: str, dataset: str, epochs: int, run_dir: Path) -> dict:
         f"trainer.max_epochs={epochs}",
         "trainer.enable_progress_bar=false",
         "callbacks.early_stopping_patience=0",
-        *DATA_OVERRIDES.get(dataset, []),
+        *data_overrides(model, dataset),
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)

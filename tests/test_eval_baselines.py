@@ -41,7 +41,8 @@ def test_fit_poisson_glm_recovers_known_weights():
 def test_glm_beats_mean_rates_and_true_rates_beat_glm_on_lorenz(small_lorenz):
     d = small_lorenz
     rows = {r.name: evaluate(r.rates, d, "test", r.latents) for r in B.run_baselines(d)}
-    assert set(rows) == {"smoothing_glm", "mean_rates", "true_rates"}
+    assert set(rows) == {"smoothing_glm", "mean_rates", "condition_average", "true_rates"}
+    assert rows["condition_average"]["co_bps"] > rows["mean_rates"]["co_bps"] + 0.05  # conditions matter
     assert abs(rows["mean_rates"]["co_bps"]) < 0.05  # the null row sits near 0
     assert rows["smoothing_glm"]["co_bps"] > rows["mean_rates"]["co_bps"] + 0.1
     assert rows["true_rates"]["co_bps"] > rows["smoothing_glm"]["co_bps"]
@@ -85,3 +86,57 @@ def test_true_rates_need_ground_truth():
     assert [r.name for r in B.run_baselines(d, ["mean_rates"])] == ["mean_rates"]
     with pytest.raises(ValueError, match="unknown baseline"):
         B.run_baselines(d, ["oracle"])
+
+
+def _conditioned() -> SpikeData:
+    """8 trials x 4 bins (3 observed + 1 forward) x 3 neurons (2 held-in); conditions 0/1/2 (2: test only)."""
+    rng = np.random.default_rng(0)
+    spikes = rng.poisson(2.0, size=(8, 4, 3)).astype(float)
+    observed = np.ones(spikes.shape, dtype=bool)
+    observed[7, 1, 2] = False  # one unrecorded train entry: not a zero in the average
+    spikes[7, 1, 2] = 0.0
+    return SpikeData(
+        spikes=spikes,
+        bin_size=0.01,
+        n_heldin=2,
+        n_fwd=1,
+        split=np.array(["train"] * 4 + ["val", "test", "test", "train"]),
+        observed=observed,
+        condition=np.array([0, 0, 1, 1, 0, 1, 2, 0]),
+    )
+
+
+def test_condition_average_is_the_mean_of_the_train_trials_of_each_condition():
+    d = _conditioned()
+    fit = B.fit_condition_average(d, sigma_ms=1e-3)  # a kernel narrower than a bin: no smoothing
+    y = d.spikes
+    np.testing.assert_allclose(fit.rates[5], (y[2] + y[3]) / 2, rtol=1e-6)  # condition 1: trials 2, 3
+    cond0 = (y[0] + y[1] + y[7]) / 3
+    cond0[1, 2] = (y[0, 1, 2] + y[1, 1, 2]) / 2  # trial 7 did not record this entry
+    np.testing.assert_allclose(fit.rates[4], cond0, rtol=1e-6)
+    train_sum = y[[0, 1, 2, 3, 7]].sum(0)
+    train_n = np.full((4, 3), 5.0)
+    train_n[1, 2] = 4.0
+    np.testing.assert_allclose(fit.rates[6], train_sum / train_n, rtol=1e-6)  # unseen condition 2
+    assert fit.unseen_conditions == [2] and fit.selected_on == "fixed"
+
+
+def test_condition_average_picks_the_width_on_val_and_never_reads_test_trials():
+    d = _conditioned()
+    fit = B.fit_condition_average(d, sigma_ms=(5.0, 20.0))
+    assert fit.selected_on == "val trials" and set(fit.sigma_scores) == {5.0, 20.0}
+    assert fit.sigma_ms == max(fit.sigma_scores, key=fit.sigma_scores.get)
+    d.spikes[5:7] += 7.0  # the test trials
+    np.testing.assert_array_equal(B.fit_condition_average(d, sigma_ms=(5.0, 20.0)).rates, fit.rates)
+    row = [r for r in B.baseline_rows(d, "val") if r["model"] == "baseline/condition_average"][0]
+    assert row["info"]["all_trial_mean_for_conditions"] == [2] and np.isfinite(row["metrics"]["co_bps"])
+
+
+def test_condition_average_is_skipped_without_conditions(caplog):
+    d = SpikeData(spikes=np.ones((4, 3, 2)), bin_size=0.01, split=np.array(["train"] * 3 + ["test"]))
+    with caplog.at_level("WARNING", logger="neuralnets.eval.baselines"):
+        assert [r.name for r in B.run_baselines(d)] == ["smoothing_glm", "mean_rates"]
+        assert B.run_baselines(d, ["condition_average"]) == []
+    assert "condition_average skipped: dataset 'data' has no trial conditions" in caplog.text
+    with pytest.raises(DataError, match="has no 'condition'"):
+        B.fit_condition_average(d)

@@ -73,11 +73,12 @@ def test_eval_rates_file_with_baselines(tmp_path, dataset, capsys):
         "rates",
         "baseline/smoothing_glm",
         "baseline/mean_rates",
+        "baseline/condition_average",
         "baseline/true_rates",
     ]
     assert {r["split"] for r in rows} == {"val"}
     # the rates file holds the true rates, so its row equals the true-rates baseline row
-    assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[3]["co_bps"]))
+    assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[4]["co_bps"]))
     assert float(rows[0]["co_bps"]) == pytest.approx(evaluate(data.rates, data, "val")["co_bps"])
 
 
@@ -100,13 +101,14 @@ def test_compare_makes_one_table_with_baseline_rows(tmp_path, dataset, capsys):
         "model_b",
         "baseline/smoothing_glm",
         "baseline/mean_rates",
+        "baseline/condition_average",
         "baseline/true_rates",
     ]
     assert rows[0]["train_time_s"] == "12.5" and rows[0]["n_parameters"] == "1234"
     assert float(rows[1]["co_bps"]) == pytest.approx(
         json.loads((runs[1] / "metrics.json").read_text())["metrics"]["co_bps"]
     )
-    assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[4]["co_bps"]))  # model_a = true rates
+    assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[5]["co_bps"]))  # model_a = true rates
     md = md_path.read_text().splitlines()
     assert md[0].startswith("| model | data | split | co_bps") and len(md) == 2 + len(rows)
     assert len(list(tb.iterdir())) == len(rows)  # one TensorBoard run per row

@@ -20,6 +20,7 @@ def test_format_table_adds_baseline_rows_and_notes_missing_data():
         "| m",
         "| baseline/smoothing_glm",
         "| baseline/mean_rates",
+        "| baseline/condition_average",  # the data have conditions
         "| baseline/true_rates",
     ]
     text = format_table([dict(record, data_source="/no/such/file.npz")], baselines=True)

@@ -7,7 +7,7 @@ a model. Modules, each importing only those listed before it:
 - `regression`: ridge CV, vel R², linear fit, latent R²; `fewshot`: few-shot co-bps;
 - `harness`: `evaluate`, `evaluate_sessions` (each session of a `MultiSessionData`), `skipped_metrics`,
   `behavior_trials` (scoring a dataset's split);
-- `baselines`: the smoothing + GLM, mean-rate and true-rate rows, scored by `evaluate`;
+- `baselines`: the smoothing + GLM, mean-rate, condition-average and true-rate rows, scored by `evaluate`;
 - `tblog`: TensorBoard scalars and hparams table; `tables`: comparison tables (`format_table`);
 - `cli`: `neuralnets-eval` and `neuralnets-compare`.
 

@@ -5,6 +5,8 @@
   train trials, gives the held-out rates.
 - `true_rates`: the generating rates of synthetic data (the ceiling).
 - `mean_rates`: each neuron's mean train count per bin everywhere (the null model; co-bps ≈ 0).
+- `condition_average`: the PSTH of each trial's condition, the smoothed mean of the train trials of
+  that condition (NLB's condition-average reference); needs `condition`, skipped without.
 
 Each returns rates `(trials, T, N)` in counts per bin for all trials; `run_baselines` wraps them with
 fit time and parameter count for tables.
@@ -12,6 +14,7 @@ fit time and parameter count for tables.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +29,9 @@ from neuralnets.eval.harness import evaluate
 from neuralnets.eval.metrics import smooth_spikes
 
 DEFAULT_GLM_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the GLM (standardised features)
+DEFAULT_PSTH_SIGMAS_MS = (10.0, 25.0, 50.0, 100.0)  # smoothing widths tried for the condition average
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -172,6 +178,74 @@ def _mean_count(data: SpikeData, trials: np.ndarray, bins: slice) -> np.ndarray:
     return mean
 
 
+@dataclass
+class ConditionAverageFit:
+    """A fitted condition-average baseline: its rates for all trials and how it was chosen."""
+
+    rates: np.ndarray  # (trials, T, N) float32 counts per bin
+    sigma_ms: float  # the smoothing width used
+    sigma_scores: dict[float, float]  # val bits/spike (all neurons, all bins) of each width tried
+    selected_on: str  # "val trials" or "fixed"
+    unseen_conditions: list  # conditions of non-train trials absent from the train trials (all-trial mean)
+
+
+def condition_average(
+    data: SpikeData, sigma_ms: float | Sequence[float] = DEFAULT_PSTH_SIGMAS_MS
+) -> np.ndarray:
+    """The condition-average baseline's rates (trials, T, N) float32; see `fit_condition_average`."""
+    return fit_condition_average(data, sigma_ms).rates
+
+
+def fit_condition_average(
+    data: SpikeData, sigma_ms: float | Sequence[float] = DEFAULT_PSTH_SIGMAS_MS
+) -> ConditionAverageFit:
+    """Each trial's rates (all neurons, observed and forward bins) = the PSTH of its condition: the mean
+    over the train trials of that condition of their recorded counts, smoothed along time with a
+    Gaussian of s.d. `sigma_ms` (normalised by the number of recorded trials at each bin, so unrecorded
+    entries are never counted as zeros). A condition with no train trial gets the mean over all train
+    trials. Given several widths, the one with the best bits/spike on the recorded entries of the 'val'
+    trials (all neurons, all bins) is kept; test trials are never used.
+    """
+    if data.condition is None:
+        raise DataError(
+            f"{data.source}: condition_average needs trial conditions; dataset has no 'condition'"
+        )
+    train = data.indices("train")
+    if train.size == 0:
+        raise DataError(f"{data.source}: condition_average needs train trials; split 'train' is empty")
+    sigmas = [float(sigma_ms)] if np.isscalar(sigma_ms) else [float(x) for x in sigma_ms]
+    if not sigmas or any(not (np.isfinite(x) and x > 0) for x in sigmas):
+        raise ValueError(f"sigma_ms must be a positive number or a non-empty list of them; got {sigma_ms!r}")
+    mask = data.observed_mask()  # (trials, T, N)
+    cond = data.condition
+    labels = np.unique(cond[train])
+    recorded = mask[train].astype(np.float64)  # (train, T, N)
+    summed = data.spikes[train] * recorded
+    onehot = (cond[train][None, :] == labels[:, None]).astype(np.float64)  # (C, train)
+    sums = np.einsum("ct,tbn->cbn", onehot, summed)  # (C, T, N) summed recorded counts per condition
+    counts = np.einsum("ct,tbn->cbn", onehot, recorded)  # (C, T, N) recorded train trials per entry
+    # The all-trial mean is one more "condition" (last row): the fallback for unseen conditions.
+    sums = np.concatenate([sums, sums.sum(0, keepdims=True)])  # (C+1, T, N)
+    counts = np.concatenate([counts, counts.sum(0, keepdims=True)])
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    row = {c: i for i, c in enumerate(labels.tolist())}
+    which = np.array([row.get(c, len(labels)) for c in cond.tolist()])  # (trials,) PSTH row per trial
+    unseen = sorted({c for c in cond.tolist() if c not in row})
+
+    def psth(sigma: float) -> np.ndarray:  # (trials, T, N); smooth(sum) / smooth(n) per condition
+        return smooth_spikes(means, counts, data.bin_size, sigma)[which]
+
+    val = data.indices("val")
+    val = val[(data.spikes[val] * mask[val]).sum(axis=(1, 2)) > 0]
+    scores: dict[float, float] = {}
+    if len(sigmas) > 1 and val.size > 0:
+        for x in sigmas:
+            scores[x] = M.bits_per_spike(psth(x)[val], data.spikes[val], mask[val])
+    best = max(scores, key=lambda x: scores[x]) if scores else sigmas[0]
+    selected_on = "val trials" if scores else "fixed"
+    return ConditionAverageFit(psth(best).astype(np.float32), best, scores, selected_on, unseen)
+
+
 def mean_rates(data: SpikeData) -> np.ndarray:
     """The null row: each neuron's mean train count per bin (all recorded bins) everywhere, (trials, T, N)."""
     train = data.indices("train")
@@ -203,18 +277,32 @@ class BaselineRun:
     info: dict = field(default_factory=dict)  # settings worth a column or an hparam (e.g. chosen alpha)
 
 
-BASELINES = ("smoothing_glm", "mean_rates", "true_rates")
+BASELINES = ("smoothing_glm", "mean_rates", "condition_average", "true_rates")
+
+
+def skip_reason(name: str, data: SpikeData) -> str | None:
+    """Why baseline `name` cannot be computed on `data` (None when it can)."""
+    if name == "true_rates" and data.rates is None:
+        return f"dataset {data.name!r} has no ground-truth rates"
+    if name == "condition_average" and data.condition is None:
+        return f"dataset {data.name!r} has no trial conditions"
+    return None
 
 
 def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwargs) -> list[BaselineRun]:
-    """Compute baselines on `data`; default: smoothing_glm, mean_rates, true_rates if the data have them."""
+    """Compute baselines on `data`; default: all of `BASELINES` but true_rates without ground truth.
+    condition_average on data without conditions is skipped, with the reason logged as a warning (not
+    an error: real recordings often lack them); `glm_kwargs` go to `fit_smoothing_glm`."""
     if names is None:
-        names = [n for n in BASELINES if n != "true_rates" or data.rates is not None]
+        names = [n for n in BASELINES if n != "true_rates" or skip_reason(n, data) is None]
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {BASELINES}")
     runs = []
     for name in names:
+        if name == "condition_average" and skip_reason(name, data):
+            log.warning("baseline condition_average skipped: %s", skip_reason(name, data))
+            continue
         t0 = time.perf_counter()
         info: dict = {}
         if name == "smoothing_glm":
@@ -224,6 +312,14 @@ def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwa
             n_par = data.n_heldin * data.n_heldout + data.n_heldout + (data.n_neurons if data.n_fwd else 0)
         elif name == "mean_rates":
             rates, latents, n_par = mean_rates(data), None, data.n_neurons
+        elif name == "condition_average":
+            ca = fit_condition_average(data)
+            rates, latents = ca.rates, None
+            n_conditions = len(np.unique(data.condition[data.indices("train")]))
+            n_par = n_conditions * data.n_bins * data.n_neurons
+            info = {"sigma_ms": ca.sigma_ms, "sigma_selected_on": ca.selected_on}
+            if ca.unseen_conditions:  # their trials got the all-trial mean
+                info["all_trial_mean_for_conditions"] = ca.unseen_conditions
         else:
             rates, latents, n_par = true_rates(data), data.latents, 0
         runs.append(BaselineRun(name, rates, latents, time.perf_counter() - t0, int(n_par), info))
@@ -234,12 +330,17 @@ __all__ = [
     "BASELINES",
     "baseline_rows",
     "BaselineRun",
+    "ConditionAverageFit",
+    "DEFAULT_PSTH_SIGMAS_MS",
+    "condition_average",
+    "fit_condition_average",
     "DEFAULT_GLM_ALPHAS",
     "SmoothingGLMFit",
     "fit_poisson_glm",
     "fit_smoothing_glm",
     "mean_rates",
     "run_baselines",
+    "skip_reason",
     "smooth_spikes",
     "smoothing_glm",
     "true_rates",

@@ -96,7 +96,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baselines",
         action="store_true",
-        help="add the baseline rows (smoothing + GLM, mean rates, and true rates for synthetic data)",
+        help="add the baseline rows (smoothing + GLM, mean rates, condition average with conditions, "
+        "true rates for synthetic data)",
     )
     p.add_argument(
         "--nlb-submission",

@@ -16,6 +16,7 @@ from typing import Any
 from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, SpikeModel
+from neuralnets.models.gpfa import GPFA
 from neuralnets.models.lfads import LFADS
 from neuralnets.models.ndt import NDT
 from neuralnets.models.rnn import RNNSeq2Seq
@@ -25,6 +26,7 @@ MODELS: dict[str, type[SpikeModel]] = {
     "lfads": LFADS,
     "rnn": RNNSeq2Seq,
     "ndt": NDT,
+    "gpfa": GPFA,
     "stitched": Stitched,
 }
 
@@ -156,6 +158,7 @@ def create_model(
 
 
 __all__ = [
+    "GPFA",
     "LFADS",
     "MODELS",
     "NDT",

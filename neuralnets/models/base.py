@@ -56,6 +56,8 @@ class SpikeModel(nn.Module):
     Capabilities (class attributes, read by the training module and the tools; override as needed):
     - `masks_input`: the model hides parts of its own input in training and says where to score
       (`ModelOutput.recon_mask`), so the training module applies no coordinated dropout on top;
+    - `accepts_coordinated_dropout`: False for a model that must see its input whole (GPFA fits the
+      input's own likelihood): the training module refuses `coordinated_dropout > 0` for it;
     - `has_inferred_inputs`: forward returns `inputs` (LFADS with a controller);
     - `supports_fused_recurrence`: has a `recurrence` option with a fused fast path ('plain'/'fused');
     - `multi_session`: built for several sessions (`MultiSessionSpec`), reads `batch["session"]`.
@@ -65,6 +67,7 @@ class SpikeModel(nn.Module):
     """
 
     masks_input: bool = False
+    accepts_coordinated_dropout: bool = True
     has_inferred_inputs: bool = False
     supports_fused_recurrence: bool = False
     multi_session: bool = False  # accepts a MultiSessionSpec and reads `batch["session"]`

@@ -80,6 +80,11 @@ class TrainingModule(pl.LightningModule):
             self.model = create_model(model, self.spec)
         except ModelConfigError as err:
             raise ConfigError(str(err)) from None
+        if coordinated_dropout > 0 and not self.model.accepts_coordinated_dropout:
+            raise ConfigError(
+                f"{self.model_name} takes no coordinated dropout (it fits its whole input); "
+                f"set module.coordinated_dropout=0 (got {coordinated_dropout})"
+            )
         if isinstance(self.spec, MultiSessionSpec):  # per-neuron likelihood parameters: one set per session
             self.likelihood = nn.ModuleList(make_likelihood(likelihood, s.n_neurons) for s in self.spec.specs)
         else:
