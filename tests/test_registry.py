@@ -38,7 +38,8 @@ def test_create_model_by_name_and_by_config():
 
 
 def test_unknown_name_and_option_list_the_valid_ones():
-    with pytest.raises(ModelConfigError, match=r"unknown model name='lfadz'.*\['lfads', 'ndt', 'rnn'\]"):
+    registered = r"\['lfads', 'ndt', 'rnn', 'stndt'\]"
+    with pytest.raises(ModelConfigError, match=r"unknown model name='lfadz'.*" + registered):
         create_model("lfadz", SPEC)
     with pytest.raises(ModelConfigError, match=r"no option\(s\) \['gen_dimm'\].*'gen_dim'"):
         create_model({"name": "lfads", "gen_dimm": 3}, SPEC)
@@ -79,7 +80,7 @@ def test_model_config_equals_what_hydra_composes():
         _model_config("lfadz")
 
 
-@pytest.mark.parametrize("name", ["lfads", "rnn", "ndt"])
+@pytest.mark.parametrize("name", ["lfads", "rnn", "ndt", "stndt"])
 def test_model_config_lists_every_option_with_the_class_default(name):
     cfg = _model_config(name)
     assert cfg.pop("name") == name

@@ -18,11 +18,13 @@ from neuralnets.models.base import ModelOutput, SpikeModel
 from neuralnets.models.lfads import LFADS
 from neuralnets.models.ndt import NDT
 from neuralnets.models.rnn import RNNSeq2Seq
+from neuralnets.models.stndt import STNDT
 
 MODELS: dict[str, type[SpikeModel]] = {
     "lfads": LFADS,
     "rnn": RNNSeq2Seq,
     "ndt": NDT,
+    "stndt": STNDT,
 }
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -150,6 +152,7 @@ __all__ = [
     "ModelConfigError",
     "ModelOutput",
     "RNNSeq2Seq",
+    "STNDT",
     "SpikeModel",
     "check_plain",
     "create_model",
