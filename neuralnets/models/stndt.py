@@ -87,7 +87,16 @@ class SpatioTemporalLayer(nn.Module):
     spatial attention (when `spatial`), residual; then feed-forward, residual."""
 
     def __init__(
-        self, n_bins, width, attn_dim, n_heads, spatial_dim, ff_dim, dropout, dropout_attention, spatial
+        self,
+        n_bins: int,
+        width: int,
+        attn_dim: int,
+        n_heads: int,
+        spatial_dim: int,
+        ff_dim: int,
+        dropout: float,
+        dropout_attention: float,
+        spatial: bool,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
