@@ -150,7 +150,7 @@ def test_unknown_model_option_is_a_clear_error(lorenz_data):
     spec = lorenz_data.spec.to_dict()
     with pytest.raises(ConfigError, match=r"no option\(s\) \['gen_dimm'\]"):
         TrainingModule({"name": "lfads", "gen_dimm": 3}, spec)
-    with pytest.raises(ConfigError, match=r"unknown model name='nope'.*\['lfads', 'ndt', 'rnn'\]"):
+    with pytest.raises(ConfigError, match=r"unknown model name='nope'.*\['lfads', 'ndt', 'rnn', 'stndt'\]"):
         TrainingModule({"name": "nope"}, spec)
     with pytest.raises(ConfigError, match="not a registered model class"):
         TrainingModule({"_target_": "neuralnets.models.nope.Nope"}, spec)
