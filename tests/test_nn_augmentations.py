@@ -1,9 +1,10 @@
-"""Coordinated dropout, SBTT masks and masked means."""
+"""Coordinated dropout, SBTT masks, masked means and spike augmentations."""
 
 import pytest
 import torch
 
 from neuralnets.nn.augmentations import (
+    augment_spikes,
     coordinated_dropout,
     expand_heldin_mask,
     masked_mean,
@@ -87,3 +88,28 @@ def test_masked_trial_sum_full_mask_equals_per_trial_sum():
     c = torch.full((3, 5, 7), 0.5)
     half = torch.rand(3, 5, 7) > 0.5
     assert masked_trial_sum(c, half).item() == pytest.approx(0.5 * 35)
+
+
+def test_augment_spikes_drops_adds_and_shifts_whole_counts():
+    torch.manual_seed(0)
+    x = torch.full((200, 30, 10), 4.0)  # (B, T_obs, N_in)
+    assert torch.equal(augment_spikes(x, 0.0, 0.0, 0), x)
+    dropped = augment_spikes(x, 0.25, 0.0, 0)
+    assert torch.equal(dropped, dropped.round()) and (dropped <= x).all()
+    assert abs(dropped.mean().item() - 3.0) < 0.05  # each of the 4 spikes kept with probability 0.75
+    added = augment_spikes(x, 0.0, 0.1, 0) - x
+    assert set(added.unique().tolist()) == {0.0, 1.0} and abs(added.mean().item() - 0.1) < 0.01
+    ramp = torch.arange(1.0, 31.0)[None, :, None].expand(200, 30, 10)  # (B, T_obs, N_in): bin t holds t+1
+    shifted = augment_spikes(ramp, 0.0, 0.0, 3)
+    shift = shifted[:, 10, 0] - 11  # each trial moved by one whole shift, zeros shifted in at the edge
+    assert set(shift.tolist()) == {-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0}
+    for b in range(200):
+        s = int(shift[b])
+        expected = (torch.arange(1.0, 31.0) + s).where(
+            (torch.arange(30) + s >= 0) & (torch.arange(30) + s < 30), 0.0
+        )
+        assert torch.equal(shifted[b, :, 0], expected)
+    with pytest.raises(ValueError, match="drop_rate must be in"):
+        augment_spikes(x, 1.0, 0.0, 0)
+    with pytest.raises(ValueError, match=r"max_shift must be in \[0, 29\]"):
+        augment_spikes(x, 0.0, 0.0, 30)

@@ -81,7 +81,7 @@ def test_model_config_equals_what_hydra_composes():
         _model_config("lfadz")
 
 
-@pytest.mark.parametrize("name", ["lfads", "rnn", "ndt", "stitched"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_config_lists_every_option_with_the_class_default(name):
     cfg = _model_config(name)
     assert cfg.pop("name") == name

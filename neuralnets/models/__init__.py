@@ -21,6 +21,7 @@ from neuralnets.models.lfads import LFADS
 from neuralnets.models.ndt import NDT
 from neuralnets.models.rnn import RNNSeq2Seq
 from neuralnets.models.stitched import Stitched
+from neuralnets.models.stndt import STNDT
 
 MODELS: dict[str, type[SpikeModel]] = {
     "lfads": LFADS,
@@ -28,6 +29,7 @@ MODELS: dict[str, type[SpikeModel]] = {
     "ndt": NDT,
     "gpfa": GPFA,
     "stitched": Stitched,
+    "stndt": STNDT,
 }
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -165,6 +167,7 @@ __all__ = [
     "ModelConfigError",
     "ModelOutput",
     "RNNSeq2Seq",
+    "STNDT",
     "SpikeModel",
     "Stitched",
     "check_plain",

@@ -42,6 +42,49 @@ def context_mask(n_bins: int, context_forward: int | None, context_backward: int
     return blocked
 
 
+def check_mask_options(mask_ratio: float, mask_token_ratio: float, mask_random_ratio: float) -> None:
+    """Raise a ValueError naming the option when a masking fraction is out of range."""
+    if not 0.0 < mask_ratio <= 1.0:
+        raise ValueError(f"mask_ratio must be in (0, 1]; got {mask_ratio!r}")
+    for name, p in (("mask_token_ratio", mask_token_ratio), ("mask_random_ratio", mask_random_ratio)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1]; got {p!r}")
+
+
+def mask_bins(
+    heldin: Tensor, mask_ratio: float, mask_token_ratio: float, mask_random_ratio: float
+) -> tuple[Tensor, Tensor]:
+    """BERT-style masking of whole bins.
+
+    heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool.
+    """
+    b, t_obs, _ = heldin.shape
+    n_sel = max(1, round(mask_ratio * t_obs))
+    # Exactly n_sel random bins per trial: the n_sel smallest of T_obs uniform draws.
+    rank = torch.rand(b, t_obs, device=heldin.device).argsort(dim=1).argsort(dim=1)  # (B, T_obs)
+    selected = rank < n_sel  # (B, T_obs)
+    u = torch.rand(b, t_obs, device=heldin.device)
+    zeroed = selected & (u < mask_token_ratio)
+    # Of the selected bins not zeroed, a fraction mask_random_ratio is randomised.
+    p_rand = (1.0 - mask_token_ratio) * mask_random_ratio
+    randomised = selected & (u >= mask_token_ratio) & (u < mask_token_ratio + p_rand)
+    # Uniform integers in 0..max count of the batch, computed on the device (no host sync).
+    random_counts = torch.floor(torch.rand_like(heldin) * (heldin.amax() + 1.0))  # (B, T_obs, N_in)
+    x = torch.where(zeroed[..., None], torch.zeros_like(heldin), heldin)
+    x = torch.where(randomised[..., None], random_counts, x)  # (B, T_obs, N_in)
+    return x, selected
+
+
+def bin_recon_mask(spec: DataSpec, selected: Tensor) -> Tensor:
+    """selected (B, T_obs) bool -> (B, T, N) bool: where the masked-modelling loss is scored."""
+    b = selected.shape[0]
+    mask = torch.ones(b, spec.n_bins, spec.n_neurons, dtype=torch.bool, device=selected.device)  # (B, T, N)
+    # Held-in neurons at observed bins are scored only where their input was selected for masking;
+    # held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored.
+    mask[:, : spec.n_obs_bins, : spec.n_heldin] = selected[..., None]
+    return mask
+
+
 class NDT(SpikeModel):
     """Masked-modelling transformer on binned spikes.
 
@@ -108,11 +151,7 @@ class NDT(SpikeModel):
         for name, c in (("context_forward", context_forward), ("context_backward", context_backward)):
             if c is not None and c < 0:
                 raise ValueError(f"{name} must be >= 0 or None; got {c!r}")
-        if not 0.0 < mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1]; got {mask_ratio!r}")
-        for name, p in (("mask_token_ratio", mask_token_ratio), ("mask_random_ratio", mask_random_ratio)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]; got {p!r}")
+        check_mask_options(mask_ratio, mask_token_ratio, mask_random_ratio)
 
         self.d_model = d_model
         self.input_scale = math.sqrt(d_model) if scale_input else 1.0
@@ -141,35 +180,12 @@ class NDT(SpikeModel):
         )
 
     def mask_bins(self, heldin: Tensor) -> tuple[Tensor, Tensor]:
-        """BERT-style masking of whole bins.
-
-        heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool.
-        """
-        b, t_obs, _ = heldin.shape
-        n_sel = max(1, round(self.mask_ratio * t_obs))
-        # Exactly n_sel random bins per trial: the n_sel smallest of T_obs uniform draws.
-        rank = torch.rand(b, t_obs, device=heldin.device).argsort(dim=1).argsort(dim=1)  # (B, T_obs)
-        selected = rank < n_sel  # (B, T_obs)
-        u = torch.rand(b, t_obs, device=heldin.device)
-        zeroed = selected & (u < self.mask_token_ratio)
-        # Of the selected bins not zeroed, a fraction mask_random_ratio is randomised.
-        p_rand = (1.0 - self.mask_token_ratio) * self.mask_random_ratio
-        randomised = selected & (u >= self.mask_token_ratio) & (u < self.mask_token_ratio + p_rand)
-        # Uniform integers in 0..max count of the batch, computed on the device (no host sync).
-        random_counts = torch.floor(torch.rand_like(heldin) * (heldin.amax() + 1.0))  # (B, T_obs, N_in)
-        x = torch.where(zeroed[..., None], torch.zeros_like(heldin), heldin)
-        x = torch.where(randomised[..., None], random_counts, x)  # (B, T_obs, N_in)
-        return x, selected
+        """heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool."""
+        return mask_bins(heldin, self.mask_ratio, self.mask_token_ratio, self.mask_random_ratio)
 
     def recon_mask(self, selected: Tensor) -> Tensor:
         """selected (B, T_obs) bool -> (B, T, N) bool: where the training loss is scored."""
-        s = self.spec
-        b = selected.shape[0]
-        mask = torch.ones(b, s.n_bins, s.n_neurons, dtype=torch.bool, device=selected.device)  # (B, T, N)
-        # Held-in neurons at observed bins are scored only where their input was selected for masking;
-        # held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored.
-        mask[:, : s.n_obs_bins, : s.n_heldin] = selected[..., None]
-        return mask
+        return bin_recon_mask(self.spec, selected)
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         s = self.spec

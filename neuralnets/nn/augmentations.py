@@ -1,4 +1,5 @@
-"""Training-time augmentations and loss masks (applied by the training module, never by a model).
+"""Training-time augmentations and loss masks (applied by the training module; the spike
+augmentations at the end are drawn by models with a contrastive objective, e.g. STNDT).
 
 Coordinated dropout (Keshtkaran & Pandarinath 2019): each held-in input element is dropped with
 probability `rate` (kept elements scaled by 1/(1 − rate)), and the reconstruction loss on held-in
@@ -14,6 +15,10 @@ False) the loss is computed only on observed entries and normalised by their num
 Loss units: the LFADS KL terms are per-trial nats, so the training module turns a masked per-entry
 mean into per-trial units with `masked_trial_sum` (= masked mean × T × N): an unbiased estimate of
 the full per-trial summed NLL whatever fraction of entries the masks leave in.
+
+Spike augmentations (`augment_spikes`, for contrastive views of a trial as in STNDT, Le & Shlizerman
+2022): random dropping of spikes (binomial thinning), random adding of single spikes, and a small random
+shift of each trial in time (bins shifted in from outside the trial are empty).
 """
 
 from __future__ import annotations
@@ -95,3 +100,33 @@ def masked_trial_sum(values: Tensor, mask: Tensor | None) -> Tensor:
     With a full mask this is exactly `values.sum(dim=(1, 2)).mean()` (per-trial sum, mean over trials).
     """
     return masked_mean(values, mask) * (values.shape[-1] * values.shape[-2])
+
+
+def augment_spikes(heldin: Tensor, drop_rate: float, add_rate: float, max_shift: int) -> Tensor:
+    """A randomly augmented view of the counts `heldin (B, T_obs, N_in)` -> `(B, T_obs, N_in)`.
+
+    Each spike is dropped with probability `drop_rate`; each entry gains one spike with probability
+    `add_rate`; each trial is shifted in time by a uniform integer in [-max_shift, max_shift] bins (zeros
+    fill the bins shifted in). All zero: the input is returned unchanged.
+    """
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"augment_spikes: drop_rate must be in [0, 1); got {drop_rate!r}")
+    if not 0.0 <= add_rate < 1.0:
+        raise ValueError(f"augment_spikes: add_rate must be in [0, 1); got {add_rate!r}")
+    B, T_obs, _ = heldin.shape
+    if not 0 <= max_shift < T_obs:
+        raise ValueError(
+            f"augment_spikes: max_shift must be in [0, {T_obs - 1}] (T_obs - 1); got {max_shift!r}"
+        )
+    x = heldin
+    if drop_rate > 0:
+        x = torch.binomial(x, torch.full_like(x, 1.0 - drop_rate))  # thinning keeps whole counts
+    if add_rate > 0:
+        x = x + (torch.rand_like(x) < add_rate).to(x.dtype)
+    if max_shift > 0:
+        shift = torch.randint(-max_shift, max_shift + 1, (B, 1), device=x.device)  # (B, 1)
+        src = torch.arange(T_obs, device=x.device)[None, :] - shift  # (B, T_obs): source bin of each bin
+        inside = (src >= 0) & (src < T_obs)  # (B, T_obs)
+        x = torch.gather(x, 1, src.clamp(0, T_obs - 1)[..., None].expand_as(x))  # (B, T_obs, N_in)
+        x = torch.where(inside[..., None], x, torch.zeros_like(x))
+    return x
