@@ -404,7 +404,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from neuralnets.models import MODELS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
+    p.add_argument(
+        "--models", nargs="+", default=list(DEFAULT_MODELS), help="registered names or model configs"
+    )
     p.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="equal budget: trainer.max_epochs of every run")
@@ -412,9 +414,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="run directories and logs")
     p.add_argument("--table", type=Path, default=ROOT / "experiments/results/compare", help="table stem")
     args = p.parse_args(argv)
-    unknown = [m for m in args.models if m not in MODELS]
+    known = set(MODELS) | {path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")}  # rnn_vae, ...
+    unknown = [m for m in args.models if m not in known]
     if unknown:
-        p.error(f"--models: {unknown} not registered; registered models: {sorted(MODELS)}")
+        p.error(
+            f"--models: {unknown} are neither registered models nor model configs; known: {sorted(known)}"
+        )
     if args.epochs is not None and args.epochs < 1:
         p.error(f"--epochs must be >= 1; got {args.epochs}")
     if args.jobs < 1:
