@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from neuralnets.runs import CONFIG_FILE, METRICS_FILE, read_run, read_status
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 DEFAULT_MODELS = ("lfads", "rnn", "ndt")
@@ -98,14 +100,11 @@ def grid(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], e
 def run_settings(run_dir: Path) -> dict[str, Any] | None:
     """{recipe, seed, epochs, status} of a run directory from its config.yaml and status.json, or None
     when it holds no config (never started)."""
-    config = run_dir / "config.yaml"
+    config = run_dir / CONFIG_FILE
     if not config.is_file():
         return None
     cfg = yaml.safe_load(config.read_text()) or {}
-    status_file = run_dir / "status.json"
-    status = json.loads(status_file.read_text()).get("status") if status_file.is_file() else "unknown"
-    if status == "unknown" and (run_dir / "metrics.json").is_file():
-        status = "finished"  # an older run without status.json
+    status = read_status(run_dir)["status"]  # "finished" for an older run with metrics but no status
     return {
         "recipe": cfg.get("recipe"),
         "seed": cfg.get("seed"),
@@ -135,7 +134,7 @@ def finished_run(runs_dir: Path, spec: RunSpec) -> Path | None:
     for path in candidate_dirs(runs_dir, spec):
         settings = run_settings(path)
         if settings and settings["status"] == "finished" and _matches(spec, settings):
-            if (path / "metrics.json").is_file():
+            if (path / METRICS_FILE).is_file():
                 return path
     return None
 
@@ -149,7 +148,7 @@ def fresh_dir(runs_dir: Path, spec: RunSpec) -> Path:
 # ---------------------------------------------------------------------------------------------- rows
 def run_row(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """The per-run table row of a finished run (metrics.json: test `metrics`, `val_metrics`)."""
-    record = json.loads((run_dir / "metrics.json").read_text())
+    record = read_run(run_dir)
     settings = run_settings(run_dir) or {}
     metrics = dict(record.get("metrics") or {})
     val = record.get("val_metrics") or {}
@@ -394,7 +393,7 @@ def run_grid(specs: Sequence[RunSpec], out: Path, jobs: int, on_done) -> None:
             spec, run_dir, proc, log, start = item
             running.remove(item)
             log.close()
-            ok = proc.returncode == 0 and (run_dir / "metrics.json").is_file()
+            ok = proc.returncode == 0 and (run_dir / METRICS_FILE).is_file()
             state = "done" if ok else f"FAILED (exit {proc.returncode})"
             print(f"{state} {run_dir.name} ({time.perf_counter() - start:.0f} s)", flush=True)
             on_done(spec, run_dir, ok)
