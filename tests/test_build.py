@@ -32,7 +32,7 @@ def test_default_callbacks_follow_the_flat_keys(tmp_path, data):
     cfg = _cfg(
         "callbacks.monitor=val/co_bps",
         "callbacks.mode=max",
-        "callbacks.eval_every_n_epochs=3",
+        "callbacks.eval_every_n_epochs=1",
         "callbacks.early_stopping_patience=30",
     )
     cbs = _by_type(build_callbacks(cfg, tmp_path, data))
@@ -40,7 +40,7 @@ def test_default_callbacks_follow_the_flat_keys(tmp_path, data):
     ckpt = cbs[HashedModelCheckpoint]
     assert (ckpt.monitor, ckpt.mode, ckpt.dirpath) == ("val/co_bps", "max", str(tmp_path / "checkpoints"))
     assert cbs[EarlyStopping].patience == 30 and cbs[EarlyStopping].monitor == "val/co_bps"
-    assert cbs[HarnessEvaluation].every_n_epochs == 3 and cbs[HarnessEvaluation].data is data
+    assert cbs[HarnessEvaluation].every_n_epochs == 1 and cbs[HarnessEvaluation].data is data
     # early_stopping_patience=0 disables early stopping; an entry can also be removed
     assert EarlyStopping not in _by_type(
         build_callbacks(_cfg("callbacks.early_stopping_patience=0"), tmp_path, data)
@@ -112,3 +112,15 @@ def test_trainer_precision_auto_is_resolved_and_logged(tmp_path, data, caplog, m
             trainer = build_trainer(_cfg("trainer.precision=auto"), tmp_path / expected, data)
         assert trainer.precision == expected
         assert f"trainer.precision: {expected}" in caplog.text
+
+
+def test_a_harness_monitor_needs_the_harness_every_epoch(tmp_path, data):
+    cfg = _cfg("callbacks.monitor=val/co_bps", "callbacks.mode=max")  # harness every 10 epochs
+    with pytest.raises(ConfigError, match=r"eval_every_n_epochs=10.*callbacks=val_co_bps"):
+        build_callbacks(cfg, tmp_path, data)
+    preset = _cfg("callbacks=val_co_bps")
+    assert (preset.callbacks.monitor, preset.callbacks.mode) == ("val/co_bps", "max")
+    cbs = _by_type(build_callbacks(preset, tmp_path, data))
+    assert cbs[HashedModelCheckpoint].monitor == cbs[EarlyStopping].monitor == "val/co_bps"
+    assert cbs[HarnessEvaluation].every_n_epochs == 1 and cbs[EarlyStopping].mode == "max"
+    build_callbacks(_cfg("callbacks.monitor=val/recon"), tmp_path, data)  # logged by the module every epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -259,3 +260,19 @@ def test_a_config_that_cannot_build_leaves_no_run_behind(tmp_path):
     assert not (run / "config.yaml").exists() and not (tmp_path / "MARKER").exists()
     train(tiny_cfg("trainer.max_epochs=1"), run)  # the directory is still free for a run
     assert (run / "config.yaml").is_file()
+
+
+def test_best_checkpoint_on_validation_co_bps(tmp_path):
+    """callbacks=val_co_bps: the checkpoint kept is the epoch with the highest validation co-bps."""
+    cfg = tiny_cfg("callbacks=val_co_bps", "trainer.max_epochs=3", "logger=csv")
+    record = train(cfg, tmp_path / "run")
+    logged = [
+        (int(row["epoch"]), float(row["val/co_bps"]))
+        for path in (tmp_path / "run").rglob("metrics.csv")
+        for row in csv.DictReader(path.open())
+        if row.get("val/co_bps")
+    ]
+    assert len(logged) == 3  # one harness score per epoch
+    best_epoch, best = max(logged, key=lambda e: e[1])
+    assert record["monitor"]["val/co_bps"] == pytest.approx(best, rel=1e-5)
+    assert record["checkpoint"] == f"checkpoints/best-epoch={best_epoch}.ckpt"

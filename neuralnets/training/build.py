@@ -34,6 +34,7 @@ from neuralnets.data.datamodule import MultiSessionDataModule, SpikeDataModule
 from neuralnets.data.loaders import load
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
 from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.eval.metrics import METRICS
 from neuralnets.models import check_plain
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
@@ -223,9 +224,24 @@ def callback_configs(cfg: DictConfig) -> dict[str, Any]:
     return entries
 
 
+def check_monitor(cfg: DictConfig) -> None:
+    """A ConfigError if `callbacks.monitor` is a harness metric (`val/co_bps`, ...) that the harness
+    evaluation does not log every epoch: the checkpoint and early stopping read it after every epoch."""
+    monitor = str(cfg.callbacks.get("monitor"))
+    every = cfg.callbacks.get("eval_every_n_epochs")
+    split, _, metric = monitor.partition("/")
+    if split == "val" and metric in METRICS and every != 1:
+        raise ConfigError(
+            f"callbacks.monitor={monitor} is logged by the harness evaluation only every "
+            f"callbacks.eval_every_n_epochs={every} epochs; set callbacks.eval_every_n_epochs=1 "
+            "(callbacks=val_co_bps does, for val/co_bps)"
+        )
+
+
 def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.Callback]:
     """The callbacks of `cfg.callbacks`; checkpoints go to `<run_dir>/checkpoints`, the harness
     evaluation scores `data`. An EarlyStopping with patience 0 is left out (0 disables it)."""
+    check_monitor(cfg)
     callbacks = []
     for name, node in callback_configs(cfg).items():
         where = f"callbacks.{name}"
