@@ -42,8 +42,23 @@ def context_mask(n_bins: int, context_forward: int | None, context_backward: int
     return blocked
 
 
-def check_mask_options(mask_ratio: float, mask_token_ratio: float, mask_random_ratio: float) -> None:
-    """Raise a ValueError naming the option when a masking fraction is out of range."""
+def check_transformer_options(
+    *, dropout: float, dropout_embedding: float, dropout_attention: float,
+    context_forward: int | None, context_backward: int | None,
+    mask_ratio: float, mask_token_ratio: float, mask_random_ratio: float,
+) -> None:  # fmt: skip
+    """Raise a ValueError naming the option when a dropout, attention context or masking fraction
+    of a masked-modelling transformer (NDT, STNDT) is out of range."""
+    for name, p in (
+        ("dropout", dropout),
+        ("dropout_embedding", dropout_embedding),
+        ("dropout_attention", dropout_attention),
+    ):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1); got {p!r}")
+    for name, c in (("context_forward", context_forward), ("context_backward", context_backward)):
+        if c is not None and c < 0:
+            raise ValueError(f"{name} must be >= 0 or None; got {c!r}")
     if not 0.0 < mask_ratio <= 1.0:
         raise ValueError(f"mask_ratio must be in (0, 1]; got {mask_ratio!r}")
     for name, p in (("mask_token_ratio", mask_token_ratio), ("mask_random_ratio", mask_random_ratio)):
@@ -141,17 +156,11 @@ class NDT(SpikeModel):
         ff_dim = 4 * d_model if ff_dim is None else ff_dim
         if ff_dim < 1:
             raise ValueError(f"ff_dim must be >= 1; got {ff_dim}")
-        for name, p in (
-            ("dropout", dropout),
-            ("dropout_embedding", dropout_embedding),
-            ("dropout_attention", dropout_attention),
-        ):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1); got {p!r}")
-        for name, c in (("context_forward", context_forward), ("context_backward", context_backward)):
-            if c is not None and c < 0:
-                raise ValueError(f"{name} must be >= 0 or None; got {c!r}")
-        check_mask_options(mask_ratio, mask_token_ratio, mask_random_ratio)
+        check_transformer_options(
+            dropout=dropout, dropout_embedding=dropout_embedding, dropout_attention=dropout_attention,
+            context_forward=context_forward, context_backward=context_backward,
+            mask_ratio=mask_ratio, mask_token_ratio=mask_token_ratio, mask_random_ratio=mask_random_ratio,
+        )  # fmt: skip
 
         self.d_model = d_model
         self.input_scale = math.sqrt(d_model) if scale_input else 1.0

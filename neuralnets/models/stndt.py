@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.base import ModelOutput, Ramp, SpikeModel, get_heldin, positive_rates
-from neuralnets.models.ndt import bin_recon_mask, check_mask_options, context_mask, mask_bins
+from neuralnets.models.ndt import bin_recon_mask, check_transformer_options, context_mask, mask_bins
 from neuralnets.nn.augmentations import augment_spikes
 
 
@@ -187,17 +187,11 @@ class STNDT(SpikeModel):
         ):
             if size < 1:
                 raise ValueError(f"{name} must be >= 1; got {size!r}")
-        for name, p in (
-            ("dropout", dropout),
-            ("dropout_embedding", dropout_embedding),
-            ("dropout_attention", dropout_attention),
-        ):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1); got {p!r}")
-        for name, c in (("context_forward", context_forward), ("context_backward", context_backward)):
-            if c is not None and c < 0:
-                raise ValueError(f"{name} must be >= 0 or None; got {c!r}")
-        check_mask_options(mask_ratio, mask_token_ratio, mask_random_ratio)
+        check_transformer_options(
+            dropout=dropout, dropout_embedding=dropout_embedding, dropout_attention=dropout_attention,
+            context_forward=context_forward, context_backward=context_backward,
+            mask_ratio=mask_ratio, mask_token_ratio=mask_token_ratio, mask_random_ratio=mask_random_ratio,
+        )  # fmt: skip
         if not (contrastive_weight >= 0.0 and math.isfinite(contrastive_weight)):
             raise ValueError(
                 f"contrastive_weight (lambda) must be finite and >= 0; got {contrastive_weight!r}"

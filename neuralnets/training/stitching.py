@@ -16,18 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.data.datamodule import MultiSessionDataModule
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.eval import evaluate_sessions
-from neuralnets.eval.tblog import log_to_tensorboard
 from neuralnets.models.stitched import Stitched
 from neuralnets.pretrained.checkpoint_file import CheckpointError
 from neuralnets.pretrained.loading import build_from_checkpoint, read_checkpoint
-from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, read_json, write_metrics
-from neuralnets.training.build import init_sessions_from_data, load_kwargs
+from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, read_json
+from neuralnets.training.build import init_sessions_from_data
 from neuralnets.training.module import ConfigError, TrainingModule
 
 
@@ -118,57 +116,14 @@ def finetune(
     return module.model.eval()
 
 
-def finish_sessions_run(
-    cfg: DictConfig, run_dir: Path, data: MultiSessionData, module: TrainingModule, checkpoint, logger,
-    train_time: float, step: int,
-) -> dict[str, Any]:  # fmt: skip
-    """`training.train.finish_run` for multi-session data: reload the best weights, score every session
-    with the harness (val and the last split all sessions have), write metrics.json (the mean over
-    sessions as `metrics`, each session under `sessions`) and the hparams table."""
-    best = checkpoint.best_model_path or checkpoint.last_model_path
-    if best:
-        try:
-            read_checkpoint(Path(best))  # sha256 and weights_only, with a clear error
-        except (CheckpointError, ValueError) as err:
-            raise ConfigError(f"refusing to load checkpoint: {err}") from None
-        module = TrainingModule.load_from_checkpoint(best, map_location=module.device, weights_only=True)
-    preds = module.model.predict_sessions(data)
+def score_sessions(
+    model: Stitched, data: MultiSessionData
+) -> tuple[str, dict[str, float], dict[str, float], dict[str, dict[str, float]]]:
+    """Score every session of a finished multi-session run with the harness, on the last split all
+    sessions have (and on val): (that split, its mean over sessions, val's mean, {session: metrics})."""
+    preds = model.predict_sessions(data)
     present = [s for s in ("train", "val", "test") if all(len(d.indices(s)) for _, d in data)]
     split = present[-1]
     scores = {s: evaluate_sessions(preds, data, s) for s in {"val", split} & set(present)}
-    record = {
-        "model": module.model_name,
-        "data": cfg.data.name,
-        "data_source": str(cfg.data.source),
-        "data_kwargs": load_kwargs(cfg),
-        "split": split,
-        "val_metrics": scores.get("val", {}).get("mean", {}),
-        "sessions": scores[split]["sessions"],
-        "train_time_s": round(train_time, 2),
-        "n_parameters": module.model.n_parameters,
-        "steps": step,
-        "skipped_steps": module.skipped_steps,
-        "checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
-        "monitor": {cfg.callbacks.monitor: None if checkpoint.best_model_score is None else float(
-            checkpoint.best_model_score)},
-    }  # fmt: skip
-    if cfg.get("finetune_from"):
-        record["finetune_from"] = str(cfg.finetune_from)
-    write_metrics(scores[split]["mean"], run_dir, extra=record)
-    record["metrics"] = scores[split]["mean"]
-    record["run_dir"] = str(run_dir)
-    per_session = {f"{s}/{k}": v for s, m in scores[split]["sessions"].items() for k, v in m.items()}
-    hparams = {
-        "model": module.model_name,
-        "data": cfg.data.name,
-        "data_kwargs": load_kwargs(cfg),
-        "seed": cfg.seed,
-        "batch_size": cfg.data.batch_size,
-        "steps": step,
-        "model_cfg": OmegaConf.to_container(cfg.model),
-        "module": OmegaConf.to_container(cfg.module),
-        "finetune_from": str(cfg.get("finetune_from")),
-    }
-    log_to_tensorboard(logger, hparams, {**scores[split]["mean"], **per_session})
-    logger.finalize("success")
-    return record
+    val_mean = scores.get("val", {}).get("mean", {})
+    return split, scores[split]["mean"], val_mean, scores[split]["sessions"]

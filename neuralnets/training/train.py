@@ -57,7 +57,7 @@ from neuralnets.training import build
 from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer, load_kwargs
 from neuralnets.training.callbacks import TrainingClock, log_figures
 from neuralnets.training.module import ConfigError, DivergenceError, TrainingModule
-from neuralnets.training.stitching import finetune_module, finish_sessions_run
+from neuralnets.training.stitching import finetune_module, score_sessions
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a pytree API that torch deprecated, and says so on every run: not ours to fix.
@@ -316,31 +316,37 @@ def finish_run(
     cfg, run_dir: Path, data, module: TrainingModule, checkpoint, logger, train_time: float, step: int
 ):
     """Reload the best weights, write predictions for all trials, score them, log the hparams table.
-    Several sessions: `training.stitching.finish_sessions_run` (per-session scores, no predictions.h5)."""
-    if isinstance(data, MultiSessionData):
-        return finish_sessions_run(cfg, run_dir, data, module, checkpoint, logger, train_time, step)
+    Several sessions: each session scored (`training.stitching.score_sessions`), no predictions.h5."""
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if best:
         read_resume_checkpoint(Path(best))  # sha256 and weights_only, with a clear error
         module = TrainingModule.load_from_checkpoint(best, map_location=module.device, weights_only=True)
-    # A resumed run re-scores its final weights: the new file replaces the old one only once complete.
-    write_predictions(run_dir, predict_chunks(module.model, data), data.n_trials, replace=True)
-    pred = read_predictions(run_dir / PREDICTIONS_FILE)
-    # Scored on the test trials, or (data without them, e.g. an LFADS file of train and valid only)
-    # on the last split there is; metrics.json and the table name it.
-    present = [s for s in ("train", "val", "test") if len(data.indices(s))]
-    split = present[-1]
-    scores = {
-        s: evaluate(pred["rates"], data, s, latents=pred["latents"], inputs=pred.get("inputs"))
-        for s in {"val", split} & set(present)
-    }
+    pred, extra, tb_extra = None, {}, {}
+    if isinstance(data, MultiSessionData):
+        split, metrics, val_metrics, sessions = score_sessions(module.model, data)
+        extra = {"sessions": sessions}
+        tb_extra = {f"{name}/{k}": v for name, m in sessions.items() for k, v in m.items()}
+    else:
+        # A resumed run re-scores its final weights: the new file replaces the old one only once complete.
+        write_predictions(run_dir, predict_chunks(module.model, data), data.n_trials, replace=True)
+        pred = read_predictions(run_dir / PREDICTIONS_FILE)
+        # Scored on the test trials, or (data without them, e.g. an LFADS file of train and valid only)
+        # on the last split there is; metrics.json and the table name it.
+        present = [s for s in ("train", "val", "test") if len(data.indices(s))]
+        split = present[-1]
+        scores = {
+            s: evaluate(pred["rates"], data, s, latents=pred["latents"], inputs=pred.get("inputs"))
+            for s in {"val", split} & set(present)
+        }
+        metrics, val_metrics = scores[split], scores.get("val", {})
     record = {
         "model": module.model_name,
         "data": cfg.data.name,
         "data_source": str(cfg.data.source),
         "data_kwargs": load_kwargs(cfg),
         "split": split,
-        "val_metrics": scores.get("val", {}),
+        "val_metrics": val_metrics,
+        **extra,
         "train_time_s": round(train_time, 2),
         "n_parameters": module.model.n_parameters,
         "steps": step,
@@ -349,8 +355,10 @@ def finish_run(
         # The checkpoint monitor's best value (e.g. {"val/loss": ...}): a sweep objective too.
         "monitor": {cfg.callbacks.monitor: _float_or_none(checkpoint.best_model_score)},
     }
-    write_metrics(scores[split], run_dir, extra=record)
-    record["metrics"] = scores[split]
+    if cfg.get("finetune_from"):
+        record["finetune_from"] = str(cfg.finetune_from)
+    write_metrics(metrics, run_dir, extra=record)
+    record["metrics"] = metrics
     record["run_dir"] = str(run_dir)
     last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
     # Every setting that tells runs apart, so that TensorBoard's hparams table shows it.
@@ -370,8 +378,11 @@ def finish_run(
     }
     if cfg.get("tune_member"):  # a member of a `neuralnets-tune` study
         hparams["tune_member"] = OmegaConf.to_container(cfg.tune_member, resolve=True)
-    log_to_tensorboard(logger, hparams, scores[split])
-    log_figures(logger, data, pred, split, step)
+    if cfg.get("finetune_from"):
+        hparams["finetune_from"] = str(cfg.finetune_from)
+    log_to_tensorboard(logger, hparams, {**metrics, **tb_extra})
+    if pred is not None:
+        log_figures(logger, data, pred, split, step)
     logger.finalize("success")
     return record
 
