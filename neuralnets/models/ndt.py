@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
-from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates
+from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates, unseen_mask
 
 
 def context_mask(n_bins: int, context_forward: int | None, context_backward: int | None) -> Tensor:
@@ -92,10 +92,9 @@ def mask_bins(
 
 def bin_recon_mask(spec: DataSpec, selected: Tensor) -> Tensor:
     """selected (B, T_obs) bool -> (B, T, N) bool: where the masked-modelling loss is scored."""
-    b = selected.shape[0]
-    mask = torch.ones(b, spec.n_bins, spec.n_neurons, dtype=torch.bool, device=selected.device)  # (B, T, N)
-    # Held-in neurons at observed bins are scored only where their input was selected for masking;
-    # held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored.
+    # Held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored;
+    # held-in neurons at observed bins only where their input was selected for masking.
+    mask = unseen_mask(spec, selected.shape[0], selected.device)  # (B, T, N)
     mask[:, : spec.n_obs_bins, : spec.n_heldin] = selected[..., None]
     return mask
 
