@@ -14,6 +14,7 @@ from tiny import sine_batch
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.ndt import NDT, context_mask
+from neuralnets.training.module import TrainingModule
 
 # Tiny synthetic problem: 32 trials x 20 bins x 8 neurons, 2 held out, 4 forward bins.
 N_TRIALS, T, N, N_OUT, T_FWD = 32, 20, 8, 2, 4
@@ -205,8 +206,6 @@ def test_tiny_model_trains() -> None:
 def test_validation_loss_scores_only_entries_never_in_the_input() -> None:
     """Unmasked in eval mode NDT sees (and can copy) its held-in input, so val/loss scores only the
     held-out neurons and the forward bins: changing held-in targets at observed bins leaves it unchanged."""
-    from neuralnets.training.module import TrainingModule
-
     torch.manual_seed(0)
     module = TrainingModule(model={"name": "ndt", "d_model": 8}, spec=SPEC.to_dict()).eval()  # as Lightning
     batch = make_batch(n_trials=4)
