@@ -14,6 +14,7 @@ from tiny import sine_batch
 
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.ndt import NDT, context_mask
+from neuralnets.training.module import TrainingModule
 
 # Tiny synthetic problem: 32 trials x 20 bins x 8 neurons, 2 held out, 4 forward bins.
 N_TRIALS, T, N, N_OUT, T_FWD = 32, 20, 8, 2, 4
@@ -200,3 +201,23 @@ def test_tiny_model_trains() -> None:
     const = y[ho].mean((0, 1), keepdim=True).expand_as(y[ho])
     nll_const = F.poisson_nll_loss(const, y[ho], log_input=False, reduction="sum")
     assert nll_model < 0.8 * nll_const, (nll_model.item(), nll_const.item())
+
+
+def test_validation_loss_scores_only_entries_never_in_the_input() -> None:
+    """Unmasked in eval mode NDT sees (and can copy) its held-in input, so val/loss scores only the
+    held-out neurons and the forward bins: changing held-in targets at observed bins leaves it unchanged."""
+    torch.manual_seed(0)
+    module = TrainingModule(model={"name": "ndt", "d_model": 8}, spec=SPEC.to_dict()).eval()  # as Lightning
+    batch = make_batch(n_trials=4)
+    val = module._loss(batch, train=False)[1]["recon"]
+    spikes = batch["spikes"].clone()
+    spikes[:, :T_OBS, :N_IN] += 5.0  # targets the model also gets as input
+    assert torch.equal(module._loss({**batch, "spikes": spikes}, train=False)[1]["recon"], val)
+    spikes[:, 0, N_IN] += 5.0  # one held-out target: never an input, so scored
+    assert module._loss({**batch, "spikes": spikes}, train=False)[1]["recon"] > val
+    # The definition: mean NLL over held-out and forward entries, times T N (a per-trial NLL).
+    with torch.no_grad():
+        nll = -module.likelihood.log_prob(module.model(batch).rates, batch["spikes"])  # (B, T, N)
+    unseen = torch.ones(T, N, dtype=torch.bool)
+    unseen[:T_OBS, :N_IN] = False
+    torch.testing.assert_close(val, nll[:, unseen].mean() * T * N)

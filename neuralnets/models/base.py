@@ -168,6 +168,14 @@ def set_log_rate_bias(model: nn.Module, readout, mean_counts, floor: float = REA
     readout.bias.copy_(torch.log(mean.clamp(min=floor)))
 
 
+def unseen_mask(spec: DataSpec, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+    """(B, T, N) bool, True at the entries a model never gets as input: held-out neurons at every bin
+    and all neurons at the forward bins (the entries co-smoothing and forward prediction score)."""
+    mask = torch.ones(batch_size, spec.n_bins, spec.n_neurons, dtype=torch.bool, device=device)  # (B, T, N)
+    mask[:, : spec.n_obs_bins, : spec.n_heldin] = False
+    return mask
+
+
 def get_heldin(model: SpikeModel, batch: dict[str, Tensor]) -> Tensor:
     """Fetch `batch['heldin'] (B, T_obs, N_in)` as float and check it against the model's spec."""
     if "heldin" not in batch:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
-from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates
+from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates, unseen_mask
 
 
 def context_mask(n_bins: int, context_forward: int | None, context_backward: int | None) -> Tensor:
@@ -92,10 +92,9 @@ def mask_bins(
 
 def bin_recon_mask(spec: DataSpec, selected: Tensor) -> Tensor:
     """selected (B, T_obs) bool -> (B, T, N) bool: where the masked-modelling loss is scored."""
-    b = selected.shape[0]
-    mask = torch.ones(b, spec.n_bins, spec.n_neurons, dtype=torch.bool, device=selected.device)  # (B, T, N)
-    # Held-in neurons at observed bins are scored only where their input was selected for masking;
-    # held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored.
+    # Held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored;
+    # held-in neurons at observed bins only where their input was selected for masking.
+    mask = unseen_mask(spec, selected.shape[0], selected.device)  # (B, T, N)
     mask[:, : spec.n_obs_bins, : spec.n_heldin] = selected[..., None]
     return mask
 
@@ -115,7 +114,11 @@ class NDT(SpikeModel):
             (NDT relies on heavy dropout; defaults 0.2.)
         context_forward, context_backward: attention window in bins (None = unlimited).
         scale_input: multiply the embedded input by sqrt(d_model) before adding positional embeddings
-            (as in Vaswani et al.), so spike tokens are not swamped by the positional embedding.
+            (as in Vaswani et al., whose shared embedding table starts at scale 1/sqrt(d_model)). Default
+            False: the learned linear embedding of raw counts already has tokens several times larger than
+            the positional embedding; scaled (x ~10 at 100 neurons) they swamp it, attention loses time,
+            and each bin's held-out rates follow that bin's own noisy spikes (MC_Maze_Small: negative
+            co-bps).
         mask_ratio: fraction of each trial's observed bins selected for masked modelling (train mode).
         mask_token_ratio: fraction of the selected bins that are zeroed.
         mask_random_ratio: fraction of the remaining selected bins whose counts are replaced by random
@@ -140,7 +143,7 @@ class NDT(SpikeModel):
         dropout_attention: float = 0.2,
         context_forward: int | None = None,
         context_backward: int | None = None,
-        scale_input: bool = True,
+        scale_input: bool = False,
         mask_ratio: float = 0.25,
         mask_token_ratio: float = 0.8,
         mask_random_ratio: float = 0.5,

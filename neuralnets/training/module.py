@@ -6,8 +6,11 @@ Loss per batch (units: nats per trial):
 Scored entries are observed (SBTT: missing data carry no gradient), and, in training, the entries
 that coordinated dropout hid from the input and those the model asks for (`recon_mask`). Averaging
 over scored entries and rescaling to a full trial keeps recon on the same scale as the per-trial
-KL terms whatever fraction is masked. Validation weighs the auxiliary losses at their full scales,
-so `val/loss` (the checkpoint, early-stopping and LR-plateau monitor) is comparable across epochs.
+KL terms whatever fraction is masked. Validation of a model that masks its own input (`masks_input`:
+NDT, STNDT) scores only the entries it never sees (held-out neurons, forward bins): unmasked in eval mode
+it copies its held-in input, which would otherwise dominate val/loss. Validation weighs the auxiliary
+losses at their full scales, so `val/loss` (the checkpoint, early-stopping and LR-plateau monitor) is
+comparable across epochs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 
 from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
 from neuralnets.models import ModelConfigError, create_model
-from neuralnets.models.base import ModelOutput
+from neuralnets.models.base import ModelOutput, unseen_mask
 from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask, masked_trial_sum, sbtt_mask
 from neuralnets.nn.likelihoods import make_likelihood
 
@@ -123,6 +126,12 @@ class TrainingModule(pl.LightningModule):
         out = self.model(batch)
         if train and out.recon_mask is not None:
             scored = out.recon_mask if scored is None else scored & out.recon_mask
+            per_step_mask = True
+        if not train and self.model.masks_input:
+            # Unmasked in eval mode, a masked-modelling model reconstructs its held-in input by copying it;
+            # that score would dominate val/loss and reward copying. Score only what it never sees.
+            unseen = unseen_mask(self.model.spec, B, spikes.device)  # (B, T, N)
+            scored = unseen if scored is None else scored & unseen
             per_step_mask = True
         # The likelihood's target-only term (log y! for Poisson) is constant: with the data's own mask,
         # add the per-trial sums the DataModule computed once instead of evaluating it at every entry.
