@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from neuralnets.runs import CONFIG_FILE, METRICS_FILE, read_run, read_status
+from neuralnets.runs import CONFIG_FILE, METRICS_FILE, atomic_path, read_run, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -316,13 +316,17 @@ def write_tables(
 # ---------------------------------------------------------------------------------------------- baselines
 def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
     """The harness baselines of comparison dataset `data` on its test split (val co-bps too), cached
-    in `<cache_dir>/<data>.json` so that rewriting the tables never refits them."""
-    path = cache_dir / f"{data}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    in `<cache_dir>/<data>.json` so that rewriting the tables never refits them (refit when the
+    harness's list of baselines has changed since)."""
     from neuralnets.data import load
     from neuralnets.eval import evaluate
-    from neuralnets.eval.baselines import run_baselines
+    from neuralnets.eval.baselines import BASELINES, run_baselines
+
+    path = cache_dir / f"{data}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and cached.get("baselines") == list(BASELINES):
+            return cached["rows"]
 
     config, extra = DATASETS[data]
     source = yaml.safe_load((CONFIG_DIR / "data" / f"{config}.yaml").read_text())
@@ -342,8 +346,8 @@ def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
                 "train_time_s": run.train_time_s,
             }
         )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"baselines": list(BASELINES), "rows": rows}, indent=1) + "\n")
     return rows
 
 

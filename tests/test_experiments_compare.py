@@ -116,3 +116,30 @@ def test_unknown_model_is_refused_naming_the_registered_ones(capsys):
         compare.main(["--models", "lfads", "nosuchmodel"])
     err = capsys.readouterr().err
     assert "nosuchmodel" in err and "lfads" in err
+
+
+def test_baseline_cache_is_reused_and_refit_when_the_baseline_list_changes(tmp_path, monkeypatch):
+    import neuralnets.data
+    import neuralnets.eval
+    import neuralnets.eval.baselines as baselines
+    from neuralnets.eval.baselines import BaselineRun
+
+    fits = []
+
+    def fake_run_baselines(data):
+        fits.append(data)
+        return [BaselineRun("smoothing_glm", rates=None, latents=None, train_time_s=1.0, n_parameters=0)]
+
+    monkeypatch.setattr(neuralnets.data, "load", lambda source, **kwargs: "data")
+    monkeypatch.setattr(neuralnets.eval, "evaluate", lambda *args, **kwargs: {"co_bps": 0.25})
+    monkeypatch.setattr(baselines, "run_baselines", fake_run_baselines)
+    cache = tmp_path / "baselines"
+    cache.mkdir()
+    (cache / "lorenz.json").write_text(json.dumps([{"model": "baseline/stale", "metrics": {}}]))  # old format
+    rows = compare.dataset_baselines("lorenz", cache)
+    assert [r["model"] for r in rows] == ["baseline/smoothing_glm"] and len(fits) == 1
+    assert rows[0]["metrics"]["co_bps"] == 0.25 and rows[0]["metrics"]["val_co_bps"] == 0.25
+    assert compare.dataset_baselines("lorenz", cache) == rows and len(fits) == 1  # cached: not refit
+    monkeypatch.setattr(baselines, "BASELINES", ("smoothing_glm", "a_new_baseline"))
+    compare.dataset_baselines("lorenz", cache)
+    assert len(fits) == 2  # the harness's baselines changed: refit
