@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tiny import TINY_DATA, TINY_LORENZ
 from torch import Tensor, nn
 
 from neuralnets import load_pretrained
@@ -38,12 +39,6 @@ class LinearLatents(SpikeModel):
         z = self.encode(heldin)  # (B, T_obs, K)
         z = torch.cat([z, z[:, -1:].expand(-1, self.spec.n_fwd_bins, -1)], dim=1)  # (B, T, K)
         return ModelOutput(rates=positive_rates(self.readout(z)), latents=z)
-
-
-TINY_DATA = [
-    f"data.load_kwargs.{k}={v}"
-    for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
-]
 
 
 @pytest.fixture
@@ -84,5 +79,5 @@ def test_a_model_added_by_the_recipe_trains_scores_checkpoints_and_loads(tmp_pat
     with h5py.File(run / "predictions.h5", "r") as f:
         saved = f["rates"][()]
     assert loaded.predict(np.zeros((3, 12, 8)))["rates"].shape == (3, 16, 12)  # held-in in, all out
-    data = load("lorenz", seed=0, n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4)
+    data = load("lorenz", seed=0, **TINY_LORENZ)
     np.testing.assert_allclose(loaded.predict(data)["rates"], saved, rtol=1e-5, atol=1e-7)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from tiny import TINY_LFADS
+from tiny import TINY_DATA, TINY_LFADS
 
 from neuralnets import load_pretrained
 from neuralnets.pretrained.checkpoint_file import checksum_path, write_checksum
@@ -21,10 +21,7 @@ from neuralnets.training.module import ConfigError, TrainingModule
 from neuralnets.training.train import CONFIG_DIR, prepare_config, train
 
 TINY = [
-    *(
-        f"data.load_kwargs.{k}={v}"
-        for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
-    ),
+    *TINY_DATA,
     "data.batch_size=16",
     *TINY_LFADS,
     "trainer.max_epochs=1",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tiny import TINY_DATA, TINY_LORENZ
 
 from neuralnets import load_pretrained
 from neuralnets.data import load
@@ -145,14 +146,13 @@ def _reference_nll(model: GPFA, y: torch.Tensor, C: torch.Tensor, k: torch.Tenso
 
 
 def test_trains_through_the_cli_config_checkpoints_and_loads_by_name(tmp_path):
-    sizes = dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[
                 "model=gpfa",
                 "model.latent_dim=3",
-                *[f"data.load_kwargs.{k}={v}" for k, v in sizes.items()],
+                *TINY_DATA,
                 "data.batch_size=16",
                 "trainer.max_epochs=2",
                 "trainer.enable_progress_bar=false",
@@ -168,5 +168,5 @@ def test_trains_through_the_cli_config_checkpoints_and_loads_by_name(tmp_path):
     assert isinstance(loaded.model, GPFA) and loaded.model.latent_dim == 3
     with h5py.File(run / "predictions.h5", "r") as f:
         saved = f["rates"][()]
-    data = load("lorenz", seed=0, **sizes)
+    data = load("lorenz", seed=0, **TINY_LORENZ)
     np.testing.assert_allclose(loaded.predict(data)["rates"], saved, rtol=1e-5, atol=1e-7)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from tiny import TINY_LFADS
+from tiny import TINY_LFADS, TINY_LORENZ
 
 import neuralnets
 from neuralnets.data import load
@@ -31,7 +31,7 @@ from neuralnets.runs import read_predictions
 from neuralnets.training.train import CONFIG_DIR, train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_DATA = dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4, seed=0)
+TINY_DATA = dict(TINY_LORENZ, seed=0)
 TINY = [
     *(f"data.load_kwargs.{k}={v}" for k, v in TINY_DATA.items()),
     "data.batch_size=16",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from tiny import sine_batch
+from tiny import TINY_DATA, TINY_LORENZ, sine_batch
 
 from neuralnets import load_pretrained
 from neuralnets.data import load
@@ -134,12 +134,6 @@ def test_bad_input_and_options_fail_clearly() -> None:
         STNDT(SPEC, mask_ratio=0.0)
 
 
-TINY_DATA = [
-    f"data.load_kwargs.{k}={v}"
-    for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
-]
-
-
 def test_trains_through_the_training_path_and_loads_back_by_name(tmp_path) -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
@@ -162,7 +156,7 @@ def test_trains_through_the_training_path_and_loads_back_by_name(tmp_path) -> No
 
     loaded = load_pretrained(run)  # the run's checkpoint, rebuilt by registry name
     assert isinstance(loaded.model, STNDT) and not loaded.model.training
-    data = load("lorenz", seed=0, n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4)
+    data = load("lorenz", seed=0, **TINY_LORENZ)
     with h5py.File(run / "predictions.h5", "r") as f:
         saved = f["rates"][()]
     np.testing.assert_allclose(loaded.predict(data)["rates"], saved, rtol=1e-5, atol=1e-7)

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from tiny import TINY_LFADS
+from tiny import TINY_DATA, TINY_LFADS, TINY_LORENZ
 
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.synthetic import lorenz
@@ -21,10 +21,6 @@ from neuralnets.runs import read_predictions
 from neuralnets.training.module import ConfigError, TrainingModule
 from neuralnets.training.train import CONFIG_DIR, prepare_config, train
 
-TINY_DATA = [
-    f"data.load_kwargs.{k}={v}"
-    for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
-]
 # A module-level LFADS small enough to build and step without a Trainer.
 MICRO_LFADS = {
     "name": "lfads",
@@ -56,7 +52,7 @@ def tiny_cfg(*overrides: str, data: list[str] = TINY_DATA):
 
 
 def lorenz_tiny():
-    return lorenz(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4, seed=0)
+    return lorenz(**TINY_LORENZ, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from tiny import TINY_LFADS
+from tiny import TINY_DATA, TINY_LFADS
 
 from neuralnets.runs import read_run, read_status
 from neuralnets.training.build import CONFIG_DIR
@@ -19,10 +19,7 @@ from neuralnets.training.tune import ReportAndPrune, search_space, tune
 pytest.importorskip("optuna")
 
 TINY = [
-    *(
-        f"data.load_kwargs.{k}={v}"
-        for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4).items()
-    ),
+    *TINY_DATA,
     *TINY_LFADS,
     "model.kl_ramp_steps=10",
     "model.l2_ramp_steps=10",

@@ -6,6 +6,11 @@ import torch
 
 from neuralnets.data.spikedata import DataSpec
 
+# A Lorenz data set small enough to train on in seconds: `load("lorenz", **TINY_LORENZ)`, or as
+# Hydra overrides `TINY_DATA`.
+TINY_LORENZ = dict(n_trials=40, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4)
+TINY_DATA = [f"data.load_kwargs.{k}={v}" for k, v in TINY_LORENZ.items()]
+
 TINY_LFADS = [
     "model.gen_dim=16",
     "model.fac_dim=4",
