@@ -219,15 +219,14 @@ def fit_condition_average(
     mask = data.observed_mask()  # (trials, T, N)
     cond = data.condition
     labels = np.unique(cond[train])
-    recorded = mask[train].astype(np.float64)  # (train, T, N)
-    summed = data.spikes[train] * recorded
-    onehot = (cond[train][None, :] == labels[:, None]).astype(np.float64)  # (C, train)
-    sums = np.einsum("ct,tbn->cbn", onehot, summed)  # (C, T, N) summed recorded counts per condition
-    counts = np.einsum("ct,tbn->cbn", onehot, recorded)  # (C, T, N) recorded train trials per entry
-    # The all-trial mean is one more "condition" (last row): the fallback for unseen conditions.
-    sums = np.concatenate([sums, sums.sum(0, keepdims=True)])  # (C+1, T, N)
-    counts = np.concatenate([counts, counts.sum(0, keepdims=True)])
-    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    x = torch.as_tensor(data.spikes[train], dtype=torch.float64)  # (train, T, N)
+    recorded = torch.as_tensor(mask[train], dtype=torch.float64)
+    # Means of the recorded counts (0 where nothing was recorded) and recorded trials per entry, (C, T, N)
+    # per condition; the all-trial mean is one more "condition" (last row), the fallback for unseen ones.
+    by_condition = M.condition_means(x, recorded, cond[train], labels)
+    overall = M.condition_means(x, recorded, np.zeros(train.size, dtype=int), np.zeros(1, dtype=int))
+    means = torch.cat([by_condition[0], overall[0]]).numpy()  # (C+1, T, N)
+    counts = torch.cat([by_condition[1], overall[1]]).numpy()
     row = {c: i for i, c in enumerate(labels.tolist())}
     which = np.array([row.get(c, len(labels)) for c in cond.tolist()])  # (trials,) PSTH row per trial
     unseen = sorted({c for c in cond.tolist() if c not in row})

@@ -318,7 +318,7 @@ def smooth_spikes(
     return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
 
 
-def _condition_means(x: Tensor, w: Tensor, cond: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+def condition_means(x: Tensor, w: Tensor, cond: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:
     """Per-condition means of x (trials, T, N) over the trials with weight 1: (C, T, N) means and counts."""
     onehot = torch.as_tensor(cond[None, :] == labels[:, None], dtype=x.dtype, device=x.device)  # (C, trials)
     n = onehot @ w.reshape(x.shape[0], -1)  # (C, T*N) recorded trials per entry
@@ -431,7 +431,7 @@ def psth_r2(
             )
         name = "target_spikes"
     labels = np.unique(cond)  # the conditions of the evaluated trials
-    psth_pred, n_pred = _condition_means(lam, w, cond, labels)  # (C, T, N)
+    psth_pred, n_pred = condition_means(lam, w, cond, labels)  # (C, T, N)
     psth_true, n_true = _smoothed_condition_means(
         target_spikes, target_mask, cond_t, labels, bin_size, sigma_ms, name
     )
