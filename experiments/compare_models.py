@@ -50,7 +50,6 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # Columns of the tables, in order: harness metrics (test split) and one validation metric.
 METRIC_COLUMNS = ("co_bps", "vel_r2", "fp_bps", "psth_r2", "rate_r2", "latent_r2", "val_co_bps")
-BASELINE_NAMES = ("smoothing_glm", "mean_rates", "true_rates")
 
 
 @dataclass(frozen=True)
@@ -318,9 +317,12 @@ def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
     """The harness baselines of comparison dataset `data` on its test split (val co-bps too), cached
     in `<cache_dir>/<data>.json` so that rewriting the tables never refits them (refit when the
     harness's list of baselines has changed since)."""
+    from hydra import compose, initialize_config_dir
+
     from neuralnets.data import load
     from neuralnets.eval import evaluate
     from neuralnets.eval.baselines import BASELINES, run_baselines
+    from neuralnets.training.build import load_kwargs
 
     path = cache_dir / f"{data}.json"
     if path.is_file():
@@ -329,12 +331,9 @@ def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
             return cached["rows"]
 
     config, extra = DATASETS[data]
-    source = yaml.safe_load((CONFIG_DIR / "data" / f"{config}.yaml").read_text())
-    kwargs = dict(source.get("load_kwargs") or {})
-    for override in extra:  # data.load_kwargs.<key>=<value>
-        key, value = override.split("=", 1)
-        kwargs[key.removeprefix("data.load_kwargs.")] = yaml.safe_load(value)
-    spikes = load(source["source"], **kwargs)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data={config}", *extra])  # the data the runs train on
+    spikes = load(cfg.data.source, **load_kwargs(cfg))
     rows = []
     for run in run_baselines(spikes):
         metrics = evaluate(run.rates, spikes, "test", run.latents)
