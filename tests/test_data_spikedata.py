@@ -158,3 +158,17 @@ def test_inputs_cover_all_bins_and_travel_with_the_trials(tiny_data, tmp_path):
     back = load_npz(save_npz(d, tmp_path / "with_inputs.npz"))
     np.testing.assert_array_equal(back.inputs, inputs)
     assert load_npz(save_npz(tiny_data, tmp_path / "without.npz")).inputs is None
+
+
+def test_mean_counts_average_recorded_entries_only_and_nan_where_none():
+    spikes = np.zeros((3, 4, 2), dtype=np.float32)
+    spikes[:, :, 0] = [[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 0, 0]]
+    spikes[:, :, 1] = 9.0  # never recorded below
+    observed = np.ones(spikes.shape, dtype=bool)
+    observed[2] = False  # trial 2 unrecorded: its zeros are not data
+    observed[:, :, 1] = False
+    spikes[~observed] = 0.0
+    data = SpikeData(spikes, bin_size=0.01, observed=observed)
+    mean = data.mean_counts(np.array([0, 1, 2]))
+    assert mean[0] == pytest.approx(4.5) and np.isnan(mean[1])
+    assert data.mean_counts(np.array([0, 1]), slice(2, None))[0] == pytest.approx((3 + 4 + 7 + 8) / 4)

@@ -129,6 +129,15 @@ class SpikeData:
             return np.ones(self.spikes.shape, dtype=bool)
         return self.observed
 
+    def mean_counts(self, trials: np.ndarray, bins: slice = slice(None)) -> np.ndarray:
+        """(N,) float64: each neuron's mean count per bin over the recorded entries of `trials` x `bins`;
+        NaN for a neuron with no recorded entry there."""
+        y = self.spikes[trials][:, bins]  # (trials, T', N)
+        m = self.observed_mask()[trials][:, bins]
+        n = m.sum(axis=(0, 1))
+        total = np.where(m, y, 0.0).sum(axis=(0, 1), dtype=np.float64)
+        return np.divide(total, n, out=np.full(n.shape, np.nan), where=n > 0)
+
     # ------------------------------------------------------------------ splits
     def indices(self, split: str) -> np.ndarray:
         """Trial indices of a split (`train`, `val`, `test`) or `all`."""

@@ -164,16 +164,9 @@ def _mean_count(data: SpikeData, trials: np.ndarray, bins: slice) -> np.ndarray:
 
     Neurons with no recorded entry there fall back to their mean over all recorded train bins.
     """
-    y = data.spikes[trials][:, bins]  # (trials, T', N)
-    m = data.observed_mask()[trials][:, bins]
-    n = m.sum(axis=(0, 1))
-    mean = np.divide((y * m).sum(axis=(0, 1)), n, out=np.full(n.shape, np.nan), where=n > 0)
+    mean = data.mean_counts(trials, bins)
     if np.isnan(mean).any():
-        y_all, m_all = data.spikes[trials], data.observed_mask()[trials]
-        n_all = m_all.sum(axis=(0, 1))
-        fallback = np.divide(
-            (y_all * m_all).sum(axis=(0, 1)), n_all, out=np.zeros(n_all.shape), where=n_all > 0
-        )
+        fallback = np.nan_to_num(data.mean_counts(trials), nan=0.0)
         mean = np.where(np.isnan(mean), fallback, mean)
     return mean
 

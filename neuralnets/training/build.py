@@ -164,11 +164,7 @@ def build_datamodule(cfg: DictConfig) -> SpikeDataModule:
 def train_mean_counts(data: SpikeData) -> np.ndarray:
     """(N,) each neuron's mean count per bin over the training trials' observed entries
     (`SpikeData.observed_mask()`); 0 for a neuron never observed in training."""
-    idx = data.indices("train")
-    mask = data.observed_mask()[idx]  # (trials, T, N)
-    total = np.where(mask, data.spikes[idx], 0.0).sum(axis=(0, 1), dtype=np.float64)
-    n = mask.sum(axis=(0, 1))
-    return np.divide(total, n, out=np.zeros_like(total), where=n > 0).astype(np.float32)
+    return np.nan_to_num(data.mean_counts(data.indices("train")), nan=0.0).astype(np.float32)
 
 
 def init_sessions_from_data(model, data: MultiSessionData, sessions: list[str] | None = None) -> str:
