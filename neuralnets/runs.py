@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from neuralnets.errors import RunStatusError
+
 if TYPE_CHECKING:
     from neuralnets.data.spikedata import SpikeData
 
@@ -89,8 +91,6 @@ def _umask() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- run directory
-class RunStatusError(ValueError):
-    """A run directory that is not in the state the caller needs (e.g. not finished)."""
 
 
 def _now() -> str:

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neuralnets.errors import DataError
+
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """Raised when spiking data are malformed; the message names the source, field and problem."""
 
 
 @dataclass(frozen=True)

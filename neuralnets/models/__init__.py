@@ -15,6 +15,7 @@ from typing import Any
 
 from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
 from neuralnets.data.spikedata import DataSpec
+from neuralnets.errors import ModelConfigError
 from neuralnets.models.base import ModelOutput, SpikeModel
 from neuralnets.models.gpfa import GPFA
 from neuralnets.models.lfads import LFADS
@@ -33,10 +34,6 @@ MODELS: dict[str, type[SpikeModel]] = {
 }
 
 _PLAIN = (bool, int, float, str, type(None))
-
-
-class ModelConfigError(ValueError):
-    """A model name or option that cannot be built; the message names the field and the value."""
 
 
 def class_path(cls: type) -> str:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from neuralnets.errors import UntrustedLibrary
+
 SOURCE = Path(__file__).parent / "csrc" / "gru_cell.cpp"
 BUILD_TIMEOUT_S = 600
 _state: dict[str, object] = {}
@@ -60,10 +62,6 @@ def _compile_command(output: Path) -> list[str]:
     lib_dir = torch_dir / "lib"
     libs = [f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}", "-lc10", "-ltorch_cpu"]
     return [os.environ.get("CXX", "c++"), *flags, *includes, str(SOURCE), "-o", str(output), *libs]
-
-
-class UntrustedLibrary(RuntimeError):
-    """A cached library (or its folder) that fails the ownership, permission or checksum checks."""
 
 
 def _sha256(path: Path) -> str:

@@ -17,11 +17,9 @@ from typing import Any
 
 import torch
 
+from neuralnets.errors import CheckpointError
+
 SUFFIX = ".sha256"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read safely (corrupt, truncated, tampered with, or not plain data)."""
 
 
 def checksum_path(path: str | Path) -> Path:

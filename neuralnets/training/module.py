@@ -23,20 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
+from neuralnets.errors import ConfigError, DivergenceError
 from neuralnets.models import ModelConfigError, create_model
 from neuralnets.models.base import ModelOutput, unseen_mask
 from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask, masked_trial_sum, sbtt_mask
 from neuralnets.nn.likelihoods import make_likelihood
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A training configuration that cannot work; raised before any training starts."""
-
-
-class DivergenceError(RuntimeError):
-    """Training diverged: too large a share of its steps had a non-finite loss or gradient."""
 
 
 class TrainingModule(pl.LightningModule):
