@@ -252,8 +252,8 @@ def chaotic_rnn(
     Neurons read out the network activity `r = tanh(x)` log-linearly through a random projection.
 
     Args:
-        n_trials, n_neurons, n_bins, bin_size, n_heldout, n_fwd, seed, n_conditions, base_rate,
-            modulation, behavior_noise: as in `lorenz`.
+        n_trials, n_neurons, n_bins, bin_size, n_heldout, n_fwd, seed: as in `lorenz`.
+        n_conditions, base_rate, modulation, behavior_noise: as in `lorenz`.
         n_rnn: number of RNN units.
         g: gain of the recurrent weights (chaos for g > 1).
         tau: RNN time constant in seconds.

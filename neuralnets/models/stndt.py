@@ -131,9 +131,9 @@ class STNDT(SpikeModel):
         spatial_dim: width of the spatial attention's queries and keys; None = the number of bins T.
         spatial: use the spatial attention (False: an NDT-like temporal-only transformer, for ablation).
         ff_dim: feed-forward hidden size; None = 4 * held-in neurons.
-        dropout, dropout_embedding, dropout_attention, context_forward, context_backward, scale_input,
-            mask_ratio, mask_token_ratio, mask_random_ratio: as in `NDT` (scale_input multiplies the input
-            counts by sqrt(held-in neurons) before the position embedding is added).
+        dropout, dropout_embedding, dropout_attention, context_forward, context_backward: as in `NDT`.
+        scale_input, mask_ratio, mask_token_ratio, mask_random_ratio: as in `NDT` (scale_input multiplies
+            the input counts by sqrt(held-in neurons) before the position embedding is added).
         contrastive_weight: lambda, the weight of the contrastive loss (0 = off: no extra passes).
         temperature: tau of NT-Xent. projection_dim: output width of the projection MLP.
         aug_drop_rate, aug_add_rate, aug_max_shift: the views' augmentations (`augment_spikes`).
