@@ -268,13 +268,17 @@ def _join_train_and_test(
     the test file's 'test' trials, whose held-in units are matched to the train file's by unit id and whose
     held-out neurons (train file units) are left unobserved. (data, NLB split, condition labels or None)."""
     both = f"{train_path} + {test_path}"
-    splits = _splits_in(train_path)
+    splits, test_splits = _splits_in(train_path), _splits_in(test_path)
+    if splits == {"test"} and "test" not in test_splits:
+        raise DataError(
+            f"{train_path} holds NLB 'test' trials only and test_file={str(test_path)!r} none: the two files "
+            "are swapped; pass the train file first and the test file as test_file="
+        )
     if "test" in splits:
         raise DataError(
             f"{train_path}: holds NLB 'test' trials itself, and test_file={str(test_path)!r} was given too; "
             "pass the test file only with DANDI's train file (splits 'train', 'val', 'none')"
         )
-    test_splits = _splits_in(test_path)
     if test_splits != {"test"}:
         raise DataError(
             f"{test_path}: given as test_file= but its trials have NLB splits {sorted(test_splits)}; "
