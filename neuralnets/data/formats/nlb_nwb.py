@@ -15,6 +15,15 @@ Layout of the DANDI files (dandisets 000128 MC_Maze, 000138/000139/000140 Large/
   behaviour; each trial is a 0.7 s segment (start = movement onset - 0.25 s) and nothing is recorded
   after it, so the forward bins and the held-out neurons of 'test' trials are unobserved here.
 
+The val phase reads the train file alone. The test phase reads both (`path` = the train file and
+`test_file=` the test file, or `path` = a folder holding both under NLB's `desc-train` / `desc-test`
+names): the train file gives the 'train' + 'val' trials with every unit and the list of held-out units;
+the test file gives the 'test' trials, whose units must be exactly the train file's held-in units (matched
+by unit id, put in the train file's order); their held-out neurons and forward bins are left unobserved
+(NLB withholds them). The test file alone is refused for the test phase: without the train file there
+are no held-out neurons to predict and no train trials, so no NLB submission could be made. A file that
+holds every split itself (not a DANDI layout) still works alone.
+
 Split mapping (NLB split → SpikeData split), `phase=`:
 
 | NLB split | phase="val" (local scoring) | phase="test" (test-phase submission) |
