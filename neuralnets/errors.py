@@ -48,7 +48,7 @@ class RunStatusError(NeuralnetsError, ValueError):
 
 
 class UntrustedLibrary(NeuralnetsError, RuntimeError):
-    """A cached native library (or its folder) that fails the ownership, permission or digest checks."""
+    """A kept native library (or its folder) that fails the ownership or permission checks."""
 
 
 class DivergenceError(NeuralnetsError, RuntimeError):

@@ -57,12 +57,17 @@ CHUNK_BYTES = 8 << 20  # HDF5 chunks of at most ~8 MiB (whole trials; one trial 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path in `path`'s directory; on success fsync it and rename it onto `path`.
 
-    On an exception the temporary file is removed and `path` is left as it was.
+    On an exception the temporary file is removed and `path` is left as it was. A symbolic link at
+    `path` (dangling or not) is refused: an output never goes through, or over, a planted link.
+    `exclusive`: never replace anything at `path` (hard link into place: FileExistsError if it exists).
     """
     path = Path(path)
+    if path.is_symlink() or (exclusive and path.exists()):
+        what = f"is a symbolic link (to {os.readlink(path)})" if path.is_symlink() else "exists"
+        raise FileExistsError(f"{path} {what}; refusing to write it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -72,7 +77,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        if exclusive:
+            os.link(tmp_path, path)  # EEXIST if anything (a file, a dangling link) appeared meanwhile
+            tmp_path.unlink()
+        else:
+            os.replace(tmp_path, path)  # renames over a link planted meanwhile, never through it
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

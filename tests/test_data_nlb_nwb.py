@@ -3,6 +3,7 @@ DANDI 000140 layout, the real MC_Maze_Small test file, split mapping, binning, a
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -187,26 +188,138 @@ def test_bad_arguments(nlb_file):
     assert without_conditions.condition is None
 
 
-@pytest.mark.filterwarnings("ignore:.*no held-out neurons:UserWarning")  # the plain load_nwb below
-def test_real_mc_maze_small_test_file(nwb_fixture):
+def test_real_test_file_alone_is_refused_for_the_test_phase(nwb_fixture):
     """The official DANDI 000140 test file: 100 'test' trials of 0.7 s (start = onset - 250 ms), columns
     start_time/stop_time/move_onset_time/split only (no conditions), 107 held-in units (`heldout` all
-    False), no behaviour; so phase='test' and behavior=None, forward bins and held-out units unobserved."""
+    False), no behaviour. Alone it cannot make the test phase: the held-out neurons are the train file's."""
     import pynwb
 
     with pynwb.NWBHDF5IO(str(nwb_fixture), "r") as io:
         nwb = io.read()
         assert list(nwb.trials.colnames) == ["start_time", "stop_time", "move_onset_time", "split"]
         assert set(nwb.trials["split"][:]) == {"test"} and not np.asarray(nwb.units["heldout"][:]).any()
-    d = load_nlb_nwb(nwb_fixture, phase="test", behavior=None)
-    assert (d.n_trials, d.n_obs, d.n_fwd, d.n_heldin, d.n_heldout) == (100, 140, 40, 107, 0)
-    assert set(d.split) == {"test"} and d.behavior is None and d.condition is None
-    assert d.observed[:, :140].all() and not d.observed[:, 140:].any()
-    assert d.spikes[:, 140:].sum() == 0  # the next trial's spikes never leak into the hidden forward bins
-    plain = load_nwb(nwb_fixture, bin_size=0.005, align_event="move_onset_time", window=(-0.25, 0.45))
-    np.testing.assert_array_equal(d.spikes[:, :140], plain.spikes)
+        assert list(nwb.units.colnames) == ["heldout", "spike_times", "obs_intervals", "electrodes"]
+    with pytest.raises(DataError) as info:
+        load_nlb_nwb(nwb_fixture, phase="test", behavior=None)
+    message = str(info.value)
+    assert "an NLB test file" in message and "pass the train file with test_file=" in message
+    assert str(nwb_fixture) in message and "\n" not in message
     with pytest.raises(DataError, match="pass phase='test'"):
         load_nlb_nwb(nwb_fixture, behavior=None)
+
+
+# ----- the test phase from the files exactly as DANDI ships them (tests/nlb_dandi.py: the train file)
+@pytest.fixture(scope="module")
+def dandi(tmp_path_factory) -> tuple[Path, Path]:
+    """(train file, test file) in one folder: the synthetic train file (DANDI layout), the real test file."""
+    from nlb_dandi import dandi_pair
+
+    return dandi_pair(tmp_path_factory.mktemp("dandi000140"))
+
+
+def test_dandi_train_file_bins_to_the_nlb_tensors(dandi):
+    """The train file's spikes are NLB's MC_Maze_Small tensors placed in time: binning it with NLB's
+    preprocessing gives them back (trial and unit order, window, forward bins, behaviour)."""
+    import h5py
+
+    from neuralnets.data.datasets.mc_maze_small import MC_MAZE_SMALL_PATH
+
+    train, _ = dandi
+    d = load_nlb_nwb(train)  # phase 'val'
+    with h5py.File(MC_MAZE_SMALL_PATH, "r") as f:
+        t = {k: f[k][()] for k in f}
+    nlb = np.array(d.meta["nlb_split"])
+    assert (d.n_trials, d.n_heldin, d.n_heldout, d.n_obs, d.n_fwd) == (100, 107, 35, 140, 40)
+    tr, va = nlb == "train", nlb == "val"
+    np.testing.assert_array_equal(d.spikes[tr, :140, :107], t["train_spikes_heldin"])
+    np.testing.assert_array_equal(d.spikes[tr, 140:, :107], t["train_spikes_heldin_forward"])
+    np.testing.assert_array_equal(d.spikes[tr, :140, 107:], t["train_spikes_heldout"])
+    np.testing.assert_array_equal(d.spikes[tr, 140:, 107:], t["train_spikes_heldout_forward"])
+    np.testing.assert_array_equal(d.spikes[va, :140, :107], t["eval_spikes_heldin"])
+    np.testing.assert_array_equal(d.spikes[va, :140, 107:], t["eval_spikes_heldout"])
+    np.testing.assert_allclose(d.behavior[tr], t["train_behavior"], rtol=1e-6, atol=1e-5)
+    # the same train/val choice over NLB's train trials as the bundled tensors (`load("mc_maze_small")`)
+    np.testing.assert_array_equal(d.split[tr], load("mc_maze_small").split[:75])
+    assert (d.split[va] == "test").all()
+
+
+@pytest.mark.filterwarnings("ignore:.*no held-out neurons:UserWarning")  # the plain load_nwb below
+@pytest.mark.parametrize("how", ["files", "folder", "load"])
+def test_test_phase_from_the_dandi_train_and_test_files(dandi, how):
+    train, test = dandi
+    if how == "files":
+        d = load_nlb_nwb(train, phase="test", test_file=test)
+    elif how == "folder":
+        d = load_nlb_nwb(train.parent, phase="test")
+    else:  # the one entry point, as a data config or `neuralnets-data -o` passes it
+        d = load(train.parent, dataset="mc_maze_small", phase="test")
+    nlb = np.array(d.meta["nlb_split"])
+    test_trials = nlb == "test"
+    assert (d.n_trials, int(test_trials.sum()), d.n_heldin, d.n_heldout) == (200, 100, 107, 35)
+    assert (d.n_obs, d.n_fwd) == (140, 40) and d.meta["nlb_group"] == "mc_maze_small"
+    assert (d.split[test_trials] == "test").all() and set(d.split[~test_trials]) == {"train", "val"}
+    assert int((~test_trials).sum()) == 100  # NLB's train + val trials: the submission's train_rates
+    assert d.meta["nlb_files"] == {"train": str(train), "test": str(test)}
+    assert str(train) in d.source and str(test) in d.source
+    # held-in spikes of the test trials: the real test file's, columns matched to the train file's units
+    plain = load_nwb(test, bin_size=0.005, align_event="move_onset_time", window=(-0.25, 0.45))
+    order = [plain.meta["unit_ids"].index(u) for u in d.meta["unit_ids"][:107]]
+    np.testing.assert_array_equal(d.spikes[test_trials, :140, :107], plain.spikes[:, :, order])
+    assert d.meta["unit_ids"][107:] == d.meta["heldout_unit_ids"] and len(d.meta["heldout_unit_ids"]) == 35
+    # NLB withholds the test trials' held-out neurons and forward bins: unobserved, stored as 0
+    obs = d.observed_mask()
+    assert obs[test_trials][:, :140, :107].all() and obs[~test_trials].all()
+    assert not obs[test_trials][:, :, 107:].any() and not obs[test_trials][:, 140:].any()
+    assert d.spikes[~obs].sum() == 0
+    assert d.behavior.shape == (200, 140, 2) and d.meta["behavior_splits"] == ["train", "val"]
+    assert d.condition is None  # the test file has no condition columns
+    # the train trials are the val-phase load's, in the same order
+    v = load_nlb_nwb(train)
+    np.testing.assert_array_equal(d.spikes[~test_trials], v.spikes)
+
+
+def test_dandi_pair_bad_inputs_name_both_files(dandi, tmp_path):
+    train, test = dandi
+    # a test file whose units are not the train file's held-in units (one unit id changed)
+    import h5py
+
+    other = tmp_path / "other_desc-test_ecephys.nwb"
+    shutil.copyfile(test, other)
+    with h5py.File(other, "r+") as f:
+        first = int(f["units/id"][0])
+        f["units/id"][0] = 9999
+    with pytest.raises(DataError) as info:
+        load_nlb_nwb(train, phase="test", test_file=other)
+    message = str(info.value)
+    assert str(other) in message and str(train) in message and "\n" not in message
+    assert "do not match the 107 held-in units" in message
+    assert f"ids only in the test file: [9999], only in the train file: [{first}]" in message
+    # the two swapped: a train file given as the test file
+    with pytest.raises(DataError, match=r"the two files are swapped") as info:
+        load_nlb_nwb(test, phase="test", test_file=train)
+    assert str(train) in str(info.value) and str(test) in str(info.value)
+    # a train file with 'test' trials of its own, and a test file as well
+    allsplits = _write_nlb_nwb(tmp_path / "all.nwb")
+    with pytest.raises(DataError, match=r"holds NLB 'test' trials itself") as info:
+        load_nlb_nwb(allsplits, phase="test", test_file=test)
+    assert str(test) in str(info.value)
+    with pytest.raises(
+        DataError, match=r"given as test_file= but its trials have NLB splits \['none', 'test'"
+    ):
+        load_nlb_nwb(train, phase="test", test_file=allsplits)
+    # the train file alone cannot make the test phase
+    with pytest.raises(DataError, match=r"holds no NLB 'test' trials.*pass test_file="):
+        load_nlb_nwb(train, phase="test")
+    # a folder without the test file, or with two train files
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / train.name).symlink_to(train)
+    with pytest.raises(DataError, match=r"lonely: no file named '\*desc-test\*.nwb'"):
+        load_nlb_nwb(lonely, phase="test")
+    assert load_nlb_nwb(lonely).n_trials == 100  # the val phase needs the train file only
+    (lonely / "copy_desc-train_x.nwb").symlink_to(train)
+    with pytest.raises(DataError, match=r"2 files named '\*desc-train\*.nwb'"):
+        load_nlb_nwb(lonely)
 
 
 def test_command_line_options(nlb_file, capsys):

@@ -185,3 +185,64 @@ def test_scoring_checks_submission_against_targets(maze):
     del sub["eval_rates_heldin"]
     with pytest.raises(DataError, match=r"submission lacks \['eval_rates_heldin'\]"):
         score_against_targets(sub, targets_from_data(maze))
+
+
+# ----- a submission for the real MC_Maze_Small test file (DANDI's train file: tests/nlb_dandi.py)
+NLB_TEST_SHAPES = {  # NLB's MC_Maze_Small test-phase submission at 5 ms: (trials, bins, neurons)
+    "train_rates_heldin": (100, 140, 107),
+    "train_rates_heldout": (100, 140, 35),
+    "eval_rates_heldin": (100, 140, 107),
+    "eval_rates_heldout": (100, 140, 35),
+    "eval_rates_heldin_forward": (100, 40, 107),
+    "eval_rates_heldout_forward": (100, 40, 35),
+}
+
+
+@pytest.fixture(scope="module")
+def test_phase(tmp_path_factory) -> SpikeData:
+    from nlb_dandi import dandi_pair
+
+    from neuralnets.data import load_nlb_nwb
+
+    train, test = dandi_pair(tmp_path_factory.mktemp("dandi000140"))
+    return load_nlb_nwb(train, phase="test", test_file=test)
+
+
+def test_submission_for_the_real_test_file_has_nlb_format(test_phase, tmp_path):
+    from neuralnets.eval.baselines import smoothing_glm
+    from neuralnets.eval.nlb import check_nlb_submission, nlb_shapes
+
+    assert nlb_shapes("mc_maze_small", "test") == NLB_TEST_SHAPES
+    rates = smoothing_glm(test_phase, alpha=0.1)  # fit on the train trials, predicts every trial's neurons
+    path = write_run_submission(tmp_path / "submission.h5", rates, test_phase)
+    with h5py.File(path, "r") as f:
+        assert list(f.keys()) == ["mc_maze_small"]
+        got = {k: (f["mc_maze_small"][k].shape, f["mc_maze_small"][k].dtype) for k in f["mc_maze_small"]}
+    assert got == {k: (shape, np.float32) for k, shape in NLB_TEST_SHAPES.items()}
+    assert check_nlb_submission(path, "test") == {"mc_maze_small": NLB_TEST_SHAPES}
+    back = read_nlb_submission(path, "mc_maze_small")
+    ev = test_phase.indices("test")
+    np.testing.assert_array_equal(back["eval_rates_heldout"], np.asarray(rates, np.float32)[ev, :140, 107:])
+    assert np.isfinite(back["eval_rates_heldout"]).all() and (back["eval_rates_heldout"] > 0).any()
+    # NLB's format is checked: one test trial short, or the val-phase shapes, is refused
+    short = {k: v[:99] if k.startswith("eval") else v for k, v in back.items()}
+    short_path = tmp_path / "short.h5"  # consistent in itself, so written; NLB's format refuses it
+    write_nlb_submission(short_path, "mc_maze_small", *(short[k] for k in SUBMISSION_KEYS))
+    with pytest.raises(
+        DataError, match=r"'eval_rates_heldin' has shape \(99, 140, 107\); NLB's mc_maze_small"
+    ):
+        check_nlb_submission(short_path, "test")
+    with pytest.raises(DataError, match=r"val phase expects \(75, 140, 107\)"):
+        check_nlb_submission(path, "val")
+
+
+def test_run_submission_refuses_shapes_nlb_would_refuse(test_phase, tmp_path):
+    """Data that claim NLB's test phase but lack trials (here 10 test trials dropped) are refused before
+    anything is written."""
+    keep = np.flatnonzero(~((test_phase.split == "test") & (np.arange(test_phase.n_trials) >= 190)))
+    fewer = test_phase.subset(keep)
+    assert fewer.meta["nlb_phase"] == "test"
+    rates = np.full(fewer.spikes.shape, 0.1, np.float32)
+    with pytest.raises(DataError, match=r"NLB's mc_maze_small test phase expects \(100, 140, 107\)"):
+        write_run_submission(tmp_path / "few.h5", rates, fewer)
+    assert not (tmp_path / "few.h5").exists()

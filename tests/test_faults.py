@@ -344,3 +344,107 @@ def test_cli_run_makes_one_directory_with_its_log_and_refuses_to_reuse_it(tmp_pa
     assert again.returncode != 0 and "already holds a run" in _error_lines(again.stderr)[-1]
     done = _cli(f"resume={run}")
     assert done.returncode == 0 and "nothing to do" in done.stdout
+
+
+# =====================================================================================================
+# ----- issue 22 (helper `trust`): planted native libraries, symlinks at output names, zero-length trials
+# =====================================================================================================
+def _c_compiler() -> str | None:
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("cc")
+
+
+def test_a_planted_kernel_library_with_a_matching_record_is_never_loaded(monkeypatch, tmp_path):
+    """A shared library whose constructor would leave a marker, planted in the kernel cache under the name
+    the kernels would have, with a sha256 record beside it that matches: it must never be dlopen'ed."""
+    import hashlib
+    import warnings
+
+    from neuralnets.nn import native
+
+    cc = _c_compiler()
+    if cc is None:
+        pytest.skip("no C compiler to build the planted library with")
+    marker = tmp_path / "constructor-ran"
+    src = tmp_path / "planted.c"
+    src.write_text(
+        "#include <stdio.h>\n"
+        f'__attribute__((constructor)) static void planted(void) {{ FILE *f = fopen("{marker}", "w"); '
+        "if (f) fclose(f); }\n"
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv("NEURALNETS_KERNEL_CACHE", str(cache))  # where earlier versions looked
+    name = native._library_path().name
+    planted = cache / name
+    subprocess.run([cc, "-x", "c", "-shared", "-fPIC", str(src), "-o", str(planted)], check=True)
+    planted.chmod(0o700)
+    digest = hashlib.sha256(planted.read_bytes()).hexdigest()
+    (cache / f"{name}.sha256").write_text(f"{digest}  {name}\n")
+    monkeypatch.setattr(native, "_state", {})  # decide afresh in this process
+    monkeypatch.setattr(native, "BUILD_DIR", tmp_path / "package" / "build", raising=False)
+
+    def no_build(path):
+        raise RuntimeError("no compiler run in this test")
+
+    monkeypatch.setattr(native, "build", no_build)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        native.native_ops()
+    assert not marker.exists(), "the planted library was loaded: its constructor ran"
+
+
+def test_outputs_never_go_through_a_symlink_planted_at_the_output_name(tmp_path, capsys):
+    from tiny import TINY_LORENZ
+
+    from neuralnets.data.cli import main
+    from neuralnets.eval.nlb import write_nlb_submission
+
+    opts = [x for k, v in TINY_LORENZ.items() for x in ("-o", f"{k}={v}")]
+    target = tmp_path / "elsewhere.npz"
+    out = tmp_path / "out.npz"
+    out.symlink_to(target)  # dangling
+    assert main(["lorenz", *opts, "--save", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and str(out) in err and err.count("\n") == 1
+    assert not target.exists() and out.is_symlink()
+    target.write_bytes(b"precious")  # a link to an existing file: neither followed nor replaced
+    assert main(["lorenz", *opts, "--save", str(out)]) == 2
+    assert target.read_bytes() == b"precious" and out.is_symlink()
+    # the one atomic writer refuses it, so every output refuses it (here metrics and a submission)
+    with pytest.raises(FileExistsError, match="symbolic link"), atomic_path(out) as tmp:
+        tmp.write_text("{}")
+    assert target.read_bytes() == b"precious" and out.is_symlink()
+    sub = tmp_path / "sub.h5"
+    sub.symlink_to(tmp_path / "nowhere.h5")
+    arrays = [np.ones((2, 3, 4)), np.ones((2, 3, 1)), np.ones((1, 3, 4)), np.ones((1, 3, 1)), None, None]
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        write_nlb_submission(sub, "mc_maze_small", *arrays)
+    assert not (tmp_path / "nowhere.h5").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.npz", "out.npz", "sub.h5"]  # no tmp
+
+
+def test_a_zero_length_nwb_trial_is_named_with_its_index_and_both_times(tmp_path):
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile
+
+    from neuralnets.data.formats.nwb import load_nwb
+
+    nwb = NWBFile(
+        session_description="zero-length trial",
+        identifier="z",
+        session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc),
+    )
+    nwb.add_unit(spike_times=np.linspace(0.05, 5.95, 40))
+    for k, (start, stop) in enumerate([(0.0, 1.0), (2.0, 3.0), (4.0, 4.0), (5.0, 6.0)]):
+        nwb.add_trial(id=10 + k, start_time=start, stop_time=stop)
+    path = tmp_path / "zero.nwb"
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    with pytest.warns(UserWarning, match="no held-out"), pytest.raises(DataError) as info:
+        load_nwb(path, bin_size=0.01)
+    message = str(info.value)
+    assert "trial index 2 (id 12, start_time 4 s, stop_time 4 s)" in message, message
+    assert str(path) in message and "\n" not in message

@@ -106,7 +106,8 @@ def load(path_or_name: str | Path, **kwargs) -> SpikeData | MultiSessionData:
     (the bundled NLB MC_Maze_Small tensors), 'ca1_linear_track' (bundled rat CA1 laps with position,
     see `load_ca1_linear_track`). Files: `.npz` (`load_npz`), `.h5`/`.hdf5` (NLB layout if
     it has 'train_spikes_heldin', LFADS layout if it has a '*_encod_data' key), `.nwb` (`load_nwb`,
-    which needs `bin_size=`; with `dataset=` (e.g. 'mc_maze_small'): `load_nlb_nwb`, NLB's preprocessing).
+    which needs `bin_size=`; with `dataset=` (e.g. 'mc_maze_small'): `load_nlb_nwb`, NLB's preprocessing,
+    which also takes a folder holding a dandiset's train and test files).
     Unknown options, and values that do not fit the loader's annotations,
     are a DataError; options written as `KEY=VALUE` text go through `parse_load_options` first.
     """
@@ -116,6 +117,9 @@ def load(path_or_name: str | Path, **kwargs) -> SpikeData | MultiSessionData:
         return fn(**kwargs)
     path = Path(path_or_name)
     suffix = path.suffix.lower()
+    if path.is_dir() and "dataset" in kwargs:  # a folder holding an NLB dandiset's train and test files
+        _check_options(load_nlb_nwb, kwargs, str(path))
+        return load_nlb_nwb(path, **kwargs)
     if suffix not in _SUFFIXES:
         raise DataError(
             f"{str(path_or_name)!r} is neither a built-in dataset {sorted(BUILTIN_DATASETS)} nor a file "

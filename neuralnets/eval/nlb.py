@@ -43,6 +43,14 @@ SUBMISSION_KEYS = (
 )
 FORWARD_KEYS = SUBMISSION_KEYS[4:]
 
+# NLB's shapes for the datasets whose files are at hand (the DANDI test file, the NLB tensors): trials of
+# each phase (train = NLB 'train' (+ 'val' in the test phase), eval = NLB 'val' / 'test'), neurons, and the
+# 700 ms observed + 200 ms forward windows. Checked by `nlb_shapes` / `check_nlb_submission`.
+NLB_DATASETS = {
+    "mc_maze_small": dict(train={"val": 75, "test": 100}, eval={"val": 25, "test": 100}, n_in=107, n_out=35),
+}
+NLB_WINDOWS_MS = (700, 200)  # observed, forward
+
 
 def submission_from_run(rates: np.ndarray, data: SpikeData) -> dict[str, np.ndarray]:
     """Slice a run's rates `(trials, T_obs + T_fwd, N_in + N_out)` for ALL trials of `data` (counts per bin,
@@ -116,6 +124,55 @@ def check_submission(sub: Mapping[str, np.ndarray], src: str) -> None:
             )
 
 
+def nlb_shapes(group: str, phase: str) -> dict[str, tuple[int, int, int]] | None:
+    """The six arrays' shapes NLB expects for `group` ('mc_maze_small', 'mc_maze_small_20', ...) in `phase`
+    ('val' or 'test'), or None for a dataset not in `NLB_DATASETS`."""
+    head, _, tail = group.rpartition("_")
+    name, bin_ms = (head, int(tail)) if tail.isdigit() else (group, 5)  # 'mc_maze_small_20': 20 ms bins
+    if name not in NLB_DATASETS or phase not in ("val", "test"):
+        return None
+    d = NLB_DATASETS[name]
+    t_obs, t_fwd = (w // bin_ms for w in NLB_WINDOWS_MS)
+    r, e = d["train"][phase], d["eval"][phase]
+    return {
+        "train_rates_heldin": (r, t_obs, d["n_in"]),
+        "train_rates_heldout": (r, t_obs, d["n_out"]),
+        "eval_rates_heldin": (e, t_obs, d["n_in"]),
+        "eval_rates_heldout": (e, t_obs, d["n_out"]),
+        "eval_rates_heldin_forward": (e, t_fwd, d["n_in"]),
+        "eval_rates_heldout_forward": (e, t_fwd, d["n_out"]),
+    }
+
+
+def check_nlb_format(sub: Mapping[str, np.ndarray], group: str, phase: str, src: str) -> None:
+    """`check_submission`, then, for a dataset in `NLB_DATASETS`, all six arrays with exactly NLB's shapes
+    for `phase` (trials, bins, neurons); DataError naming the key, the shape and NLB's."""
+    check_submission(sub, src)
+    want = nlb_shapes(group, phase)
+    if want is None:
+        return
+    missing = [k for k in want if k not in sub]
+    if missing:
+        raise DataError(f"{src}: NLB's {group} submission needs {missing} too")
+    for k, shape in want.items():
+        if tuple(np.shape(sub[k])) != shape:
+            raise DataError(
+                f"{src}: {k!r} has shape {tuple(np.shape(sub[k]))}; NLB's {group} {phase} phase expects "
+                f"{shape} (trials, bins, neurons)"
+            )
+
+
+def check_nlb_submission(path: str | Path, phase: str = "test") -> dict[str, dict[str, tuple]]:
+    """Check a submission file as NLB would take it: one group per dataset, each `check_nlb_format` for
+    `phase`. Returns {group: {key: shape}}."""
+    subs = read_nlb_submission(path)
+    if not subs:
+        raise DataError(f"{path}: the file holds no dataset group")
+    for group, sub in subs.items():
+        check_nlb_format(sub, group, phase, f"{path}:{group}")
+    return {g: {k: tuple(v.shape) for k, v in sub.items()} for g, sub in subs.items()}
+
+
 def write_nlb_submission(
     path: str | Path,
     dataset_name: str,
@@ -164,11 +221,16 @@ def run_group_name(data: SpikeData, dataset_name: str | None = None) -> str:
 def write_run_submission(
     path: str | Path, rates: np.ndarray, data: SpikeData, dataset_name: str | None = None
 ) -> Path:
-    """`submission_from_run` + `write_nlb_submission` into the group `run_group_name(data, dataset_name)`."""
+    """`submission_from_run` + `write_nlb_submission` into the group `run_group_name(data, dataset_name)`.
+
+    Data loaded with an NLB phase (`meta['nlb_phase']`, as `load_nlb_nwb` sets it) are checked against NLB's
+    shapes for that phase first (`check_nlb_format`), so a submission NLB would refuse is never written.
+    """
     sub = submission_from_run(rates, data)
-    return write_nlb_submission(
-        path, run_group_name(data, dataset_name), *(sub.get(k) for k in SUBMISSION_KEYS)
-    )
+    group = run_group_name(data, dataset_name)
+    if "nlb_phase" in data.meta:
+        check_nlb_format(sub, group, data.meta["nlb_phase"], str(path))
+    return write_nlb_submission(path, group, *(sub.get(k) for k in SUBMISSION_KEYS))
 
 
 def read_nlb_submission(path: str | Path, dataset: str | None = None) -> dict:

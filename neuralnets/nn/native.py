@@ -6,26 +6,35 @@ which makes an LFADS training step at the MC_Maze scale ~8% faster on a 2-core C
 `experiments/benchmark.py`).
 
 Build: the first process that needs the kernels compiles them (~15 s; a C++ compiler, `$CXX` or
-`c++`, and torch's headers, which ship with torch) into a cache folder, `$NEURALNETS_KERNEL_CACHE`
-or `~/.cache/neuralnets/kernels`, under a name that hashes the source, the flags and the torch
-version; later processes just load the library. The build writes a temporary file and renames it
-into place, so concurrent processes (DDP ranks) never see a half-written library and an interrupted
-build leaves no lock behind. Where the build fails, the fused path runs its pure-PyTorch version of
-the same math (a warning says why). `NEURALNETS_NATIVE=0` turns the kernels off.
+`c++`, and torch's headers, which ship with torch) under a name that hashes the source, the compiler
+command (flags included) and the torch version. Where the build fails, the fused path runs its
+pure-PyTorch version of the same math (a warning says why). `NEURALNETS_NATIVE=0` turns the kernels off.
 
-Loading a shared library runs its code, so the cache is trusted only as far as it can be checked:
-the folder and the library must belong to the current user and be writable by nobody else, and the
-library's sha256, recorded beside it (`<library>.sha256`) when this process's build wrote it, must
-match. Anything else is refused (one warning) and the pure-PyTorch path runs; delete the file to
-rebuild it.
+Where the library lives, and why that is the trust check. Loading a shared library runs its code
+(its constructors run inside `dlopen`, before anything can inspect what it defines), so the only sound
+check is where the file comes from, decided before it is loaded. A digest recorded beside the library
+proves nothing: whoever can plant the file can plant its record too. So:
+
+- the library is kept in the package itself, `neuralnets/nn/csrc/build/` (BUILD_DIR), beside the Python
+  code that loads it: whoever can write there can already change that code, so a file there gives an
+  attacker no power they did not have. The folder and the library must belong to this user and be
+  writable by nobody else (and not be symbolic links); the first build creates the folder (mode 0700);
+- where the package folder cannot keep it (a read-only or someone else's install) or fails those
+  checks (one warning), each process builds the library into a fresh private temporary folder
+  (`tempfile.TemporaryDirectory`: a new name, mode 0700, so nothing can be planted in it), loads it from
+  there and deletes the folder: correct and safe, only slower (one build per process);
+- nothing is ever loaded from a shared or user cache folder (`~/.cache`, `$NEURALNETS_KERNEL_CACHE`
+  of earlier versions): a library found there is never opened.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -34,15 +43,9 @@ import torch
 from neuralnets.errors import UntrustedLibrary
 
 SOURCE = Path(__file__).parent / "csrc" / "gru_cell.cpp"
+BUILD_DIR = Path(__file__).parent / "csrc" / "build"  # kept libraries: beside the code that loads them
 BUILD_TIMEOUT_S = 600
 _state: dict[str, object] = {}
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("NEURALNETS_KERNEL_CACHE"):
-        return Path(os.environ["NEURALNETS_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "neuralnets" / "kernels"
 
 
 def _compile_command(output: Path) -> list[str]:
@@ -64,55 +67,42 @@ def _compile_command(output: Path) -> list[str]:
     return [os.environ.get("CXX", "c++"), *flags, *includes, str(SOURCE), "-o", str(output), *libs]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _digest_path(library: Path) -> Path:
-    return library.with_name(library.name + ".sha256")
-
-
 def _check_owned_private(path: Path) -> None:
-    """`path` must belong to this user and not be writable by group or others (nor be a symlink)."""
+    """`path` must belong to this user (or to the package's owner, who owns this code) and not be writable
+    by group or others (nor be a symlink)."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise UntrustedLibrary(f"{path} is a symbolic link")
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise UntrustedLibrary(f"{path} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})")
+    owners = {os.getuid(), os.stat(__file__).st_uid} if hasattr(os, "getuid") else {st.st_uid}
+    if st.st_uid not in owners:
+        raise UntrustedLibrary(f"{path} belongs to uid {st.st_uid}: not this user, not the package owner")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UntrustedLibrary(f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})")
 
 
-def verify_library(path: Path) -> None:
-    """Refuse to load `path` unless its folder and itself are private to this user and its sha256
-    matches the one recorded at build time (raises UntrustedLibrary saying why)."""
-    _check_owned_private(path.parent)
-    _check_owned_private(path)
-    record = _digest_path(path)
-    if not record.is_file():
-        raise UntrustedLibrary(f"{path} has no recorded sha256 ({record.name}); it was not built here")
-    _check_owned_private(record)
-    expected = record.read_text().split()[0] if record.read_text().strip() else ""
-    if _sha256(path) != expected:
-        raise UntrustedLibrary(f"{path}: sha256 does not match the one recorded at build time")
-
-
-def _library_path() -> Path:
-    """Where the library for this source, these flags and this torch lives in the cache."""
-    key = hashlib.sha256(b"v2: sha256 recorded beside the library\n")
+def _library_name() -> str:
+    """The library's file name: a hash of the source, the compiler command and the torch version."""
+    key = hashlib.sha256(b"v3: kept in the package or built privately\n")
     key.update(SOURCE.read_bytes())
     key.update(" ".join(_compile_command(Path("out.so"))).encode())
     key.update(torch.__version__.encode())
-    return _cache_dir() / f"gru_cell_{key.hexdigest()[:16]}.so"
+    return f"gru_cell_{key.hexdigest()[:16]}.so"
+
+
+def _library_path() -> Path:
+    """Where the library for this source, these flags and this torch is kept: in the package (BUILD_DIR)."""
+    return BUILD_DIR / _library_name()
+
+
+def compiler() -> str | None:
+    """The C++ compiler the build would run (`$CXX` or `c++`) if it is found, else None."""
+    return shutil.which(os.environ.get("CXX", "c++"))
 
 
 def build(path: Path) -> None:
-    """Compile the kernels into `path` and record its sha256 beside it (each atomically: a temporary
-    file renamed into place; the record first, so a library in place always has its record)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _check_owned_private(path.parent)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.so")
-    record_tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.sha256")
+    """Compile the kernels into `path` (a temporary file in its folder, renamed into place, so concurrent
+    processes such as DDP ranks never see a half-written library and a killed build leaves nothing)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
     try:
         done = subprocess.run(
             _compile_command(tmp), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
@@ -120,12 +110,53 @@ def build(path: Path) -> None:
         if done.returncode != 0:
             raise RuntimeError(f"compiler exit status {done.returncode}: {done.stderr.strip()[-800:]}")
         tmp.chmod(0o700)
-        record_tmp.write_text(f"{_sha256(tmp)}  {path.name}\n")
-        os.replace(record_tmp, _digest_path(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        record_tmp.unlink(missing_ok=True)
+
+
+def _kept_library() -> Path | None:
+    """The library kept in BUILD_DIR (built there first if missing), or None where the package folder
+    cannot keep one for this user. Raises UntrustedLibrary where the folder or file fails the checks."""
+    try:
+        BUILD_DIR.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    _check_owned_private(BUILD_DIR)
+    path = _library_path()
+    if not os.path.lexists(path):
+        if not os.access(BUILD_DIR, os.W_OK):
+            return None
+        build(path)
+    _check_owned_private(path)
+    return path
+
+
+def load_ops():
+    """Build (or find) and load the kernels; the namespace `torch.ops.neuralnets`. Raises on any failure
+    (the compiler's, a refused file's); `native_ops` is the forgiving caller. See the module docstring for
+    where the library comes from."""
+    try:
+        path = _kept_library()
+    except UntrustedLibrary as err:
+        warnings.warn(
+            f"neuralnets: not loading the native CPU GRU kernels kept in the package ({err}); building them "
+            f"in a private temporary folder instead. Delete {BUILD_DIR} to keep them there again.",
+            stacklevel=3,
+        )
+        path = None
+    if path is not None:
+        torch.ops.load_library(str(path))
+    else:  # a fresh private folder (mode 0700, new name): nothing can have been planted in it
+        with tempfile.TemporaryDirectory(prefix="neuralnets-kernels-") as private:
+            path = Path(private) / _library_name()
+            build(path)
+            torch.ops.load_library(str(path))  # mapped now; the folder and file can go
+    ops = torch.ops.neuralnets
+    for name in ("gru_cell_forward", "gru_cell_backward"):
+        if not hasattr(ops, name):
+            raise RuntimeError(f"{path} does not define torch.ops.neuralnets.{name}")
+    return ops
 
 
 def native_ops():
@@ -133,30 +164,15 @@ def native_ops():
 
     Ops (see csrc/gru_cell.cpp): `gru_cell_forward(xp, hp, h, clip, h_out, ru_out, n_out, keep_out)`
     and `gru_cell_backward(dh, h_prev, ru, n, hc, keep, dhh_out, dan_out, direct_out)`, CPU float32 /
-    float64, with the semantics of `fast._cell_forward` / `fast._cell_backward`.
+    float64, with the semantics of `fast._cell_forward` / `fast._cell_backward`. Decided once per process.
     """
     if "ops" in _state:
         return _state["ops"]
     ops = None
     if os.environ.get("NEURALNETS_NATIVE", "1") != "0":
         try:
-            path = _library_path()
-            if not path.exists():
-                build(path)
-            verify_library(path)
-            torch.ops.load_library(str(path))
-            ops = torch.ops.neuralnets
-            for name in ("gru_cell_forward", "gru_cell_backward"):
-                if not hasattr(ops, name):
-                    raise UntrustedLibrary(f"{path} does not define torch.ops.neuralnets.{name}")
-        except UntrustedLibrary as err:
-            ops = None
-            warnings.warn(
-                f"neuralnets: refusing the native CPU GRU kernels ({err}); using the pure-PyTorch fused "
-                "path (same results, slower). Delete the file to rebuild it, or set NEURALNETS_NATIVE=0.",
-                stacklevel=2,
-            )
-        except Exception as err:  # no compiler, no write access, ...: the PyTorch kernels are equivalent
+            ops = load_ops()
+        except Exception as err:  # no compiler, a failed build, ...: the PyTorch kernels are equivalent
             ops = None
             warnings.warn(
                 f"neuralnets: could not build the native CPU GRU kernels ({type(err).__name__}: "

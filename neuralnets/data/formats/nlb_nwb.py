@@ -15,6 +15,15 @@ Layout of the DANDI files (dandisets 000128 MC_Maze, 000138/000139/000140 Large/
   behaviour; each trial is a 0.7 s segment (start = movement onset - 0.25 s) and nothing is recorded
   after it, so the forward bins and the held-out neurons of 'test' trials are unobserved here.
 
+The val phase reads the train file alone. The test phase reads both (`path` = the train file and
+`test_file=` the test file, or `path` = a folder holding both under NLB's `desc-train` / `desc-test`
+names): the train file gives the 'train' + 'val' trials with every unit and the list of held-out units;
+the test file gives the 'test' trials, whose units must be exactly the train file's held-in units (matched
+by unit id, put in the train file's order); their held-out neurons and forward bins are left unobserved
+(NLB withholds them). The test file alone is refused for the test phase: without the train file there
+are no held-out neurons to predict and no train trials, so no NLB submission could be made. A file that
+holds every split itself (not a DANDI layout) still works alone.
+
 Split mapping (NLB split → SpikeData split), `phase=`:
 
 | NLB split | phase="val" (local scoring) | phase="test" (test-phase submission) |
@@ -77,30 +86,36 @@ def load_nlb_nwb(
     bin_size: float = 0.005,
     *,
     phase: str = "val",
+    test_file: str | Path | None = None,
     behavior: str | None = _DEFAULT,
     val_frac: float = 0.2,
     seed: int = 0,
     name: str | None = None,
 ) -> SpikeData:
-    """Bin an NLB DANDI NWB file with NLB's preprocessing of `dataset` (see the module docstring).
+    """Bin NLB DANDI NWB files with NLB's preprocessing of `dataset` (see the module docstring).
 
     Args:
-        path: an NLB `.nwb` file (train or test file of the dandiset).
+        path: the dandiset's train file (`..._desc-train_behavior+ecephys.nwb`), a folder holding the
+            train file and, for phase='test', the test file (`..._desc-test_ecephys.nwb`), found by NLB's
+            `desc-train` / `desc-test` names; or one file that holds every split it needs.
         dataset: preset name, one of `NLB_PRESETS` (the MC_Maze family).
         bin_size: seconds; the observed (0.7 s) and forward (0.2 s) windows must be whole bins.
         phase: 'val' (NLB 'train' trials → train/val, NLB 'val' → test) or 'test' (NLB 'train' + 'val'
             → train/val, NLB 'test' → test); see the table in the module docstring.
-        behavior: behaviour series; default the preset's ('hand_vel'); None for none (test files have none).
+        test_file: the dandiset's test file, for phase='test' (not read for phase='val'). Its units must
+            be the train file's held-in units (same ids); the held-out neurons come from the train file.
+        behavior: behaviour series; default the preset's ('hand_vel'); None for none.
         val_frac, seed: the share of NLB train-phase trials put in SpikeData 'val' and its seed.
 
     Returns:
         SpikeData `spikes (trials, T_obs + T_fwd, N_in + N_out)` (140 + 40 bins at 5 ms), held-in units
         first; NLB 'test' trials have their forward bins and held-out neurons unobserved (`observed`
-        False, stored as 0). `condition` from the preset's condition columns when the file has them.
-        `meta` adds `nlb_dataset`, `nlb_phase`, `nlb_split` (each trial's NLB split) and `nlb_group`
-        (the dataset's group name in NLB submission / target files, e.g. 'mc_maze_small' at 5 ms).
+        False, stored as 0) and no behaviour (`meta['behavior_splits']`). `condition` from the preset's
+        condition columns when every file read has them. `meta` adds `nlb_dataset`, `nlb_phase`,
+        `nlb_split` (each trial's NLB split), `nlb_group` (the dataset's group name in NLB submission /
+        target files, e.g. 'mc_maze_small' at 5 ms) and `nlb_files` ({'train': path, 'test': path}).
     """
-    path = require_file(path)
+    path = Path(path)
     src = str(path)
     if dataset not in NLB_PRESETS:
         raise DataError(f"{src}: no NLB preset {dataset!r}; presets: {sorted(NLB_PRESETS)}")
@@ -112,22 +127,122 @@ def load_nlb_nwb(
     n_fwd = _whole_bins(preset.fwd, bin_size, "forward-prediction window", src)
     _whole_bins(preset.window[1] - preset.window[0], bin_size, "observed window", src)
     behavior = preset.behavior if behavior == _DEFAULT else behavior
-
-    info = _read_nlb_tables(path, src, preset)
+    train_path, test_path = nlb_files(path, test_file, phase)
     train_splits, eval_splits = PHASES[phase]
-    used = np.isin(info["split"], train_splits + eval_splits)
+    read = dict(preset=preset, bin_size=bin_size, n_fwd=n_fwd, name=name or f"{dataset}_{train_path.stem}")
+
+    if test_path is None:  # one file holds every split this phase uses
+        data, nlb_split, labels = _read_nlb_file(
+            train_path, splits=train_splits + eval_splits, behavior=behavior, phase=phase, **read
+        )
+        if phase == "test" and not (nlb_split == "test").any():
+            raise DataError(
+                f"{train_path}: holds no NLB 'test' trials (DANDI ships them in the dandiset's test file, "
+                "'..._desc-test_ecephys.nwb'); pass test_file=<that file>, or the folder holding both files"
+            )
+        if phase == "test" and set(nlb_split.tolist()) == {"test"}:
+            raise DataError(
+                f"{train_path}: an NLB test file (only 'test' trials, held-in units only); the held-out "
+                "neurons and the train trials come from the dandiset's train file: pass the train file "
+                f"with test_file={str(train_path)!r}, or the folder holding both files"
+            )
+        files = {"train": str(train_path)}
+    else:
+        data, nlb_split, labels = _join_train_and_test(train_path, test_path, behavior, read)
+        files = {"train": str(train_path), "test": str(test_path)}
+
+    is_train = np.isin(nlb_split, train_splits)
+    split = np.full(len(nlb_split), "test", dtype="<U5")
+    if is_train.any():
+        split[is_train] = default_split(int(is_train.sum()), val_frac=val_frac, test_frac=0.0, seed=seed)
+    spikes, observed = data.spikes.copy(), data.observed_mask().copy()
+    hidden = nlb_split == "test"  # NLB withholds these trials' forward bins and held-out neurons
+    if hidden.any():
+        observed[np.ix_(hidden, np.arange(data.n_obs, data.n_bins), np.arange(data.n_neurons))] = False
+        observed[np.ix_(hidden, np.arange(data.n_bins), np.arange(data.n_heldin, data.n_neurons))] = False
+        spikes[~observed] = 0
+    condition, meta = data.condition, dict(data.meta)
+    if labels is not None:
+        names, condition = np.unique(labels, return_inverse=True)
+        meta["condition_names"] = [str(x) for x in names]
+        meta["condition_columns"] = list(preset.condition_columns)
+    meta.update(
+        nlb_dataset=dataset,
+        nlb_phase=phase,
+        nlb_split=nlb_split.tolist(),
+        nlb_group=nlb_group_name(dataset, bin_size),
+        nlb_files=files,
+    )
+    if data.behavior is not None and hidden.any():
+        meta["behavior_splits"] = ["train", "val"]  # NLB test trials have no behaviour
+    return dataclasses.replace(
+        data,
+        spikes=spikes,
+        observed=None if observed.all() else observed,
+        split=split,
+        condition=condition,
+        meta=meta,
+    )
+
+
+def nlb_files(path: str | Path, test_file: str | Path | None, phase: str) -> tuple[Path, Path | None]:
+    """(train file, test file or None) from `load_nlb_nwb`'s `path` and `test_file`. A folder is searched
+    for NLB's names (`*desc-train*.nwb`, `*desc-test*.nwb`); the test file is only looked for (and needed)
+    in phase 'test'."""
+    path = Path(path)
+    if path.is_dir():
+        if test_file is not None:
+            raise DataError(f"{path}: a folder is searched for both files; pass test_file= with a train file")
+        train = _one_match(path, "desc-train", "the dandiset's train file")
+        test = _one_match(path, "desc-test", "the dandiset's test file") if phase == "test" else None
+        return train, test
+    train = require_file(path)
+    if test_file is None or phase != "test":
+        return train, None
+    test = require_file(test_file)
+    if test.resolve() == train.resolve():
+        raise DataError(f"{train}: given as both the train file and test_file=; they are two files")
+    return train, test
+
+
+def _one_match(folder: Path, tag: str, what: str) -> Path:
+    found = sorted(p for p in folder.glob(f"*{tag}*.nwb") if p.is_file())
+    if len(found) != 1:
+        have = sorted(p.name for p in folder.glob("*.nwb"))
+        problem = "no file" if not found else f"{len(found)} files"
+        raise DataError(
+            f"{folder}: {problem} named '*{tag}*.nwb' ({what}); NWB files in the folder: {have}; pass the "
+            "files themselves (path=<train file>, test_file=<test file>)"
+        )
+    return found[0]
+
+
+def _read_nlb_file(
+    path: Path,
+    *,
+    preset: NLBPreset,
+    bin_size: float,
+    n_fwd: int,
+    splits: tuple[str, ...],
+    behavior: str | None,
+    phase: str,
+    name: str,
+) -> tuple[SpikeData, np.ndarray, np.ndarray | None]:
+    """One NLB file's trials of NLB `splits`, binned: (data, each trial's NLB split, condition labels or
+    None). Held-in units first, held-out (units column 'heldout') after them; file order within each."""
+    src = str(path)
+    info = _read_nlb_tables(path, src, preset)
+    used = np.isin(info["split"], splits)
     if not used.any():
         found = sorted(set(info["split"].tolist()))
         hint = " (an NLB test file: pass phase='test')" if found == ["test"] else ""
         raise DataError(
-            f"{src}: no trials for phase={phase!r}, which uses NLB splits "
-            f"{list(train_splits + eval_splits)}; "
+            f"{src}: no trials for phase={phase!r}, which uses NLB splits {list(splits)}; "
             f"the trials column {SPLIT_COLUMN!r} holds {found}{hint}"
         )
-    exclude = tuple(s for s in NLB_SPLITS if s not in train_splits + eval_splits)
-    only_test = set(info["split"][used].tolist()) == {"test"}
+    exclude = tuple(s for s in NLB_SPLITS if s not in splits)
     with warnings.catch_warnings():
-        if only_test:  # NLB test files hold held-in units only, by design
+        if set(info["split"][used].tolist()) == {"test"}:  # NLB test files hold held-in units only
             warnings.filterwarnings("ignore", message=".*no held-out neurons")
         try:
             data = load_nwb(
@@ -140,52 +255,115 @@ def load_nlb_nwb(
                 heldout_column=HELDOUT_COLUMN,
                 split_column=SPLIT_COLUMN,
                 exclude_splits=exclude,
-                name=name or f"{dataset}_{path.stem}",
+                name=name,
             )
         except DataError as e:
             if behavior is not None and f"no TimeSeries named {behavior!r}" in str(e):
                 raise DataError(
-                    f"{e}; NLB's {dataset} preprocessing reads behaviour {behavior!r}: pass behavior=None "
-                    "for files without it (NLB test files hold no behaviour)"
+                    f"{e}; NLB's preprocessing reads behaviour {behavior!r}: pass behavior=None for files "
+                    "without it"
                 ) from e
             raise
-    kept_ids = info["ids"][used]
-    if list(data.meta["trial_ids"]) != kept_ids.tolist():  # load_nwb keeps file order; check, never assume
+    if list(data.meta["trial_ids"]) != info["ids"][used].tolist():  # load_nwb keeps file order; check it
         raise DataError(f"{src}: trials read by load_nwb do not match the trials table's {SPLIT_COLUMN!r}")
-    nlb_split = info["split"][used]
-    is_train = np.isin(nlb_split, train_splits)
-    split = np.full(len(nlb_split), "test", dtype="<U5")
-    if is_train.any():
-        split[is_train] = default_split(int(is_train.sum()), val_frac=val_frac, test_frac=0.0, seed=seed)
+    labels = info["conditions"][used] if info["conditions"] is not None else None
+    return data, info["split"][used], labels
 
-    spikes, observed = data.spikes.copy(), data.observed_mask().copy()
-    hidden = nlb_split == "test"  # NLB withholds these trials' forward bins and held-out neurons
-    if hidden.any():
-        observed[np.ix_(hidden, np.arange(data.n_obs, data.n_bins), np.arange(data.n_neurons))] = False
-        observed[np.ix_(hidden, np.arange(data.n_bins), np.arange(data.n_heldin, data.n_neurons))] = False
-        spikes[~observed] = 0
-    condition, meta = data.condition, dict(data.meta)
-    if info["conditions"] is not None:
-        labels = info["conditions"][used]
-        names, condition = np.unique(labels, return_inverse=True)
-        meta["condition_names"] = [str(x) for x in names]
-        meta["condition_columns"] = list(preset.condition_columns)
-    meta.update(
-        nlb_dataset=dataset,
-        nlb_phase=phase,
-        nlb_split=nlb_split.tolist(),
-        nlb_group=nlb_group_name(dataset, bin_size),
+
+def _join_train_and_test(
+    train_path: Path, test_path: Path, behavior: str | None, read: dict
+) -> tuple[SpikeData, np.ndarray, np.ndarray | None]:
+    """The test phase from DANDI's two files: the train file's 'train' + 'val' trials with every unit, then
+    the test file's 'test' trials, whose held-in units are matched to the train file's by unit id and whose
+    held-out neurons (train file units) are left unobserved. (data, NLB split, condition labels or None)."""
+    both = f"{train_path} + {test_path}"
+    splits, test_splits = _splits_in(train_path), _splits_in(test_path)
+    if splits == {"test"} and "test" not in test_splits:
+        raise DataError(
+            f"{train_path} holds NLB 'test' trials only and test_file={str(test_path)!r} none: the two files "
+            "are swapped; pass the train file first and the test file as test_file="
+        )
+    if "test" in splits:
+        raise DataError(
+            f"{train_path}: holds NLB 'test' trials itself, and test_file={str(test_path)!r} was given too; "
+            "pass the test file only with DANDI's train file (splits 'train', 'val', 'none')"
+        )
+    if test_splits != {"test"}:
+        raise DataError(
+            f"{test_path}: given as test_file= but its trials have NLB splits {sorted(test_splits)}; "
+            f"DANDI's test file holds 'test' trials only (train file: {train_path})"
+        )
+    train, train_split, train_labels = _read_nlb_file(
+        train_path, splits=("train", "val"), behavior=behavior, phase="test", **read
     )
-    if data.behavior is not None and hidden.any():
-        meta["behavior_splits"] = ["train", "val"]  # NLB test trials have no behaviour
-    return dataclasses.replace(
-        data,
-        spikes=spikes,
-        observed=None if observed.all() else observed,
-        split=split,
-        condition=condition,
+    test, test_split, test_labels = _read_nlb_file(
+        test_path, splits=("test",), behavior=None, phase="test", **read
+    )
+    if train.n_heldout == 0:
+        raise DataError(
+            f"{train_path}: no held-out units (units column {HELDOUT_COLUMN!r}), so it is not the NLB train "
+            f"file that goes with the test file {test_path}"
+        )
+    if test.n_heldout:
+        raise DataError(
+            f"{test_path}: {test.n_heldout} units are flagged held out; DANDI's test file holds held-in "
+            f"units only (the held-out ones are the train file's, {train_path})"
+        )
+    heldin_ids = train.meta["unit_ids"][: train.n_heldin]
+    test_ids = test.meta["unit_ids"]
+    if sorted(test_ids) != sorted(heldin_ids):
+        only_test = sorted(set(test_ids) - set(heldin_ids))
+        only_train = sorted(set(heldin_ids) - set(test_ids))
+        raise DataError(
+            f"{test_path}: its {len(test_ids)} units do not match the {len(heldin_ids)} held-in units of the "
+            f"train file {train_path} (ids only in the test file: {only_test[:5]}, only in the train file: "
+            f"{only_train[:5]}); the two files must come from the same NLB dandiset"
+        )
+    if (test.n_bins, test.n_fwd) != (train.n_bins, train.n_fwd):  # same preset: a guard, never expected
+        raise DataError(f"{both}: the two files binned to different windows")
+    column = [test_ids.index(u) for u in heldin_ids]  # test file column of each train held-in unit
+    e, n_in = test.n_trials, train.n_heldin
+    spikes = np.zeros((e, train.n_bins, train.n_neurons), dtype=np.float32)  # (E, T, N_in + N_out)
+    observed = np.zeros(spikes.shape, dtype=bool)
+    spikes[:, :, :n_in] = test.spikes[:, :, column]
+    observed[:, :, :n_in] = test.observed_mask()[:, :, column]
+    beh = None
+    if train.behavior is not None:  # (R + E, T_obs, D); none recorded for the test trials
+        beh = np.concatenate([train.behavior, np.zeros((e,) + train.behavior.shape[1:], np.float32)])
+    labels = None
+    if train_labels is not None and test_labels is not None:
+        labels = np.concatenate([train_labels, test_labels])
+    meta = dict(train.meta)
+    meta.update(
+        trial_ids=list(train.meta["trial_ids"]) + list(test.meta["trial_ids"]),  # ids of each file's table
+        excluded_trial_ids=list(train.meta["excluded_trial_ids"]),
+        test_trial_ids=list(test.meta["trial_ids"]),
+    )
+    data = SpikeData(
+        spikes=np.concatenate([train.spikes, spikes]),
+        bin_size=train.bin_size,
+        n_heldin=n_in,
+        n_fwd=train.n_fwd,
+        split=np.concatenate([train.split, np.full(e, "test")]),
+        observed=np.concatenate([train.observed_mask(), observed]),
+        behavior=beh,
+        name=train.name,
+        source=both,
         meta=meta,
     )
+    return data, np.concatenate([train_split, test_split]), labels
+
+
+def _splits_in(path: Path) -> set[str]:
+    """The NLB split labels of a file's trials (the `split` column), read without binning anything."""
+    io, nwb = open_nwb(path, str(path))
+    try:
+        trials = nwb.trials
+        if trials is None or SPLIT_COLUMN not in trials.colnames:
+            return set()
+        return set(np.asarray(trials[SPLIT_COLUMN].data[:]).astype(str).tolist())
+    finally:
+        io.close()
 
 
 def _whole_bins(length: float, bin_size: float, what: str, src: str) -> int:

@@ -21,8 +21,6 @@ from NLB's documentation: the reader accepts `*_cond_idx` as variable-length row
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import numpy as np
 
 from neuralnets.data.formats.common import expect_shape, h5_array, open_h5, require_file
 from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.runs import atomic_path
 
 COUNT_KEYS = ("eval_spikes_heldout", "eval_spikes_heldin_forward", "eval_spikes_heldout_forward")
 ARRAY_KEYS = ("train_behavior", "eval_behavior", "psth")
@@ -153,40 +152,22 @@ def check_targets(t: Mapping, src: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- write
 def write_nlb_h5(path: str | Path, groups: Mapping[str, Mapping], overwrite: bool = False) -> Path:
-    """Write {group: {key: array or list of index arrays}} atomically: a temporary file in the same folder,
-    fsync, then linked into place (refusing to replace an existing file unless `overwrite`)."""
+    """Write {group: {key: array or list of index arrays}} atomically (`runs.atomic_path`: a temporary
+    file in the same folder, fsync, then into place), refusing to replace an existing file unless
+    `overwrite` and never writing through a symbolic link at `path`."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, arrays in groups.items():
-                g = f.create_group(name)
-                for key, value in arrays.items():
-                    if isinstance(value, (list, tuple)):  # ragged index lists
-                        ds = g.create_dataset(key, (len(value),), dtype=h5py.vlen_dtype(np.dtype("int64")))
-                        for i, row in enumerate(value):
-                            ds[i] = np.asarray(row, dtype=np.int64)
-                    else:
-                        g.create_dataset(key, data=np.asarray(value))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic and never clobbers: FileExistsError if someone wrote it meanwhile
-            os.unlink(tmp)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, exclusive=not overwrite) as tmp, h5py.File(tmp, "w") as f:
+        for name, arrays in groups.items():
+            g = f.create_group(name)
+            for key, value in arrays.items():
+                if isinstance(value, (list, tuple)):  # ragged index lists
+                    ds = g.create_dataset(key, (len(value),), dtype=h5py.vlen_dtype(np.dtype("int64")))
+                    for i, row in enumerate(value):
+                        ds[i] = np.asarray(row, dtype=np.int64)
+                else:
+                    g.create_dataset(key, data=np.asarray(value))
     return path
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from neuralnets.data.formats.common import require_file
 from neuralnets.data.spikedata import PER_TRIAL_FIELDS, DataError, SpikeData, check_counts
+from neuralnets.runs import atomic_path
 
 _NPZ_ARRAYS = PER_TRIAL_FIELDS
 _NPZ_SCALARS = ("bin_size", "n_heldin", "n_fwd", "name")
@@ -82,7 +83,8 @@ def load_npz(path: str | Path) -> SpikeData:
 
 
 def save_npz(data: SpikeData, path: str | Path) -> Path:
-    """Write every field of `data` to one compressed `.npz` file (refuses to overwrite); returns the path.
+    """Write every field of `data` to one compressed `.npz` file, atomically (`runs.atomic_path`); never
+    replaces an existing file nor writes through a symbolic link at `path`. Returns the path.
 
     `.npz` is appended to `path` when it has another suffix or none. Read it back with `load_npz`.
     """
@@ -91,7 +93,6 @@ def save_npz(data: SpikeData, path: str | Path) -> Path:
         path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
     if path.exists():
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         f.name: getattr(data, f.name)
         for f in dataclasses.fields(data)
@@ -104,5 +105,6 @@ def save_npz(data: SpikeData, path: str | Path) -> Path:
         "name": data.name,
         "meta": data.meta,
     }
-    np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
+    with atomic_path(path, exclusive=True) as tmp, open(tmp, "wb") as f:  # a file object: no '.npz' appended
+        np.savez_compressed(f, __header__=np.array(json.dumps(header)), **arrays)
     return path

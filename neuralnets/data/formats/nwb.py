@@ -126,7 +126,7 @@ def load_nwb(
     keep = ~np.isin(trials["split_raw"], list(exclude_splits)) if trials["split_raw"] is not None else None
     if keep is not None and not keep.all():
         excluded_ids = trials["ids"][~keep].tolist()
-        for k in ("align", "start", "stop", "ids", "split_raw", "cond_raw"):
+        for k in ("align", "start", "stop", "ids", "rows", "split_raw", "cond_raw"):
             if trials[k] is not None:
                 trials[k] = trials[k][keep]
     else:
@@ -149,6 +149,8 @@ def load_nwb(
                 f"{src}: window ({t0:g}, {t1:g}) s is {length:g} bins of {bin_size:g} s; "
                 "it must be a whole number of bins"
             )
+    if window is None and n_bins < 1:
+        raise DataError(_no_common_window(src, trials, align_event, bin_size))
     if not np.isfinite([t0, t1]).all() or n_bins < 1:
         raise DataError(f"{src}: window ({t0:g}, {t1:g}) s around {align_event!r} holds no whole bin")
     if not 0 <= n_fwd < n_bins:
@@ -222,6 +224,29 @@ def load_nwb(
         name=name or path.stem,
         source=src,
         meta=meta,
+    )
+
+
+def _no_common_window(src: str, trials: dict, align_event: str, bin_size: float) -> str:
+    """Why no whole bin fits inside every trial (window=None): the trial(s) responsible, with their times."""
+    start, stop, align, ids, rows = (trials[k] for k in ("start", "stop", "align", "ids", "rows"))
+
+    def trial(i: int) -> str:
+        return f"trial index {rows[i]} (id {ids[i]}, start_time {start[i]:g} s, stop_time {stop[i]:g} s)"
+
+    short = np.flatnonzero(stop - start < bin_size)
+    if short.size:  # one trial alone is too short (zero length, or stop before start)
+        i = int(short[0])
+        return (
+            f"{src}: {trial(i)} is {stop[i] - start[i]:g} s long, shorter than one bin of {bin_size:g} s "
+            f"({short.size} such trials), so no window fits inside every trial; pass "
+            f"window=(t0, t1) around {align_event!r} or leave such trials out"
+        )
+    first, last = int(np.argmax(start - align)), int(np.argmin(stop - align))  # latest start, earliest stop
+    return (
+        f"{src}: no whole bin of {bin_size:g} s lies inside every trial around {align_event!r}: "
+        f"{trial(first)} starts {start[first] - align[first]:g} s from it and {trial(last)} stops "
+        f"{stop[last] - align[last]:g} s from it; pass window=(t0, t1)"
     )
 
 
@@ -395,6 +420,7 @@ def _read_trials(
     out = {
         "table": name,
         "ids": ids,
+        "rows": np.arange(len(ids)),  # row in the table (the trial index messages name)
         "align": align,
         "start": np.asarray(table["start_time"].data[:], dtype=np.float64),
         "stop": np.asarray(table["stop_time"].data[:], dtype=np.float64),
