@@ -267,7 +267,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 def load_run_data(run: Mapping[str, Any]) -> SpikeData:
     """The dataset a run was scored on: `load(run["data_source"] or run["data"], **run["data_kwargs"])`."""
     from neuralnets.data.loaders import load  # the loaders pull in pynwb/h5py: only when asked
-    from neuralnets.data.spikedata import DataError, SpikeData
+    from neuralnets.data.spikedata import SpikeData
+    from neuralnets.errors import DataError
 
     source = run.get("data_source") or run["data"]
     kwargs = run.get("data_kwargs") or {}

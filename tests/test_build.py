@@ -9,9 +9,9 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger
 
 from neuralnets.data.synthetic import lorenz
+from neuralnets.errors import ConfigError
 from neuralnets.training.build import CONFIG_DIR, build_callbacks, build_logger, build_trainer
 from neuralnets.training.callbacks import HarnessEvaluation, HashedModelCheckpoint
-from neuralnets.training.module import ConfigError
 
 
 def _cfg(*overrides: str):

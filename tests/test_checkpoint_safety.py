@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from tiny import TINY_DATA, TINY_LFADS
 
 from neuralnets import load_pretrained
+from neuralnets.errors import ConfigError
 from neuralnets.pretrained.checkpoint_file import checksum_path, write_checksum
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import CONFIG_DIR, prepare_config, train
 
 TINY = [

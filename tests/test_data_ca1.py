@@ -9,12 +9,13 @@ import scipy.io
 from hydra import compose, initialize_config_dir
 from tiny import TINY_LFADS
 
-from neuralnets.data import DataError, load
+from neuralnets.data import load
 from neuralnets.data.datasets.ca1_linear_track import (
     CA1_SPIKES_PATH,
     CA1_TRAJECTORY_PATH,
     load_ca1_linear_track,
 )
+from neuralnets.errors import DataError
 
 HEADER_BYTES = 197  # '<Start settings>' ... '<End settings>\n' of the bundled trajectory file
 RECORD = np.dtype([("time", "<u4"), ("xloc", "<u2"), ("yloc", "<u2"), ("xloc2", "<u2"), ("yloc2", "<u2")])

@@ -8,6 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import ConfigError
 from neuralnets.models import MODELS
 from neuralnets.models.base import READOUT_FLOOR
 from neuralnets.training.build import (
@@ -19,7 +20,6 @@ from neuralnets.training.build import (
     resolve_data_defaults,
     train_mean_counts,
 )
-from neuralnets.training.module import ConfigError
 
 
 def _cfg(*overrides: str):

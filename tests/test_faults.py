@@ -24,7 +24,7 @@ import neuralnets.training.build as build_mod
 import neuralnets.training.train as train_mod
 from neuralnets.data.formats.lfads_h5 import save_lfads_h5
 from neuralnets.data.loaders import load
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import ConfigError, DataError, DivergenceError
 from neuralnets.eval.cli import compare_main, eval_main
 from neuralnets.runs import (
     atomic_path,
@@ -34,7 +34,6 @@ from neuralnets.runs import (
     write_metrics,
     write_status,
 )
-from neuralnets.training.module import ConfigError, DivergenceError
 from neuralnets.training.train import NothingToDo, prepare_config, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tiny import TINY_LFADS
 
-from neuralnets.training.module import ConfigError
+from neuralnets.errors import ConfigError
 from neuralnets.training.pbt import apply_hparams, check_config, clip_to_bounds, search_bounds, tune_metric
 from neuralnets.training.train import CONFIG_DIR
 

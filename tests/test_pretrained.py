@@ -18,7 +18,7 @@ from tiny import TINY_LFADS, TINY_LORENZ
 
 import neuralnets
 from neuralnets.data import load
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import DataError
 from neuralnets.pretrained import (
     CHECKPOINTS_DIR,
     PretrainedModel,

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from tiny import sine_batch
 
 from neuralnets.data.spikedata import DataSpec
+from neuralnets.errors import ModelConfigError
 from neuralnets.models import (
     LFADS,
     MODELS,
     NDT,
-    ModelConfigError,
     RNNSeq2Seq,
     create_model,
     model_options,

@@ -16,9 +16,10 @@ from tiny import TINY_DATA, TINY_LFADS, TINY_LORENZ
 
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.synthetic import lorenz
+from neuralnets.errors import ConfigError
 from neuralnets.models import MODELS
 from neuralnets.runs import read_predictions
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import CONFIG_DIR, prepare_config, train
 
 # A module-level LFADS small enough to build and step without a Trainer.

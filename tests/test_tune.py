@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from tiny import TINY_DATA, TINY_LFADS
 
+from neuralnets.errors import ConfigError
 from neuralnets.runs import read_run, read_status
 from neuralnets.training.build import CONFIG_DIR
-from neuralnets.training.module import ConfigError
 from neuralnets.training.tune import ReportAndPrune, search_space, tune
 
 pytest.importorskip("optuna")

@@ -21,7 +21,7 @@ from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import DataError
 
 
 def _parser() -> argparse.ArgumentParser:

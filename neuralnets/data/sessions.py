@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuralnets.data.spikedata import DataError, DataSpec, SpikeData
+from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.errors import DataError
 
 # A session name: a word of letters, digits, '_' and '-' (it becomes part of logged metric names).
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")

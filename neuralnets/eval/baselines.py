@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import DataError
 from neuralnets.eval import metrics as M
 from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
 from neuralnets.eval.harness import evaluate

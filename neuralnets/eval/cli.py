@@ -27,7 +27,7 @@ from neuralnets import debug_mode
 from neuralnets.data.formats.nlb_targets import read_nlb_targets
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.harness import evaluate
 from neuralnets.eval.nlb import (

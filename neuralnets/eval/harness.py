@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import DataError
 from neuralnets.eval import metrics as M
 from neuralnets.eval.fewshot import fewshot_co_bps
 from neuralnets.eval.metrics import METRICS

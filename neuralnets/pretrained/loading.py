@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec, spec_from_dict
-from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, check_counts
-from neuralnets.models import MODELS, ModelConfigError, create_model, resolve_model_config
+from neuralnets.data.spikedata import DataSpec, SpikeData, check_counts
+from neuralnets.errors import DataError, ModelConfigError
+from neuralnets.models import MODELS, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
 from neuralnets.pretrained.checkpoint_file import load_checkpoint
 from neuralnets.pretrained.registry import (

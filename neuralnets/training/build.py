@@ -34,11 +34,12 @@ from neuralnets.data.datamodule import MultiSessionDataModule, SpikeDataModule
 from neuralnets.data.loaders import load
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
 from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.errors import ConfigError
 from neuralnets.eval.metrics import METRICS
 from neuralnets.models import check_plain
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 AUTO = "auto"

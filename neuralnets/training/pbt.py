@@ -41,13 +41,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.eval.tables import format_table
 from neuralnets.pretrained.checkpoint_file import write_checksum
 from neuralnets.runs import CHECKPOINT_DIR, CONFIG_FILE, write_metrics
 from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer
 from neuralnets.training.callbacks import HarnessEvaluation
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import finish_run, read_resume_checkpoint
 
 log = logging.getLogger(__name__)

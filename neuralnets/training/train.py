@@ -30,18 +30,17 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralnets import debug_mode
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import CheckpointError, ConfigError, DataError, DivergenceError, RunStatusError
 from neuralnets.eval import evaluate
 from neuralnets.eval.tables import format_table
 from neuralnets.eval.tblog import log_to_tensorboard
-from neuralnets.pretrained.checkpoint_file import CheckpointError, load_checkpoint
+from neuralnets.pretrained.checkpoint_file import load_checkpoint
 from neuralnets.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     LAST_CHECKPOINT,
     PREDICTIONS_FILE,
     STATUS_FILE,
-    RunStatusError,
     atomic_path,
     claim_run_dir,
     create_run_dir,
@@ -56,7 +55,7 @@ from neuralnets.runs import (
 from neuralnets.training import build
 from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer, load_kwargs
 from neuralnets.training.callbacks import TrainingClock, log_figures
-from neuralnets.training.module import ConfigError, DivergenceError, TrainingModule
+from neuralnets.training.module import TrainingModule
 from neuralnets.training.stitching import finetune_module, score_sessions
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.runs import CONFIG_FILE, atomic_path, claim_run_dir, write_status
 from neuralnets.training.build import (
     CONFIG_DIR,
@@ -44,7 +44,6 @@ from neuralnets.training.build import (
     build_module,
     build_trainer,
 )
-from neuralnets.training.module import ConfigError
 from neuralnets.training.train import finish_run
 
 log = logging.getLogger(__name__)
