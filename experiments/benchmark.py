@@ -50,11 +50,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuralnets.config import model_config
 from neuralnets.data.datamodule import batch_tensors, make_batch
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.data.synthetic import lorenz
 from neuralnets.eval.metrics import co_bps, fp_bps
-from neuralnets.training.build import model_config
 from neuralnets.training.module import TrainingModule
 
 # Model sizes: configs/model/<name>.yaml (LFADS at the NLB MC_Maze scale; the RNN and NDT comparable).

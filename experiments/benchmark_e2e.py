@@ -54,15 +54,15 @@ def run_child(overrides: list[str], epochs: int, seed: int, eval_every: int | No
 
     import pytorch_lightning as pl
     import torch
-    from hydra import compose, initialize_config_dir
 
     sys.path.insert(0, str(HERE))
     from benchmark import DATA, _rss_peak_mb, _rss_reset, validation_bps
 
+    from neuralnets.config import compose
     from neuralnets.data.datamodule import SpikeDataModule
     from neuralnets.data.synthetic import lorenz
     from neuralnets.training import train as _train  # noqa: F401  registers the config resolvers
-    from neuralnets.training.build import CONFIG_DIR, build_callbacks, build_module, build_trainer
+    from neuralnets.training.build import build_callbacks, build_module, build_trainer
 
     class StepTimer(pl.Callback):
         """Epoch boundaries and the time spent inside training steps."""
@@ -88,8 +88,7 @@ def run_child(overrides: list[str], epochs: int, seed: int, eval_every: int | No
     base = ["model=lfads_mc_maze", "data.batch_size=256", f"seed={seed}", f"trainer.max_epochs={epochs}"]
     base += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     base += [] if eval_every is None else [f"callbacks.eval_every_n_epochs={eval_every}"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose("train", overrides=base + overrides)
+    cfg = compose(base + overrides)
     pl.seed_everything(seed, verbose=False)
     data = lorenz(n_trials=N_TRIALS, seed=seed, **DATA)
     # The generator's temporaries (~0.5 GiB at this size) are not training's: restart the peak from the

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from neuralnets.config import CONFIG_DIR, compose, config_names
 from neuralnets.runs import CONFIG_FILE, METRICS_FILE, atomic_path, read_run, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 DEFAULT_MODELS = ("lfads", "rnn", "ndt")
 # Comparison dataset name -> (configs/data/<config>, extra overrides).
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -317,8 +317,6 @@ def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
     """The harness baselines of comparison dataset `data` on its test split (val co-bps too), cached
     in `<cache_dir>/<data>.json` so that rewriting the tables never refits them (refit when the
     harness's list of baselines has changed since)."""
-    from hydra import compose, initialize_config_dir
-
     from neuralnets.data import load
     from neuralnets.eval import evaluate
     from neuralnets.eval.baselines import BASELINES, run_baselines
@@ -331,8 +329,7 @@ def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
             return cached["rows"]
 
     config, extra = DATASETS[data]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={config}", *extra])  # the data the runs train on
+    cfg = compose([f"data={config}", *extra])  # the data the runs train on
     spikes = load(cfg.data.source, **load_kwargs(cfg))
     rows = []
     for run in run_baselines(spikes):
@@ -416,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="run directories and logs")
     p.add_argument("--table", type=Path, default=ROOT / "experiments/results/compare", help="table stem")
     args = p.parse_args(argv)
-    known = set(MODELS) | {path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")}  # rnn_vae, ...
+    known = set(MODELS) | set(config_names("model"))  # rnn_vae, ...
     unknown = [m for m in args.models if m not in known]
     if unknown:
         p.error(

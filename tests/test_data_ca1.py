@@ -198,7 +198,8 @@ def test_bad_files_raise_data_error_naming_file_and_field(tmp_path, make):
 
 
 def test_tiny_training_run_on_ca1_produces_metrics(tmp_path):
-    from neuralnets.training.train import CONFIG_DIR, train
+    from neuralnets.config import CONFIG_DIR
+    from neuralnets.training.train import train
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(

@@ -11,12 +11,12 @@ from hydra import compose, initialize_config_dir
 from tiny import TINY_DATA, TINY_LORENZ
 
 from neuralnets import load_pretrained
+from neuralnets.config import CONFIG_DIR
 from neuralnets.data import load
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.errors import ConfigError
 from neuralnets.models import create_model
 from neuralnets.models.gpfa import GPFA, se_kernel
-from neuralnets.training.build import CONFIG_DIR
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import train
 

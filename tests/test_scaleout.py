@@ -324,7 +324,7 @@ def test_search_configs_compose(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from hydra import compose, initialize_config_dir
 
-    from neuralnets.training.train import CONFIG_DIR
+    from neuralnets.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         co = compose("train", overrides=["hparams_search=lfads_optuna"], return_hydra_config=True)
@@ -344,7 +344,7 @@ def test_search_configs_compose(tmp_path):
 def test_trainer_configs_compose():
     from hydra import compose, initialize_config_dir
 
-    from neuralnets.training.train import CONFIG_DIR
+    from neuralnets.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         gpu = compose("train", overrides=["trainer=ddp"]).trainer

@@ -6,7 +6,6 @@ Used by `neuralnets-train` (`training/train.py`) and population-based training (
     module = build_module(cfg, dm.data.spec, init_data=dm.data)   # init_data only for a fresh run
     trainer = build_trainer(cfg, run_dir, dm.data)      # callbacks, logger from cfg.callbacks / cfg.logger;
                                                         # trainer.precision=auto resolved (resolve_precision)
-    model_config("lfads_mc_maze")                       # a named model config as a plain dict
 
 Callbacks and loggers are given in the config by `_target_` (one file per callback in
 `configs/callbacks/`). A run's saved `config.yaml` is read again on resume, so a config file must not
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
+from neuralnets.config import compose
 from neuralnets.data.datamodule import MultiSessionDataModule, SpikeDataModule
 from neuralnets.data.loaders import load
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
@@ -41,7 +41,6 @@ from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import TrainingModule
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 AUTO = "auto"
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
 log = logging.getLogger(__name__)
@@ -85,18 +84,6 @@ def instantiate_safe(node: Any, where: str, base: type, **runtime: Any):
     if odd:
         raise ConfigError(f"{where}: Hydra keys {odd} are not accepted here")
     return cls(**{k: _plain(v, f"{where}.{k}") for k, v in options.items()}, **runtime)
-
-
-def model_config(name: str) -> dict[str, Any]:
-    """`configs/model/<name>.yaml` as a plain dict, the model configs in its `defaults` list merged
-    underneath (as Hydra composes `model=<name>`), e.g. `model_config("lfads_mc_maze")`."""
-    path = CONFIG_DIR / "model" / f"{name}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"no model config {path}; model configs: {names}")
-    cfg = OmegaConf.load(path)
-    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
-    return OmegaConf.to_container(OmegaConf.merge(*[model_config(b) for b in bases], cfg), resolve=True)
 
 
 def load_kwargs(cfg: DictConfig) -> dict:
@@ -202,10 +189,8 @@ def build_module(
 
 
 def _default_callbacks() -> DictConfig:
-    """The callback entries of configs/callbacks/default.yaml (its defaults list, merged)."""
-    default = OmegaConf.load(CONFIG_DIR / "callbacks" / "default.yaml")
-    names = [n for n in default.get("defaults", []) if n != "_self_"]
-    return OmegaConf.merge(*[OmegaConf.load(CONFIG_DIR / "callbacks" / f"{n}.yaml") for n in names])
+    """The callback entries of the default `callbacks` config (`callbacks=default`), as composed."""
+    return compose(["callbacks=default"]).callbacks
 
 
 def callback_configs(cfg: DictConfig) -> dict[str, Any]:

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets.cli import run_cli
 from neuralnets.data.spikedata import SpikeData
-from neuralnets.eval.cli import _run
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.eval.harness import evaluate
 from neuralnets.eval.tables import format_table
 from neuralnets.eval.tblog import log_to_tensorboard
@@ -39,12 +40,12 @@ SELECT_METRIC = "co_bps"  # validation metric that ranks members and chooses k
 
 
 def check_same_data(runs: Sequence[dict[str, Any]]) -> None:
-    """Raise a ValueError naming the first run whose data source or load kwargs differ from the first's."""
+    """Raise a DataError naming the first run whose data source or load kwargs differ from the first's."""
     first = runs[0]
     for run in runs[1:]:
         for k in ("data_source", "data_kwargs"):
             if (run.get(k) or None) != (first.get(k) or None):
-                raise ValueError(
+                raise DataError(
                     f"{run['run_dir']} was trained on {k}={run.get(k)!r}, but {first['run_dir']} on "
                     f"{first.get(k)!r}: an ensemble needs runs on the same data"
                 )
@@ -67,7 +68,7 @@ def choose_members(
     else:
         curve = {}
         if not 1 <= int(k) <= len(rates):
-            raise ValueError(f"--k {k}: expected 'auto' or 1..{len(rates)} (the number of runs)")
+            raise ConfigError(f"--k {k}: expected 'auto' or 1..{len(rates)} (the number of runs)")
     return order[: int(k)], scores, curve
 
 
@@ -82,7 +83,7 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; refusing to overwrite it")
     if len(run_dirs) < 2:
-        raise ValueError(f"an ensemble needs at least 2 runs; got {len(run_dirs)}")
+        raise ConfigError(f"an ensemble needs at least 2 runs; got {len(run_dirs)}")
     runs = [read_run(r) for r in run_dirs]
     check_same_data(runs)
     data = load_run_data(runs[0])
@@ -90,7 +91,7 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
     for run in runs:
         r = read_predictions(run["run_dir"])["rates"]
         if r.shape[0] != data.n_trials or (rates and r.shape != rates[0].shape):
-            raise ValueError(
+            raise DataError(
                 f"{run['run_dir']}: predicted rates of shape {r.shape}; the dataset has {data.n_trials} "
                 f"trials" + (f" and {runs[0]['run_dir']} predicted {rates[0].shape}" if rates else "")
             )
@@ -164,11 +165,12 @@ def _int_k(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"--k {text!r}: expected 'auto' or a whole number") from None
+        raise ConfigError(f"--k {text!r}: expected 'auto' or a whole number") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _run("neuralnets-ensemble", _main, argv)
+    """Entry point of `neuralnets-ensemble` (errors and exit codes: `neuralnets.cli.run_cli`)."""
+    return run_cli("neuralnets-ensemble", _main, argv)
 
 
 if __name__ == "__main__":
