@@ -4,6 +4,10 @@
     def cli() -> int:                               # a console script's target
         return run_cli("neuralnets-train", main)    # main: a Hydra app or a function of argv
 
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+    @hydra_task("neuralnets-train")                 # a Hydra app's task: errors end here, not in Hydra
+    def main(cfg): ...
+
 - a `NeuralnetsError` (bad config, data, checkpoint, run directory), an `OSError` (a missing file,
   a full disk) or a Hydra/OmegaConf composition error (unknown override, missing config group
   choice): one line `PROG: error: MESSAGE` on stderr, exit `EXIT_USER_ERROR` (2);
@@ -11,11 +15,14 @@
 - anything else is a bug: Python's traceback, exit `EXIT_BUG` (1).
 
 With NEURALNETS_DEBUG=1 the traceback is printed as well, and the exit code stays the same.
-Importing this module is cheap: Hydra is neither imported nor required.
+A Hydra app's task function is decorated with `hydra_task` as well: Hydra would otherwise add its
+own "Error executing job with overrides ..." line to the one line. Importing this module is cheap:
+Hydra is neither imported nor required.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
@@ -25,7 +32,7 @@ from typing import Any
 from neuralnets import debug_mode
 from neuralnets.errors import EXIT_DIVERGED, EXIT_OK, EXIT_USER_ERROR, DivergenceError, NeuralnetsError
 
-__all__ = ["exit_code", "one_line", "run_cli"]
+__all__ = ["exit_code", "hydra_task", "one_line", "report", "run_cli"]
 
 
 def _config_error_types() -> tuple[type, ...]:
@@ -62,6 +69,35 @@ def one_line(err: BaseException) -> str:
     return " ".join(message.split()) or type(err).__name__
 
 
+def report(prog: str, err: Exception) -> int:
+    """Print `err` as one line `PROG: error: ...` (and its traceback with NEURALNETS_DEBUG=1) and
+    return its exit code; re-raise it if it is a bug (not a user's error)."""
+    code = exit_code(err)
+    if code is None:
+        raise err
+    if debug_mode():
+        traceback.print_exception(err)
+    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+    return code
+
+
+def hydra_task(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a `@hydra.main` task function: a user's error ends the command with its one line and
+    exit code (SystemExit passes through Hydra untouched), a bug goes on to Hydra with its traceback."""
+
+    def decorate(task: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(task)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return task(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - sorted by report()
+                raise SystemExit(report(prog, err)) from None
+
+        return wrapped
+
+    return decorate
+
+
 def run_cli(prog: str, main: Callable[..., Any], *args: Any) -> int:
     """Run `main(*args)` as the command `prog` and return its exit code (see the module docstring).
 
@@ -71,12 +107,6 @@ def run_cli(prog: str, main: Callable[..., Any], *args: Any) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         result = main(*args)
-    except Exception as err:  # noqa: BLE001 - sorted into user errors and bugs below
-        code = exit_code(err)
-        if code is None:
-            raise  # a bug: Python prints the traceback, exit 1
-        if debug_mode():
-            traceback.print_exc()
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        return code
+    except Exception as err:  # noqa: BLE001 - a bug is raised again by report(): traceback, exit 1
+        return report(prog, err)
     return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK

@@ -42,7 +42,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from neuralnets.cli import run_cli
+from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR
 from neuralnets.errors import ConfigError
 from neuralnets.eval.tables import format_table
@@ -337,6 +337,7 @@ def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: f
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pbt")
+@hydra_task("neuralnets-pbt")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     record = run_pbt(cfg, run_dir)

@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from neuralnets.cli import run_cli
+from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR, load_saved_config
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
 from neuralnets.errors import CheckpointError, ConfigError, DivergenceError
@@ -432,6 +432,7 @@ def requested_run_dir(cfg: DictConfig, hydra_cfg) -> Path | None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra_task("neuralnets-train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:

@@ -36,7 +36,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from neuralnets.cli import run_cli
+from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR, compose
 from neuralnets.errors import ConfigError
 from neuralnets.runs import CONFIG_FILE, atomic_path, claim_run_dir, write_status
@@ -341,6 +341,7 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="tune")
+@hydra_task("neuralnets-tune")
 def main(cfg: DictConfig) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
