@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,20 @@ from neuralnets.training.module import TrainingModule
 AUTO = "auto"
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
 log = logging.getLogger(__name__)
+# Options of Lightning callbacks and loggers that name a file or folder: a config may only name
+# places inside the run directory (folders are made absolute there; names are joined by Lightning).
+FOLDER_OPTIONS = (
+    "dirpath",
+    "save_dir",
+    "dir",
+    "log_dir",
+    "root_dir",
+    "exclude_batches_path",
+    "artifact_location",
+)
+PATH_OPTIONS = (*FOLDER_OPTIONS, "filename", "name", "version", "sub_dir", "prefix_dir")
+# Trainer options that the run sets itself.
+RUN_TRAINER_OPTIONS = ("default_root_dir", "logger", "callbacks")
 
 # `data.batch_size: auto` = clip(n_train // STEPS_PER_EPOCH, MIN_BATCH, MAX_BATCH): about 16 optimiser
 # steps per epoch (60 trials -> 8, 240 -> 15, 600 -> 37), batches of 64 from 1024 training trials up.
@@ -76,13 +91,51 @@ def _allowed_class(target: Any, where: str, base: type) -> type:
     return cls
 
 
-def instantiate_safe(node: Any, where: str, base: type, **runtime: Any):
-    """Build `node` (`{_target_: allowed class, **plain options}`) with `runtime` objects added."""
+def inside_run_dir(value: str, where: str, run_dir: Path, under: Path | None = None) -> Path:
+    """`under / value` (`under` defaults to `run_dir`) if it stays inside `run_dir`, else a ConfigError
+    naming `where`: no absolute path, no `~` or `$VAR` (Lightning expands them), no `..` or link
+    that leads out of the run directory."""
+    run_dir = Path(run_dir)
+    if "$" in value or value.startswith("~") or Path(value).is_absolute():
+        raise ConfigError(
+            f"{where}={value!r}: a config may only name places inside the run directory, as a relative "
+            "path without '~' or '$'"
+        )
+    path = Path(os.path.normpath((under or run_dir) / value))
+    for candidate, top in ((path, Path(os.path.normpath(run_dir))), (path.resolve(), run_dir.resolve())):
+        if candidate != top and top not in candidate.parents:
+            raise ConfigError(f"{where}={value!r} leads outside the run directory {run_dir}")
+    return path
+
+
+def _confine(options: dict[str, Any], where: str, run_dir: Path, runtime: dict[str, Any]) -> dict[str, Any]:
+    """`options` with every file or folder option checked to stay inside `run_dir` (folders given as
+    absolute paths there); an option the run sets itself (`runtime`: a checkpoint's `dirpath`, a
+    logger's `save_dir`) is refused."""
+    options = dict(options)
+    for key, value in options.items():
+        if key in runtime:
+            raise ConfigError(f"{where}.{key} is set by the run ({runtime[key]}); remove it from the config")
+        if key not in PATH_OPTIONS or not isinstance(value, str) or not value:
+            continue
+        if key in FOLDER_OPTIONS:
+            options[key] = str(inside_run_dir(value, f"{where}.{key}", run_dir))
+        else:  # joined by Lightning under the folder the run gives (checkpoints/, the logger's save_dir)
+            under = Path(runtime.get("dirpath", run_dir))
+            inside_run_dir(value, f"{where}.{key}", run_dir, under)
+    return options
+
+
+def instantiate_safe(node: Any, where: str, base: type, run_dir: Path | None = None, **runtime: Any):
+    """Build `node` (`{_target_: allowed class, **plain options}`) with `runtime` objects added. With
+    `run_dir`, its file and folder options must stay inside that directory (`_confine`)."""
     options = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     cls = _allowed_class(options.pop("_target_", None), where, base)
     odd = sorted(k for k in options if str(k).startswith("_"))
     if odd:
         raise ConfigError(f"{where}: Hydra keys {odd} are not accepted here")
+    if run_dir is not None:
+        options = _confine(options, where, Path(run_dir), runtime)
     return cls(**{k: _plain(v, f"{where}.{k}") for k, v in options.items()}, **runtime)
 
 
@@ -235,13 +288,13 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.
             runtime["data"] = data
         if issubclass(cls, EarlyStopping) and not node.get("patience"):
             continue
-        callbacks.append(instantiate_safe(node, where, pl.Callback, **runtime))
+        callbacks.append(instantiate_safe(node, where, pl.Callback, run_dir=run_dir, **runtime))
     return callbacks
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, **runtime: Any) -> Logger:
     """The logger of `cfg.logger` (TensorBoard or CSV), writing into `run_dir`, with `runtime` options."""
-    return instantiate_safe(cfg.logger, "logger", Logger, save_dir=str(run_dir), **runtime)
+    return instantiate_safe(cfg.logger, "logger", Logger, run_dir=run_dir, save_dir=str(run_dir), **runtime)
 
 
 def native_bf16_cpu() -> bool:
@@ -282,6 +335,9 @@ def build_trainer(
     config (or those given) and `overrides` of the trainer settings."""
     run_dir = Path(run_dir)
     settings = _plain(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
+    owned = [k for k in RUN_TRAINER_OPTIONS if k in settings]
+    if owned:
+        raise ConfigError(f"trainer.{owned[0]} is set by the run (the run directory {run_dir}); remove it")
     settings.update(overrides)
     if "precision" in settings:
         settings["precision"], why = resolve_precision(settings["precision"], settings.get("accelerator"))
