@@ -23,6 +23,7 @@ Hydra is neither imported nor required.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 import traceback
@@ -32,7 +33,17 @@ from typing import Any
 from neuralnets import debug_mode
 from neuralnets.errors import EXIT_DIVERGED, EXIT_OK, EXIT_USER_ERROR, DivergenceError, NeuralnetsError
 
-__all__ = ["exit_code", "hydra_task", "one_line", "report", "run_cli"]
+__all__ = [
+    "exit_code",
+    "hydra_command",
+    "hydra_task",
+    "one_line",
+    "pbt",
+    "report",
+    "run_cli",
+    "train",
+    "tune",
+]
 
 
 def _config_error_types() -> tuple[type, ...]:
@@ -110,3 +121,41 @@ def run_cli(prog: str, main: Callable[..., Any], *args: Any) -> int:
     except Exception as err:  # noqa: BLE001 - a bug is raised again by report(): traceback, exit 1
         return report(prog, err)
     return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK
+
+
+HELP_FLAGS = ("--help", "-h")
+
+
+def hydra_help(config_name: str) -> str:
+    """The --help text of the Hydra app composing `config_name`: its `hydra.help.template` (a
+    header, the config groups and their choices, the most used overrides, exit codes) filled in from
+    the configs alone, without importing the app (PyTorch, Lightning) or Hydra's slow group scan."""
+    from neuralnets.config import compose, config_groups
+
+    template = compose([], config_name, hydra_node=True).hydra.help.template
+    groups = "\n".join(f"{group}: {', '.join(names)}" for group, names in config_groups().items())
+    return template.replace("$APP_CONFIG_GROUPS", groups)
+
+
+def hydra_command(prog: str, module: str, config_name: str) -> int:
+    """The console script of the Hydra app `module.main` (composing `config_name`): `--help` / `-h`
+    is answered without importing `module` (`hydra_help`); otherwise `run_cli(prog, module.main)`
+    (`--hydra-help`: Hydra's own options)."""
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        return run_cli(prog, lambda: print(hydra_help(config_name)))
+    return run_cli(prog, importlib.import_module(module).main)
+
+
+def train() -> int:
+    """`neuralnets-train` (`neuralnets.training.train`)."""
+    return hydra_command("neuralnets-train", "neuralnets.training.train", "train")
+
+
+def tune() -> int:
+    """`neuralnets-tune` (`neuralnets.training.tune`)."""
+    return hydra_command("neuralnets-tune", "neuralnets.training.tune", "tune")
+
+
+def pbt() -> int:
+    """`neuralnets-pbt` (`neuralnets.training.pbt`)."""
+    return hydra_command("neuralnets-pbt", "neuralnets.training.pbt", "pbt")

@@ -25,7 +25,7 @@ from neuralnets.errors import ConfigError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["CONFIG_DIR", "compose", "config_names", "load_saved_config", "model_config"]
+__all__ = ["CONFIG_DIR", "compose", "config_groups", "config_names", "load_saved_config", "model_config"]
 
 
 def _config_dir() -> Path:
@@ -43,11 +43,14 @@ def config_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+def compose(
+    overrides: Sequence[str] = (), config_name: str = "train", hydra_node: bool = False
+) -> DictConfig:
     """The config `config_name` (`train`, `tune`, `pbt`, or a group file such as `tune/lfads`) with
     Hydra `overrides`, composed from the packaged configs exactly as the command-line tools compose
-    it (without the `hydra` node). Works inside a running `@hydra.main` app too. Raises ConfigError
-    (an unknown option, a group choice that does not exist), naming the choices where it can."""
+    it (the `hydra` node only with `hydra_node=True`). Works inside a running `@hydra.main` app too.
+    Raises ConfigError (an unknown option, a group choice that does not exist), naming the choices
+    where it can."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -59,7 +62,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     state.clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=list(overrides))
+            return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=hydra_node)
     except (HydraException, OmegaConfBaseException) as err:
         message = " ".join(str(err).split("\nConfig search path")[0].split())
         for item in overrides:  # `model=lfadz`: say which models there are
@@ -71,6 +74,17 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
         if running is not None:
             GlobalHydra.instance().clear()
             GlobalHydra.instance().initialize(running)
+
+
+def config_groups() -> dict[str, list[str]]:
+    """{group: its config names} of every config group but Hydra's own (`hydra/...`), e.g.
+    {'data': ['ca1_linear_track', ...], 'model': [...], 'hydra_free/sub': [...]}."""
+    groups = {}
+    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
+        group = folder.relative_to(CONFIG_DIR).as_posix()
+        if group != "hydra" and not group.startswith("hydra/") and config_names(group):
+            groups[group] = config_names(group)
+    return groups
 
 
 def model_config(name: str) -> dict[str, Any]:

@@ -25,20 +25,9 @@ from typing import Any
 import numpy as np
 
 from neuralnets.cli import run_cli
-from neuralnets.data.formats.nlb_targets import read_nlb_targets
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.errors import ConfigError, NeuralnetsError
-from neuralnets.eval.baselines import baseline_rows
-from neuralnets.eval.harness import evaluate
-from neuralnets.eval.nlb import (
-    run_group_name,
-    score_against_targets,
-    submission_from_run,
-    write_run_submission,
-)
-from neuralnets.eval.tables import print_table, write_table
-from neuralnets.eval.tblog import write_tensorboard
 from neuralnets.runs import (
     METRICS_FILE,
     STATUS_FILE,
@@ -128,6 +117,7 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+# The harness (PyTorch) is imported when a command runs, not when its parser is built: --help is fast.
 def _load_data(source: str, kwargs: dict):
     from neuralnets.data.loaders import load
 
@@ -143,6 +133,9 @@ def _to_device(x: np.ndarray | None, device: str):
 
 
 def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from neuralnets.eval.tables import print_table, write_table
+    from neuralnets.eval.tblog import write_tensorboard
+
     print_table(rows, title=args.title)
     write_table(rows, args.csv, args.markdown)
     if args.tensorboard:
@@ -152,6 +145,16 @@ def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- eval
 def _eval(argv: list[str] | None) -> int:
     args = _eval_parser().parse_args(argv)
+    from neuralnets.data.formats.nlb_targets import read_nlb_targets
+    from neuralnets.eval.baselines import baseline_rows
+    from neuralnets.eval.harness import evaluate
+    from neuralnets.eval.nlb import (
+        run_group_name,
+        score_against_targets,
+        submission_from_run,
+        write_run_submission,
+    )
+
     options = parse_load_options(args.opt)
     if args.target is None and not args.baselines:
         raise ConfigError("give a run directory or rates file to score, or --baselines with --data")
@@ -220,6 +223,8 @@ def eval_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- compare
 def _compare(argv: list[str] | None) -> int:
     args = _compare_parser().parse_args(argv)
+    from neuralnets.eval.baselines import baseline_rows
+
     options = parse_load_options(args.opt)
     rows, skipped = [], []
     for d in args.run_dirs:

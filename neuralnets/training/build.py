@@ -57,6 +57,22 @@ FOLDER_OPTIONS = (
     "artifact_location",
 )
 PATH_OPTIONS = (*FOLDER_OPTIONS, "filename", "name", "version", "sub_dir", "prefix_dir")
+# Lightning's rank-zero info logger: where its "💡 Tip: ... try installing litlogger / litmodels" lines
+# come from (advertising, printed on every run); `_NoTips` drops them and nothing else.
+LIGHTNING_INFO_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith("💡 Tip:")
+
+
+for _name in LIGHTNING_INFO_LOGGERS:
+    logging.getLogger(_name).addFilter(_NoTips())
 # Trainer options that the run sets itself.
 RUN_TRAINER_OPTIONS = ("default_root_dir", "logger", "callbacks")
 

@@ -23,9 +23,6 @@ import numpy as np
 from neuralnets.cli import run_cli
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import ConfigError, DataError
-from neuralnets.eval.harness import evaluate
-from neuralnets.eval.tables import format_table
-from neuralnets.eval.tblog import log_to_tensorboard
 from neuralnets.runs import (
     claim_run_dir,
     load_run_data,
@@ -57,6 +54,8 @@ def choose_members(
     """(chosen member indices, each member's val co-bps, {k: val co-bps of the top-k mean}) for `rates`
     (members' `(trials, T, N)` arrays): members ranked by val co-bps, then the best `k` (or, for
     "auto", the k whose mean of the top k scores highest on val)."""
+    from neuralnets.eval.harness import evaluate  # here: `neuralnets-ensemble --help` needs no PyTorch
+
     scores = [evaluate(r, data, "val")[SELECT_METRIC] for r in rates]
     order = sorted(range(len(rates)), key=lambda i: -scores[i])
     if k == "auto":
@@ -79,6 +78,8 @@ def _mean(rates: Sequence[np.ndarray]) -> np.ndarray:
 def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "auto") -> dict[str, Any]:
     """Average the rates of `run_dirs` (best `k` on val) into the new run directory `out`; returns
     what metrics.json holds."""
+    from neuralnets.eval.harness import evaluate
+
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; refusing to overwrite it")
@@ -131,6 +132,8 @@ def _log_hparams(out: Path, record: dict[str, Any], metrics: dict[str, float]) -
     """One TensorBoard hparams row for the ensemble, naming its members."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from neuralnets.eval.tblog import log_to_tensorboard
+
     chosen = [m["run_dir"] for m in record["members"] if m["chosen"]]
     hparams = {
         "model": record["model"],
@@ -154,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    from neuralnets.eval.tables import format_table
+
     k = args.k if args.k == "auto" else _int_k(args.k)
     record = ensemble(args.run_dirs, args.out, k)
     print(format_table([record], baselines=False))
