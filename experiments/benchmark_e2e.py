@@ -175,18 +175,17 @@ def spawn(code_dir: Path, overrides: list[str], args: argparse.Namespace) -> dic
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (
-        "| configuration | precision | trials/s (median [min-max]) | s/epoch | outside steps | "
-        "peak RSS (MiB) | val co-bps | val fp-bps |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['precision']} | {r['rate']:.0f} [{r['rate_min']:.0f}-{r['rate_max']:.0f}] | "
-            f"{r['epoch_s']:.2f} | {r['outside']:.0%} | {r['rss_mb']:.0f} | {r['co_bps']:.4f} | "
-            f"{r['fp_bps']:.4f} |"
-        )
-    return "\n".join(lines)
+    from neuralnets.eval.tables import markdown_table
+
+    header = ["configuration", "precision", "trials/s (median [min-max])", "s/epoch", "outside steps"]
+    header += ["peak RSS (MiB)", "val co-bps", "val fp-bps"]
+    body = [
+        [r["name"], r["precision"], f"{r['rate']:.0f} [{r['rate_min']:.0f}-{r['rate_max']:.0f}]"]
+        + [f"{r['epoch_s']:.2f}", f"{r['outside']:.0%}", f"{r['rss_mb']:.0f}"]
+        + [f"{r['co_bps']:.4f}", f"{r['fp_bps']:.4f}"]
+        for r in rows
+    ]
+    return markdown_table(header, body)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -267,12 +266,13 @@ def main(argv: list[str] | None = None) -> str:
             f"CPU contention (Linux PSI, share of time some task waited for a CPU): "
             f"{(pressure1 - pressure0) / 1e6 / wall:.0%} over {wall:.0f} s"
         )
-    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_table(rows) + "\n"
+    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_table(rows)
     print()
     print(report)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+        from neuralnets.eval.tables import save_tables
+
+        save_tables({args.out: report})
     return report
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from neuralnets.config import CONFIG_DIR, compose, config_names
+from neuralnets.eval.tables import cell, csv_table, markdown_table, save_tables
 from neuralnets.runs import CONFIG_FILE, METRICS_FILE, atomic_path, read_run, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,19 +208,6 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def _cell(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
-    return str(value)
-
-
-def _md(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def markdown(
     rows: Sequence[Mapping[str, Any]],
     baselines: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -235,40 +223,29 @@ def markdown(
         for a in (a for a in agg if a["data"] == data):
             stats = a["stats"]
             body.append(
-                [a["model"], data, a["recipe"], _cell(a["epochs"]), str(a["n"])]
+                [a["model"], data, a["recipe"], cell(a["epochs"]), str(a["n"])]
                 + [format_mean_sd(*stats[k]) for k in METRIC_COLUMNS]
                 + [format_mean_sd(*stats["train_time_s"], digits=0)]
             )
         for b in baselines.get(data, ()):
             body.append(
                 [b["model"], data, "", "", ""]
-                + [_cell(b["metrics"].get(k)) for k in METRIC_COLUMNS]
-                + [_cell(b.get("train_time_s"), 1)]
+                + [cell(b["metrics"].get(k)) for k in METRIC_COLUMNS]
+                + [cell(b.get("train_time_s"), 1)]
             )
-    lines += _md(header, body)
+    lines += markdown_table(header, body).splitlines()
     lines += ["", "## Per run", ""]
     header = ["model", "data", "seed", "recipe", "epochs", "steps", *METRIC_COLUMNS, "train s"]
-    lines += _md(
+    lines += markdown_table(
         header,
         (
-            [r["model"], r["data"], str(r["seed"]), r["recipe"], _cell(r["epochs"]), _cell(r["steps"])]
-            + [_cell(r["metrics"].get(k)) for k in METRIC_COLUMNS]
-            + [_cell(r.get("train_time_s"), 0)]
+            [r["model"], r["data"], str(r["seed"]), r["recipe"], cell(r["epochs"]), cell(r["steps"])]
+            + [cell(r["metrics"].get(k)) for k in METRIC_COLUMNS]
+            + [cell(r.get("train_time_s"), 0)]
             for r in rows
         ),
-    )
+    ).splitlines()
     return "\n".join(lines) + "\n"
-
-
-def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(["" if v is None else v for v in row] for row in rows)
-    return buf.getvalue()
 
 
 def write_tables(
@@ -300,16 +277,12 @@ def write_tables(
         + [r.get("train_time_s"), r["run_dir"]]
         for r in rows
     ]
-    stem.parent.mkdir(parents=True, exist_ok=True)
     files = {
         stem.with_suffix(".md"): markdown(rows, baselines, preamble),
-        stem.with_suffix(".csv"): csv_text(agg_header, agg_rows),
-        stem.parent / f"{stem.name}_runs.csv": csv_text([*run_header, "run_dir"], run_rows),
+        stem.with_suffix(".csv"): csv_table(agg_header, agg_rows),
+        stem.parent / f"{stem.name}_runs.csv": csv_table([*run_header, "run_dir"], run_rows),
     }
-    for path, text in files.items():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    save_tables(files)
 
 
 # ---------------------------------------------------------------------------------------------- baselines

@@ -23,6 +23,7 @@ import torch
 
 from neuralnets.config import load_saved_config
 from neuralnets.errors import CheckpointError, RunStatusError
+from neuralnets.eval.tables import markdown_table
 from neuralnets.pretrained.loading import RUN_CONFIG, load_pretrained, read_checkpoint
 from neuralnets.pretrained.registry import CARD_FILE, CARD_FORMAT, CARD_README, CHECKPOINT_FILE
 
@@ -209,9 +210,7 @@ def render_card(card: Mapping[str, Any]) -> str:
         "",
         f"## Harness metrics ({card.get('split', 'test')} split)",
         "",
-        "| " + " | ".join(metric_names) + " |",
-        "|" + "|".join("---" for _ in metric_names) + "|",
-        "| " + " | ".join(f"{card['metrics'][k]:.4f}" for k in metric_names) + " |",
+        *markdown_table(metric_names, [[card["metrics"][k] for k in metric_names]]).splitlines(),
         "",
         "Definitions: `neuralnets.eval.METRICS`. The full training config is in `model_card.json`.",
         "",
