@@ -388,8 +388,6 @@ def test_a_training_whose_logger_escapes_is_refused_before_anything_is_written(t
 
 
 def test_a_saved_config_is_never_resolved_against_the_environment(tmp_path, monkeypatch):
-    from neuralnets.config import load_saved_config
-
     monkeypatch.setenv("NEURALNETS_TEST_SECRET", "s3cr3t-value")
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -400,6 +398,8 @@ def test_a_saved_config_is_never_resolved_against_the_environment(tmp_path, monk
     with pytest.raises(ConfigError, match=r"data\.name holds an interpolation") as err:
         prepare_config(OmegaConf.merge(tiny_cfg(), {"resume": str(run)}), run, [f"resume={run}"])
     assert "s3cr3t" not in str(err.value)
+    from neuralnets.config import load_saved_config
+
     with pytest.raises(ConfigError, match="interpolation"):
         load_saved_config(run / "config.yaml")
     # in a list, and a plain reference to another key, are refused as well
