@@ -66,7 +66,9 @@ def search_space(cfg: DictConfig) -> list[dict[str, Any]]:
     path = Path(cfg.tune.space) if cfg.tune.get("space") else CONFIG_DIR / "tune" / f"{cfg.model.name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no search space {path} for model {cfg.model.name!r} (set tune.space=FILE)")
-    space = OmegaConf.load(path) if cfg.tune.get("space") else compose(config_name=f"tune/{cfg.model.name}")
+    space = (
+        OmegaConf.load(path) if cfg.tune.get("space") else compose(config_name=f"tune/{cfg.model.name}").tune
+    )
     params = OmegaConf.to_container(space).get("params") or []
     for p in params:
         key = p.get("key")
