@@ -75,8 +75,6 @@ def one_line(err: BaseException) -> str:
         cause = err.__cause__
         if omegaconf_errors is not None and isinstance(cause, omegaconf_errors.OmegaConfBaseException):
             message += f" ({str(cause).splitlines()[0]})"
-    if isinstance(err, KeyError) and not message:
-        message = type(err).__name__
     return " ".join(message.split()) or type(err).__name__
 
 
