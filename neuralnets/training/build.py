@@ -11,7 +11,9 @@ Callbacks and loggers are given in the config by `_target_` (one file per callba
 `configs/callbacks/`). A run's saved `config.yaml` is read again on resume, so a config file must not
 be able to name arbitrary callables: only classes under `pytorch_lightning.callbacks.`,
 `pytorch_lightning.loggers.` or `neuralnets.training.` that are Lightning callbacks / loggers are
-built, with plain option values (no nested `_target_`).
+built, with plain option values (no nested `_target_`), and their file and folder options must stay
+inside the run directory (`inside_run_dir`; the checkpoint folder, the logger's `save_dir` and
+`trainer.default_root_dir` are the run's own and refused in a config).
 """
 
 from __future__ import annotations
