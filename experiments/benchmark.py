@@ -50,11 +50,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuralnets.config import model_config
 from neuralnets.data.datamodule import batch_tensors, make_batch
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.data.synthetic import lorenz
 from neuralnets.eval.metrics import co_bps, fp_bps
-from neuralnets.training.build import model_config
+from neuralnets.eval.tables import markdown_table, save_tables
 from neuralnets.training.module import TrainingModule
 
 # Model sizes: configs/model/<name>.yaml (LFADS at the NLB MC_Maze scale; the RNN and NDT comparable).
@@ -359,19 +360,16 @@ def benchmark_model(key: str, data: SpikeData, args, device: torch.device) -> li
 
 def format_table(rows: list[dict], device: torch.device) -> str:
     gpu = device.type == "cuda"
-    head = "| model | path | trials/s (median [min-max]) | time/epoch (s) | peak RSS (MB) |"
-    head += " peak GPU mem (MB) |" if gpu else ""
-    head += " val co-bps | val fp-bps | last train loss | speed-up |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    header = ["model", "path", "trials/s (median [min-max])", "time/epoch (s)", "peak RSS (MB)"]
+    header += ["peak GPU mem (MB)"] if gpu else []
+    header += ["val co-bps", "val fp-bps", "last train loss", "speed-up"]
+    body = []
     for r in rows:
-        line = (
-            f"| {r['model']} | {r['path']} | {r['rate']:.0f} [{r['rate_min']:.0f}-{r['rate_max']:.0f}] | "
-            f"{r['epoch_s']:.2f} | {r['rss_mb']:.0f} |"
-        )
-        line += f" {r['gpu_mb']:.0f} |" if gpu else ""
-        line += f" {r['co_bps']:.4f} | {r['fp_bps']:.4f} | {r['loss']:.1f} | {r['speedup']:.2f}x |"
-        lines.append(line)
-    return "\n".join(lines)
+        row = [r["model"], r["path"], f"{r['rate']:.0f} [{r['rate_min']:.0f}-{r['rate_max']:.0f}]"]
+        row += [f"{r['epoch_s']:.2f}", f"{r['rss_mb']:.0f}"] + ([f"{r['gpu_mb']:.0f}"] if gpu else [])
+        row += [f"{r['co_bps']:.4f}", f"{r['fp_bps']:.4f}", f"{r['loss']:.1f}", f"{r['speedup']:.2f}x"]
+        body.append(row)
+    return markdown_table(header, body)
 
 
 def cpu_name() -> str:
@@ -437,12 +435,11 @@ def main(argv: list[str] | None = None) -> str:
             f"CPU contention during the run (Linux PSI, share of time some task waited for a CPU): "
             f"{(pressure1 - pressure0) / 1e6 / wall:.0%} over {wall:.0f} s"
         )
-    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_table(rows, device) + "\n"
+    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_table(rows, device)
     print()
     print(report)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+        save_tables({args.out: report})
         print(f"written to {args.out}")
     return report
 

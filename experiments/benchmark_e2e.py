@@ -54,15 +54,15 @@ def run_child(overrides: list[str], epochs: int, seed: int, eval_every: int | No
 
     import pytorch_lightning as pl
     import torch
-    from hydra import compose, initialize_config_dir
 
     sys.path.insert(0, str(HERE))
     from benchmark import DATA, _rss_peak_mb, _rss_reset, validation_bps
 
+    from neuralnets.config import compose
     from neuralnets.data.datamodule import SpikeDataModule
     from neuralnets.data.synthetic import lorenz
     from neuralnets.training import train as _train  # noqa: F401  registers the config resolvers
-    from neuralnets.training.build import CONFIG_DIR, build_callbacks, build_module, build_trainer
+    from neuralnets.training.build import build_callbacks, build_module, build_trainer
 
     class StepTimer(pl.Callback):
         """Epoch boundaries and the time spent inside training steps."""
@@ -88,8 +88,7 @@ def run_child(overrides: list[str], epochs: int, seed: int, eval_every: int | No
     base = ["model=lfads_mc_maze", "data.batch_size=256", f"seed={seed}", f"trainer.max_epochs={epochs}"]
     base += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     base += [] if eval_every is None else [f"callbacks.eval_every_n_epochs={eval_every}"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose("train", overrides=base + overrides)
+    cfg = compose(base + overrides)
     pl.seed_everything(seed, verbose=False)
     data = lorenz(n_trials=N_TRIALS, seed=seed, **DATA)
     # The generator's temporaries (~0.5 GiB at this size) are not training's: restart the peak from the
@@ -176,18 +175,17 @@ def spawn(code_dir: Path, overrides: list[str], args: argparse.Namespace) -> dic
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (
-        "| configuration | precision | trials/s (median [min-max]) | s/epoch | outside steps | "
-        "peak RSS (MiB) | val co-bps | val fp-bps |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['precision']} | {r['rate']:.0f} [{r['rate_min']:.0f}-{r['rate_max']:.0f}] | "
-            f"{r['epoch_s']:.2f} | {r['outside']:.0%} | {r['rss_mb']:.0f} | {r['co_bps']:.4f} | "
-            f"{r['fp_bps']:.4f} |"
-        )
-    return "\n".join(lines)
+    from neuralnets.eval.tables import markdown_table
+
+    header = ["configuration", "precision", "trials/s (median [min-max])", "s/epoch", "outside steps"]
+    header += ["peak RSS (MiB)", "val co-bps", "val fp-bps"]
+    body = [
+        [r["name"], r["precision"], f"{r['rate']:.0f} [{r['rate_min']:.0f}-{r['rate_max']:.0f}]"]
+        + [f"{r['epoch_s']:.2f}", f"{r['outside']:.0%}", f"{r['rss_mb']:.0f}"]
+        + [f"{r['co_bps']:.4f}", f"{r['fp_bps']:.4f}"]
+        for r in rows
+    ]
+    return markdown_table(header, body)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -268,12 +266,13 @@ def main(argv: list[str] | None = None) -> str:
             f"CPU contention (Linux PSI, share of time some task waited for a CPU): "
             f"{(pressure1 - pressure0) / 1e6 / wall:.0%} over {wall:.0f} s"
         )
-    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_table(rows) + "\n"
+    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_table(rows)
     print()
     print(report)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+        from neuralnets.eval.tables import save_tables
+
+        save_tables({args.out: report})
     return report
 
 

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from neuralnets.config import CONFIG_DIR, compose, config_names
+from neuralnets.eval.tables import cell, csv_table, markdown_table, save_tables
 from neuralnets.runs import CONFIG_FILE, METRICS_FILE, atomic_path, read_run, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 DEFAULT_MODELS = ("lfads", "rnn", "ndt")
 # Comparison dataset name -> (configs/data/<config>, extra overrides).
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -207,19 +208,6 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def _cell(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
-    return str(value)
-
-
-def _md(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def markdown(
     rows: Sequence[Mapping[str, Any]],
     baselines: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -235,40 +223,29 @@ def markdown(
         for a in (a for a in agg if a["data"] == data):
             stats = a["stats"]
             body.append(
-                [a["model"], data, a["recipe"], _cell(a["epochs"]), str(a["n"])]
+                [a["model"], data, a["recipe"], cell(a["epochs"]), str(a["n"])]
                 + [format_mean_sd(*stats[k]) for k in METRIC_COLUMNS]
                 + [format_mean_sd(*stats["train_time_s"], digits=0)]
             )
         for b in baselines.get(data, ()):
             body.append(
                 [b["model"], data, "", "", ""]
-                + [_cell(b["metrics"].get(k)) for k in METRIC_COLUMNS]
-                + [_cell(b.get("train_time_s"), 1)]
+                + [cell(b["metrics"].get(k)) for k in METRIC_COLUMNS]
+                + [cell(b.get("train_time_s"), 1)]
             )
-    lines += _md(header, body)
+    lines += markdown_table(header, body).splitlines()
     lines += ["", "## Per run", ""]
     header = ["model", "data", "seed", "recipe", "epochs", "steps", *METRIC_COLUMNS, "train s"]
-    lines += _md(
+    lines += markdown_table(
         header,
         (
-            [r["model"], r["data"], str(r["seed"]), r["recipe"], _cell(r["epochs"]), _cell(r["steps"])]
-            + [_cell(r["metrics"].get(k)) for k in METRIC_COLUMNS]
-            + [_cell(r.get("train_time_s"), 0)]
+            [r["model"], r["data"], str(r["seed"]), r["recipe"], cell(r["epochs"]), cell(r["steps"])]
+            + [cell(r["metrics"].get(k)) for k in METRIC_COLUMNS]
+            + [cell(r.get("train_time_s"), 0)]
             for r in rows
         ),
-    )
+    ).splitlines()
     return "\n".join(lines) + "\n"
-
-
-def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(["" if v is None else v for v in row] for row in rows)
-    return buf.getvalue()
 
 
 def write_tables(
@@ -300,16 +277,12 @@ def write_tables(
         + [r.get("train_time_s"), r["run_dir"]]
         for r in rows
     ]
-    stem.parent.mkdir(parents=True, exist_ok=True)
     files = {
         stem.with_suffix(".md"): markdown(rows, baselines, preamble),
-        stem.with_suffix(".csv"): csv_text(agg_header, agg_rows),
-        stem.parent / f"{stem.name}_runs.csv": csv_text([*run_header, "run_dir"], run_rows),
+        stem.with_suffix(".csv"): csv_table(agg_header, agg_rows),
+        stem.parent / f"{stem.name}_runs.csv": csv_table([*run_header, "run_dir"], run_rows),
     }
-    for path, text in files.items():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    save_tables(files)
 
 
 # ---------------------------------------------------------------------------------------------- baselines
@@ -317,8 +290,6 @@ def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
     """The harness baselines of comparison dataset `data` on its test split (val co-bps too), cached
     in `<cache_dir>/<data>.json` so that rewriting the tables never refits them (refit when the
     harness's list of baselines has changed since)."""
-    from hydra import compose, initialize_config_dir
-
     from neuralnets.data import load
     from neuralnets.eval import evaluate
     from neuralnets.eval.baselines import BASELINES, run_baselines
@@ -331,8 +302,7 @@ def dataset_baselines(data: str, cache_dir: Path) -> list[dict[str, Any]]:
             return cached["rows"]
 
     config, extra = DATASETS[data]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={config}", *extra])  # the data the runs train on
+    cfg = compose([f"data={config}", *extra])  # the data the runs train on
     spikes = load(cfg.data.source, **load_kwargs(cfg))
     rows = []
     for run in run_baselines(spikes):
@@ -416,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="run directories and logs")
     p.add_argument("--table", type=Path, default=ROOT / "experiments/results/compare", help="table stem")
     args = p.parse_args(argv)
-    known = set(MODELS) | {path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")}  # rnn_vae, ...
+    known = set(MODELS) | set(config_names("model"))  # rnn_vae, ...
     unknown = [m for m in args.models if m not in known]
     if unknown:
         p.error(

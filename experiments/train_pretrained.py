@@ -79,12 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from neuralnets.config import compose
 
-    from neuralnets.training.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose(overrides)
 
 
 def train_one(name: str, args: argparse.Namespace) -> dict:

@@ -168,7 +168,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+        raise RunStatusError(f"{path} is not valid JSON ({e})") from None
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
@@ -180,7 +180,7 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
         return {"status": "finished" if (run_dir / METRICS_FILE).is_file() else "unknown"}
     status = read_json(path)
     if not isinstance(status, dict) or status.get("status") not in RUN_STATES:
-        raise ValueError(f"{path}: 'status' must be one of {list(RUN_STATES)}; got {status!r}")
+        raise RunStatusError(f"{path}: 'status' must be one of {list(RUN_STATES)}; got {status!r}")
     return status
 
 
@@ -190,7 +190,7 @@ def write_status(run_dir: str | Path, status: str | Mapping[str, Any], **fields:
     run_dir = Path(run_dir)
     record = dict(status) if isinstance(status, Mapping) else {"status": status}
     if record.get("status") not in RUN_STATES:
-        raise ValueError(f"run status must be one of {list(RUN_STATES)}; got {record.get('status')!r}")
+        raise RunStatusError(f"run status must be one of {list(RUN_STATES)}; got {record.get('status')!r}")
     path = run_dir / STATUS_FILE
     previous = read_status(run_dir) if path.is_file() else {}
     merged = {**previous, **record, **fields, "updated": _now()}
@@ -239,7 +239,7 @@ def write_metrics(
         try:
             payload = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} exists but is not valid JSON ({e}); fix or remove it") from None
+            raise RunStatusError(f"{path} exists but is not valid JSON ({e}); fix or remove it") from None
     payload.update(dict(extra or {}))
     payload["metrics"] = {k: float(v) for k, v in metrics.items()}
     text = json.dumps(_finite_or_none(payload), indent=2, sort_keys=False) + "\n"
@@ -258,14 +258,14 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run directory?")
     run = read_json(path)
     if not isinstance(run, dict):
-        raise ValueError(f"{path} must hold a JSON object; got {type(run).__name__}")
+        raise RunStatusError(f"{path} must hold a JSON object; got {type(run).__name__}")
     missing = [k for k in ("model", "data", "metrics") if k not in run]
     if missing:
-        raise ValueError(
+        raise RunStatusError(
             f"{path} lacks the key(s) {missing}; the run-directory contract needs model, data, metrics"
         )
     if not isinstance(run["metrics"], dict):
-        raise ValueError(f"{path}: 'metrics' must be an object of metric name -> number")
+        raise RunStatusError(f"{path}: 'metrics' must be an object of metric name -> number")
     run.setdefault("split", "test")
     run.setdefault("train_time_s", None)
     run.setdefault("n_parameters", None)
@@ -276,12 +276,13 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 def load_run_data(run: Mapping[str, Any]) -> SpikeData:
     """The dataset a run was scored on: `load(run["data_source"] or run["data"], **run["data_kwargs"])`."""
     from neuralnets.data.loaders import load  # the loaders pull in pynwb/h5py: only when asked
-    from neuralnets.data.spikedata import DataError, SpikeData
+    from neuralnets.data.spikedata import SpikeData
+    from neuralnets.errors import DataError
 
     source = run.get("data_source") or run["data"]
     kwargs = run.get("data_kwargs") or {}
     if not isinstance(kwargs, Mapping):
-        raise ValueError(
+        raise RunStatusError(
             f"'data_kwargs' of run {run.get('run_dir', run.get('model'))} must be an object; got {kwargs!r}"
         )
     data = load(source, **kwargs)
@@ -394,15 +395,15 @@ def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
         try:
             with h5py.File(path, "r") as f:
                 if "rates" not in f:
-                    raise ValueError(f"{path} has no dataset 'rates' (found {sorted(f.keys())})")
+                    raise RunStatusError(f"{path} has no dataset 'rates' (found {sorted(f.keys())})")
                 return {k: f[k][()] for k in PREDICTION_KEYS if k in f}
         except OSError as e:
-            raise ValueError(f"{path}: cannot read as HDF5 ({e})") from None
+            raise RunStatusError(f"{path}: cannot read as HDF5 ({e})") from None
     if suffix != ".npz":
-        raise ValueError(
+        raise RunStatusError(
             f"{path}: a predictions file must be .h5/.hdf5/.npz (array 'rates', optional 'latents') or .npy"
         )
     with np.load(path, allow_pickle=False) as f:
         if "rates" not in f.files:
-            raise ValueError(f"{path} has no array 'rates' (found {sorted(f.files)})")
+            raise RunStatusError(f"{path} has no array 'rates' (found {sorted(f.files)})")
         return {k: f[k] for k in PREDICTION_KEYS if k in f.files}

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger
 
+from neuralnets.config import compose
 from neuralnets.data.synthetic import lorenz
-from neuralnets.training.build import CONFIG_DIR, build_callbacks, build_logger, build_trainer
+from neuralnets.errors import ConfigError
+from neuralnets.training.build import build_callbacks, build_logger, build_trainer
 from neuralnets.training.callbacks import HarnessEvaluation, HashedModelCheckpoint
-from neuralnets.training.module import ConfigError
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose(list(overrides), config_name="train")
 
 
 @pytest.fixture(scope="module")

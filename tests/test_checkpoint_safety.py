@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tiny import TINY_DATA, TINY_LFADS
 
 from neuralnets import load_pretrained
+from neuralnets.config import compose
+from neuralnets.errors import ConfigError
 from neuralnets.pretrained.checkpoint_file import checksum_path, write_checksum
-from neuralnets.training.module import ConfigError, TrainingModule
-from neuralnets.training.train import CONFIG_DIR, prepare_config, train
+from neuralnets.training.module import TrainingModule
+from neuralnets.training.train import prepare_config, train
 
 TINY = [
     *TINY_DATA,
@@ -32,8 +33,7 @@ TINY = [
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *overrides])
+    return compose([*TINY, *overrides], config_name="train")
 
 
 class _Payload:

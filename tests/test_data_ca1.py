@@ -9,12 +9,13 @@ import scipy.io
 from hydra import compose, initialize_config_dir
 from tiny import TINY_LFADS
 
-from neuralnets.data import DataError, load
+from neuralnets.data import load
 from neuralnets.data.datasets.ca1_linear_track import (
     CA1_SPIKES_PATH,
     CA1_TRAJECTORY_PATH,
     load_ca1_linear_track,
 )
+from neuralnets.errors import DataError
 
 HEADER_BYTES = 197  # '<Start settings>' ... '<End settings>\n' of the bundled trajectory file
 RECORD = np.dtype([("time", "<u4"), ("xloc", "<u2"), ("yloc", "<u2"), ("xloc2", "<u2"), ("yloc2", "<u2")])
@@ -197,7 +198,8 @@ def test_bad_files_raise_data_error_naming_file_and_field(tmp_path, make):
 
 
 def test_tiny_training_run_on_ca1_produces_metrics(tmp_path):
-    from neuralnets.training.train import CONFIG_DIR, train
+    from neuralnets.config import CONFIG_DIR
+    from neuralnets.training.train import train
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(

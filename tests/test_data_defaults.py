@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from neuralnets.config import compose
 from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import ConfigError
 from neuralnets.models import MODELS
 from neuralnets.models.base import READOUT_FLOOR
 from neuralnets.training.build import (
-    CONFIG_DIR,
     auto_batch_size,
     auto_patience,
     build_datamodule,
@@ -19,12 +19,10 @@ from neuralnets.training.build import (
     resolve_data_defaults,
     train_mean_counts,
 )
-from neuralnets.training.module import ConfigError
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose(list(overrides), config_name="train")
 
 
 def test_train_mean_counts_use_observed_training_entries_only(tiny_data):

@@ -10,15 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from neuralnets.data import (
-    DataError,
-    load,
-    load_lfads_h5,
-    load_nlb_h5,
-    load_npz,
-    save_lfads_h5,
-)
+from neuralnets.data import load, load_lfads_h5, load_nlb_h5, load_npz, save_lfads_h5
 from neuralnets.data.datasets.mc_maze_small import MC_MAZE_SMALL_PATH
+from neuralnets.errors import DataError
 
 
 def _write_h5(path: Path, arrays: dict, attrs: dict | None = None) -> Path:

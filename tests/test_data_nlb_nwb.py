@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralnets.data import DataError, default_split, load, load_nlb_nwb, load_nwb
+from neuralnets.data import default_split, load, load_nlb_nwb, load_nwb
 from neuralnets.data.formats.nlb_targets import nlb_group_name
+from neuralnets.errors import DataError
 
 SPLITS = ["train", "train", "val", "test", "none", "train", "val", "train"]
 HELDOUT = [False, True, False, True, False]  # units 100..104

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralnets.data import DataError, load, load_nwb
+from neuralnets.data import load, load_nwb
+from neuralnets.errors import DataError
 
 
 @pytest.mark.filterwarnings("ignore:.*no held-out neurons:UserWarning")  # the file has no heldout column

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuralnets.data import DataError
 from neuralnets.data.options import parse_load_options
+from neuralnets.errors import DataError
 
 
 def test_values_are_yaml_scalars_and_lists():

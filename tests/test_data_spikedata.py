@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from neuralnets.data import DataError, SpikeData, default_split, load, load_npz, save_npz
+from neuralnets.data import SpikeData, default_split, load, load_npz, save_npz
+from neuralnets.errors import DataError
 
 
 def test_shapes_views_and_spec(tiny_data):

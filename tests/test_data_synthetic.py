@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from neuralnets.data import DataError, chaotic_rnn, lorenz
+from neuralnets.data import chaotic_rnn, lorenz
 from neuralnets.data.synthetic import _rk4_step
+from neuralnets.errors import DataError
 
 SMALL = dict(n_trials=24, n_neurons=12, n_bins=30, n_heldout=4, n_fwd=5, n_conditions=4)
 FIELDS = ("spikes", "rates", "latents", "behavior", "condition", "split")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
 from neuralnets.data.synthetic import lorenz
+from neuralnets.errors import DataError
 from neuralnets.eval import baselines as B
 from neuralnets.eval.harness import evaluate
 

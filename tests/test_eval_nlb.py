@@ -6,8 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from neuralnets.data import DataError, SpikeData, load
+from neuralnets.data import SpikeData, load
 from neuralnets.data.formats.nlb_targets import read_nlb_targets, targets_from_data, write_nlb_targets
+from neuralnets.errors import DataError
 from neuralnets.eval import evaluate
 from neuralnets.eval import regression as R
 from neuralnets.eval.nlb import (

@@ -24,7 +24,7 @@ import neuralnets.training.build as build_mod
 import neuralnets.training.train as train_mod
 from neuralnets.data.formats.lfads_h5 import save_lfads_h5
 from neuralnets.data.loaders import load
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import ConfigError, DataError, DivergenceError
 from neuralnets.eval.cli import compare_main, eval_main
 from neuralnets.runs import (
     atomic_path,
@@ -34,7 +34,6 @@ from neuralnets.runs import (
     write_metrics,
     write_status,
 )
-from neuralnets.training.module import ConfigError, DivergenceError
 from neuralnets.training.train import NothingToDo, prepare_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -346,7 +345,7 @@ def test_cli_run_makes_one_directory_with_its_log_and_refuses_to_reuse_it(tmp_pa
     assert done.returncode == 0 and "nothing to do" in done.stdout
 
 
-# =====================================================================================================
+# ==============================================================================================
 # ----- issue 22 (helper `trust`): planted native libraries, symlinks at output names, zero-length trials
 # =====================================================================================================
 def _c_compiler() -> str | None:
@@ -448,3 +447,69 @@ def test_a_zero_length_nwb_trial_is_named_with_its_index_and_both_times(tmp_path
     message = str(info.value)
     assert "trial index 2 (id 12, start_time 4 s, stop_time 4 s)" in message, message
     assert str(path) in message and "\n" not in message
+
+
+# ===================================================================================================
+# ----- issue 22 (helper cli): config files cannot write outside the run directory; a saved
+# config.yaml is never resolved against the environment.
+# ===================================================================================================
+def test_logger_and_callback_paths_cannot_leave_the_run_directory(tmp_path):
+    from neuralnets.training.build import build_callbacks, build_logger, build_trainer
+
+    run = tmp_path / "runs" / "run"
+    run.mkdir(parents=True)
+    data = lorenz_tiny()
+    escapes = {
+        "logger.name=../../..": "logger.name",
+        "logger.version=../../x": "logger.version",
+        "+logger.sub_dir=$HOME": "logger.sub_dir",
+        "+logger.save_dir=/tmp/elsewhere": "logger.save_dir",
+    }
+    for override, key in escapes.items():
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build_logger(tiny_cfg(override), run)
+    callbacks = {
+        "+callbacks.model_checkpoint.dirpath=/tmp/elsewhere": "callbacks.model_checkpoint.dirpath",
+        "callbacks.model_checkpoint.filename=../../../evil": "callbacks.model_checkpoint.filename",
+    }
+    for override, key in callbacks.items():
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build_callbacks(tiny_cfg(override), run, data)
+    with pytest.raises(ConfigError, match=r"trainer\.default_root_dir"):
+        build_trainer(tiny_cfg("+trainer.default_root_dir=/tmp/elsewhere"), run, data)
+    (run / "link").symlink_to(tmp_path, target_is_directory=True)  # a link inside that leads out
+    with pytest.raises(ConfigError, match=r"logger\.name='link/x' leads outside"):
+        build_logger(tiny_cfg("logger.name=link/x"), run)
+    # a name inside the run directory is fine, and the logger writes there
+    assert Path(build_logger(tiny_cfg("logger.name=tb"), run).log_dir) == run / "tb"  # version ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing was written beside it
+
+
+def test_a_training_whose_logger_escapes_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"logger\.name='\.\./\.\./\.\.' leads outside the run directory"):
+        train(tiny_cfg("logger.name=../../..", f"out_dir={tmp_path / 'out'}"))
+    assert not any((tmp_path / "out").rglob("*.tfevents*")) and not any(tmp_path.glob("events*"))
+
+
+def test_a_saved_config_is_never_resolved_against_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURALNETS_TEST_SECRET", "s3cr3t-value")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = OmegaConf.to_container(tiny_cfg(), resolve=True)
+    cfg["data"]["name"] = "${oc.env:NEURALNETS_TEST_SECRET}"  # written into the file by hand
+    OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
+    write_status(run, "failed", error="x")
+    with pytest.raises(ConfigError, match=r"data\.name holds an interpolation") as err:
+        prepare_config(OmegaConf.merge(tiny_cfg(), {"resume": str(run)}), run, [f"resume={run}"])
+    assert "s3cr3t" not in str(err.value)
+    from neuralnets.config import load_saved_config
+
+    with pytest.raises(ConfigError, match="interpolation"):
+        load_saved_config(run / "config.yaml")
+    # in a list, and a plain reference to another key, are refused as well
+    (run / "config.yaml").write_text("a: [1, '${oc.env:HOME}']\nb: ${a}\n")
+    with pytest.raises(ConfigError, match=r"a\.1 holds an interpolation \(2 key\(s\)"):
+        load_saved_config(run / "config.yaml")
+    # a config written resolved (as every run writes it) loads, values untouched
+    OmegaConf.save(tiny_cfg(), run / "config.yaml", resolve=True)
+    assert load_saved_config(run / "config.yaml").data.name == tiny_cfg().data.name

@@ -11,12 +11,13 @@ from hydra import compose, initialize_config_dir
 from tiny import TINY_DATA, TINY_LORENZ
 
 from neuralnets import load_pretrained
+from neuralnets.config import CONFIG_DIR
 from neuralnets.data import load
 from neuralnets.data.spikedata import DataSpec
+from neuralnets.errors import ConfigError
 from neuralnets.models import create_model
 from neuralnets.models.gpfa import GPFA, se_kernel
-from neuralnets.training.build import CONFIG_DIR
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import train
 
 SPEC = DataSpec(n_heldin=4, n_neurons=6, n_obs_bins=5, n_fwd_bins=3, bin_size=0.02)

@@ -282,9 +282,10 @@ def test_tiny_training_run_with_the_options_round_trips_through_load_pretrained(
     from hydra import compose, initialize_config_dir
     from tiny import TINY_LFADS
 
+    from neuralnets.config import CONFIG_DIR
     from neuralnets.data import load
     from neuralnets.pretrained import load_pretrained
-    from neuralnets.training.train import CONFIG_DIR, train
+    from neuralnets.training.train import train
 
     data_kw = dict(n_trials=24, n_neurons=12, n_heldout=4, n_bins=16, n_fwd=4, seed=0)
     overrides = [

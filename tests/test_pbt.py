@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tiny import TINY_LFADS
 
-from neuralnets.training.module import ConfigError
+from neuralnets.config import compose
+from neuralnets.errors import ConfigError
 from neuralnets.training.pbt import apply_hparams, check_config, clip_to_bounds, search_bounds, tune_metric
-from neuralnets.training.train import CONFIG_DIR
 
 TINY = [
     *(f"data.load_kwargs.{k}={v}" for k, v in dict(n_trials=40, n_neurons=12, n_heldout=4).items()),
@@ -28,8 +27,7 @@ TINY = [
 
 
 def pbt_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("pbt", overrides=[*TINY, *overrides])
+    return compose([*TINY, *overrides], config_name="pbt")
 
 
 def test_pbt_config_holds_the_autolfads_search_space():

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tiny import TINY_LFADS, TINY_LORENZ
 
 import neuralnets
+from neuralnets.config import compose
 from neuralnets.data import load
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import DataError
 from neuralnets.pretrained import (
     CHECKPOINTS_DIR,
     PretrainedModel,
@@ -28,7 +28,7 @@ from neuralnets.pretrained import (
 )
 from neuralnets.pretrained.bundle import card_data, export_run
 from neuralnets.runs import read_predictions
-from neuralnets.training.train import CONFIG_DIR, train
+from neuralnets.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = dict(TINY_LORENZ, seed=0)
@@ -46,8 +46,7 @@ CARD_ATOL = 1e-3
 
 
 def tiny_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *overrides])
+    return compose([*TINY, *overrides], config_name="train")
 
 
 @pytest.fixture(scope="module")

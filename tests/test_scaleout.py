@@ -324,7 +324,7 @@ def test_search_configs_compose(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from hydra import compose, initialize_config_dir
 
-    from neuralnets.training.train import CONFIG_DIR
+    from neuralnets.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         co = compose("train", overrides=["hparams_search=lfads_optuna"], return_hydra_config=True)
@@ -344,7 +344,7 @@ def test_search_configs_compose(tmp_path):
 def test_trainer_configs_compose():
     from hydra import compose, initialize_config_dir
 
-    from neuralnets.training.train import CONFIG_DIR
+    from neuralnets.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         gpu = compose("train", overrides=["trainer=ddp"]).trainer
@@ -357,7 +357,7 @@ def test_trainer_configs_compose():
 
 
 def test_sweep_value_reads_harness_metrics_or_the_monitor():
-    from neuralnets.training.module import ConfigError
+    from neuralnets.errors import ConfigError
     from neuralnets.training.train import sweep_value
 
     record = {"val_metrics": {"co_bps": 0.25, "fp_bps": 0.1}, "monitor": {"val/recon": 180.5}}
@@ -386,7 +386,7 @@ def test_multirun_refuses_ddp_that_would_rerun_the_sweep(monkeypatch):
 def test_only_rank_zero_writes_or_refuses_the_run_directory(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from neuralnets.training.module import ConfigError
+    from neuralnets.errors import ConfigError
     from neuralnets.training.train import is_launch_rank_zero, prepare_config
 
     for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):

@@ -13,19 +13,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from neuralnets.config import CONFIG_DIR
 from neuralnets.data import load
 from neuralnets.data.datamodule import MultiSessionDataModule
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
-from neuralnets.data.spikedata import DataError
 from neuralnets.data.synthetic import lorenz, lorenz_sessions
+from neuralnets.errors import ConfigError, DataError, ModelConfigError
 from neuralnets.eval import evaluate, evaluate_sessions
-from neuralnets.models import ModelConfigError, Stitched, create_model
+from neuralnets.models import Stitched, create_model
 from neuralnets.models.stitched import _smooth, readin_init
 from neuralnets.pretrained.checkpoint_file import checksum_path
 from neuralnets.pretrained.loading import build_from_checkpoint
-from neuralnets.training.module import ConfigError
 from neuralnets.training.stitching import finetune, finetune_module
-from neuralnets.training.train import CONFIG_DIR, train
+from neuralnets.training.train import train
 
 TINY = dict(n_sessions=3, n_trials=30, n_neurons=(8, 14), n_bins=16, n_fwd=4, n_conditions=4)
 CORE = {"gen_dim": 12, "fac_dim": 3, "ic_enc_dim": 8, "ci_enc_dim": 4, "con_dim": 4, "co_dim": 1}

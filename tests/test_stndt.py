@@ -11,11 +11,11 @@ from hydra import compose, initialize_config_dir
 from tiny import TINY_DATA, TINY_LORENZ, sine_batch
 
 from neuralnets import load_pretrained
+from neuralnets.config import CONFIG_DIR
 from neuralnets.data import load
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models import STNDT, create_model
 from neuralnets.models.stndt import SpatialAttention, nt_xent
-from neuralnets.training.build import CONFIG_DIR
 from neuralnets.training.train import train
 
 # 20 bins (4 forward) x 8 neurons (2 held out).

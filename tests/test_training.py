@@ -14,12 +14,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tiny import TINY_DATA, TINY_LFADS, TINY_LORENZ
 
+from neuralnets.config import CONFIG_DIR
 from neuralnets.data.datamodule import SpikeDataModule
 from neuralnets.data.synthetic import lorenz
+from neuralnets.errors import ConfigError
 from neuralnets.models import MODELS
 from neuralnets.runs import read_predictions
-from neuralnets.training.module import ConfigError, TrainingModule
-from neuralnets.training.train import CONFIG_DIR, prepare_config, train
+from neuralnets.training.module import TrainingModule
+from neuralnets.training.train import prepare_config, train
 
 # A module-level LFADS small enough to build and step without a Trainer.
 MICRO_LFADS = {

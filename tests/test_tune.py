@@ -8,12 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tiny import TINY_DATA, TINY_LFADS
 
+from neuralnets.config import compose
+from neuralnets.errors import ConfigError
 from neuralnets.runs import read_run, read_status
-from neuralnets.training.build import CONFIG_DIR
-from neuralnets.training.module import ConfigError
 from neuralnets.training.tune import ReportAndPrune, search_space, tune
 
 pytest.importorskip("optuna")
@@ -30,8 +29,7 @@ TINY = [
 
 
 def _cfg(tmp_path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("tune", overrides=[*TINY, f"tune.dir={tmp_path / 'study'}", *overrides])
+    return compose([*TINY, f"tune.dir={tmp_path / 'study'}", *overrides], config_name="tune")
 
 
 def test_tune_runs_members_writes_a_leaderboard_and_resumes(tmp_path):

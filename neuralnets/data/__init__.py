@@ -16,8 +16,9 @@ from neuralnets.data.formats.nwb import load_nwb
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.options import parse_load_options
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
-from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, default_split
+from neuralnets.data.spikedata import DataSpec, SpikeData, default_split
 from neuralnets.data.synthetic import chaotic_rnn, lorenz, lorenz_sessions
+from neuralnets.errors import DataError
 
 __all__ = [
     "BUILTIN_DATASETS",

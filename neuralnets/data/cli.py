@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from neuralnets import debug_mode
+from neuralnets.cli import run_cli
 from neuralnets.data.formats.npz import save_npz
 from neuralnets.data.loaders import BUILTIN_DATASETS, load
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import DataError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,22 +67,21 @@ def _load_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        data = load(args.source, **_load_kwargs(args))
-        print(data.summary())
-        if args.save and isinstance(data, MultiSessionData):
-            raise DataError(f"{args.source} holds {data.n_sessions} sessions; --save writes one SpikeData")
-        if args.save:
-            out = save_npz(data, args.save)
-            print(f"saved to {out}")
-    except (DataError, OSError, ValueError, TypeError, KeyError) as e:
-        if debug_mode():
-            raise
-        print(f"neuralnets-data: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    data = load(args.source, **_load_kwargs(args))
+    print(data.summary())
+    if args.save and isinstance(data, MultiSessionData):
+        raise DataError(f"{args.source} holds {data.n_sessions} sessions; --save writes one SpikeData")
+    if args.save:
+        out = save_npz(data, args.save)
+        print(f"saved to {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `neuralnets-data` (errors and exit codes: `neuralnets.cli.run_cli`)."""
+    return run_cli("neuralnets-data", _main, argv)
 
 
 if __name__ == "__main__":

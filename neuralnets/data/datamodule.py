@@ -18,7 +18,8 @@ from torch import Tensor
 
 from neuralnets.data.loaders import load
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import DataError
 
 
 def log_count_factorials(spikes: Tensor, observed: Tensor | None, chunk: int = 256) -> Tensor:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import DataError
 
 HOW_TO_CHOOSE = (
     "choose held-out units with heldout_column=<boolean units column>, heldout_units=[indices], "

@@ -27,8 +27,9 @@ from neuralnets.data.formats.nlb_nwb import load_nlb_nwb
 from neuralnets.data.formats.npz import load_npz
 from neuralnets.data.formats.nwb import load_nwb
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
 from neuralnets.data.synthetic import chaotic_rnn, lorenz, lorenz_sessions
+from neuralnets.errors import DataError
 
 __all__ = ["BUILTIN_DATASETS", "load"]
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import DataError
 
 __all__ = ["parse_load_options"]
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuralnets.data.spikedata import DataError, DataSpec, SpikeData
+from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.errors import DataError
 
 # A session name: a word of letters, digits, '_' and '-' (it becomes part of logged metric names).
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -57,12 +58,12 @@ class MultiSessionSpec:
         """The position of a session given by name or index; a ValueError names the valid ones."""
         if isinstance(session, str):
             if session not in self.names:
-                raise ValueError(f"unknown session {session!r}; sessions: {list(self.names)}")
+                raise DataError(f"unknown session {session!r}; sessions: {list(self.names)}")
             return self.names.index(session)
         if isinstance(session, bool) or not isinstance(session, int | np.integer):
-            raise ValueError(f"session must be a name or an index; got {session!r}")
+            raise DataError(f"session must be a name or an index; got {session!r}")
         if not 0 <= session < self.n_sessions:
-            raise ValueError(f"session index {session} out of range; sessions: {list(self.names)}")
+            raise DataError(f"session index {session} out of range; sessions: {list(self.names)}")
         return int(session)
 
     def __getitem__(self, session: int | str) -> DataSpec:
@@ -72,7 +73,7 @@ class MultiSessionSpec:
         """This spec with `other`'s sessions appended (names must be new)."""
         clash = sorted(set(self.names) & set(other.names))
         if clash:
-            raise ValueError(f"session name(s) {clash} already in {list(self.names)}; rename the new ones")
+            raise DataError(f"session name(s) {clash} already in {list(self.names)}; rename the new ones")
         return MultiSessionSpec(self.names + other.names, self.specs + other.specs)
 
     def to_dict(self) -> dict:
@@ -86,7 +87,7 @@ def spec_from_dict(spec: Mapping) -> DataSpec | MultiSessionSpec:
     if "sessions" in spec:
         sessions = dict(spec["sessions"])
         if not sessions:
-            raise ValueError("spec.sessions is empty; a multi-session spec needs at least one session")
+            raise DataError("spec.sessions is empty; a multi-session spec needs at least one session")
         return MultiSessionSpec(tuple(sessions), tuple(DataSpec(**dict(s)) for s in sessions.values()))
     return DataSpec(**spec)
 

@@ -25,7 +25,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError, SpikeData, default_split
+from neuralnets.data.spikedata import SpikeData, default_split
+from neuralnets.errors import DataError
 
 __all__ = ["lorenz", "chaotic_rnn", "lorenz_sessions"]
 

@@ -14,21 +14,29 @@ a model. Modules, each importing only those listed before it:
 The run directory (metrics.json, predictions.h5) is `neuralnets.runs`.
 """
 
-from neuralnets.eval.fewshot import fewshot_co_bps
-from neuralnets.eval.harness import behavior_trials, evaluate, evaluate_sessions, skipped_metrics
-from neuralnets.eval.metrics import (
-    METRICS,
-    bits_per_spike,
-    co_bps,
-    fp_bps,
-    input_corr,
-    poisson_ll,
-    psth_r2,
-    rate_r2,
-)
-from neuralnets.eval.regression import latent_r2, vel_r2
-from neuralnets.eval.tables import format_table
-from neuralnets.eval.tblog import log_to_tensorboard
+import importlib
+
+# name -> the module defining it; imported on first use (PEP 562), so that `neuralnets-eval --help`
+# and `import neuralnets.eval.cli` do not load PyTorch.
+_HOMES = {
+    "fewshot_co_bps": "fewshot",
+    "behavior_trials": "harness",
+    "evaluate": "harness",
+    "evaluate_sessions": "harness",
+    "skipped_metrics": "harness",
+    "METRICS": "metrics",
+    "bits_per_spike": "metrics",
+    "co_bps": "metrics",
+    "fp_bps": "metrics",
+    "input_corr": "metrics",
+    "poisson_ll": "metrics",
+    "psth_r2": "metrics",
+    "rate_r2": "metrics",
+    "latent_r2": "regression",
+    "vel_r2": "regression",
+    "format_table": "tables",
+    "log_to_tensorboard": "tblog",
+}
 
 __all__ = [
     "METRICS",
@@ -49,3 +57,13 @@ __all__ = [
     "skipped_metrics",
     "vel_r2",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"neuralnets.eval.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

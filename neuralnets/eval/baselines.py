@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.eval import metrics as M
 from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
 from neuralnets.eval.harness import evaluate
@@ -84,7 +85,7 @@ def fit_smoothing_glm(
         )
     alphas = [float(alpha)] if np.isscalar(alpha) else [float(a) for a in alpha]
     if not alphas or any(not (a >= 0 and np.isfinite(a)) for a in alphas):
-        raise ValueError(f"alpha must be a non-negative number or a non-empty list of them; got {alpha!r}")
+        raise ConfigError(f"alpha must be a non-negative number or a non-empty list of them; got {alpha!r}")
     t_obs, n_in, n_out = data.n_obs, data.n_heldin, data.n_heldout
     mask = data.observed_mask()  # (trials, T, N)
     smoothed = smooth_spikes(
@@ -208,7 +209,7 @@ def fit_condition_average(
         raise DataError(f"{data.source}: condition_average needs train trials; split 'train' is empty")
     sigmas = [float(sigma_ms)] if np.isscalar(sigma_ms) else [float(x) for x in sigma_ms]
     if not sigmas or any(not (np.isfinite(x) and x > 0) for x in sigmas):
-        raise ValueError(f"sigma_ms must be a positive number or a non-empty list of them; got {sigma_ms!r}")
+        raise ConfigError(f"sigma_ms must be a positive number or a non-empty list of them; got {sigma_ms!r}")
     mask = data.observed_mask()  # (trials, T, N)
     cond = data.condition
     labels = np.unique(cond[train])
@@ -289,7 +290,7 @@ def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwa
         names = [n for n in BASELINES if n != "true_rates" or skip_reason(n, data) is None]
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {BASELINES}")
+        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {BASELINES}")
     runs = []
     for name in names:
         if name == "condition_average" and skip_reason(name, data):

@@ -9,8 +9,9 @@ neuralnets-compare runs/a runs/b --csv out.csv --markdown out.md
 
 Errors (missing directory or file, a dataset that cannot be loaded, rates whose shape does not match
 the dataset, a run directory that is not finished) print one line and exit with status 2
-(NEURALNETS_DEBUG=1: the full traceback). `neuralnets-compare` skips run directories that are not
-finished runs (running, failed, diverged, or no run at all) with a one-line warning each.
+(NEURALNETS_DEBUG=1: the full traceback; exit codes: `neuralnets.errors`). `neuralnets-compare`
+skips run directories that are not finished runs (running, failed, diverged, or no run at all) with
+a one-line warning each.
 """
 
 from __future__ import annotations
@@ -23,21 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from neuralnets import debug_mode
-from neuralnets.data.formats.nlb_targets import read_nlb_targets
+from neuralnets.cli import run_cli
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError
-from neuralnets.eval.baselines import baseline_rows
-from neuralnets.eval.harness import evaluate
-from neuralnets.eval.nlb import (
-    run_group_name,
-    score_against_targets,
-    submission_from_run,
-    write_run_submission,
-)
-from neuralnets.eval.tables import print_table, write_table
-from neuralnets.eval.tblog import write_tensorboard
+from neuralnets.errors import ConfigError, NeuralnetsError
 from neuralnets.runs import (
     METRICS_FILE,
     STATUS_FILE,
@@ -45,18 +35,6 @@ from neuralnets.runs import (
     read_predictions,
     read_run,
     require_finished,
-)
-
-EXIT_USAGE = 2
-_ERRORS = (
-    DataError,
-    ValueError,
-    FileNotFoundError,
-    FileExistsError,
-    KeyError,
-    OSError,
-    ImportError,
-    TypeError,
 )
 
 
@@ -139,18 +117,7 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _run(prog: str, fn, argv: list[str] | None) -> int:
-    """Run `fn(argv)`; user-facing errors become one line on stderr and exit status 2."""
-    try:
-        return fn(argv)
-    except _ERRORS as e:
-        if debug_mode():
-            raise
-        msg = " ".join(str(e).split()) if not isinstance(e, KeyError) else f"missing key {e}"
-        print(f"{prog}: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
-
-
+# The harness (PyTorch) is imported when a command runs, not when its parser is built: --help is fast.
 def _load_data(source: str, kwargs: dict):
     from neuralnets.data.loaders import load
 
@@ -166,6 +133,9 @@ def _to_device(x: np.ndarray | None, device: str):
 
 
 def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from neuralnets.eval.tables import print_table, write_table
+    from neuralnets.eval.tblog import write_tensorboard
+
     print_table(rows, title=args.title)
     write_table(rows, args.csv, args.markdown)
     if args.tensorboard:
@@ -175,11 +145,21 @@ def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- eval
 def _eval(argv: list[str] | None) -> int:
     args = _eval_parser().parse_args(argv)
+    from neuralnets.data.formats.nlb_targets import read_nlb_targets
+    from neuralnets.eval.baselines import baseline_rows
+    from neuralnets.eval.harness import evaluate
+    from neuralnets.eval.nlb import (
+        run_group_name,
+        score_against_targets,
+        submission_from_run,
+        write_run_submission,
+    )
+
     options = parse_load_options(args.opt)
     if args.target is None and not args.baselines:
-        raise ValueError("give a run directory or rates file to score, or --baselines with --data")
+        raise ConfigError("give a run directory or rates file to score, or --baselines with --data")
     if args.target is None and (args.nlb_submission or args.nlb_targets):
-        raise ValueError("--nlb-submission and --nlb-targets need rates: give a run directory or rates file")
+        raise ConfigError("--nlb-submission and --nlb-targets need rates: give a run directory or rates file")
     run: dict[str, Any] = {}
     target = Path(args.target) if args.target else None
     if target is not None:
@@ -191,7 +171,7 @@ def _eval(argv: list[str] | None) -> int:
             run = read_run(target)
     source = args.data or run.get("data_source") or run.get("data")
     if source is None:
-        raise ValueError(f"{target}: no dataset recorded there; pass --data NAME_OR_PATH")
+        raise ConfigError(f"{target}: no dataset recorded there; pass --data NAME_OR_PATH")
     data = _load_data(source, {**({} if args.data else run.get("data_kwargs") or {}), **options})
     split = args.split or run.get("split") or "test"
     label = args.data or run.get("data") or data.name
@@ -237,22 +217,24 @@ def _eval(argv: list[str] | None) -> int:
 
 def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of `neuralnets-eval`."""
-    return _run("neuralnets-eval", _eval, argv)
+    return run_cli("neuralnets-eval", _eval, argv)
 
 
 # ---------------------------------------------------------------------------------------------- compare
 def _compare(argv: list[str] | None) -> int:
     args = _compare_parser().parse_args(argv)
+    from neuralnets.eval.baselines import baseline_rows
+
     options = parse_load_options(args.opt)
     rows, skipped = [], []
     for d in args.run_dirs:
         try:
             require_finished(d)
             rows.append(read_run(d))
-        except (ValueError, FileNotFoundError) as e:  # RunStatusError is a ValueError
+        except (NeuralnetsError, OSError) as e:  # not a finished run: skipped, said below
             skipped.append(" ".join(str(e).split()))
     if not rows:
-        raise ValueError(f"no finished run to compare: {'; '.join(skipped)}")
+        raise ConfigError(f"no finished run to compare: {'; '.join(skipped)}")
     for reason in skipped:
         print(f"neuralnets-compare: skipping: {reason}", file=sys.stderr)
     if args.baselines:
@@ -278,7 +260,7 @@ def _compare(argv: list[str] | None) -> int:
 
 def compare_main(argv: list[str] | None = None) -> int:
     """Entry point of `neuralnets-compare`."""
-    return _run("neuralnets-compare", _compare, argv)
+    return run_cli("neuralnets-compare", _compare, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
 from neuralnets.eval.metrics import (
     FEWSHOT_ALPHA,
@@ -49,12 +50,12 @@ def fewshot_co_bps(
         latents_eval, heldout_eval, "latents_eval", "heldout_eval", device=zt.device
     )
     if ze.shape[2] != zt.shape[2] or ye.shape[2] != yt.shape[2]:
-        raise ValueError(
+        raise DataError(
             f"eval latents {tuple(ze.shape)} / held-out {tuple(ye.shape)} do not match the train ones "
             f"{tuple(zt.shape)} / {tuple(yt.shape)}"
         )
     if k < 1 or n_resamples < 1 or not (alpha >= 0):
-        raise ValueError(f"need k >= 1, n_resamples >= 1, alpha >= 0; got {k}, {n_resamples}, {alpha}")
+        raise ConfigError(f"need k >= 1, n_resamples >= 1, alpha >= 0; got {k}, {n_resamples}, {alpha}")
     m_t = as_mask(mask_train, yt.shape, zt.device)
     check_values(yt, "heldout_train", m_t, nonneg=True)
     w_t = torch.ones_like(yt) if m_t is None else m_t.to(yt.dtype)

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.eval import metrics as M
 from neuralnets.eval.fewshot import fewshot_co_bps
 from neuralnets.eval.metrics import METRICS
@@ -133,7 +134,7 @@ def _all_trials(x: Any, name: str, dim: str, data: SpikeData) -> Tensor:
     """`x` as a tensor of shape (trials, T, dim) covering every trial of `data`, or a ValueError."""
     t = M.as_tensor(x, name, keep_float=True)  # the metrics convert the trials they use to float64
     if t.ndim != 3 or t.shape[0] != data.n_trials:
-        raise ValueError(
+        raise DataError(
             f"{name} have shape {tuple(t.shape)}; expected ({data.n_trials}, T, {dim}) for all trials of "
             f"data {data.name!r}"
         )
@@ -173,10 +174,10 @@ def evaluate(
     out).
     """
     if psth_variant not in PSTH_VARIANTS:
-        raise ValueError(f"psth_variant must be one of {PSTH_VARIANTS}; got {psth_variant!r}")
+        raise ConfigError(f"psth_variant must be one of {PSTH_VARIANTS}; got {psth_variant!r}")
     lam = M.as_tensor(rates, "rates", keep_float=True)  # no float64 copy of all trials
     if tuple(lam.shape) != data.spikes.shape:
-        raise ValueError(
+        raise DataError(
             f"rates have shape {tuple(lam.shape)} but data {data.name!r} has spikes of shape "
             f"{data.spikes.shape} (trials, bins, neurons); rates must cover all trials, bins and neurons"
         )
@@ -284,7 +285,7 @@ def evaluate_sessions(
     the sessions}} (a metric enters the mean only if every session has it)."""
     missing = sorted(set(data.names) - set(predictions))
     if missing:
-        raise ValueError(f"no predictions for session(s) {missing} of {data.name!r}")
+        raise DataError(f"no predictions for session(s) {missing} of {data.name!r}")
     per_session = {
         name: evaluate(
             predictions[name]["rates"],

@@ -38,6 +38,8 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
+from neuralnets.errors import ConfigError, DataError
+
 RATE_FLOOR = 1e-9  # counts/bin; floor for predicted rates inside the log (zero rates would give -inf)
 # Ridge penalties of vel R²: NLB's grid (logspace(-4, 0, 9)); the project's earlier, wider grid is kept for
 # the legacy variant (`vel_r2(..., alphas=LEGACY_ALPHAS, cv="trials")`).
@@ -84,10 +86,10 @@ def as_tensor(
     else:
         arr = np.asarray(x)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+            raise DataError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.is_complex():
-        raise ValueError(f"{name}: complex values are not supported")
+        raise DataError(f"{name}: complex values are not supported")
     dtype = t.dtype if keep_float and t.is_floating_point() else torch.float64
     return t.to(device=device if device is not None else t.device, dtype=dtype)
 
@@ -97,11 +99,9 @@ def as_mask(mask: ArrayLike | None, shape: torch.Size, device: torch.device) -> 
         return None
     m = torch.as_tensor(mask.detach() if isinstance(mask, Tensor) else np.asarray(mask), device=device)
     if m.dtype != torch.bool:
-        raise ValueError(f"mask: expected a bool array, got dtype {m.dtype}")
+        raise DataError(f"mask: expected a bool array, got dtype {m.dtype}")
     if m.shape != shape:
-        raise ValueError(
-            f"mask has shape {tuple(m.shape)}; expected {tuple(shape)} (the shape of the counts)"
-        )
+        raise DataError(f"mask has shape {tuple(m.shape)}; expected {tuple(shape)} (the shape of the counts)")
     return m
 
 
@@ -117,14 +117,14 @@ def check_values(x: Tensor, name: str, mask: Tensor | None, nonneg: bool) -> Non
         bad &= mask
     if bad.any():
         idx = _first_index(bad)
-        raise ValueError(f"{name} has non-finite values (first {x[idx].item()} at index {idx})")
+        raise DataError(f"{name} has non-finite values (first {x[idx].item()} at index {idx})")
     if nonneg:
         bad = x < 0
         if mask is not None:
             bad &= mask
         if bad.any():
             idx = _first_index(bad)
-            raise ValueError(
+            raise DataError(
                 f"{name} has negative values (first {x[idx].item()} at index {idx}); must be >= 0"
             )
 
@@ -136,12 +136,12 @@ def _prepare_counts(
     lam = as_tensor(rates, rates_name)
     y = as_tensor(spikes, "spikes", device=lam.device)
     if lam.shape != y.shape:
-        raise ValueError(
+        raise DataError(
             f"{rates_name} have shape {tuple(lam.shape)} but spikes have shape {tuple(y.shape)}; "
             "they must match"
         )
     if lam.ndim < 2:
-        raise ValueError(
+        raise DataError(
             f"{rates_name} must have a trailing neuron axis, e.g. (trials, T, N); got {tuple(lam.shape)}"
         )
     m = as_mask(mask, lam.shape, lam.device)
@@ -185,7 +185,7 @@ def bits_per_spike(rates: ArrayLike, spikes: ArrayLike, mask: ArrayLike | None =
     reduce = tuple(range(lam.ndim - 1))
     n_spikes = (w * y).sum()
     if n_spikes <= 0:
-        raise ValueError(
+        raise DataError(
             "bits/spike is undefined: the evaluated spikes contain no spike "
             f"({int(w.sum())} evaluated entries, all zero)"
         )
@@ -205,7 +205,7 @@ def co_bps(
     """
     lam, y, m = _split_view(rates, spikes, observed, n_fwd)
     if not 0 < n_heldin < y.shape[2]:
-        raise ValueError(f"co-bps needs held-out neurons: n_heldin={n_heldin} of {y.shape[2]} neurons")
+        raise DataError(f"co-bps needs held-out neurons: n_heldin={n_heldin} of {y.shape[2]} neurons")
     t_obs = y.shape[1] - n_fwd
     sl = (slice(None), slice(0, t_obs), slice(n_heldin, None))
     return bits_per_spike(lam[sl], y[sl], None if m is None else m[sl])
@@ -215,7 +215,7 @@ def fp_bps(rates: ArrayLike, spikes: ArrayLike, n_fwd: int, observed: ArrayLike 
     """Forward-prediction bits/spike: all neurons over the last `n_fwd` bins; rates, spikes (trials, T, N)."""
     lam, y, m = _split_view(rates, spikes, observed, n_fwd)
     if n_fwd <= 0:
-        raise ValueError(f"fp-bps needs forward-prediction bins: n_fwd={n_fwd}")
+        raise DataError(f"fp-bps needs forward-prediction bins: n_fwd={n_fwd}")
     sl = (slice(None), slice(y.shape[1] - n_fwd, None), slice(None))
     return bits_per_spike(lam[sl], y[sl], None if m is None else m[sl])
 
@@ -224,12 +224,12 @@ def _split_view(rates, spikes, observed, n_fwd):
     lam = as_tensor(rates, "rates")
     y = as_tensor(spikes, "spikes", device=lam.device)
     if lam.shape != y.shape or lam.ndim != 3:
-        raise ValueError(
+        raise DataError(
             f"rates have shape {tuple(lam.shape)} and spikes {tuple(y.shape)}; "
             "both must be (trials, T, N) with the same shape"
         )
     if not 0 <= n_fwd < y.shape[1]:
-        raise ValueError(f"n_fwd={n_fwd} does not fit {y.shape[1]} bins")
+        raise DataError(f"n_fwd={n_fwd} does not fit {y.shape[1]} bins")
     m = as_mask(observed, lam.shape, lam.device)
     return lam, y, m
 
@@ -270,7 +270,7 @@ def r2_columns_sklearn(pred: Tensor, true: Tensor, weight: Tensor | None = None)
 def mean_defined(r2: Tensor, what: str) -> float:
     ok = ~torch.isnan(r2)
     if not ok.any():
-        raise ValueError(f"{what} is undefined: every target column is constant over the evaluated entries")
+        raise DataError(f"{what} is undefined: every target column is constant over the evaluated entries")
     return float(r2[ok].mean())
 
 
@@ -279,7 +279,7 @@ def r2_score(pred: ArrayLike, true: ArrayLike, mask: ArrayLike | None = None) ->
     p = as_tensor(pred, "pred")
     t = as_tensor(true, "true", device=p.device)
     if p.shape != t.shape:
-        raise ValueError(f"pred has shape {tuple(p.shape)} but true has shape {tuple(t.shape)}")
+        raise DataError(f"pred has shape {tuple(p.shape)} but true has shape {tuple(t.shape)}")
     m = as_mask(mask, p.shape, p.device)
     check_values(p, "pred", m, nonneg=False)
     check_values(t, "true", m, nonneg=False)
@@ -309,7 +309,7 @@ def smooth_spikes(
     Runs in scipy on the CPU (the true spikes are data, not model output), vectorised along axis 1.
     """
     if not (np.isfinite(bin_size) and bin_size > 0 and np.isfinite(sigma_ms) and sigma_ms > 0):
-        raise ValueError(f"bin_size ({bin_size} s) and sigma_ms ({sigma_ms} ms) must be positive")
+        raise ConfigError(f"bin_size ({bin_size} s) and sigma_ms ({sigma_ms} ms) must be positive")
     sigma = sigma_ms / 1000.0 / bin_size  # in bins
     y = np.asarray(spikes, dtype=np.float64)
     w = np.ones(y.shape) if mask is None else np.asarray(mask, dtype=np.float64)
@@ -398,15 +398,15 @@ def psth_r2(
     """
     lam, y, w = _prepare_counts(rates, spikes, mask)
     if lam.ndim != 3:
-        raise ValueError(f"psth_r2 expects (trials, T, N) arrays; got {tuple(lam.shape)}")
+        raise DataError(f"psth_r2 expects (trials, T, N) arrays; got {tuple(lam.shape)}")
     cond = np.asarray(condition.cpu() if isinstance(condition, Tensor) else condition)
     if cond.shape != (lam.shape[0],):
-        raise ValueError(f"condition has shape {cond.shape}; expected ({lam.shape[0]},) to match the trials")
+        raise DataError(f"condition has shape {cond.shape}; expected ({lam.shape[0]},) to match the trials")
     if constant_target not in ("sklearn", "drop"):
-        raise ValueError(f"constant_target must be 'sklearn' or 'drop'; got {constant_target!r}")
+        raise ConfigError(f"constant_target must be 'sklearn' or 'drop'; got {constant_target!r}")
     if target_spikes is None:
         if target_condition is not None or target_mask is not None:
-            raise ValueError("target_condition/target_mask need target_spikes")
+            raise DataError("target_condition/target_mask need target_spikes")
         target_spikes, target_mask, cond_t, name = y, None if mask is None else w > 0, cond, "spikes"
     else:
         target_spikes = target_spikes if isinstance(target_spikes, Tensor) else np.asarray(target_spikes)
@@ -414,19 +414,19 @@ def psth_r2(
             target_mask = np.asarray(target_mask)
         shape = tuple(target_spikes.shape)
         if len(shape) != 3 or shape[1:] != tuple(lam.shape[1:]):
-            raise ValueError(
+            raise DataError(
                 f"target_spikes have shape {shape}; expected (trials', {lam.shape[1]}, "
                 f"{lam.shape[2]}) (same bins and neurons as rates)"
             )
         if target_mask is not None and tuple(target_mask.shape) != shape:
-            raise ValueError(f"target_mask has shape {tuple(target_mask.shape)}; expected {shape}")
+            raise DataError(f"target_mask has shape {tuple(target_mask.shape)}; expected {shape}")
         if target_condition is None:
-            raise ValueError("target_spikes need target_condition (one label per target trial)")
+            raise DataError("target_spikes need target_condition (one label per target trial)")
         cond_t = np.asarray(
             target_condition.cpu() if isinstance(target_condition, Tensor) else target_condition
         )
         if cond_t.shape != (shape[0],):
-            raise ValueError(
+            raise DataError(
                 f"target_condition has shape {cond_t.shape}; expected ({shape[0]},), one per target trial"
             )
         name = "target_spikes"
@@ -462,12 +462,12 @@ def input_corr(
     z = as_tensor(inferred_inputs, "inferred_inputs")  # the work runs on the inferred inputs' device
     u = as_tensor(true_inputs, "true_inputs", device=z.device)
     if u.ndim != 3 or z.ndim != 3 or u.shape[:2] != z.shape[:2]:
-        raise ValueError(
+        raise DataError(
             f"true_inputs {tuple(u.shape)} and inferred_inputs {tuple(z.shape)} must be (trials, T, ·) "
             "with the same trials and bins"
         )
     if not 0 <= max_lag < u.shape[1] - 1:
-        raise ValueError(f"max_lag={max_lag} must be >= 0 and leave at least 2 of the {u.shape[1]} bins")
+        raise DataError(f"max_lag={max_lag} must be >= 0 and leave at least 2 of the {u.shape[1]} bins")
     check_values(u, "true_inputs", None, nonneg=False)
     check_values(z, "inferred_inputs", None, nonneg=False)
     mag = torch.linalg.vector_norm(z, dim=2)  # (trials, T)

@@ -29,7 +29,8 @@ import numpy as np
 
 from neuralnets.data.formats.common import open_h5, require_file
 from neuralnets.data.formats.nlb_targets import check_targets, nlb_group_name, write_nlb_h5
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import DataError
 from neuralnets.eval import metrics as M
 from neuralnets.eval.regression import vel_r2
 

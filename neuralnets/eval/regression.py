@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.eval.metrics import (
     DEFAULT_ALPHAS,
     ArrayLike,
@@ -57,12 +58,12 @@ def check_regression_inputs(x: ArrayLike, y: ArrayLike, xname: str, yname: str, 
     xt = as_tensor(x, xname, device=device)
     yt = as_tensor(y, yname, device=xt.device)
     if xt.ndim != 3 or yt.ndim != 3 or xt.shape[:2] != yt.shape[:2]:
-        raise ValueError(
+        raise DataError(
             f"{xname} {tuple(xt.shape)} and {yname} {tuple(yt.shape)} must be (trials, T, ·) "
             "with the same trials and bins"
         )
     if xt.shape[0] == 0:
-        raise ValueError(f"{xname} has no trials")
+        raise DataError(f"{xname} has no trials")
     check_values(xt, xname, None, nonneg=False)
     check_values(yt, yname, None, nonneg=False)
     return xt, yt
@@ -90,15 +91,15 @@ def ridge_cv(
       `n_folds` (fewer when there are fewer trials); R² with constant columns left out.
     """
     if cv not in CV_MODES:
-        raise ValueError(f"cv must be one of {CV_MODES}; got {cv!r}")
+        raise ConfigError(f"cv must be one of {CV_MODES}; got {cv!r}")
     xt, yt = check_regression_inputs(x, y, "x", "y")
     a = torch.as_tensor(list(alphas), dtype=xt.dtype, device=xt.device)
     if a.ndim != 1 or a.numel() == 0 or (a < 0).any():
-        raise ValueError(f"alphas must be a non-empty list of non-negative numbers; got {list(alphas)}")
+        raise ConfigError(f"alphas must be a non-empty list of non-negative numbers; got {list(alphas)}")
     if cv == "samples":
         xs, ys = flatten_trials(xt), flatten_trials(yt)  # (S, F), (S, D) rows in trial order
         if xs.shape[0] < n_folds:
-            raise ValueError(f"ridge_cv needs at least n_folds={n_folds} samples; got {xs.shape[0]}")
+            raise DataError(f"ridge_cv needs at least n_folds={n_folds} samples; got {xs.shape[0]}")
         splits = np.array_split(np.arange(xs.shape[0]), n_folds)  # KFold(n_folds, shuffle=False)
         folds = [torch.as_tensor(f, device=xt.device) for f in splits]
         rows = [(xs[f], ys[f]) for f in folds]
@@ -106,9 +107,7 @@ def ridge_cv(
     else:
         n_trials = xt.shape[0]
         if n_trials < 2:
-            raise ValueError(
-                f"ridge_cv needs at least 2 training trials for cross-validation; got {n_trials}"
-            )
+            raise DataError(f"ridge_cv needs at least 2 training trials for cross-validation; got {n_trials}")
         perm = np.random.default_rng(seed).permutation(n_trials)
         folds = [torch.as_tensor(f, device=xt.device) for f in np.array_split(perm, min(n_folds, n_trials))]
         rows = [(flatten_trials(xt[f]), flatten_trials(yt[f])) for f in folds]
@@ -151,7 +150,7 @@ def vel_r2(
         rates_eval, behavior_eval, "rates_eval", "behavior_eval", device=w.device
     )
     if xe.shape[2] != w.shape[0] or ye.shape[2] != w.shape[1]:
-        raise ValueError(
+        raise DataError(
             f"eval arrays {tuple(xe.shape)}, {tuple(ye.shape)} do not match the train features/outputs "
             f"({w.shape[0]} rates, {w.shape[1]} behaviour dims)"
         )
@@ -190,7 +189,7 @@ def latent_r2(
     w, b = linear_fit(latents_train, true_train)
     xe, ye = check_regression_inputs(latents_eval, true_eval, "latents_eval", "true_eval", device=w.device)
     if xe.shape[2] != w.shape[0] or ye.shape[2] != w.shape[1]:
-        raise ValueError(
+        raise DataError(
             f"eval latents {tuple(xe.shape)} / true {tuple(ye.shape)} do not match the train fit "
             f"({w.shape[0]} model dims -> {w.shape[1]} true dims)"
         )

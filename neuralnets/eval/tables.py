@@ -1,4 +1,9 @@
-"""Comparison tables: one row per (model, data, split), one column per metric; rich, markdown and CSV.
+"""Tables: the one writer of Markdown and CSV tables (`markdown_table`, `csv_table`, `write_tables`),
+and the comparison table of runs built on it: one row per (model, data, split), one column per
+metric; rich, markdown and CSV.
+
+Every table the project writes (comparison tables, tuning leaderboards, experiment reports, model
+cards) goes through `markdown_table` / `csv_table`, and to disk through `save_tables` (atomic).
 
 A row is a dict with keys `model`, `data`, `split`, `metrics` ({name: float}), `train_time_s`,
 `n_parameters` (the last two may be None), as in metrics.json (`neuralnets.runs.read_run`). Metric
@@ -12,17 +17,53 @@ import csv
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.metrics import METRICS
-from neuralnets.runs import load_run_data
+from neuralnets.runs import atomic_path, load_run_data
 
 ID_COLUMNS = ("model", "data", "split")
 TAIL_COLUMNS = ("train_time_s", "n_parameters")
+
+
+def cell(value: Any, digits: int = 4) -> str:
+    """A Markdown cell: floats with `digits` decimals (`nan` for non-finite), None empty, else str."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table (lines joined, ending in a newline); cells that are not text go through `cell`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(v if isinstance(v, str) else cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text with full-precision numbers (an empty cell: None, not computed)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    return buf.getvalue()
+
+
+def save_tables(files: Mapping[str | Path, str]) -> None:
+    """Write each `{path: text}` (a table from `markdown_table` / `csv_table`), each replaced
+    atomically: a reader never sees half a table. Parent folders are made."""
+    for path, text in files.items():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
 
 
 def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -32,15 +73,7 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _fmt(value: Any, column: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "nan"
-        if column == "train_time_s":
-            return f"{value:.1f}"
-        return f"{value:.4f}"
-    return str(value)
+    return cell(value, 1 if column == "train_time_s" else 4)
 
 
 def table_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -59,26 +92,20 @@ def table_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list
 
 
 def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    header, cells = table_cells(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
+    return markdown_table(*table_cells(rows))
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """CSV with full-precision numbers (empty cell = not computed)."""
     metrics = metric_columns(rows)
     header = [*ID_COLUMNS, *metrics, *TAIL_COLUMNS]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for r in rows:
-        m = r.get("metrics", {})
-        values = (
-            [r.get(c) for c in ID_COLUMNS] + [m.get(c) for c in metrics] + [r.get(c) for c in TAIL_COLUMNS]
-        )
-        writer.writerow(["" if v is None else v for v in values])
-    return buf.getvalue()
+    values = (
+        [r.get(c) for c in ID_COLUMNS]
+        + [r.get("metrics", {}).get(c) for c in metrics]
+        + [r.get(c) for c in TAIL_COLUMNS]
+        for r in rows
+    )
+    return csv_table(header, values)
 
 
 def to_rich(rows: Sequence[Mapping[str, Any]], title: str | None = None):
@@ -110,11 +137,9 @@ def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> 
 def write_table(
     rows: Sequence[Mapping[str, Any]], csv_path: str | Path | None, md_path: str | Path | None
 ) -> None:
-    for path, text in ((csv_path, to_csv), (md_path, to_markdown)):
-        if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text(rows))
+    """The comparison table of `rows` as CSV and/or Markdown files (atomic)."""
+    files = {path: text(rows) for path, text in ((csv_path, to_csv), (md_path, to_markdown)) if path}
+    save_tables(files)
 
 
 def format_table(

@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from neuralnets.config import load_saved_config
+from neuralnets.errors import CheckpointError, RunStatusError
+from neuralnets.eval.tables import markdown_table
 from neuralnets.pretrained.loading import RUN_CONFIG, load_pretrained, read_checkpoint
 from neuralnets.pretrained.registry import CARD_FILE, CARD_FORMAT, CARD_README, CHECKPOINT_FILE
 
@@ -76,11 +79,11 @@ def export_run(
         raise FileExistsError(f"{dest} exists; refusing to overwrite it (pass force=True / --force)")
     record = read_run(run_dir)
     if not record.get("checkpoint"):
-        raise ValueError(f"{run_dir}/metrics.json names no scored checkpoint; was the run finished?")
+        raise RunStatusError(f"{run_dir}/metrics.json names no scored checkpoint; was the run finished?")
     src = run_dir / record["checkpoint"]
     if not (run_dir / RUN_CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir / RUN_CONFIG} not found; is {run_dir} a neuralnets run directory?")
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
+    config = OmegaConf.to_container(load_saved_config(run_dir / RUN_CONFIG))
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -151,7 +154,7 @@ def verify_folder(folder: str | Path, card: Mapping[str, Any] | None = None) -> 
     missing = sorted(set(card["metrics"]) - set(got))
     worst = max(diffs.values(), default=0.0)
     if missing or worst > VERIFY_ATOL:
-        raise ValueError(
+        raise CheckpointError(
             f"{folder}: re-scored metrics {got} do not reproduce the card's {card['metrics']} "
             f"(missing {missing}, largest difference {worst:.2e} > {VERIFY_ATOL})"
         )
@@ -207,9 +210,7 @@ def render_card(card: Mapping[str, Any]) -> str:
         "",
         f"## Harness metrics ({card.get('split', 'test')} split)",
         "",
-        "| " + " | ".join(metric_names) + " |",
-        "|" + "|".join("---" for _ in metric_names) + "|",
-        "| " + " | ".join(f"{card['metrics'][k]:.4f}" for k in metric_names) + " |",
+        *markdown_table(metric_names, [[card["metrics"][k] for k in metric_names]]).splitlines(),
         "",
         "Definitions: `neuralnets.eval.METRICS`. The full training config is in `model_card.json`.",
         "",

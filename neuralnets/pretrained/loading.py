@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuralnets.config import load_saved_config
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec, spec_from_dict
-from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, check_counts
-from neuralnets.models import MODELS, ModelConfigError, create_model, resolve_model_config
+from neuralnets.data.spikedata import DataSpec, SpikeData, check_counts
+from neuralnets.errors import CheckpointError, ConfigError, DataError, ModelConfigError
+from neuralnets.models import MODELS, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
 from neuralnets.pretrained.checkpoint_file import load_checkpoint
 from neuralnets.pretrained.registry import (
@@ -224,7 +226,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise ConfigError(f"device={str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
     return dev
 
 
@@ -309,7 +311,7 @@ def _load_checkpoint_file(path: Path, device: torch.device, name: str | None = N
     if path.resolve().parent.name == RUN_CHECKPOINTS and (run_dir / RUN_CONFIG).is_file():
         from omegaconf import OmegaConf
 
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
+        config = OmegaConf.to_container(load_saved_config(run_dir / RUN_CONFIG))
         record = _read_json(run_dir / RUN_METRICS)
         if record and record.get("checkpoint"):
             scored = (run_dir / record["checkpoint"]).resolve()
@@ -343,14 +345,16 @@ def read_checkpoint(
     ckpt = load_checkpoint(path, expected_sha256, source)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not a neuralnets training checkpoint (needs 'state_dict' and 'hyper_parameters'; "
             f"found {keys})"
         )
     hp = ckpt["hyper_parameters"]
     missing = [k for k in ("model", "spec") if k not in hp]
     if missing:
-        raise ValueError(f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training?")
+        raise CheckpointError(
+            f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training?"
+        )
     return ckpt
 
 
@@ -367,18 +371,18 @@ def build_from_checkpoint(
     try:
         name, options = resolve_model_config(hp["model"])
     except ModelConfigError as e:
-        raise ValueError(f"{path}: saved model config refused: {e}") from None
+        raise CheckpointError(f"{path}: saved model config refused: {e}") from None
     cls = MODELS[name]
     try:
         model = create_model(name, spec_from_dict(hp["spec"]), **options)
     except Exception as e:  # noqa: BLE001 - surface which file and class failed to build
-        raise ValueError(f"{path}: cannot rebuild {cls.__name__} from its saved config ({e})") from None
+        raise CheckpointError(f"{path}: cannot rebuild {cls.__name__} from its saved config ({e})") from None
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: weights do not fit {cls.__name__} built from its saved config: {e}"
         ) from None
     return model.to(device).eval()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from neuralnets.errors import CheckpointError, ConfigError
 from neuralnets.runs import read_json
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -40,7 +41,7 @@ def bundled_dir(name: str) -> Path:
     """The folder of bundled model `name`; ValueError listing the bundled names if there is none."""
     names = list_pretrained()
     if name not in names:
-        raise ValueError(
+        raise ConfigError(
             f"no bundled pretrained model named {name!r}; bundled models: {names or 'none'}. "
             "Pass a bundled name, a checkpoint file (.ckpt) or a training run directory."
         )
@@ -55,7 +56,7 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     card = read_json(path)
     missing = [k for k in ("name", "data", "config", "metrics", "checkpoint") if k not in card]
     if missing:
-        raise ValueError(f"{path} lacks the key(s) {missing}")
+        raise CheckpointError(f"{path} lacks the key(s) {missing}")
     return card
 
 

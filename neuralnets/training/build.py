@@ -6,19 +6,21 @@ Used by `neuralnets-train` (`training/train.py`) and population-based training (
     module = build_module(cfg, dm.data.spec, init_data=dm.data)   # init_data only for a fresh run
     trainer = build_trainer(cfg, run_dir, dm.data)      # callbacks, logger from cfg.callbacks / cfg.logger;
                                                         # trainer.precision=auto resolved (resolve_precision)
-    model_config("lfads_mc_maze")                       # a named model config as a plain dict
 
 Callbacks and loggers are given in the config by `_target_` (one file per callback in
 `configs/callbacks/`). A run's saved `config.yaml` is read again on resume, so a config file must not
 be able to name arbitrary callables: only classes under `pytorch_lightning.callbacks.`,
 `pytorch_lightning.loggers.` or `neuralnets.training.` that are Lightning callbacks / loggers are
-built, with plain option values (no nested `_target_`).
+built, with plain option values (no nested `_target_`), and their file and folder options must stay
+inside the run directory (`inside_run_dir`; the checkpoint folder, the logger's `save_dir` and
+`trainer.default_root_dir` are the run's own and refused in a config).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +32,51 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
+from neuralnets.config import compose
 from neuralnets.data.datamodule import MultiSessionDataModule, SpikeDataModule
 from neuralnets.data.loaders import load
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
 from neuralnets.data.spikedata import DataSpec, SpikeData
+from neuralnets.errors import ConfigError
 from neuralnets.eval.metrics import METRICS
 from neuralnets.models import check_plain
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 AUTO = "auto"
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
 log = logging.getLogger(__name__)
+# Options of Lightning callbacks and loggers that name a file or folder: a config may only name
+# places inside the run directory (folders are made absolute there; names are joined by Lightning).
+FOLDER_OPTIONS = (
+    "dirpath",
+    "save_dir",
+    "dir",
+    "log_dir",
+    "root_dir",
+    "exclude_batches_path",
+    "artifact_location",
+)
+PATH_OPTIONS = (*FOLDER_OPTIONS, "filename", "name", "version", "sub_dir", "prefix_dir")
+# Lightning's rank-zero info logger: where its "💡 Tip: ... try installing litlogger / litmodels" lines
+# come from (advertising, printed on every run); `_NoTips` drops them and nothing else.
+LIGHTNING_INFO_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith("💡 Tip:")
+
+
+for _name in LIGHTNING_INFO_LOGGERS:
+    logging.getLogger(_name).addFilter(_NoTips())
+# Trainer options that the run sets itself.
+RUN_TRAINER_OPTIONS = ("default_root_dir", "logger", "callbacks")
 
 # `data.batch_size: auto` = clip(n_train // STEPS_PER_EPOCH, MIN_BATCH, MAX_BATCH): about 16 optimiser
 # steps per epoch (60 trials -> 8, 240 -> 15, 600 -> 37), batches of 64 from 1024 training trials up.
@@ -76,26 +109,52 @@ def _allowed_class(target: Any, where: str, base: type) -> type:
     return cls
 
 
-def instantiate_safe(node: Any, where: str, base: type, **runtime: Any):
-    """Build `node` (`{_target_: allowed class, **plain options}`) with `runtime` objects added."""
+def inside_run_dir(value: str, where: str, run_dir: Path, under: Path | None = None) -> Path:
+    """`under / value` (`under` defaults to `run_dir`) if it stays inside `run_dir`, else a ConfigError
+    naming `where`: no absolute path, no `~` or `$VAR` (Lightning expands them), no `..` or link
+    that leads out of the run directory."""
+    run_dir = Path(run_dir)
+    if "$" in value or value.startswith("~") or Path(value).is_absolute():
+        raise ConfigError(
+            f"{where}={value!r}: a config may only name places inside the run directory, as a relative "
+            "path without '~' or '$'"
+        )
+    path = Path(os.path.normpath((under or run_dir) / value))
+    for candidate, top in ((path, Path(os.path.normpath(run_dir))), (path.resolve(), run_dir.resolve())):
+        if candidate != top and top not in candidate.parents:
+            raise ConfigError(f"{where}={value!r} leads outside the run directory {run_dir}")
+    return path
+
+
+def _confine(options: dict[str, Any], where: str, run_dir: Path, runtime: dict[str, Any]) -> dict[str, Any]:
+    """`options` with every file or folder option checked to stay inside `run_dir` (folders given as
+    absolute paths there); an option the run sets itself (`runtime`: a checkpoint's `dirpath`, a
+    logger's `save_dir`) is refused."""
+    options = dict(options)
+    for key, value in options.items():
+        if key in runtime:
+            raise ConfigError(f"{where}.{key} is set by the run ({runtime[key]}); remove it from the config")
+        if key not in PATH_OPTIONS or not isinstance(value, str) or not value:
+            continue
+        if key in FOLDER_OPTIONS:
+            options[key] = str(inside_run_dir(value, f"{where}.{key}", run_dir))
+        else:  # joined by Lightning under the folder the run gives (checkpoints/, the logger's save_dir)
+            under = Path(runtime.get("dirpath", run_dir))
+            inside_run_dir(value, f"{where}.{key}", run_dir, under)
+    return options
+
+
+def instantiate_safe(node: Any, where: str, base: type, run_dir: Path | None = None, **runtime: Any):
+    """Build `node` (`{_target_: allowed class, **plain options}`) with `runtime` objects added. With
+    `run_dir`, its file and folder options must stay inside that directory (`_confine`)."""
     options = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     cls = _allowed_class(options.pop("_target_", None), where, base)
     odd = sorted(k for k in options if str(k).startswith("_"))
     if odd:
         raise ConfigError(f"{where}: Hydra keys {odd} are not accepted here")
+    if run_dir is not None:
+        options = _confine(options, where, Path(run_dir), runtime)
     return cls(**{k: _plain(v, f"{where}.{k}") for k, v in options.items()}, **runtime)
-
-
-def model_config(name: str) -> dict[str, Any]:
-    """`configs/model/<name>.yaml` as a plain dict, the model configs in its `defaults` list merged
-    underneath (as Hydra composes `model=<name>`), e.g. `model_config("lfads_mc_maze")`."""
-    path = CONFIG_DIR / "model" / f"{name}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"no model config {path}; model configs: {names}")
-    cfg = OmegaConf.load(path)
-    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
-    return OmegaConf.to_container(OmegaConf.merge(*[model_config(b) for b in bases], cfg), resolve=True)
 
 
 def load_kwargs(cfg: DictConfig) -> dict:
@@ -201,10 +260,8 @@ def build_module(
 
 
 def _default_callbacks() -> DictConfig:
-    """The callback entries of configs/callbacks/default.yaml (its defaults list, merged)."""
-    default = OmegaConf.load(CONFIG_DIR / "callbacks" / "default.yaml")
-    names = [n for n in default.get("defaults", []) if n != "_self_"]
-    return OmegaConf.merge(*[OmegaConf.load(CONFIG_DIR / "callbacks" / f"{n}.yaml") for n in names])
+    """The callback entries of the default `callbacks` config (`callbacks=default`), as composed."""
+    return compose(["callbacks=default"]).callbacks
 
 
 def callback_configs(cfg: DictConfig) -> dict[str, Any]:
@@ -249,13 +306,13 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.
             runtime["data"] = data
         if issubclass(cls, EarlyStopping) and not node.get("patience"):
             continue
-        callbacks.append(instantiate_safe(node, where, pl.Callback, **runtime))
+        callbacks.append(instantiate_safe(node, where, pl.Callback, run_dir=run_dir, **runtime))
     return callbacks
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, **runtime: Any) -> Logger:
     """The logger of `cfg.logger` (TensorBoard or CSV), writing into `run_dir`, with `runtime` options."""
-    return instantiate_safe(cfg.logger, "logger", Logger, save_dir=str(run_dir), **runtime)
+    return instantiate_safe(cfg.logger, "logger", Logger, run_dir=run_dir, save_dir=str(run_dir), **runtime)
 
 
 def native_bf16_cpu() -> bool:
@@ -296,6 +353,9 @@ def build_trainer(
     config (or those given) and `overrides` of the trainer settings."""
     run_dir = Path(run_dir)
     settings = _plain(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
+    owned = [k for k in RUN_TRAINER_OPTIONS if k in settings]
+    if owned:
+        raise ConfigError(f"trainer.{owned[0]} is set by the run (the run directory {run_dir}); remove it")
     settings.update(overrides)
     if "precision" in settings:
         settings["precision"], why = resolve_precision(settings["precision"], settings.get("accelerator"))

@@ -20,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets.cli import run_cli
 from neuralnets.data.spikedata import SpikeData
-from neuralnets.eval.cli import _run
-from neuralnets.eval.harness import evaluate
-from neuralnets.eval.tables import format_table
-from neuralnets.eval.tblog import log_to_tensorboard
+from neuralnets.errors import ConfigError, DataError
 from neuralnets.runs import (
     claim_run_dir,
     load_run_data,
@@ -39,12 +37,12 @@ SELECT_METRIC = "co_bps"  # validation metric that ranks members and chooses k
 
 
 def check_same_data(runs: Sequence[dict[str, Any]]) -> None:
-    """Raise a ValueError naming the first run whose data source or load kwargs differ from the first's."""
+    """Raise a DataError naming the first run whose data source or load kwargs differ from the first's."""
     first = runs[0]
     for run in runs[1:]:
         for k in ("data_source", "data_kwargs"):
             if (run.get(k) or None) != (first.get(k) or None):
-                raise ValueError(
+                raise DataError(
                     f"{run['run_dir']} was trained on {k}={run.get(k)!r}, but {first['run_dir']} on "
                     f"{first.get(k)!r}: an ensemble needs runs on the same data"
                 )
@@ -56,6 +54,8 @@ def choose_members(
     """(chosen member indices, each member's val co-bps, {k: val co-bps of the top-k mean}) for `rates`
     (members' `(trials, T, N)` arrays): members ranked by val co-bps, then the best `k` (or, for
     "auto", the k whose mean of the top k scores highest on val)."""
+    from neuralnets.eval.harness import evaluate  # here: `neuralnets-ensemble --help` needs no PyTorch
+
     scores = [evaluate(r, data, "val")[SELECT_METRIC] for r in rates]
     order = sorted(range(len(rates)), key=lambda i: -scores[i])
     if k == "auto":
@@ -67,7 +67,7 @@ def choose_members(
     else:
         curve = {}
         if not 1 <= int(k) <= len(rates):
-            raise ValueError(f"--k {k}: expected 'auto' or 1..{len(rates)} (the number of runs)")
+            raise ConfigError(f"--k {k}: expected 'auto' or 1..{len(rates)} (the number of runs)")
     return order[: int(k)], scores, curve
 
 
@@ -78,11 +78,13 @@ def _mean(rates: Sequence[np.ndarray]) -> np.ndarray:
 def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "auto") -> dict[str, Any]:
     """Average the rates of `run_dirs` (best `k` on val) into the new run directory `out`; returns
     what metrics.json holds."""
+    from neuralnets.eval.harness import evaluate
+
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; refusing to overwrite it")
     if len(run_dirs) < 2:
-        raise ValueError(f"an ensemble needs at least 2 runs; got {len(run_dirs)}")
+        raise ConfigError(f"an ensemble needs at least 2 runs; got {len(run_dirs)}")
     runs = [read_run(r) for r in run_dirs]
     check_same_data(runs)
     data = load_run_data(runs[0])
@@ -90,7 +92,7 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
     for run in runs:
         r = read_predictions(run["run_dir"])["rates"]
         if r.shape[0] != data.n_trials or (rates and r.shape != rates[0].shape):
-            raise ValueError(
+            raise DataError(
                 f"{run['run_dir']}: predicted rates of shape {r.shape}; the dataset has {data.n_trials} "
                 f"trials" + (f" and {runs[0]['run_dir']} predicted {rates[0].shape}" if rates else "")
             )
@@ -130,6 +132,8 @@ def _log_hparams(out: Path, record: dict[str, Any], metrics: dict[str, float]) -
     """One TensorBoard hparams row for the ensemble, naming its members."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from neuralnets.eval.tblog import log_to_tensorboard
+
     chosen = [m["run_dir"] for m in record["members"] if m["chosen"]]
     hparams = {
         "model": record["model"],
@@ -153,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    from neuralnets.eval.tables import format_table
+
     k = args.k if args.k == "auto" else _int_k(args.k)
     record = ensemble(args.run_dirs, args.out, k)
     print(format_table([record], baselines=False))
@@ -164,11 +170,12 @@ def _int_k(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"--k {text!r}: expected 'auto' or a whole number") from None
+        raise ConfigError(f"--k {text!r}: expected 'auto' or a whole number") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _run("neuralnets-ensemble", _main, argv)
+    """Entry point of `neuralnets-ensemble` (errors and exit codes: `neuralnets.cli.run_cli`)."""
+    return run_cli("neuralnets-ensemble", _main, argv)
 
 
 if __name__ == "__main__":

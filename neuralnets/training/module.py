@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
-from neuralnets.errors import ConfigError, DivergenceError
-from neuralnets.models import ModelConfigError, create_model
+from neuralnets.errors import ConfigError, DivergenceError, ModelConfigError
+from neuralnets.models import create_model
 from neuralnets.models.base import ModelOutput, unseen_mask
 from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask, masked_trial_sum, sbtt_mask
 from neuralnets.nn.likelihoods import make_likelihood

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,13 +42,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from neuralnets.data.spikedata import DataError
+from neuralnets.cli import hydra_task, run_cli
+from neuralnets.config import CONFIG_DIR
+from neuralnets.errors import ConfigError
 from neuralnets.eval.tables import format_table
 from neuralnets.pretrained.checkpoint_file import write_checksum
 from neuralnets.runs import CHECKPOINT_DIR, CONFIG_FILE, write_metrics
-from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer
+from neuralnets.training.build import build_datamodule, build_module, build_trainer
 from neuralnets.training.callbacks import HarnessEvaluation
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import finish_run, read_resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -334,17 +337,19 @@ def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: f
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pbt")
+@hydra_task("neuralnets-pbt")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        record = run_pbt(cfg, run_dir)
-    except (ConfigError, DataError) as err:
-        log.error("%s", err)
-        raise SystemExit(f"error: {err}") from None
+    record = run_pbt(cfg, run_dir)
     print(format_table([record], baselines=cfg.print_baselines))
     print(f"best member: {run_dir / BEST_DIR}   (all members: tensorboard --logdir {run_dir / TUNE_DIR})")
     return record["pbt"][cfg.pbt.metric]
 
 
+def cli() -> int:
+    """Entry point of `neuralnets-pbt` (errors and exit codes: `neuralnets.cli.run_cli`)."""
+    return run_cli("neuralnets-pbt", main)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

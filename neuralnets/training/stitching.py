@@ -20,13 +20,13 @@ import pytorch_lightning as pl
 from neuralnets.data.datamodule import MultiSessionDataModule
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import CheckpointError, ConfigError
 from neuralnets.eval import evaluate_sessions
 from neuralnets.models.stitched import Stitched
-from neuralnets.pretrained.checkpoint_file import CheckpointError
 from neuralnets.pretrained.loading import build_from_checkpoint, read_checkpoint
 from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, read_json
 from neuralnets.training.build import init_sessions_from_data
-from neuralnets.training.module import ConfigError, TrainingModule
+from neuralnets.training.module import TrainingModule
 
 
 def checkpoint_of(source: str | Path) -> Path:

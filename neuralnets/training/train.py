@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,20 +29,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from neuralnets import debug_mode
+from neuralnets.cli import hydra_task, run_cli
+from neuralnets.config import CONFIG_DIR, load_saved_config
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
-from neuralnets.data.spikedata import DataError
+from neuralnets.errors import CheckpointError, ConfigError, DivergenceError
 from neuralnets.eval import evaluate
 from neuralnets.eval.tables import format_table
 from neuralnets.eval.tblog import log_to_tensorboard
-from neuralnets.pretrained.checkpoint_file import CheckpointError, load_checkpoint
+from neuralnets.pretrained.checkpoint_file import load_checkpoint
 from neuralnets.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     LAST_CHECKPOINT,
     PREDICTIONS_FILE,
     STATUS_FILE,
-    RunStatusError,
     atomic_path,
     claim_run_dir,
     create_run_dir,
@@ -54,9 +55,9 @@ from neuralnets.runs import (
     write_status,
 )
 from neuralnets.training import build
-from neuralnets.training.build import CONFIG_DIR, build_datamodule, build_module, build_trainer, load_kwargs
+from neuralnets.training.build import build_datamodule, build_module, build_trainer, load_kwargs
 from neuralnets.training.callbacks import TrainingClock, log_figures
-from neuralnets.training.module import ConfigError, DivergenceError, TrainingModule
+from neuralnets.training.module import TrainingModule
 from neuralnets.training.stitching import finetune_module, score_sessions
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def prepare_config(cfg: DictConfig, run_dir: Path | None, overrides: list[str]) 
                 f"resume={cfg.resume!r}: {saved} not found; is this a neuralnets run directory?"
             )
         extra = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-        resumed = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(extra))
+        resumed = OmegaConf.merge(load_saved_config(saved), OmegaConf.from_dotlist(extra))
         resumed.resume = cfg.resume
         return resumed
     if run_dir is not None and is_launch_rank_zero() and holds_run(run_dir):
@@ -430,14 +431,8 @@ def requested_run_dir(cfg: DictConfig, hydra_cfg) -> Path | None:
     return None
 
 
-def fail(err: BaseException):
-    """Exit with one line naming the problem (the whole traceback with NEURALNETS_DEBUG=1)."""
-    if debug_mode():
-        raise err
-    raise SystemExit(f"error: {' '.join(str(err).split())}") from None
-
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra_task("neuralnets-train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
@@ -454,13 +449,9 @@ def main(cfg: DictConfig) -> float | None:
         record = train(cfg, run_dir)
         sweeping = hydra_cfg.mode == RunMode.MULTIRUN and bool(record)
         value = sweep_value(record, cfg.get("sweep_metric", "co_bps")) if sweeping else None
-    except NothingToDo as done:
+    except NothingToDo as done:  # not an error: exit 0
         print(done)
         return None
-    except (ConfigError, DataError, DivergenceError, RunStatusError, OSError) as err:
-        # A config, data or file problem (a disk full included) is the user's to fix: say what and
-        # where, no traceback. FileExistsError and FileNotFoundError are OSErrors.
-        fail(err)
     if not record:
         return None
     # Baseline rows are single-session: a multi-session run prints its mean over sessions alone.
@@ -469,24 +460,11 @@ def main(cfg: DictConfig) -> float | None:
     return value  # what Hydra sweepers (Optuna) optimise
 
 
-def cli() -> None:
-    """Entry point of `neuralnets-train`: `main`, with Hydra's own errors (an unknown override key, a
-    config group choice that does not exist, a malformed override) shown as one line, exit status 1."""
-    if debug_mode():
-        main()
-        return
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here instead of printing several lines
-    try:
-        main()
-    except (HydraException, OmegaConfBaseException) as err:
-        cause = err.__cause__
-        detail = f" ({str(cause).splitlines()[0]})" if isinstance(cause, OmegaConfBaseException) else ""
-        message = str(err).split("\nConfig search path")[0]  # Hydra's search path is noise here
-        raise SystemExit(f"error: {' '.join(message.split())}{detail}") from None
+def cli() -> int:
+    """Entry point of `neuralnets-train`: `main` through the one command wrapper (`neuralnets.cli`):
+    a user's mistake (config, data, Hydra override) is one line and exit 2, a divergence exit 3."""
+    return run_cli("neuralnets-train", main)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,16 +36,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from neuralnets.data.spikedata import DataError
+from neuralnets.cli import hydra_task, run_cli
+from neuralnets.config import CONFIG_DIR, compose
+from neuralnets.errors import ConfigError
 from neuralnets.runs import CONFIG_FILE, atomic_path, claim_run_dir, write_status
 from neuralnets.training.build import (
-    CONFIG_DIR,
     build_callbacks,
     build_datamodule,
     build_module,
     build_trainer,
 )
-from neuralnets.training.module import ConfigError
 from neuralnets.training.train import finish_run
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ def search_space(cfg: DictConfig) -> list[dict[str, Any]]:
     path = Path(cfg.tune.space) if cfg.tune.get("space") else CONFIG_DIR / "tune" / f"{cfg.model.name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no search space {path} for model {cfg.model.name!r} (set tune.space=FILE)")
-    params = OmegaConf.to_container(OmegaConf.load(path)).get("params") or []
+    space = (
+        OmegaConf.load(path) if cfg.tune.get("space") else compose(config_name=f"tune/{cfg.model.name}").tune
+    )
+    params = OmegaConf.to_container(space).get("params") or []
     for p in params:
         key = p.get("key")
         if OmegaConf.select(cfg, str(key)) is None:
@@ -339,17 +343,19 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="tune")
+@hydra_task("neuralnets-tune")
 def main(cfg: DictConfig) -> None:
-    try:
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        rows = tune(cfg)
-    except (ConfigError, DataError) as err:
-        log.error("%s", err)
-        raise SystemExit(f"error: {err}") from None
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    rows = tune(cfg)
     print((Path(cfg.tune.dir) / f"{LEADERBOARD}.md").read_text() if rows else "no members yet")
     print(f"tune directory: {cfg.tune.dir}")
 
 
+def cli() -> int:
+    """Entry point of `neuralnets-tune` (errors and exit codes: `neuralnets.cli.run_cli`)."""
+    return run_cli("neuralnets-tune", main)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

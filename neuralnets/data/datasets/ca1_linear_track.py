@@ -16,7 +16,8 @@ import numpy as np
 from neuralnets.data.binning import bin_spike_times
 from neuralnets.data.formats.common import require_file
 from neuralnets.data.heldout import check_heldout, every_kth
-from neuralnets.data.spikedata import DataError, SpikeData, default_split
+from neuralnets.data.spikedata import SpikeData, default_split
+from neuralnets.errors import DataError
 
 CA1_LINEAR_TRACK_DIR = Path(__file__).parent.parent / "fixtures" / "ca1_linear_track"
 CA1_SPIKES_PATH = CA1_LINEAR_TRACK_DIR / "linear-track_spikes.mat"

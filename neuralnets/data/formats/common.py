@@ -9,7 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from neuralnets.data.spikedata import DataError, check_counts
+from neuralnets.data.spikedata import check_counts
+from neuralnets.errors import DataError
 
 
 def require_file(path: str | Path) -> Path:

@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 
 from neuralnets.data.formats.common import expect_shape, h5_array, open_h5, require_file
-from neuralnets.data.spikedata import SPLITS, DataError, SpikeData
+from neuralnets.data.spikedata import SPLITS, SpikeData
+from neuralnets.errors import DataError
 
 
 def _behavior_splits_meta(has_behavior: np.ndarray, split: np.ndarray, src: str) -> list[str]:

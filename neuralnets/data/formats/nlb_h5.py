@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from neuralnets.data.formats.common import expect_shape, h5_array, open_h5, require_file
-from neuralnets.data.spikedata import DataError, SpikeData, default_split
+from neuralnets.data.spikedata import SpikeData, default_split
+from neuralnets.errors import DataError
 
 _NLB_KEYS = {
     "train_spikes_heldin",

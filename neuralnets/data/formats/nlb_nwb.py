@@ -52,7 +52,8 @@ import numpy as np
 from neuralnets.data.formats.common import require_file
 from neuralnets.data.formats.nlb_targets import nlb_group_name
 from neuralnets.data.formats.nwb import load_nwb, open_nwb
-from neuralnets.data.spikedata import DataError, SpikeData, default_split
+from neuralnets.data.spikedata import SpikeData, default_split
+from neuralnets.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ import h5py
 import numpy as np
 
 from neuralnets.data.formats.common import expect_shape, h5_array, open_h5, require_file
-from neuralnets.data.spikedata import DataError, SpikeData
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import DataError
 from neuralnets.runs import atomic_path
 
 COUNT_KEYS = ("eval_spikes_heldout", "eval_spikes_heldin_forward", "eval_spikes_heldout_forward")

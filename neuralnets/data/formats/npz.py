@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from neuralnets.data.formats.common import require_file
-from neuralnets.data.spikedata import PER_TRIAL_FIELDS, DataError, SpikeData, check_counts
+from neuralnets.data.spikedata import PER_TRIAL_FIELDS, SpikeData, check_counts
+from neuralnets.errors import DataError
 from neuralnets.runs import atomic_path
 
 _NPZ_ARRAYS = PER_TRIAL_FIELDS

@@ -16,7 +16,8 @@ import numpy as np
 from neuralnets.data import heldout as H
 from neuralnets.data.binning import bin_spike_times
 from neuralnets.data.formats.common import require_file
-from neuralnets.data.spikedata import DataError, SpikeData, default_split
+from neuralnets.data.spikedata import SpikeData, default_split
+from neuralnets.errors import DataError
 
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _DEFAULT_HELDOUT_COLUMN = "heldout"  # NLB's units column; its absence is not an error
