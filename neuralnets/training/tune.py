@@ -283,8 +283,8 @@ def record_study_config(cfg: DictConfig, tune_dir: Path) -> DictConfig:
                 f"tune.join=true: {tune_dir} holds no study yet ({STUDY_CONFIG} missing); start it without "
                 "tune.join, or name its directory with tune.dir=..."
             )
-        with atomic_path(path) as tmp:
-            OmegaConf.save(cfg, tmp, resolve=True)
+        with atomic_path(path) as tmp:  # unresolved: members set keys that others interpolate
+            OmegaConf.save(cfg, tmp, resolve=False)
         return cfg
     saved = OmegaConf.load(path)
     if cfg.tune.join:
@@ -469,6 +469,8 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
     processes; returns the leaderboard rows (also written to `<tune dir>/leaderboard.md`/.csv)."""
     optuna = _optuna()
     check_settings(cfg.tune)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    cfg.tune.dir = str(cfg.tune.dir)  # resolved here: the only ${hydra:...} of the config
     tune_dir = Path(cfg.tune.dir)
     tune_dir.mkdir(parents=True, exist_ok=True)
     with _locked(tune_dir / ".study.lock"):
@@ -485,7 +487,7 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
     if n == 1:
         run_worker(cfg)
     else:
-        container = OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=False)
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked torch threads
         procs = [
             spawn.Process(target=_spawned_worker, args=(container, i), name=f"tune-worker-{i}")
