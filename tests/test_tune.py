@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from tiny import TINY_DATA, TINY_LFADS
 
+from neuralnets.errors import NeuralnetsError
 from neuralnets.runs import read_run, read_status
 from neuralnets.training.build import CONFIG_DIR
 from neuralnets.training.module import ConfigError
@@ -140,6 +141,22 @@ def test_a_diverging_member_is_recorded_and_the_study_goes_on(tmp_path):
         status = read_status(tmp_path / "study" / t.user_attrs["run_dir"])
         assert status["status"] == "diverged" and "non-finite" in status["error"]
     assert [r["status"] for r in rows] == ["diverged", "diverged"]
+
+
+def test_failed_members_are_recorded_and_a_worker_stops_after_too_many_in_a_row(tmp_path):
+    # No training batch: every member fails after its run directory was made ("no optimizer step").
+    cfg = _cfg(tmp_path, "+trainer.limit_train_batches=0", "tune.n_trials=4", "tune.max_failures_in_row=2")
+    with pytest.raises(NeuralnetsError, match="2 members in a row failed .*no optimizer step"):
+        tune(cfg)
+    trials = _trials(cfg)
+    assert len(trials) == 2  # the worker stopped; the other two members were never started
+    assert [r["status"] for r in csv.DictReader(open(tmp_path / "study" / "leaderboard.csv"))] == [
+        "failed"
+    ] * 2
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["status"] == "failed"
+        status = read_status(tmp_path / "study" / t.user_attrs["run_dir"])
+        assert status["status"] == "failed" and "no optimizer step" in status["error"]
 
 
 def _start_cli(args: list[str]) -> subprocess.Popen:

@@ -45,7 +45,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from neuralnets.errors import ConfigError, DataError, DivergenceError, NeuralnetsError
+from neuralnets.errors import EXIT_USER_ERROR, ConfigError, DataError, DivergenceError, NeuralnetsError
 from neuralnets.eval.tables import write_rows
 from neuralnets.runs import STATUS_FILE, atomic_path, read_status, write_status
 from neuralnets.training.build import CONFIG_DIR
@@ -407,13 +407,14 @@ def _run_member(
 
 
 def _spawned_worker(container: dict[str, Any], index: int) -> None:
-    """Entry point of a worker process started by `tune.workers=N`; exits 2 on a NeuralnetsError."""
+    """Entry point of a worker process started by `tune.workers=N`; exits EXIT_USER_ERROR on a
+    NeuralnetsError (the message logged)."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}][%(name)s][%(levelname)s] - %(message)s")
     try:
         run_worker(OmegaConf.create(container), index)
     except NeuralnetsError as err:
         log.error("%s", err)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def leaderboard_rows(study: Any, metric: str) -> list[dict[str, Any]]:
@@ -484,32 +485,42 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
         fail_lost_trials(study, tune_dir)
     n, total = int(cfg.tune.workers), int(cfg.tune.n_trials)
     log.info("%s: %d of %d members so far; %d worker(s)", tune_dir, counted(study), total, n)
+    try:
+        bad = _run_workers(cfg, n)
+    finally:  # the leaderboard holds what was done, whatever stopped the workers
+        rows = leaderboard_rows(study, cfg.tune.metric)
+        write_rows(rows, tune_dir / f"{LEADERBOARD}.csv", tune_dir / f"{LEADERBOARD}.md")
+        _link_best(tune_dir, rows)
+    if bad:
+        done = counted(study)
+        message = f"{'; '.join(bad)} (its log is above); the study holds {done} of {total} members"
+        if done < total:
+            raise NeuralnetsError(f"{message}: rerun the command to continue it")
+        log.warning("%s", message)
+    return rows
+
+
+def _run_workers(cfg: DictConfig, n: int) -> list[str]:
+    """Run worker 0 in this process (n = 1) or n worker processes; returns what went wrong with them."""
     if n == 1:
         run_worker(cfg)
-    else:
-        container = OmegaConf.to_container(cfg, resolve=False)
-        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked torch threads
-        procs = [
-            spawn.Process(target=_spawned_worker, args=(container, i), name=f"tune-worker-{i}")
-            for i in range(n)
-        ]
-        try:
-            for p in procs:
-                p.start()
-            for p in procs:
+        return []
+    container = OmegaConf.to_container(cfg, resolve=False)
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked torch threads
+    procs = [
+        spawn.Process(target=_spawned_worker, args=(container, i), name=f"tune-worker-{i}") for i in range(n)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
                 p.join()
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                    p.join()
-        bad = [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
-        if bad:
-            log.warning("%s (its log is above); the study holds what the others did", "; ".join(bad))
-    rows = leaderboard_rows(study, cfg.tune.metric)
-    write_rows(rows, tune_dir / f"{LEADERBOARD}.csv", tune_dir / f"{LEADERBOARD}.md")
-    _link_best(tune_dir, rows)
-    return rows
+    return [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
 
 
 def _join_overrides_ok(overrides: list[str]) -> None:
@@ -529,9 +540,9 @@ def main(cfg: DictConfig) -> None:
         if cfg.tune.get("join"):
             _join_overrides_ok(list(HydraConfig.get().overrides.task))
         rows = tune(cfg)
-    except (ConfigError, DataError, NeuralnetsError) as err:
-        log.error("%s", err)
-        raise SystemExit(f"error: {' '.join(str(err).split())}") from None
+    except (ConfigError, DataError, NeuralnetsError) as err:  # one line, exit EXIT_USER_ERROR
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
     print((Path(cfg.tune.dir) / f"{LEADERBOARD}.md").read_text() if rows else "no members yet")
     print(f"tune directory: {cfg.tune.dir}")
 
