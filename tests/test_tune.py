@@ -228,6 +228,11 @@ def test_tune_refuses_bad_settings(tmp_path):
     with pytest.raises(ConfigError, match="only .* may be set, got \\['model=rnn'\\]"):
         _join_overrides_ok(["tune.join=true", "tune.dir=x", "tune.workers=2", "model=rnn"])
     _join_overrides_ok(["tune.join=true", "tune.dir=x", "tune.storage=sqlite:///x.db", "tune.worker=3"])
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "study.yaml").write_text("seed: ${oc.env:HOME}\n")
+    with pytest.raises(ConfigError, match="study.yaml: a resolver interpolation"):
+        tune(_cfg(tmp_path, "tune.join=true", f"tune.dir={planted}"))
     with pytest.raises(ConfigError, match="tune.storage=nosuchdb://x: cannot open it"):
         open_storage(_cfg(tmp_path, "tune.storage=nosuchdb://x"))
 

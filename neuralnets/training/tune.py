@@ -31,6 +31,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import secrets
 import socket
 import sys
@@ -69,6 +70,7 @@ WORKER_KEYS = (
     "tune.max_failures_in_row",
     "threads",
 )
+RESOLVER = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${oc.env:...}, ${now:...}: plain ${key} references only
 # The member states of the leaderboard, best first; `lost`: its worker died (killed) during training
 # (a failed trial without a status of its own).
 STATES = ("complete", "pruned", "diverged", "failed", "lost", "running")
@@ -286,6 +288,10 @@ def record_study_config(cfg: DictConfig, tune_dir: Path) -> DictConfig:
         with atomic_path(path) as tmp:  # unresolved: members set keys that others interpolate
             OmegaConf.save(cfg, tmp, resolve=False)
         return cfg
+    if RESOLVER.search(path.read_text()):  # a file never reads the environment (or runs a resolver)
+        raise ConfigError(
+            f"{path}: a resolver interpolation (${{name:...}}) is not allowed in a study's config"
+        )
     saved = OmegaConf.load(path)
     if cfg.tune.join:
         for key in (*WORKER_KEYS, "tune.dir", "tune.storage", "tune.study_name"):
