@@ -227,6 +227,8 @@ def test_tune_refuses_bad_settings(tmp_path):
         tune(_cfg(tmp_path, "tune.join=true", "tune.dir=" + str(tmp_path / "empty")))
     with pytest.raises(ConfigError, match="only .* may be set, got \\['model=rnn'\\]"):
         _join_overrides_ok(["tune.join=true", "tune.dir=x", "tune.workers=2", "model=rnn"])
+    with pytest.raises(ConfigError, match="got \\['tune.n_trials=9'\\]"):  # the study's budget rules
+        _join_overrides_ok(["tune.join=true", "tune.dir=x", "tune.n_trials=9"])
     _join_overrides_ok(["tune.join=true", "tune.dir=x", "tune.storage=sqlite:///x.db", "tune.worker=3"])
     planted = tmp_path / "planted"
     planted.mkdir()
@@ -243,8 +245,10 @@ def test_a_joining_worker_trains_the_studys_own_config(tmp_path):
     db = f"sqlite:///{tmp_path / 'study.db'}"
     first = _cfg(tmp_path, "tune.n_trials=1", f"tune.storage={db}", "tune.max_epochs=1")
     tune(first)
-    joined = _cfg(tmp_path, "tune.n_trials=2", "tune.join=true", "tune.max_epochs=5", "model.gen_dim=8")
-    rows = tune(joined)  # the storage and the epochs come from study.yaml
+    tune(_cfg(tmp_path, "tune.n_trials=2", f"tune.storage={db}", "tune.max_epochs=1", "tune.timeout_s=1e-9"))
+    # (the budget is now 2: the latest command's; it trained nothing in its 1 ns)
+    joined = _cfg(tmp_path, "tune.join=true", "tune.max_epochs=5", "model.gen_dim=8")
+    rows = tune(joined)  # the storage, the epochs and the budget come from the study
     trials = _trials(first)
     assert len(trials) == 2 and len(rows) == 2 and not (tmp_path / "study" / "journal.log").exists()
     assert [len(t.intermediate_values) for t in trials] == [1, 1]  # max_epochs=1, the study's

@@ -350,7 +350,8 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
                 tune_dir / ".study.lock"
             ):  # the budget check and the new trial, one worker at a time
                 fail_lost_trials(study, tune_dir)
-                if counted(study) >= int(t.n_trials):
+                # the study's budget: that of the latest command that started or continued it
+                if counted(study) >= int(study.user_attrs.get("n_trials", t.n_trials)):
                     break
                 trial = study.ask()
                 trial.set_user_attr("worker", me.name)
@@ -488,8 +489,10 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
             study_name=study_name(cfg), storage=open_storage(cfg), direction="maximize", load_if_exists=True
         )
         study.set_user_attr("metric", str(cfg.tune.metric))  # maximised; a loss negated
+        if not cfg.tune.join:  # a joining worker works to the study's budget
+            study.set_user_attr("n_trials", int(cfg.tune.n_trials))
         fail_lost_trials(study, tune_dir)
-    n, total = int(cfg.tune.workers), int(cfg.tune.n_trials)
+    n, total = int(cfg.tune.workers), int(study.user_attrs.get("n_trials", cfg.tune.n_trials))
     log.info("%s: %d of %d members so far; %d worker(s)", tune_dir, counted(study), total, n)
     try:
         bad = _run_workers(cfg, n)
@@ -531,7 +534,7 @@ def _run_workers(cfg: DictConfig, n: int) -> list[str]:
 
 def _join_overrides_ok(overrides: list[str]) -> None:
     """With tune.join=true the study's config comes from its study.yaml: refuse other settings."""
-    allowed = {*WORKER_KEYS, "tune.dir", "tune.storage", "tune.study_name"}
+    allowed = {*WORKER_KEYS, "tune.dir", "tune.storage", "tune.study_name"} - {"tune.n_trials"}
     other = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in allowed]
     if other:
         raise ConfigError(
