@@ -53,13 +53,8 @@ from neuralnets.training.build import CONFIG_DIR
 from neuralnets.training.train import train
 
 log = logging.getLogger(__name__)
-STUDY_CONFIG, JOURNAL, LEADERBOARD, MEMBERS, WORKERS = (
-    "study.yaml",
-    "journal.log",
-    "leaderboard",
-    "members",
-    "workers",
-)
+STUDY_CONFIG, JOURNAL, LEADERBOARD = "study.yaml", "journal.log", "leaderboard"
+MEMBERS, WORKERS = "members", "workers"
 # Settings of one worker (or one invocation), free to differ between the workers of one study.
 WORKER_KEYS = (
     "tune.n_trials",
@@ -346,9 +341,8 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
         )
         log.info("worker %s (%d threads) joins study %s", me.name, threads, study.study_name)
         while t.get("timeout_s") is None or time.monotonic() - start < float(t.timeout_s):
-            with _locked(
-                tune_dir / ".study.lock"
-            ):  # the budget check and the new trial, one worker at a time
+            # The budget check and the new trial, one worker at a time.
+            with _locked(tune_dir / ".study.lock"):
                 fail_lost_trials(study, tune_dir)
                 # the study's budget: that of the latest command that started or continued it
                 if counted(study) >= int(study.user_attrs.get("n_trials", t.n_trials)):
@@ -399,12 +393,8 @@ def _run_member(
     else:
         status, state = "complete", optuna.trial.TrialState.COMPLETE
         if not math.isfinite(value):  # never a finite validation value: nothing to compare
-            status, state, value, error = (
-                "failed",
-                optuna.trial.TrialState.FAIL,
-                None,
-                f"{t.metric} never finite",
-            )
+            status, state, value = "failed", optuna.trial.TrialState.FAIL, None
+            error = f"{t.metric} was never finite"
     trial.set_user_attr("status", status)
     if error:
         trial.set_user_attr("error", error)
