@@ -1,5 +1,5 @@
-"""Scale-out on existing engines: Lightning DDP (2 CPU processes, gloo), Hydra multirun with the
-Optuna sweeper, and the submitit launcher's local mode.
+"""Scale-out on existing engines: Lightning DDP (2 CPU processes, gloo) and the submitit launcher's
+configs (Optuna studies with several workers: tests/test_tune.py).
 
 The DDP runs happen in subprocesses (with a timeout) so that a hang fails the test instead of the
 whole suite. Run as a script, this file is the DDP worker: `python tests/test_scaleout.py OUT_DIR`.
@@ -265,80 +265,17 @@ def test_ddp_from_the_command_line(tmp_path):
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file() and (runs[0] / "config.yaml").is_file()
 
 
-def _tb_hparams(run_dir: Path) -> dict:
-    """The hparams-table entry of a TensorBoard run directory: {name: value}."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    for f in sorted(run_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f))
-        acc.Reload()
-        try:
-            content = acc.PluginTagToContent("hparams")
-        except KeyError:
-            continue
-        for blob in content.values():
-            data = plugin_data_pb2.HParamsPluginData.FromString(blob)
-            if data.HasField("session_start_info"):
-                hp = data.session_start_info.hparams.items()
-                return {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in hp}
-    return {}
-
-
-@pytest.mark.slow
-def test_optuna_sweep_through_the_submitit_launcher(tmp_path):
-    """hparams_search=lfads_optuna with 2 trials, each launched by submitit's local executor as its own
-    process: 2 runs, each its own TensorBoard run whose hparams table holds its sampled values; the
-    sweeper optimises the validation co-bps the runs returned."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+def test_slurm_launcher_configs_compose():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    import yaml
-    from omegaconf import OmegaConf
-
-    cmd = [sys.executable, "-m", "neuralnets.training.train", "hparams_search=lfads_optuna"]
-    cmd += ["hydra/launcher=slurm_local", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
-    _run([*cmd, *TINY, f"out_dir={tmp_path}"], timeout=400)
-    (sweep,) = (tmp_path / "multirun").iterdir()
-    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    searched = {"module.lr", "model.dropout", "module.coordinated_dropout", "model.kl_ic_scale"}
-    searched |= {"model.kl_co_scale", "model.l2_gen_scale", "model.l2_con_scale"}
-    assert set(result["best_params"]) == searched
-
-    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
-    assert [p.name for p in jobs] == ["0_lfads_lorenz", "1_lfads_lorenz"]
-    co_bps = [json.loads((p / "metrics.json").read_text())["val_metrics"]["co_bps"] for p in jobs]
-    assert result["best_value"] == pytest.approx(max(co_bps))  # direction: maximize
-    assert len([p for p in (sweep / ".submitit").iterdir() if p.name != "%j"]) == 2  # two submitit jobs
-    lrs = []
-    for job in jobs:
-        saved = OmegaConf.load(job / "config.yaml")  # the run's config, with the values sampled for it
-        hp = _tb_hparams(job)
-        for name in searched:
-            tb_name = name.replace("model.", "model_cfg.")  # train.py logs the model config as model_cfg
-            assert hp[tb_name] == pytest.approx(float(OmegaConf.select(saved, name))), (job.name, name)
-        lrs.append(hp["module.lr"])
-    assert lrs[0] != lrs[1]
-
-
-def test_search_configs_compose(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from hydra import compose, initialize_config_dir
 
     from neuralnets.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        co = compose("train", overrides=["hparams_search=lfads_optuna"], return_hydra_config=True)
-        loss = compose("train", overrides=["hparams_search=lfads_optuna_loss"], return_hydra_config=True)
         slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
-    assert (co.sweep_metric, str(co.hydra.sweeper.direction)) == ("co_bps", "maximize")
-    assert co.model.name == "lfads"
-    assert (loss.sweep_metric, loss.callbacks.monitor, str(loss.hydra.sweeper.direction)) == (
-        "val/recon",
-        "val/recon",
-        "minimize",
-    )
-    assert set(loss.hydra.sweeper.params) == set(co.hydra.sweeper.params)
+        local = compose("tune", overrides=["hydra/launcher=slurm_local"], return_hydra_config=True)
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
+    assert local.hydra.launcher._target_.endswith("LocalLauncher") and local.hydra.launcher.gpus_per_node == 0
 
 
 def test_trainer_configs_compose():

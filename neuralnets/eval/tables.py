@@ -142,6 +142,27 @@ def write_table(
     save_tables(files)
 
 
+def write_rows(rows: Sequence[Mapping[str, Any]], csv_path: str | Path, md_path: str | Path) -> None:
+    """A table of flat rows (columns: the first row's keys), e.g. `neuralnets-tune`'s leaderboard, as
+    CSV (full precision) and Markdown (4 significant digits), each written atomically."""
+    if not rows:
+        return
+    header = list(rows[0])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if r.get(c) is None else r.get(c) for c in header] for r in rows])
+
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in header) + " |" for r in rows]
+    for path, text in ((csv_path, buf.getvalue()), (md_path, "\n".join(lines) + "\n")):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+
+
 def format_table(
     rows: list[Mapping[str, Any]],
     baselines: bool = False,

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -177,12 +178,15 @@ def _one_line(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+def train(
+    cfg: DictConfig, run_dir: str | Path | None = None, extra_callbacks: Sequence[pl.Callback] = ()
+) -> dict:
     """Train, then score the best checkpoint with the harness. Returns the contents of metrics.json.
 
     `run_dir`: a resumed run's own directory, a directory named for a new run (claimed: refused if it
     holds a run), or None for a new unique directory (`new_run_location`). It is made only once data,
     model and trainer could be built; its status.json ends finished, failed or diverged.
+    `extra_callbacks` run after the run's own (e.g. `neuralnets-tune`'s report to its study).
     """
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -227,7 +231,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     try:
         # A resumed TensorBoard run purges the events it logged after its checkpoint: no duplicate points.
         purge = {"purge_step": start_step} if ckpt_path and "TensorBoard" in str(cfg.logger._target_) else {}
-        callbacks = [*build.build_callbacks(cfg, run_dir, data), clock]
+        callbacks = [*build.build_callbacks(cfg, run_dir, data), clock, *extra_callbacks]
         trainer = build_trainer(cfg, run_dir, data, callbacks, build.build_logger(cfg, run_dir, **purge))
     except BaseException:
         if ckpt_path is None and rank_zero:  # a failed start leaves no run behind: only status.json is there
