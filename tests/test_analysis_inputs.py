@@ -97,7 +97,7 @@ def test_models_without_inferred_inputs_are_refused_in_one_line():
 
     spec = DataSpec(n_heldin=4, n_neurons=5, n_obs_bins=8, n_fwd_bins=2, bin_size=0.01)
     require_inputs(create_model("lfads", spec, co_dim=1))
-    for name, opts in [("gpfa", {}), ("ndt", {}), ("rnn", {}), ("lfads", {"co_dim": 0})]:
+    for name, opts in [("gpfa", {"latent_dim": 2}), ("ndt", {}), ("rnn", {}), ("lfads", {"co_dim": 0})]:
         with pytest.raises(AnalysisError, match="needs a model with inferred inputs") as err:
             require_inputs(create_model(name, spec, **opts))
         assert "\n" not in str(err.value)
