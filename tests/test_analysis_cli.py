@@ -88,7 +88,7 @@ def test_analyze_runs_on_a_tiny_run_of_each_family(family, tmp_path, capsys):
 @pytest.mark.parametrize("name", list_pretrained())
 def test_analyze_runs_on_every_bundled_model(name, tmp_path):
     out = tmp_path / "out"
-    assert main([name, "--out", str(out), *FAST]) == EXIT_OK
+    assert main([name, "--out", str(out), "--n-initial", "32", "--n-iter", "300"]) == EXIT_OK
     text = _report(out)
     assert "**Ground truth.**" in text  # Lorenz: the found points against the system's own
     assert "skew-symmetric M" in text

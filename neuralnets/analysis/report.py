@@ -103,6 +103,10 @@ def fixed_points_section(
             )
         if len(fp) > MAX_TABLE_ROWS:
             lines.append(f"\n({len(fp) - MAX_TABLE_ROWS} more slow points not listed.)")
+    else:
+        lines.append(
+            "No point reached the tolerance: search longer (`--n-iter`) or from more states (`--n-initial`)."
+        )
     numbers: dict[str, Any] = {"n_fixed": n_fixed, "n_slow": len(fp) - n_fixed, "kinds": fp.kinds}
     if len(fp) and data.latents is not None and "fixed_points" in data.meta:
         extent = attractor_diameter(data.latents)
