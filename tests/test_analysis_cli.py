@@ -57,10 +57,14 @@ def _tiny_run(tmp: Path, family: str) -> Path:
     return run
 
 
-def _report(path: Path) -> str:
+def _report(path: Path, figures: set[str]) -> str:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     text = (path / REPORT_FILE).read_text()
-    assert list(path.glob("events.out.tfevents.*")), "no TensorBoard event file"
     assert not list(path.glob(f".{REPORT_FILE}.*")), "a temporary file was left behind"
+    events = EventAccumulator(str(path), size_guidance={"images": 0, "tensors": 0}).Reload()
+    assert figures <= set(events.Tags()["images"]), events.Tags()["images"]
+    assert "analysis/report/text_summary" in events.Tags()["tensors"]
     return text
 
 
@@ -70,7 +74,9 @@ def test_analyze_runs_on_a_tiny_run_of_each_family(family, tmp_path, capsys):
     run = _tiny_run(tmp_path, family)
     assert main([str(run), *FAST]) == EXIT_OK
     assert str(run / REPORT_FILE) in capsys.readouterr().out
-    text = _report(run)
+    recurrent = family not in ("ndt", "stndt", "gpfa")
+    figures = {"analysis/jpca"} | ({"analysis/fixed_points"} if recurrent else set())
+    text = _report(run, figures)
     fixed = text.split("## Fixed and slow points")[1].split("##")[0]
     inputs = text.split("## Inferred inputs")[1]
     if family in ("ndt", "stndt", "gpfa"):
@@ -89,7 +95,7 @@ def test_analyze_runs_on_a_tiny_run_of_each_family(family, tmp_path, capsys):
 def test_analyze_runs_on_every_bundled_model(name, tmp_path):
     out = tmp_path / "out"
     assert main([name, "--out", str(out), "--n-initial", "32", "--n-iter", "300"]) == EXIT_OK
-    text = _report(out)
+    text = _report(out, {"analysis/fixed_points", "analysis/jpca"})
     assert "**Ground truth.**" in text  # Lorenz: the found points against the system's own
     assert "skew-symmetric M" in text
 
