@@ -149,3 +149,13 @@ def test_models_without_recurrent_dynamics_are_refused_in_one_line(name):
     with pytest.raises(AnalysisError, match=r"need a model with recurrent dynamics .* has none") as err:
         model_fixed_points(model, np.ones((2, 10, 6), dtype=np.float32))
     assert "\n" not in str(err.value)
+
+
+def test_states_come_from_at_most_max_trials_and_bad_spikes_are_refused():
+    torch.manual_seed(0)
+    model = create_model("rnn", SPEC, **SMALL["rnn"])
+    x = np.random.default_rng(0).poisson(1.0, size=(7, 10, 6)).astype(np.float32)
+    res = model_fixed_points(model, x, n_initial=4, n_iter=20, max_trials=3)
+    assert res.states.shape == (3, 13, 8) and res.trajectory_latents.shape == (3, 13, 3)
+    with pytest.raises(AnalysisError, match=r"must be \(trials, T_obs, N_in\)"):
+        model_fixed_points(model, x[0])

@@ -234,10 +234,12 @@ def model_fixed_points(
     q_tol: float = 1e-4,
     merge_tol: float | None = None,
     newton_steps: int = 10,
+    max_trials: int = 512,
 ) -> DynamicsAnalysis:
     """Fixed and slow points of `model`'s autonomous dynamics, searched from its states on the data.
 
-    `heldin (trials, T_obs, N_in)`: held-in spikes the model visits its states on. `n_initial` states
+    `heldin (trials, T_obs, N_in)`: held-in spikes the model visits its states on (at most `max_trials`
+    of them, drawn with `seed`, so memory stays bounded on large recordings). `n_initial` states
     are drawn from all visited (trial, bin) states (seeded by `seed`), each plus Gaussian noise of
     `noise` × the per-dimension standard deviation of the visited states. The search runs in float64
     on a CPU copy of the model (the model itself is not changed). `q_tol` keeps slow points too (q per
@@ -246,11 +248,17 @@ def model_fixed_points(
     """
     require_dynamics(model)
     x = torch.as_tensor(np.asarray(heldin) if not isinstance(heldin, Tensor) else heldin)
+    if x.ndim != 3 or x.shape[0] == 0:
+        raise AnalysisError(
+            f"held-in spikes must be (trials, T_obs, N_in) with trials >= 1; got {tuple(x.shape)}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    if x.shape[0] > max_trials:
+        x = x[torch.randperm(x.shape[0], generator=gen)[:max_trials]]  # (max_trials, T_obs, N_in)
     x = x.float().to(next(model.parameters()).device)
     states = model.dynamics_states(x, session) if session is not None else model.dynamics_states(x)
     states = states.detach().double().cpu()  # (B, T, H)
     flat = states.reshape(-1, states.shape[-1])  # (B*T, H)
-    gen = torch.Generator().manual_seed(seed)
     pick = torch.randint(0, flat.shape[0], (n_initial,), generator=gen)
     scale = flat.std(0, keepdim=True)  # (1, H)
     kick = torch.randn(n_initial, flat.shape[1], generator=gen, dtype=flat.dtype)  # (n_initial, H)
