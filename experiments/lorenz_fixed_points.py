@@ -76,7 +76,8 @@ def study(name: str, n_initial: int, n_iter: int, q_tol: float, seed: int) -> tu
     lines = [
         f"## {name} ({type(pm.model).__name__}, {pm.n_parameters} parameters)",
         "",
-        f"{fp.n_initial} initial states from the {len(train)} train trials; {fp.n_converged} reached "
+        f"{fp.n_initial} initial states from the states visited on (up to 512 of) the {len(train)} train "
+        f"trials; {fp.n_converged} reached "
         f"q < {q_tol:g} (per bin); after merging: {int(fixed.sum())} fixed points (q < 1e-10) and "
         f"{int((~fixed).sum())} slow points. Search time {seconds:.1f} s. Attractor extent (diameter, "
         f"z-scored units): {extent:.3f}.",

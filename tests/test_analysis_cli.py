@@ -128,3 +128,15 @@ def test_tiny_lorenz_is_what_the_cli_runs_use():
     # the families above train on TINY_DATA: conditions are there for jPCA
     assert load("lorenz", **TINY_LORENZ).condition is not None
     assert np.unique(load("lorenz", **TINY_LORENZ).condition).size >= 2
+
+
+@pytest.mark.slow
+def test_analyze_an_exported_model_folder_writes_next_to_it(tmp_path):
+    import shutil
+
+    from neuralnets.pretrained import CHECKPOINTS_DIR
+
+    folder = tmp_path / "exported"
+    shutil.copytree(CHECKPOINTS_DIR / "rnn_lorenz", folder)
+    assert main([str(folder), *FAST]) == EXIT_OK
+    assert "Bundled model" in (folder / REPORT_FILE).read_text()

@@ -278,11 +278,18 @@ def _load(target: str, out: str | None, session: str | None):
     from neuralnets.data.sessions import MultiSessionData
     from neuralnets.pretrained import list_pretrained, load_pretrained
 
-    if target in list_pretrained():
-        pm = load_pretrained(target)
+    folder = Path(target)
+    exported = (
+        folder.is_dir() and (folder / "model_card.json").is_file() and (folder / "model.ckpt").is_file()
+    )
+    if target in list_pretrained() or exported:  # a bundled model, or a folder exported like one
+        try:
+            pm = load_pretrained(target if not exported else folder)
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"{target}: {e}") from None
         card = pm.card["data"]
         data = load(card.get("source") or card["name"], **(card.get("load_kwargs") or {}))
-        out_dir = Path(out) if out else Path.cwd() / f"analysis-{target}"
+        out_dir = Path(out) if out else (folder if exported else Path.cwd() / f"analysis-{target}")
         about = f"Bundled model `{target}` on `{card['name']}` {card.get('load_kwargs') or {}}."
         predictions = None
     else:
