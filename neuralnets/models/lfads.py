@@ -220,7 +220,8 @@ class LFADS(SpikeModel):
     @torch.no_grad()
     def dynamics_states(self, heldin: Tensor, session: int | str | None = None) -> Tensor:
         """Generator states `(B, T, G)` on `heldin (B, T_obs, N_in)`: posterior means of g0 and of the
-        inferred inputs, no dropout (the states behind the factors `predict` returns)."""
+        inferred inputs, no dropout (the states behind the factors `predict` returns when
+        `posterior_samples` is 0; with samples, `predict` averages over draws instead)."""
         self.check_input(heldin, session)
         was_training = self.training
         self.eval()
