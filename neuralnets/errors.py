@@ -53,3 +53,8 @@ class UntrustedLibrary(NeuralnetsError, RuntimeError):
 
 class DivergenceError(NeuralnetsError, RuntimeError):
     """Training diverged: too large a share of its steps had a non-finite loss or gradient."""
+
+
+class AnalysisError(NeuralnetsError, ValueError):
+    """An analysis asked of a model or data that lack what it needs (e.g. fixed points of a model without
+    recurrent dynamics, input events of a model without inferred inputs); the message names both."""

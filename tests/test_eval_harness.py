@@ -39,7 +39,8 @@ def test_evaluate_returns_every_metric_and_matches_the_metric_functions():
     rng = np.random.default_rng(1)
     rates = rng.uniform(0.2, 2.0, size=data.spikes.shape)
     out = H.evaluate(rates, data, "test", latents=rng.standard_normal((data.n_trials, data.n_bins, 5)))
-    assert list(out) == [k for k in M.METRICS if k != "input_corr"]  # all but input_corr, in table order
+    inputs = ("input_corr", "input_readout_r2")
+    assert list(out) == [k for k in M.METRICS if k not in inputs]  # all but the input metrics, in table order
     te = data.indices("test")
     assert out["co_bps"] == pytest.approx(M.co_bps(rates[te], data.spikes[te], 4, 3), abs=1e-12)
     assert out["fp_bps"] == pytest.approx(M.fp_bps(rates[te], data.spikes[te], 3), abs=1e-12)
@@ -198,8 +199,11 @@ def test_evaluate_input_corr_compares_known_and_inferred_inputs_on_the_split():
     assert out["input_corr"] == pytest.approx(1.0, abs=1e-12)
     te = data.indices("test")
     assert out["input_corr"] == pytest.approx(M.input_corr(pulses[te, :t_obs], inferred[te]), abs=1e-12)
-    assert list(out)[-3:] == ["bps_heldin", "input_corr", "rate_r2"]  # METRICS order
+    assert list(out)[-4:] == ["bps_heldin", "input_corr", "input_readout_r2", "rate_r2"]  # METRICS order
+    want = M.input_readout_r2(pulses[te, :t_obs], inferred[te])
+    assert out["input_readout_r2"] == pytest.approx(want, abs=1e-12) and want > 0.9
     assert H.skipped_metrics(data, "test")["input_corr"] == "no inferred inputs given"
+    assert H.skipped_metrics(data, "test")["input_readout_r2"] == "no inferred inputs given"
     no_known = H.skipped_metrics(make_data(), "test", inputs=inferred)["input_corr"]
     assert no_known == "no known inputs in the data"
     assert "must both cover 12 bins" in H.skipped_metrics(data, "test", inputs=inferred[:, :5])["input_corr"]

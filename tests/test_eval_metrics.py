@@ -522,7 +522,7 @@ def test_input_corr_of_noise_is_near_zero_and_matches_a_hand_computation():
     got = M.input_corr(u, z, max_lag=5)
     assert abs(got) < 0.05
     mag = np.linalg.norm(z, axis=2)
-    want = np.mean([_pearson_max_lag(u[..., i], mag, 5) for i in range(2)])
+    want = np.mean([_pearson_max_lag(np.abs(u[..., i]), mag, 5) for i in range(2)])
     assert got == pytest.approx(want, abs=1e-12)
 
 
@@ -531,7 +531,8 @@ def test_input_corr_leaves_out_constant_inputs_and_rejects_bad_shapes():
     u = np.stack([rng.standard_normal((6, 20)), np.zeros((6, 20))], axis=2)  # second input never varies
     z = rng.standard_normal((6, 20, 2))
     mag = np.linalg.norm(z, axis=2)
-    assert M.input_corr(u, z, max_lag=2) == pytest.approx(_pearson_max_lag(u[..., 0], mag, 2), abs=1e-12)
+    want = _pearson_max_lag(np.abs(u[..., 0]), mag, 2)
+    assert M.input_corr(u, z, max_lag=2) == pytest.approx(want, abs=1e-12)
     assert M.input_corr(u, np.ones((6, 20, 2)), max_lag=2) == 0.0  # constant magnitude: r = 0
     with pytest.raises(ValueError, match="input_corr is undefined"):
         M.input_corr(np.zeros((6, 20, 1)), z)
@@ -539,3 +540,36 @@ def test_input_corr_leaves_out_constant_inputs_and_rejects_bad_shapes():
         M.input_corr(u, z[:, :10])
     with pytest.raises(ValueError, match="max_lag=19"):
         M.input_corr(u, z, max_lag=19)
+
+
+def test_input_corr_is_sign_invariant_on_signed_pulses_where_the_signed_version_cancels():
+    # Kicks of either sign (known to us), marked by the inferred inputs 2 bins later with their sign, + noise.
+    rng = np.random.default_rng(43)
+    kicks = (rng.uniform(size=(60, 40)) < 0.08) * rng.choice([-1.0, 1.0], size=(60, 40))  # (trials, T)
+    u = kicks[..., None]  # (trials, T, 1)
+    z = np.zeros((60, 40, 2))
+    z[:, 2:, 0] = 1.5 * kicks[:, :-2]
+    z += 0.3 * rng.standard_normal(z.shape)
+    signed = _pearson_max_lag(u[..., 0], np.linalg.norm(z, axis=2), 10)  # the previous definition
+    assert abs(signed) < 0.1
+    assert M.input_corr(u, z) > 0.6  # magnitudes: the kicks are marked
+    assert M.input_corr(-u, z) == pytest.approx(M.input_corr(u, z), abs=1e-12)
+    r2 = M.input_readout_r2(u, z)  # signed read-out at lags 0..10: recovers the kicks with their signs
+    assert r2 > 0.6
+    assert M.input_readout_r2(u, rng.standard_normal(z.shape)) < 0.05  # noise reads out nothing
+
+
+def test_input_readout_r2_by_hand_and_bad_inputs():
+    rng = np.random.default_rng(44)
+    z = rng.standard_normal((10, 20, 2))
+    u = np.zeros((10, 20, 1))
+    u[:, :-3, 0] = 2.0 * z[:, 3:, 0] - z[:, 3:, 1] + 0.5  # the input is an exact lag-3 read-out
+    assert M.input_readout_r2(u, z, max_lag=3) == pytest.approx(1.0, abs=1e-3)  # ridge: almost exact
+    assert M.input_readout_r2(u, z, max_lag=2) < 0.2  # lag 3 out of reach
+    feats = M.lagged_features(torch.as_tensor(z), 2)
+    assert feats.shape == (10, 18, 6)
+    np.testing.assert_allclose(feats[:, 5, 2:4].numpy(), z[:, 6])
+    with pytest.raises(ValueError, match="at least 2 trials"):
+        M.input_readout_r2(u[:1], z[:1], max_lag=3)
+    with pytest.raises(ValueError, match="input_readout_r2 is undefined"):
+        M.input_readout_r2(np.zeros_like(u), z, max_lag=3)

@@ -11,13 +11,13 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 # Figures each notebook must render (raster vs rates, rate traces, latents, inputs / one comparison).
-MIN_FIGURES = {"01_pretrained_lfads": 4, "02_train_and_compare": 1}
+MIN_FIGURES = {"01_pretrained_lfads": 4, "02_train_and_compare": 1, "04_dynamics": 4}
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
 def test_the_expected_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
-    assert {"01_pretrained_lfads.ipynb", "02_train_and_compare.ipynb"} <= names
+    assert {"01_pretrained_lfads.ipynb", "02_train_and_compare.ipynb", "04_dynamics.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -110,7 +110,9 @@ def lorenz(
         SpikeData with `spikes`/`rates (n_trials, n_bins, n_neurons)` (counts per bin),
         `latents (n_trials, n_bins, 3)` (the z-scored Lorenz state, statistics over the whole dataset),
         `behavior (n_trials, n_bins - n_fwd, 2)` (d/dt of latents x and y, standardised, plus noise),
-        `condition (n_trials,)`.
+        `condition (n_trials,)`; `meta["fixed_points"]`: the three fixed points of the Lorenz system
+        (origin first; for rho <= 1 only the origin, listed three times) in the z-scored coordinates of
+        `latents`.
     """
     _check_common(n_trials, n_neurons, n_bins, bin_size, n_heldout, n_fwd, n_conditions, base_rate)
     _check_positive(lorenz_dt=lorenz_dt, steps_per_bin=steps_per_bin)
@@ -148,8 +150,13 @@ def lorenz(
         steps_per_bin=steps_per_bin, burn_in=burn_in, base_rate=list(base_rate), modulation=modulation,
         behavior_noise=behavior_noise, sigma=sigma, rho=rho, beta=beta,
     )  # fmt: skip
+    # The system's three fixed points, (0, 0, 0) and (±sqrt(beta (rho - 1)), ±sqrt(beta (rho - 1)), rho - 1),
+    # in the coordinates of `latents` (ground truth for neuralnets.analysis).
+    wing = np.sqrt(beta * (rho - 1.0)) if rho > 1 else 0.0
+    fixed = np.array([[0.0, 0.0, 0.0], [wing, wing, rho - 1.0], [-wing, -wing, rho - 1.0]])  # (3, 3)
     return _package("lorenz", params, spikes, rates, latents, behavior, condition,
-                    latents_note="z-scored Lorenz state (x, y, z)")  # fmt: skip
+                    latents_note="z-scored Lorenz state (x, y, z)",
+                    fixed_points=((fixed - mean) / std).tolist())  # fmt: skip
 
 
 @_single_threaded_blas

@@ -119,6 +119,10 @@ def skipped_metrics(
             f"inferred inputs ({np.shape(inputs)[1]} bins) and observed bins ({t_obs}) must both cover "
             f"{M.INPUT_CORR_MAX_LAG + 2} bins (lags 0..{M.INPUT_CORR_MAX_LAG})"
         )
+    if "input_corr" in reasons:
+        reasons["input_readout_r2"] = reasons["input_corr"]
+    elif len(data.indices(split)) < 2:
+        reasons["input_readout_r2"] = f"fewer than 2 {split!r} trials (the read-out is cross-validated)"
     if data.rates is None:
         reasons["rate_r2"] = "no ground-truth rates"
     if data.latents is None:
@@ -261,6 +265,10 @@ def evaluate(
     if "input_corr" not in skip:
         t = min(u.shape[1], t_obs)
         out["input_corr"] = M.input_corr(data.inputs[idx, :t], u[torch.as_tensor(idx, device=u.device), :t])
+    if "input_readout_r2" not in skip:
+        t = min(u.shape[1], t_obs)
+        u_e = u[torch.as_tensor(idx, device=u.device), :t]
+        out["input_readout_r2"] = M.input_readout_r2(data.inputs[idx, :t], u_e)
     if "rate_r2" not in skip:
         out["rate_r2"] = M.rate_r2(lam_e, data.rates[idx], m_e)
     if "latent_r2" not in skip:

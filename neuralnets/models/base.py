@@ -59,6 +59,9 @@ class SpikeModel(nn.Module):
     - `accepts_coordinated_dropout`: False for a model that must see its input whole (GPFA fits the
       input's own likelihood): the training module refuses `coordinated_dropout > 0` for it;
     - `has_inferred_inputs`: forward returns `inputs` (LFADS with a controller);
+    - `has_recurrent_dynamics`: the model's latents come from a recurrent state that evolves by itself
+      when its inputs are zero (LFADS generator, RNN decoder, a stitched core), exposed for analysis
+      (`neuralnets.analysis`) by `dynamics_states`, `autonomous_step` and `states_to_latents`;
     - `supports_fused_recurrence`: has a `recurrence` option with a fused fast path ('plain'/'fused');
     - `multi_session`: built for several sessions (`MultiSessionSpec`), reads `batch["session"]`.
 
@@ -69,6 +72,7 @@ class SpikeModel(nn.Module):
     masks_input: bool = False
     accepts_coordinated_dropout: bool = True
     has_inferred_inputs: bool = False
+    has_recurrent_dynamics: bool = False
     supports_fused_recurrence: bool = False
     multi_session: bool = False  # accepts a MultiSessionSpec and reads `batch["session"]`
 
@@ -84,6 +88,22 @@ class SpikeModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ recurrent dynamics (analysis)
+    def dynamics_states(self, heldin: Tensor, session: int | str | None = None) -> Tensor:
+        """The recurrent states `(B, T, H)` the model visits on held-in spikes `heldin (B, T_obs, N_in)`
+        over all T bins (eval mode: posterior means, inferred inputs as inferred). Models with
+        `has_recurrent_dynamics` override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent dynamics")
+
+    def autonomous_step(self, h: Tensor) -> Tensor:
+        """One bin of the autonomous dynamics F: states `(..., H)` -> next states `(..., H)`, every
+        external or inferred input set to zero. Differentiable (fixed-point search, Jacobians)."""
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent dynamics")
+
+    def states_to_latents(self, h: Tensor) -> Tensor:
+        """The model's latents `(..., K)` (LFADS: factors) read from recurrent states `(..., H)`."""
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent dynamics")
 
     @torch.no_grad()
     def init_readout_bias(self, mean_counts: Tensor | np.ndarray, floor: float = READOUT_FLOOR) -> None:

@@ -45,6 +45,7 @@ class LFADS(SpikeModel):
     """
 
     supports_fused_recurrence = True
+    has_recurrent_dynamics = True  # the generator, run with zero inferred input
 
     def __init__(
         self,
@@ -162,27 +163,9 @@ class LFADS(SpikeModel):
             return self._average_samples(batch, self.posterior_samples)
         sample = self.training if sample is None else sample
         fused = self.uses_fused()
-        x = self._dropout(heldin.to(self.readout.weight.dtype))  # (B, T_obs, N_in)
+        x, g0, ic_mean, ic_logvar, ci = self._encode(heldin, sample, fused)
         B = x.shape[0]
-
-        encoders = [self.ic_encoder] + ([self.ci_encoder] if self.co_dim > 0 else [])
-        # One stacked scan for both encoders (CPU) unless plain; each encoder's own setting otherwise.
-        encoded = run_bidirectional(encoders, x, fused=False if not fused else None)
-        ic_final = encoded[0][1]  # (B, 2·ic_enc_dim)
-        # The posterior parameters in the weights' precision (fp32) under autocast: the KL stays fp32.
-        ic_params = self.ic_linear(self._dropout(ic_final)).to(x.dtype)  # (B, 2 ic_dim)
-        ic_mean, ic_raw = ic_params.chunk(2, dim=-1)  # (B, ic_dim) each
-        ic_logvar = _floored_logvar(ic_raw, self.log_ic_var_min)  # log(exp(raw) + var_min)
-        g0 = _sample(ic_mean, ic_logvar) if sample else ic_mean  # (B, ic_dim)
-        if self.ic_to_g0 is not None:
-            g0 = self.ic_to_g0(g0)  # (B, G)
-
         T_obs, T = self.spec.n_obs_bins, self.spec.n_bins
-        ci = None
-        if self.co_dim > 0:
-            ci = self._dropout(encoded[1][0])  # (B, T_obs, 2·ci_enc_dim)
-            if self.ci_lag:  # bin t reads the encoding of bin t - ci_lag, zeros before the start
-                ci = F.pad(ci, (0, 0, self.ci_lag, 0))[:, :T_obs]  # (B, T_obs, 2·ci_enc_dim)
 
         # All randomness of the unroll is drawn here, in one fixed layout, so that the plain and the
         # fused paths consume the same random numbers (and give the same result for the same seed).
@@ -209,6 +192,57 @@ class LFADS(SpikeModel):
             aux["l2_con"] = _half_mean_square(self.controller.weight_hh)
         return ModelOutput(rates=rates, latents=factors, aux_losses=aux, inputs=co_u)
 
+    def _encode(self, heldin: Tensor, sample: bool, fused: bool) -> tuple[Tensor, ...]:
+        """Encoders: `heldin (B, T_obs, N_in)` -> the dropped-out input `x`, the generator's initial
+        state `g0 (B, G)` (sampled or the posterior mean), the initial-condition posterior `ic_mean,
+        ic_logvar (B, ic_dim)` and the controller's encoder input `ci (B, T_obs, CI)` (None without one)."""
+        x = self._dropout(heldin.to(self.readout.weight.dtype))  # (B, T_obs, N_in)
+        encoders = [self.ic_encoder] + ([self.ci_encoder] if self.co_dim > 0 else [])
+        # One stacked scan for both encoders (CPU) unless plain; each encoder's own setting otherwise.
+        encoded = run_bidirectional(encoders, x, fused=False if not fused else None)
+        ic_final = encoded[0][1]  # (B, 2·ic_enc_dim)
+        # The posterior parameters in the weights' precision (fp32) under autocast: the KL stays fp32.
+        ic_params = self.ic_linear(self._dropout(ic_final)).to(x.dtype)  # (B, 2 ic_dim)
+        ic_mean, ic_raw = ic_params.chunk(2, dim=-1)  # (B, ic_dim) each
+        ic_logvar = _floored_logvar(ic_raw, self.log_ic_var_min)  # log(exp(raw) + var_min)
+        g0 = _sample(ic_mean, ic_logvar) if sample else ic_mean  # (B, ic_dim)
+        if self.ic_to_g0 is not None:
+            g0 = self.ic_to_g0(g0)  # (B, G)
+        ci = None
+        if self.co_dim > 0:
+            T_obs = self.spec.n_obs_bins
+            ci = self._dropout(encoded[1][0])  # (B, T_obs, 2·ci_enc_dim)
+            if self.ci_lag:  # bin t reads the encoding of bin t - ci_lag, zeros before the start
+                ci = F.pad(ci, (0, 0, self.ci_lag, 0))[:, :T_obs]  # (B, T_obs, 2·ci_enc_dim)
+        return x, g0, ic_mean, ic_logvar, ci
+
+    # ------------------------------------------------------------------ dynamics (analysis)
+    @torch.no_grad()
+    def dynamics_states(self, heldin: Tensor, session: int | str | None = None) -> Tensor:
+        """Generator states `(B, T, G)` on `heldin (B, T_obs, N_in)`: posterior means of g0 and of the
+        inferred inputs, no dropout (the states behind the factors `predict` returns when
+        `posterior_samples` is 0; with samples, `predict` averages over draws instead)."""
+        self.check_input(heldin, session)
+        was_training = self.training
+        self.eval()
+        try:
+            _, g0, _, _, ci = self._encode(heldin, sample=False, fused=False)
+            states: list[Tensor] = []
+            self._unroll(g0, ci, None, None, states_out=states)
+        finally:
+            self.train(was_training)
+        return torch.stack(states, dim=1)  # (B, T, G)
+
+    def autonomous_step(self, h: Tensor) -> Tensor:
+        """The generator with zero inferred input: `g (..., G)` -> next `g (..., G)`."""
+        gen = self.generator
+        zero_in = gen.input_proj(h.new_zeros(*h.shape[:-1], self.co_dim))  # (..., 3G)
+        return gen.step(zero_in, h)
+
+    def states_to_latents(self, h: Tensor) -> Tensor:
+        """Factors `(..., F)` of generator states `(..., G)`."""
+        return self.factors(h)
+
     def _dropout_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
         """Inverted-dropout multipliers (0 or 1/(1-p)) of the given shape, or None when dropout is off.
 
@@ -228,16 +262,19 @@ class LFADS(SpikeModel):
         return x if mask is None else x * mask
 
     def _unroll(
-        self, g0: Tensor, ci: Tensor | None, eps: Tensor | None, mask: Tensor | None
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        self, g0: Tensor, ci: Tensor | None, eps: Tensor | None, mask: Tensor | None,
+        states_out: list[Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
         """Run controller + generator over T_obs bins, then the generator alone over T_fwd bins.
 
         `g0 (B, G)`, `ci (B, T_obs, CI)` or None (no controller), `eps (T_obs, B, U)` standard normal
         draws of the inferred inputs (None: use the posterior mean), `mask (T + 1, B, G)` dropout
         multipliers of g0 and g_0 .. g_{T-1} (None: no dropout) -> `factors (B, T, F)` and the inferred
         inputs' posterior `mean, logvar` and the inputs used `u` (each `(B, T_obs, U)`, or None).
-        A plain Python loop over time with autograd: the reference for `_unroll_fused`.
+        A plain Python loop over time with autograd: the reference for `_unroll_fused`. `states_out`:
+        a list that receives the generator state `(B, G)` of every bin (before dropout).
         """
+        states_out = [] if states_out is None else states_out
         T_obs, T = self.spec.n_obs_bins, self.spec.n_bins
         B = g0.shape[0]
         gen = self.generator
@@ -245,11 +282,11 @@ class LFADS(SpikeModel):
         drop = lambda h, t: h if mask is None else h * mask[t]  # noqa: E731  dropout of g_{t-1}
 
         if ci is None:
-            g, states = g0, []
+            g = g0
             for _ in range(T):
                 g = gen.step(zero_in, g)
-                states.append(g)
-            gen_states = torch.stack(states, dim=1)  # (B, T, G)
+                states_out.append(g)
+            gen_states = torch.stack(states_out, dim=1)  # (B, T, G)
             if mask is not None:
                 gen_states = gen_states * mask[1:].transpose(0, 1)
             return self.factors(gen_states), None, None, None
@@ -268,6 +305,7 @@ class LFADS(SpikeModel):
             logvar = _floored_logvar(raw, self.log_co_var_min)
             u = mean if eps is None else mean + torch.exp(0.5 * logvar) * eps[t]
             g = gen.step(gen.input_proj(u), g)
+            states_out.append(g)
             f = self.factors(drop(g, t + 1))
             means.append(mean)
             logvars.append(logvar)
@@ -277,6 +315,7 @@ class LFADS(SpikeModel):
         for _ in range(T_obs, T):  # forward-prediction bins: no data, zero inferred input
             g = gen.step(zero_in, g)
             fwd_states.append(g)
+            states_out.append(g)
         factors = torch.stack(facs, dim=1)  # (B, T_obs, F)
         if fwd_states:
             fwd = torch.stack(fwd_states, dim=1)  # (B, T_fwd, G)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neuralnets.data.spikedata import DataSpec
@@ -58,6 +59,8 @@ class RNNSeq2Seq(SpikeModel):
     forward(batch) -> ModelOutput with rates (B, T_obs+T_fwd, N) in counts per bin and latents
     (B, T_obs+T_fwd, fac_dim) (the factors).
     """
+
+    has_recurrent_dynamics = True  # the decoder runs autonomously (zero input)
 
     def __init__(
         self,
@@ -137,6 +140,50 @@ class RNNSeq2Seq(SpikeModel):
         states, _ = self.decoder(inputs, state)  # (B, T, dec_dim)
         factors = self.to_factors(self.dropout(states))  # (B, T, fac_dim)
         return factors, self.readout(factors)
+
+    # ------------------------------------------------------------------ dynamics (analysis)
+    def _initial_state(self, z: Tensor) -> Tensor:
+        """Decoder state `(B, H)` before the first bin; H = dec_dim, or 2 dec_dim for an LSTM ([h, c])."""
+        return self.to_h0(z)
+
+    @torch.no_grad()
+    def dynamics_states(self, heldin: Tensor, session: int | str | None = None) -> Tensor:
+        """Decoder states `(B, T, H)` on `heldin (B, T_obs, N_in)` (eval mode: z is the posterior mean);
+        for an LSTM each state is `[h, c]` (H = 2 dec_dim)."""
+        self.check_input(heldin, session)
+        was_training = self.training
+        self.eval()
+        try:
+            z, _, _ = self.encode(heldin.float())
+            h = self._initial_state(z)  # (B, H)
+            states = []
+            for _ in range(self.spec.n_bins):
+                h = self.autonomous_step(h)
+                states.append(h)
+        finally:
+            self.train(was_training)
+        return torch.stack(states, dim=1)  # (B, T, H)
+
+    def autonomous_step(self, h: Tensor) -> Tensor:
+        """One decoder step with its zero input (PyTorch's GRU/LSTM equations): `(..., H)` -> `(..., H)`."""
+        d = self.decoder  # zero input: W_ih x vanishes, the input gates are their biases
+        if self.cell == "gru":
+            H = self.dec_dim
+            gh = F.linear(h, d.weight_hh_l0, d.bias_hh_l0)  # (..., 3H) rows [r, z, n]
+            gi = d.bias_ih_l0
+            r = torch.sigmoid(gi[:H] + gh[..., :H])
+            u = torch.sigmoid(gi[H : 2 * H] + gh[..., H : 2 * H])
+            n = torch.tanh(gi[2 * H :] + r * gh[..., 2 * H :])
+            return (1 - u) * n + u * h
+        hx, cx = h.chunk(2, dim=-1)
+        gates = F.linear(hx, d.weight_hh_l0, d.bias_ih_l0 + d.bias_hh_l0)  # (..., 4 dec_dim)
+        i, f, g, o = gates.chunk(4, dim=-1)  # rows [i, f, g, o]
+        c = torch.sigmoid(f) * cx + torch.sigmoid(i) * torch.tanh(g)
+        return torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
+
+    def states_to_latents(self, h: Tensor) -> Tensor:
+        """Factors `(..., fac_dim)` of decoder states (an LSTM's factors read its h, not c)."""
+        return self.to_factors(h[..., : self.dec_dim])
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         heldin = get_heldin(self, batch)  # (B, T_obs, N_in)

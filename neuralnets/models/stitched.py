@@ -82,6 +82,25 @@ class Stitched(SpikeModel):
     def has_inferred_inputs(self) -> bool:
         return self.core.has_inferred_inputs
 
+    @property
+    def has_recurrent_dynamics(self) -> bool:
+        return self.core.has_recurrent_dynamics
+
+    # ------------------------------------------------------------------ dynamics (analysis): the core's
+    def dynamics_states(self, heldin: Tensor, session: int | str | None = None) -> Tensor:
+        """The core's recurrent states `(B, T, H)` on session `session`'s `heldin (B, T_obs, N_in_s)`."""
+        i = self.spec.index(0 if session is None and self.spec.n_sessions == 1 else session)
+        self.check_input(heldin, i)
+        with torch.no_grad():
+            x = self.readins[i](heldin.to(self.readins[i].weight.dtype))  # (B, T_obs, D)
+        return self.core.dynamics_states(x)
+
+    def autonomous_step(self, h: Tensor) -> Tensor:
+        return self.core.autonomous_step(h)
+
+    def states_to_latents(self, h: Tensor) -> Tensor:
+        return self.core.states_to_latents(h)
+
     def session_of(self, batch: dict[str, Tensor]) -> int:
         """The batch's session index (`batch['session']`; may be omitted for a one-session model)."""
         session = batch.get("session")

@@ -1,0 +1,377 @@
+"""`neuralnets-analyze RUN_DIR`: what a trained model found, as a report and TensorBoard figures.
+
+    neuralnets-analyze runs/lfads_lorenz/2026-12-04_10-00-00     # a finished training run
+    neuralnets-analyze lfads_lorenz --out lorenz-analysis        # a bundled pretrained model
+
+Runs every analysis the model's capabilities allow, on the data it was trained on:
+- fixed and slow points of its autonomous dynamics (`has_recurrent_dynamics`), with their Jacobian
+  spectra, and, on synthetic data with known fixed points (Lorenz), their distance to those;
+- condition-averaged latent trajectories, PCA and jPCA (data with trial conditions);
+- inferred-input events, aligned to the trial events and scored against known inputs (`has_inferred_inputs`).
+An analysis the model or data cannot support is listed with the one-line reason. The report goes to
+`analysis.md` in the run directory (written atomically; for a bundled model in `--out`, default
+`./analysis-<name>`) and the figures and report text into TensorBoard event files there (the run's
+own TensorBoard directory). `main(argv)` returns 0 and raises `NeuralnetsError`s for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralnets.analysis.fixed_points import model_fixed_points, require_dynamics
+from neuralnets.analysis.ground_truth import attractor_diameter, fixed_point_distances, map_to_true_latents
+from neuralnets.analysis.inputs import (
+    choose_threshold,
+    detect_events,
+    event_aligned,
+    event_precision_recall,
+    input_magnitude,
+    known_events,
+    require_inputs,
+    trial_events,
+)
+from neuralnets.analysis.jpca import condition_average, jpca
+from neuralnets.cli import run_cli
+from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
+
+REPORT_FILE = "analysis.md"
+ALIGN_BINS = 10  # bins before and after a trial event in the event-aligned input magnitude
+MAX_TABLE_ROWS = 12  # fixed points listed in the report (slowest first)
+
+
+@dataclass
+class Section:
+    """One analysis: its title, markdown body, figures {tag: Figure} and numbers {name: value}."""
+
+    title: str
+    text: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt(x: float, spec: str = ".3g") -> str:
+    return "n/a" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def _trials(data, split: str) -> np.ndarray:
+    """Indices of `split`, or of all trials when the split is empty."""
+    idx = data.indices(split)
+    return idx if len(idx) else np.arange(data.n_trials)
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def fixed_points_section(
+    model, data, latents: np.ndarray, session: str | None, n_initial: int, n_iter: int, seed: int
+) -> Section:
+    """Fixed/slow points from the train trials' states; with known fixed points, their distances."""
+    title = "Fixed and slow points of the autonomous dynamics"
+    try:
+        require_dynamics(model)
+    except AnalysisError as e:
+        return Section(title, f"Skipped: {e}.")
+    from neuralnets.analysis.figures import fixed_points_figure
+
+    train = _trials(data, "train")
+    res = model_fixed_points(
+        model, data.heldin_obs[train], session=session, n_initial=n_initial, n_iter=n_iter, seed=seed
+    )
+    fp = res.fixed_points
+    n_fixed = int(fp.is_fixed.sum())
+    lines = [
+        f"Searched from {fp.n_initial} states the model visits on {len(train)} train trials (plus noise); "
+        f"{fp.n_converged} reached q < {fp.q_tol:g}; after merging: **{n_fixed} fixed points** "
+        f"(q < 1e-10) and **{len(fp) - n_fixed} slow points**. q = ½‖F(h) − h‖² per bin; modes by "
+        "decreasing |λ| of the Jacobian of the one-bin map; τ = −dt/ln|λ| (negative: growing); "
+        "frequency = angle(λ)/(2π dt).",
+        "",
+    ]
+    if len(fp):
+        lines += [
+            "| point | fixed/slow | kind | q | growing modes | slowest modes: \\|λ\\| | τ (ms) | Hz |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in fp.table()[:MAX_TABLE_ROWS]:
+            lines.append(
+                f"| {row['point']} | {'fixed' if row['fixed'] else 'slow'} | {row['kind']} | "
+                f"{row['q']:.1e} | {row['n_unstable']} | {', '.join(f'{a:.3f}' for a in row['abs_eig'])} | "
+                f"{', '.join(_fmt(t * 1e3, '.0f') for t in row['tau_s'])} | "
+                f"{', '.join(f'{h:.2f}' for h in row['freq_hz'])} |"
+            )
+        if len(fp) > MAX_TABLE_ROWS:
+            lines.append(f"\n({len(fp) - MAX_TABLE_ROWS} more slow points not listed.)")
+    else:
+        lines.append(
+            "No point reached the tolerance: search longer (`--n-iter`) or from more states (`--n-initial`)."
+        )
+    numbers: dict[str, Any] = {"n_fixed": n_fixed, "n_slow": len(fp) - n_fixed, "kinds": fp.kinds}
+    if len(fp) and data.latents is not None and "fixed_points" in data.meta:
+        extent = attractor_diameter(data.latents)
+        mapped = map_to_true_latents(fp.latents, latents, data.latents, train)
+        rows = fixed_point_distances(mapped, np.asarray(data.meta["fixed_points"]), extent)
+        rel = [r["relative"] for r in rows]
+        numbers["true_fixed_point_distance_rel"] = rel
+        lines += [
+            "",
+            "**Ground truth.** The found points, mapped into the true latent space by the linear map the "
+            "harness fits for latent R² (train trials), against the system's own fixed points; distance "
+            f"as a fraction of the attractor's diameter ({extent:.2f}):",
+            "",
+            "| true fixed point | nearest found point | distance / diameter |",
+            "|---|---|---|",
+        ] + [f"| {r['true_point']} | {r['nearest']} | {r['relative']:.1%} |" for r in rows]
+    fig = fixed_points_figure(res.trajectory_latents, fp)
+    return Section(title, "\n".join(lines), {"analysis/fixed_points": fig}, numbers)
+
+
+def condition_section(data, latents: np.ndarray) -> Section:
+    """Condition-averaged latent trajectories: PCA and jPCA."""
+    title = "Condition-averaged trajectories: PCA and jPCA"
+    if data.condition is None:
+        return Section(title, "Skipped: the data have no trial conditions.")
+    avg, labels = condition_average(latents, data.condition)
+    if len(labels) < 2:
+        return Section(title, f"Skipped: one condition only ({labels.tolist()}); jPCA needs at least 2.")
+    if avg.shape[2] < 2 or avg.shape[1] < 3:
+        return Section(title, f"Skipped: latents {avg.shape[1:]} (bins, dims) need >= 3 bins and >= 2 dims.")
+    from neuralnets.analysis.figures import jpca_figure
+
+    res = jpca(avg, float(data.bin_size), n_pcs=min(6, avg.shape[2]))
+    names = data.meta.get("condition_names")
+    shown = np.asarray(names)[labels] if names is not None and len(names) > int(labels.max()) else labels
+    freqs = ", ".join(f"{f:.2f}" for f in res.frequencies_hz)
+    text = "\n".join([
+        f"{len(labels)} conditions averaged over all their trials; cross-condition mean removed; "
+        f"top {len(res.pc_variance)} PCs keep {res.pc_variance.sum():.1%} of the variance "
+        f"({', '.join(f'{v:.1%}' for v in res.pc_variance)}).",
+        "",
+        "| fit of dx/dt = M x | R² |",
+        "|---|---|",
+        f"| unconstrained M | {res.r2_full:.3f} |",
+        f"| skew-symmetric M (rotation) | {res.r2_skew:.3f} |",
+        f"| ratio skew / unconstrained | {res.rotational_ratio:.3f} |",
+        "",
+        f"Rotation frequencies of the jPC planes (Hz, fastest first): {freqs}.",
+    ])  # fmt: skip
+    numbers = {
+        "r2_full": res.r2_full, "r2_skew": res.r2_skew, "rotational_ratio": res.rotational_ratio,
+        "frequencies_hz": res.frequencies_hz.tolist(), "pc_variance": res.pc_variance.tolist(),
+    }  # fmt: skip
+    return Section(title, text, {"analysis/jpca": jpca_figure(res, shown)}, numbers)
+
+
+def inputs_section(model, data, inputs: np.ndarray | None, tolerance_bins: int) -> Section:
+    """Inferred-input events: threshold from train trials, aligned to trial events, scored vs known inputs."""
+    title = "Inferred inputs"
+    try:
+        require_inputs(model)
+    except AnalysisError as e:
+        return Section(title, f"Skipped: {e}.")
+    if inputs is None:
+        return Section(title, "Skipped: the predictions hold no inferred inputs.")
+    from neuralnets.analysis.figures import input_events_figure
+    from neuralnets.eval.metrics import INPUT_CORR_MAX_LAG, input_corr, input_readout_r2
+
+    mag = input_magnitude(inputs)  # (trials, T_obs)
+    train, test = _trials(data, "train"), _trials(data, "test")
+    thr = choose_threshold(mag[train])
+    detected = detect_events(mag[test], thr)
+    rate = len(detected) / (len(test) * mag.shape[1] * float(data.bin_size))
+    lines = [
+        f"Magnitude ‖u_t‖ of the {inputs.shape[2]} inferred inputs. Event threshold (median + 5 robust sd "
+        f"of the train trials): {thr:.3g}. Test trials: {len(detected)} events in {len(test)} trials "
+        f"({rate:.2f} events/s).",
+    ]
+    numbers: dict[str, Any] = {"threshold": thr, "n_events_test": len(detected), "events_per_s": rate}
+    aligned = {}
+    for name, bins in trial_events(data).items():
+        aligned[name] = event_aligned(mag, bins, ALIGN_BINS, ALIGN_BINS)
+        lags, mean, _ = aligned[name]
+        peak = int(np.nanargmax(mean)) if np.isfinite(mean).any() else None
+        if peak is not None:
+            lines.append(
+                f"- around `{name}`: mean magnitude peaks {lags[peak] * data.bin_size * 1e3:+.0f} ms from "
+                f"the event at {mean[peak]:.3g} (baseline median {np.median(mag):.3g})."
+            )
+    if not aligned:
+        lines.append("- no trial events in the data to align to (the loader kept none).")
+    if data.inputs is not None:
+        t = min(mag.shape[1], data.n_obs)
+        known = known_events(data.inputs[test, :t])
+        score = event_precision_recall(detect_events(mag[test, :t], thr), known, tolerance_bins)
+        numbers.update(precision=score.precision, recall=score.recall)
+        lines.append(
+            f"- against the known inputs' events (|u| above half its maximum) within ±{tolerance_bins} bins: "
+            f"precision {_fmt(score.precision)}, recall {_fmt(score.recall)} ({score.n_matched} of "
+            f"{score.n_known} known events matched; median lag {_fmt(score.median_lag_bins)} bins)."
+        )
+        if t >= INPUT_CORR_MAX_LAG + 2 and len(test) >= 2:
+            corr = input_corr(data.inputs[test, :t], inputs[test, :t])
+            r2 = input_readout_r2(data.inputs[test, :t], inputs[test, :t])
+            numbers.update(input_corr=corr, input_readout_r2=r2)
+            lines.append(
+                f"- harness metrics on the test trials: input_corr (|known| vs inferred magnitude) "
+                f"{corr:.3f}, input_readout_r2 (cross-validated signed read-out) {r2:.3f}."
+            )
+    fig = input_events_figure(aligned, float(data.bin_size), thr) if aligned else None
+    return Section(title, "\n".join(lines), {"analysis/input_events": fig} if fig else {}, numbers)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def analyze(
+    pretrained,
+    data,
+    predictions: dict[str, np.ndarray] | None = None,
+    session: str | None = None,
+    *,
+    n_initial: int = 256,
+    n_iter: int = 1000,
+    tolerance_bins: int = 2,
+    seed: int = 0,
+) -> list[Section]:
+    """Every analysis of `pretrained` (a `PretrainedModel`) on `data` (a SpikeData; one session of a
+    multi-session model, named by `session`). `predictions`: its {"rates", "latents", "inputs"} for all
+    trials (computed here when None)."""
+    if predictions is None or "latents" not in predictions:
+        predictions = pretrained.predict(data, session=session)
+    model = pretrained.model
+    latents = predictions["latents"]
+    return [
+        fixed_points_section(model, data, latents, session, n_initial, n_iter, seed),
+        condition_section(data, latents),
+        inputs_section(model, data, predictions.get("inputs"), tolerance_bins),
+    ]
+
+
+def render(sections: list[Section], title: str, about: list[str]) -> str:
+    """The markdown report."""
+    lines = [f"# {title}", "", *about, ""]
+    for s in sections:
+        lines += [f"## {s.title}", "", s.text, ""]
+    return "\n".join(lines)
+
+
+def write_report(sections: list[Section], out_dir: Path, text: str) -> Path:
+    """`analysis.md` (atomically) and the figures and report text into TensorBoard in `out_dir`."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from neuralnets.runs import atomic_path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / REPORT_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    with SummaryWriter(log_dir=str(out_dir)) as writer:
+        for s in sections:
+            for tag, fig in s.figures.items():
+                writer.add_figure(tag, fig, global_step=0, close=False)
+        writer.add_text("analysis/report", text, global_step=0)
+    return path
+
+
+def _load(target: str, out: str | None, session: str | None):
+    """(PretrainedModel, SpikeData, predictions or None, session, output directory, description)."""
+    from neuralnets.data.loaders import load
+    from neuralnets.data.sessions import MultiSessionData
+    from neuralnets.pretrained import list_pretrained, load_pretrained
+
+    folder = Path(target)
+    exported = (
+        folder.is_dir() and (folder / "model_card.json").is_file() and (folder / "model.ckpt").is_file()
+    )
+    if target in list_pretrained() or exported:  # a bundled model, or a folder exported like one
+        try:
+            pm = load_pretrained(target if not exported else folder)
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"{target}: {e}") from None
+        card = pm.card["data"]
+        data = load(card.get("source") or card["name"], **(card.get("load_kwargs") or {}))
+        out_dir = Path(out) if out else (folder if exported else Path.cwd() / f"analysis-{target}")
+        about = f"Bundled model `{target}` on `{card['name']}` {card.get('load_kwargs') or {}}."
+        predictions = None
+    else:
+        from neuralnets.runs import read_predictions, read_run, require_finished
+
+        run_dir = Path(target)
+        if not run_dir.is_dir():
+            raise RunStatusError(
+                f"{target} is neither a bundled model ({', '.join(list_pretrained())}) nor a run directory"
+            )
+        require_finished(run_dir)
+        try:
+            pm = load_pretrained(run_dir)
+            run = read_run(run_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"{run_dir}: {e}") from None
+        source, kwargs = run.get("data_source") or run["data"], run.get("data_kwargs") or {}
+        data = load(source, **kwargs)
+        out_dir = Path(out) if out else run_dir
+        about = f"Run `{run_dir}` ({run['model']} on `{run['data']}`)."
+        predictions = None
+        if not isinstance(data, MultiSessionData):
+            try:
+                predictions = read_predictions(run_dir)
+            except FileNotFoundError:
+                predictions = None
+            if predictions is not None and predictions["rates"].shape != data.spikes.shape:
+                predictions = None  # not this data's: predict afresh
+    if isinstance(data, MultiSessionData):
+        names = list(data.names)
+        session = session or names[0]
+        if session not in names:
+            raise DataError(f"session {session!r} is not one of the data's sessions {names}")
+        data = data[session]
+        about += f" Session `{session}` of {names}."
+    elif session is not None:
+        raise DataError(f"--session {session!r} given, but the data have one session")
+    return pm, data, predictions, session, out_dir, about
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neuralnets-analyze", description=__doc__.split("\n")[0])
+    p.add_argument("target", metavar="RUN_DIR", help="a finished run directory or a bundled model name")
+    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--session", default=None, help="the session to analyse (multi-session data)")
+    p.add_argument("--n-initial", type=int, default=256, help="initial states of the fixed-point search")
+    p.add_argument("--n-iter", type=int, default=1000, help="gradient steps of the fixed-point search")
+    p.add_argument("--tolerance-bins", type=int, default=2, help="±bins for input-event precision/recall")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _analyze(argv: list[str] | None) -> int:
+    """Analyse one run or bundled model; print where the report went. Raises NeuralnetsErrors."""
+    args = _parser().parse_args(argv)
+    for name in ("n_initial", "n_iter"):
+        if getattr(args, name) < 1:
+            raise AnalysisError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.tolerance_bins < 0:
+        raise AnalysisError(f"--tolerance-bins must be >= 0; got {args.tolerance_bins}")
+    pm, data, predictions, session, out_dir, about = _load(args.target, args.out, args.session)
+    sections = analyze(
+        pm, data, predictions, session, n_initial=args.n_initial, n_iter=args.n_iter,
+        tolerance_bins=args.tolerance_bins, seed=args.seed,
+    )  # fmt: skip
+    caps = (
+        f"Model: {type(pm.model).__name__}; recurrent dynamics: "
+        f"{'yes' if getattr(pm.model, 'has_recurrent_dynamics', False) else 'no'}; inferred inputs: "
+        f"{'yes' if getattr(pm.model, 'has_inferred_inputs', False) else 'no'}. Data: {data.n_trials} trials "
+        f"of {data.n_bins} bins of {data.bin_size * 1e3:g} ms."
+    )
+    text = render(sections, "What the model found", [about, "", caps])
+    path = write_report(sections, out_dir, text)
+    print(f"report: {path}\nTensorBoard: tensorboard --logdir {out_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `neuralnets-analyze` (errors and exit codes: `neuralnets.cli.run_cli`)."""
+    return run_cli("neuralnets-analyze", _analyze, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

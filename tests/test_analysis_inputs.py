@@ -1,0 +1,108 @@
+"""Inferred-input events: thresholds chosen on train trials, rising crossings, one-to-one matching
+with known input events, event-aligned averages, trial events kept by the loaders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuralnets.analysis.inputs import (
+    choose_threshold,
+    detect_events,
+    event_aligned,
+    event_precision_recall,
+    input_magnitude,
+    known_events,
+    require_inputs,
+    trial_events,
+)
+from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import AnalysisError
+from neuralnets.models import create_model
+
+
+def _kicks(seed: int = 0, n: int = 40, t: int = 50):
+    """Signed kicks (trials, T, 1) and inferred inputs that mark each kick 2 bins later, with noise."""
+    rng = np.random.default_rng(seed)
+    kicks = (rng.uniform(size=(n, t)) < 0.05) * rng.choice([-1.0, 1.0], size=(n, t))
+    inferred = np.zeros((n, t, 2))
+    inferred[:, 2:, 0] = 2.0 * kicks[:, :-2]
+    inferred += 0.1 * rng.standard_normal(inferred.shape)
+    return kicks[..., None], inferred
+
+
+def test_signed_kicks_are_detected_with_high_precision_and_recall():
+    u, z = _kicks()
+    train, test = np.arange(30), np.arange(30, 40)
+    thr = choose_threshold(input_magnitude(z[train]))
+    assert 0.1 < thr < 2.0  # above the noise, below the kicks
+    detected = detect_events(input_magnitude(z[test]), thr)
+    known = known_events(u[test])
+    assert len(known) == int((u[test] != 0).sum())
+    score = event_precision_recall(detected, known, tolerance_bins=2)
+    assert score.precision > 0.9 and score.recall > 0.85  # kicks in adjacent bins make one event
+    assert score.median_lag_bins == 2.0
+    exact = event_precision_recall(detected, known, tolerance_bins=0)  # exact bins: the 2-bin lag misses
+    assert exact.n_matched < score.n_matched / 2  # (only coincidences: kicks 2 bins apart)
+    delayed = event_precision_recall(detected, known, tolerance_bins=0, max_delay=2)
+    assert delayed.n_matched == score.n_matched
+
+
+def test_matching_is_one_to_one_and_per_trial_by_hand():
+    detected = np.array([[0, 5], [0, 6], [1, 5], [2, 9]])
+    known = np.array([[0, 5], [1, 20], [2, 10]])
+    s = event_precision_recall(detected, known, tolerance_bins=1)
+    # (0,5)-(0,5) and (2,9)-(2,10); (0,6) finds no second known event; trial 1's bins are too far apart
+    assert (s.n_matched, s.n_detected, s.n_known) == (2, 4, 3)
+    assert s.precision == pytest.approx(0.5) and s.recall == pytest.approx(2 / 3)
+    empty = event_precision_recall(np.zeros((0, 2)), known)
+    assert empty.n_matched == 0 and np.isnan(empty.precision) and empty.recall == 0.0
+
+
+def test_detect_events_are_rising_crossings():
+    m = np.array([[0, 2, 2, 0, 3, 0], [5, 5, 0, 0, 0, 1]], dtype=float)
+    assert detect_events(m, 1.0).tolist() == [[0, 1], [0, 4], [1, 0], [1, 5]]
+
+
+def test_event_aligned_average_by_hand():
+    m = np.arange(12, dtype=float).reshape(2, 6)  # trial 0: 0..5, trial 1: 6..11
+    lags, mean, sem = event_aligned(m, np.array([1.0, np.nan]), before=2, after=1)
+    assert lags.tolist() == [-2, -1, 0, 1]
+    assert np.isnan(mean[0]) and mean[1:].tolist() == [0.0, 1.0, 2.0]  # only trial 0, bins 0..2
+    lags, mean, sem = event_aligned(m, np.array([2.0, 3.0]), before=1, after=0)
+    np.testing.assert_allclose(mean, [(1 + 8) / 2, (2 + 9) / 2])
+    np.testing.assert_allclose(sem, [3.5 / np.sqrt(2)] * 2)
+
+
+def test_trial_events_from_the_loaders_meta():
+    spikes = np.zeros((3, 20, 2))
+    nwb_like = SpikeData(
+        spikes=spikes, bin_size=0.01, meta={"align_event": "move_onset_time", "window": [-0.05, 0.15]}
+    )
+    ev = trial_events(nwb_like)
+    np.testing.assert_allclose(ev["move_onset_time"], [5.0, 5.0, 5.0])
+    laps = SpikeData(
+        spikes=spikes,
+        bin_size=0.1,
+        meta={"trials": "laps", "trial_start_s": [0.0, 10.0, 20.0], "lap_end_s": [1.5, 13.0, 20.4]},
+    )
+    ev = trial_events(laps)
+    np.testing.assert_allclose(ev["lap_start"], 0.0)
+    np.testing.assert_allclose(ev["lap_end"], [15.0, np.nan, 4.0])  # the second lap ends after its 20 bins
+    assert trial_events(SpikeData(spikes=spikes, bin_size=0.01)) == {}
+
+
+def test_models_without_inferred_inputs_are_refused_in_one_line():
+    from neuralnets.data.spikedata import DataSpec
+
+    spec = DataSpec(n_heldin=4, n_neurons=5, n_obs_bins=8, n_fwd_bins=2, bin_size=0.01)
+    require_inputs(create_model("lfads", spec, co_dim=1))
+    for name, opts in [("gpfa", {"latent_dim": 2}), ("ndt", {}), ("rnn", {}), ("lfads", {"co_dim": 0})]:
+        with pytest.raises(AnalysisError, match="needs a model with inferred inputs") as err:
+            require_inputs(create_model(name, spec, **opts))
+        assert "\n" not in str(err.value)
+
+
+def test_threshold_needs_train_magnitudes():
+    with pytest.raises(AnalysisError, match="finite train-trial magnitudes"):
+        choose_threshold(np.zeros((0, 5)))
