@@ -53,3 +53,14 @@ class UntrustedLibrary(NeuralnetsError, RuntimeError):
 
 class DivergenceError(NeuralnetsError, RuntimeError):
     """Training diverged: too large a share of its steps had a non-finite loss or gradient."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was looked for (a run directory without one, a missing file)."""
+
+
+class RunInterrupted(NeuralnetsError):
+    """Training stopped by SIGTERM/SIGINT after saving `last.ckpt`; the run is marked interrupted and
+    `resume=` continues it. Commands exit with `EXIT_INTERRUPTED` (not `EXIT_USER_ERROR`)."""
+
+    exit_code = EXIT_INTERRUPTED
