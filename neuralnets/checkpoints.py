@@ -230,7 +230,9 @@ def read_checkpoint(
     hp = ckpt["hyper_parameters"]
     missing = [k for k in ("model", "spec") if not isinstance(hp, dict) or k not in hp]
     if missing:
-        raise CheckpointError(f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training?")
+        raise CheckpointError(
+            f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training?"
+        )
     return ckpt
 
 

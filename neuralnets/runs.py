@@ -345,7 +345,7 @@ class MetricsRecord:
 
 
 def read_metrics(run_dir: str | Path) -> MetricsRecord:
-    """run_dir/metrics.json as a validated `MetricsRecord`; clear errors if the directory or a key is wrong."""
+    """run_dir/metrics.json as a validated `MetricsRecord`; clear errors if the directory or a key is bad."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")

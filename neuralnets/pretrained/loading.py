@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuralnets.checkpoints import read_checkpoint, run_checkpoint
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec, spec_from_dict
 from neuralnets.data.spikedata import DataError, DataSpec, SpikeData, check_counts
 from neuralnets.models import MODELS, ModelConfigError, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
-from neuralnets.checkpoints import read_checkpoint, run_checkpoint
 from neuralnets.pretrained.registry import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,

@@ -12,10 +12,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from neuralnets.checkpoints import commit_checkpoint, digest_path, partial_path
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.eval import evaluate, evaluate_sessions
-from neuralnets.checkpoints import commit_checkpoint, digest_path, partial_path
 from neuralnets.training import figures
 
 
