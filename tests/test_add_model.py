@@ -17,7 +17,7 @@ from neuralnets.data import load
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models import MODELS
 from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates
-from neuralnets.pretrained.checkpoint_file import checksum_path
+from neuralnets.checkpoints import digest_path as checksum_path
 from neuralnets.training.build import CONFIG_DIR
 from neuralnets.training.train import train
 

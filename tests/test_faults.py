@@ -21,7 +21,7 @@ from test_training import TINY_DATA, lorenz_tiny, tiny_cfg
 from tiny import TINY_LFADS
 
 import neuralnets.training.build as build_mod
-import neuralnets.training.train as train_mod
+import neuralnets.training.run as run_mod
 from neuralnets.data.formats.lfads_h5 import save_lfads_h5
 from neuralnets.data.loaders import load
 from neuralnets.data.spikedata import DataError
@@ -160,7 +160,7 @@ def test_runs_started_at_the_same_moment_never_share_a_directory(tmp_path):
 
 
 def test_two_trainings_with_the_same_clock_get_two_complete_directories(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "_timestamp", lambda: "2026-01-01_00-00-00")
+    monkeypatch.setattr(run_mod, "_timestamp", lambda: "2026-01-01_00-00-00")
     cfg = tiny_cfg("trainer.max_epochs=1", f"out_dir={tmp_path}")
     dirs = {Path(train(cfg)["run_dir"]) for _ in range(2)}
     assert {d.name for d in dirs} == {"2026-01-01_00-00-00", "2026-01-01_00-00-00_1"}
@@ -245,14 +245,14 @@ def test_run_files_get_the_usual_mode(tmp_path):
 
 
 def test_disk_full_while_writing_predictions_leaves_no_partial_file(tmp_path, monkeypatch):
-    real = train_mod.predict_chunks
+    real = run_mod.predict_chunks
 
     def full_disk(model, data):
         chunks = real(model, data, batch_size=8)
         yield next(chunks)
         raise OSError(errno.ENOSPC, "No space left on device", "predictions.h5")
 
-    monkeypatch.setattr(train_mod, "predict_chunks", full_disk)
+    monkeypatch.setattr(run_mod, "predict_chunks", full_disk)
     run = tmp_path / "run"
     with pytest.raises(OSError, match="No space left"):
         train(tiny_cfg("trainer.max_epochs=1"), run)

@@ -21,7 +21,7 @@ from neuralnets.data.synthetic import lorenz, lorenz_sessions
 from neuralnets.eval import evaluate, evaluate_sessions
 from neuralnets.models import ModelConfigError, Stitched, create_model
 from neuralnets.models.stitched import _smooth, readin_init
-from neuralnets.pretrained.checkpoint_file import checksum_path
+from neuralnets.checkpoints import digest_path as checksum_path
 from neuralnets.pretrained.loading import build_from_checkpoint
 from neuralnets.training.module import ConfigError
 from neuralnets.training.stitching import finetune, finetune_module

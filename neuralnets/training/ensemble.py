@@ -3,7 +3,9 @@
     neuralnets-ensemble runs/a runs/b runs/c --out runs/ensemble_abc            # k chosen on val
     neuralnets-ensemble runs/tune/lfads_mc_maze_small/members/* --out runs/ens --k 3
 
-Members are ranked by validation co-bps; `--k N` averages the best N, `--k auto` (default) the best k
+Only finished runs are members: a failed, diverged, interrupted or running one is skipped and named
+(on stderr and in metrics.json's `skipped`); fewer than 2 finished runs is an error. Members are
+ranked by validation co-bps; `--k N` averages the best N, `--k auto` (default) the best k
 whose average scores highest on the validation trials (test trials are never used to choose). The
 output is an ordinary run directory: `predictions.h5` (mean rates `(trials, T, N)`, no latents: the
 members' latent spaces differ), `metrics.json` (test metrics, `val_metrics`, `members`, `k`, `status`)
@@ -14,6 +16,7 @@ like a trained run.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from neuralnets.data.spikedata import SpikeData
+from neuralnets.errors import RunStatusError
 from neuralnets.eval.cli import _run
 from neuralnets.eval.harness import evaluate
 from neuralnets.eval.tables import format_table
@@ -30,6 +34,7 @@ from neuralnets.runs import (
     load_run_data,
     read_predictions,
     read_run,
+    read_status,
     write_metrics,
     write_predictions,
     write_status,
@@ -71,6 +76,23 @@ def choose_members(
     return order[: int(k)], scores, curve
 
 
+def finished_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """(the finished runs of `run_dirs`, [{"run_dir", "status", "error"} of each other one]): only
+    finished runs are members (a failed, diverged, interrupted or running one is skipped, named)."""
+    finished, skipped = [], []
+    for run_dir in map(Path, run_dirs):
+        try:
+            status = read_status(run_dir)
+        except ValueError as err:  # a damaged status.json
+            status = {"status": "unreadable", "error": str(err)}
+        if status["status"] == "finished":
+            finished.append(run_dir)
+        else:
+            why = status["status"] if run_dir.is_dir() else "no such directory"
+            skipped.append({"run_dir": str(run_dir), "status": why, "error": status.get("error")})
+    return finished, skipped
+
+
 def _mean(rates: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(rates), axis=0, dtype=np.float64).astype(np.float32)  # (trials, T, N)
 
@@ -83,7 +105,15 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
         raise FileExistsError(f"{out} exists and is not empty; refusing to overwrite it")
     if len(run_dirs) < 2:
         raise ValueError(f"an ensemble needs at least 2 runs; got {len(run_dirs)}")
-    runs = [read_run(r) for r in run_dirs]
+    finished, skipped = finished_runs(run_dirs)
+    if len(finished) < 2:
+        left = f"only {finished[0]}" if finished else "none"
+        named = "; ".join(f"{s['run_dir']} (status {s['status']})" for s in skipped)
+        raise RunStatusError(
+            f"an ensemble needs at least 2 finished runs; {left} of the {len(run_dirs)} given is finished "
+            f"(skipped: {named})"
+        )
+    runs = [read_run(r) for r in finished]
     check_same_data(runs)
     data = load_run_data(runs[0])
     rates = []
@@ -119,6 +149,7 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
         "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
         f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
         "members": members,
+        "skipped": skipped,
     }
     write_metrics(test, out, extra=record)
     write_status(out, "finished")
@@ -155,6 +186,8 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     k = args.k if args.k == "auto" else _int_k(args.k)
     record = ensemble(args.run_dirs, args.out, k)
+    for s in record["skipped"]:
+        print(f"neuralnets-ensemble: skipped {s['run_dir']}: status {s['status']}", file=sys.stderr)
     print(format_table([record], baselines=False))
     print(f"run directory: {record['run_dir']}")
     return 0
