@@ -34,6 +34,7 @@ from neuralnets.runs import (
     write_metrics,
     write_status,
 )
+from neuralnets.errors import RunInterrupted
 from neuralnets.training.module import ConfigError, DivergenceError
 from neuralnets.training.train import NothingToDo, prepare_config, train
 
@@ -103,11 +104,11 @@ def test_kill_after_epochs_without_improvement_resumes_from_the_last_epoch(tmp_p
 def test_ctrl_c_writes_last_checkpoint_of_the_step_reached(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _with_callback(monkeypatch, _Stop(1, KeyboardInterrupt()))
-    with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit status 1
+    with pytest.raises(RunInterrupted, match="interrupted by SIGINT at step 3; resume="):
         train(tiny_cfg("trainer.max_epochs=3"), run)
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == STEPS_PER_EPOCH + 1  # one step into epoch 1, not the end of epoch 0
-    assert read_status(run)["status"] == "failed"
+    assert read_status(run)["status"] == "interrupted"
 
 
 def test_resume_of_a_finished_run_changes_nothing_unless_asked_for_more_epochs(tmp_path):

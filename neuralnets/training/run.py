@@ -224,10 +224,12 @@ class _Interrupts(pl.Callback):
             yield self
             return
         previous = signal.signal(signal.SIGTERM, self._handler)
+        previous_int = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C
         try:
             yield self
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
     @contextlib.contextmanager
     def fitting(self) -> Iterator[None]:
