@@ -152,7 +152,7 @@ class _ReportToTune(pl.Callback):
         metrics["epoch"] = trainer.current_epoch + 1
         metrics["step"] = trainer.global_step
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp) / CKPT_NAME, trainer.save_checkpoint)
+            save_checkpoint(Path(tmp) / CKPT_NAME, lambda p: trainer.save_checkpoint(p, weights_only=False))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))  # copied before return
 
 
