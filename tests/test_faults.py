@@ -495,7 +495,7 @@ def test_pbt_best_member_is_an_ordinary_run_with_a_verified_checkpoint(tmp_path,
 
     from test_pbt import pbt_cfg
 
-    from neuralnets.checkpoints import digest_path, verify_checkpoint
+    from neuralnets.checkpoints import digest_path, verify_checkpoint, write_digest
     from neuralnets.training.pbt import CKPT_NAME, _write_best
 
     cfg = pbt_cfg("trainer.max_epochs=1", "callbacks.figures=false")
@@ -505,7 +505,7 @@ def test_pbt_best_member_is_an_ordinary_run_with_a_verified_checkpoint(tmp_path,
     donor = tmp_path / "donor"
     donor.mkdir()
     _shutil.copy(finished_run / "checkpoints" / "last.ckpt", donor / CKPT_NAME)
-    _shutil.copy(digest_path(finished_run / "checkpoints" / "last.ckpt"), digest_path(donor / CKPT_NAME))
+    write_digest(donor / CKPT_NAME)  # as a member's report writes it (neuralnets.checkpoints.save_checkpoint)
     best = _NS(  # what Ray's ResultGrid.get_best_result gives
         config={"module.lr": float(cfg.module.lr)},
         metrics={"val_recon": 1.5},

@@ -222,11 +222,13 @@ def test_wrong_bin_size_and_bad_counts_are_clear_errors(tiny_model, tiny_data):
 def test_bad_paths_are_clear_errors(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="junk.ckpt: cannot read as a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="junk.ckpt: no sha256 record"):
         load_pretrained(junk)
+    with pytest.raises(ValueError, match="junk.ckpt: cannot read as a PyTorch checkpoint"):
+        load_pretrained(junk, trust_unverified=True)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a neuralnets training checkpoint"):
-        load_pretrained(tmp_path / "other.pt")
+        load_pretrained(tmp_path / "other.pt", trust_unverified=True)
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint found"):
         load_pretrained(tmp_path / "empty_run")
