@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from neuralnets.checkpoints import digest_path as checksum_path
 from neuralnets.data import load
 from neuralnets.data.datamodule import MultiSessionDataModule
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
@@ -21,7 +22,6 @@ from neuralnets.data.synthetic import lorenz, lorenz_sessions
 from neuralnets.eval import evaluate, evaluate_sessions
 from neuralnets.models import ModelConfigError, Stitched, create_model
 from neuralnets.models.stitched import _smooth, readin_init
-from neuralnets.checkpoints import digest_path as checksum_path
 from neuralnets.pretrained.loading import build_from_checkpoint
 from neuralnets.training.module import ConfigError
 from neuralnets.training.stitching import finetune, finetune_module
