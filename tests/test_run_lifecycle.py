@@ -172,3 +172,11 @@ def test_a_tune_member_is_one_call_returning_status_and_monitor(tmp_path):
     with pytest.raises(RuntimeError, match="own bug"):  # the default: failures raise
         run_training(tiny_cfg(), tmp_path / "m3", callbacks=[_Fail()])
     assert Path(tmp_path / "m3" / "config.yaml").is_file()
+
+
+def test_every_bundled_model_has_its_digest_in_the_package():
+    from neuralnets.pretrained.registry import BUNDLED_SHA256, CHECKPOINT_FILE, CHECKPOINTS_DIR, list_pretrained
+
+    assert sorted(BUNDLED_SHA256) == list_pretrained()
+    for name, digest in BUNDLED_SHA256.items():
+        assert file_sha256(CHECKPOINTS_DIR / name / CHECKPOINT_FILE) == digest, name

@@ -69,6 +69,20 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     return run_training(cfg, run_dir).record
 
 
+def finish_run(cfg, run_dir, data, module, checkpoint, logger, train_time: float, step: int) -> dict:
+    """The former signature of `training.run.finish_run`, kept only for `training/tune.py` until it
+    calls `run_training` (its members then go through the one lifecycle); do not use in new code."""
+    from neuralnets.training.run import finish_run as _finish
+
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    score = checkpoint.best_model_score
+    return _finish(
+        cfg, Path(run_dir), data, module, best=Path(best) if best else None,
+        monitor=None if score is None else float(score), logger=logger, train_time=train_time, step=step,
+        epochs=None,
+    )  # fmt: skip
+
+
 def sweep_value(record: dict, metric: str) -> float:
     """The number a Hydra sweeper optimises: a harness metric on the validation trials (`co_bps`,
     `fp_bps`, ...) or the checkpoint monitor's best value (`val/loss`, `val/recon`)."""
