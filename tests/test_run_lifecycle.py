@@ -175,7 +175,12 @@ def test_a_tune_member_is_one_call_returning_status_and_monitor(tmp_path):
 
 
 def test_every_bundled_model_has_its_digest_in_the_package():
-    from neuralnets.pretrained.registry import BUNDLED_SHA256, CHECKPOINT_FILE, CHECKPOINTS_DIR, list_pretrained
+    from neuralnets.pretrained.registry import (
+        BUNDLED_SHA256,
+        CHECKPOINT_FILE,
+        CHECKPOINTS_DIR,
+        list_pretrained,
+    )
 
     assert sorted(BUNDLED_SHA256) == list_pretrained()
     for name, digest in BUNDLED_SHA256.items():
