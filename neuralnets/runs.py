@@ -1,14 +1,18 @@
 """The run directory: its layout and every read and write of it (the one owner of these paths).
 
     run_dir/
-      status.json         STATUS_FILE: {"status": running | finished | failed | diverged, "started", "updated"
+      status.json         STATUS_FILE: {"status": RUN_STATES (running | finished | failed | diverged |
+                          interrupted), "started", "updated"
                           (UTC ISO times), "train_time_s" (all training segments), "epochs", "error"}
       config.yaml         CONFIG_FILE: the resolved training config (written by training)
-      checkpoints/        CHECKPOINT_DIR: Lightning checkpoints, `last.ckpt` (LAST_CHECKPOINT) and best-*.ckpt
+      checkpoints/        CHECKPOINT_DIR: `last.ckpt` (LAST_CHECKPOINT) and best-*.ckpt, each with a
+                          `.sha256` record (owned by `neuralnets.checkpoints`: writing, verifying, choosing)
       predictions.h5      PREDICTIONS_FILE: `rates (trials, T, N)` counts per bin for ALL trials of the
                           dataset, float32; optional `latents (trials, T', K)` and `inputs (trials, T_obs, U)`
       metrics.json        METRICS_FILE: {"model": str, "data": str, "split": str, "metrics": {name: float},
-                          "train_time_s": float, "n_parameters": int, ...anything else}
+                          "train_time_s": float, "n_parameters": int, ...anything else}; read back as a
+                          validated `MetricsRecord` (`read_metrics`)
+      .lock               LOCK_FILE: flock-ed by the process training the run (`run_lock`)
 
 Optional keys of metrics.json used to rebuild the dataset (`load_run_data`): "data_source" (name or
 path accepted by `neuralnets.data.loaders.load`, preferred over "data") and "data_kwargs" (its
@@ -21,6 +25,7 @@ across processes and nodes sharing a filesystem) or `claim_run_dir` (a directory
 if it already holds a run). Either records status "running"; `write_status` moves it on, and readers
 (`neuralnets-eval`, `neuralnets-compare`, `load_pretrained`, resume) ask `read_status`/`require_finished`.
 A run directory without status.json (written before it existed) counts as finished if it has metrics.json.
+The process training a run holds `run_lock(run_dir)`; a second one (e.g. a concurrent resume) is refused.
 """
 
 from __future__ import annotations
@@ -55,7 +60,6 @@ STATUS_FILE = "status.json"
 # stopped by SIGTERM/SIGINT after saving last.ckpt (resume= continues it); failed / diverged: ended by
 # an error / a non-finite loss; finished: trained and scored.
 RUN_STATES = ("running", "finished", "failed", "diverged", "interrupted")
-RESUMABLE_STATES = ("running", "interrupted", "failed", "finished")  # diverged: its last state is bad
 LOCK_FILE = ".lock"  # flock-ed by the process training the run (`run_lock`)
 PREDICTION_KEYS = ("rates", "latents", "inputs")  # the arrays predictions.h5 may hold
 CHUNK_BYTES = 8 << 20  # HDF5 chunks of at most ~8 MiB (whole trials; one trial if a trial is larger)

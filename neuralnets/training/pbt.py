@@ -14,9 +14,12 @@ hyperparameters perturbed by x0.8 / x1.2 or resampled (`resample_probability`), 
 search bounds. The searched values are any config keys: AutoLFADS' set is the learning rate,
 dropout, coordinated-dropout rate and the KL / L2 penalty scales.
 
-Output, under the Hydra run directory (`runs/pbt/<model>_<data>/<time>/`):
-    tune/        Ray Tune's experiment: one directory per member with its TensorBoard logs
-                 (`tensorboard --logdir .../tune`), results and checkpoints; pbt_*.txt log the exploits
+Output, under the Hydra run directory (`runs/pbt/<model>_<data>/<time>/`, itself claimed and locked
+through `neuralnets.runs`, with config.yaml and status.json):
+    tune/        Ray Tune's experiment: one directory per member with its results, its checkpoints (each
+                 with its sha256 record) and one run directory per start of the member (`segment`,
+                 `segment_1`, ...: config.yaml, status.json, TensorBoard logs; `tensorboard --logdir
+                 .../tune`); pbt_*.txt log the exploits
     best/        the best member at the end as a regular run directory (config.yaml, checkpoints/,
                  predictions.h5, metrics.json, TensorBoard hparams), usable by neuralnets-compare
                  and load_pretrained
@@ -43,7 +46,6 @@ from neuralnets.checkpoints import copy_checkpoint, last_checkpoint, load_checkp
 from neuralnets.data.spikedata import DataError
 from neuralnets.eval.tables import format_table
 from neuralnets.runs import (
-    CONFIG_FILE,
     claim_run_dir,
     run_lock,
     write_config,
@@ -246,7 +248,6 @@ def run_pbt(
     Returns the best member's record (as `train.train` does) with `record["pbt"]` = its searched
     hyperparameters, its metric value and its Tune trial directory."""
     try:
-        import ray
         from ray import tune
         from ray.tune.schedulers import PopulationBasedTraining
     except ImportError:
@@ -265,7 +266,7 @@ def run_pbt(
     trust = bool(cfg.get("trust_unverified"))
     if "trust_unverified" in cfg:
         cfg.trust_unverified = False  # never saved: it holds for this command only
-    study_config(run_dir, cfg)
+    claim_run_dir(run_dir)  # the study's own directory: refused if it holds a run or an earlier study
     base = OmegaConf.to_container(cfg, resolve=True)
     base["trust_unverified"] = trust
     base.pop("hydra", None)
@@ -290,6 +291,24 @@ def run_pbt(
         tune.with_parameters(pbt_trial, base=base, interval=interval),
         {"cpu": float(p.cpus_per_trial), "gpu": float(p.gpus_per_trial)},
     )
+    with run_lock(run_dir):
+        write_config(run_dir, cfg)
+        try:
+            record = _run_population(cfg, base, trainable, scheduler, space, run_dir, metric)
+        except BaseException as err:
+            state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+            write_status(run_dir, state, error=" ".join(f"{type(err).__name__}: {err}".split()))
+            raise
+        write_status(run_dir, "finished", error=None, train_time_s=record["train_time_s"])
+    return record
+
+
+def _run_population(cfg, base, trainable, scheduler, space, run_dir: Path, metric: str) -> dict:
+    """Tune's run of the population, then the best member written as `run_dir/best`."""
+    import ray
+    from ray import tune
+
+    p = cfg.pbt
     started_ray = not ray.is_initialized()
     if started_ray:
         local = p.address is None
@@ -320,22 +339,13 @@ def run_pbt(
     finally:
         if started_ray:
             ray.shutdown()
-    train_time = time.perf_counter() - start
+    train_time = round(time.perf_counter() - start, 2)
     if results.errors:
         if len(results.errors) == len(results):
             raise RuntimeError(f"every PBT member failed; the first error: {results.errors[0]}")
         log.warning("%d of %d PBT members failed: %s", len(results.errors), len(results), results.errors[0])
     best = results.get_best_result(metric=metric, mode=p.mode, scope="last")
     return _write_best(cfg, base, best, run_dir / BEST_DIR, train_time, metric)
-
-
-def study_config(run_dir: Path, cfg: DictConfig) -> Path:
-    """Write the study's config.yaml into `run_dir` (atomically); a directory that already holds one
-    (an earlier study) is refused rather than overwritten."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / CONFIG_FILE).exists() or (run_dir / BEST_DIR).exists():
-        raise FileExistsError(f"{run_dir} already holds a PBT study; refusing to overwrite it")
-    return write_config(run_dir, cfg)
 
 
 def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: float, metric: str) -> dict:
