@@ -134,15 +134,17 @@ def resume_dir(resume: str | Path) -> Path:
 
 
 def resume_checkpoint(resume: str | Path) -> Path:
-    """`resume` is a run directory (its `checkpoints/last.ckpt` is used) or a checkpoint file."""
+    """`resume` is a run directory (its `checkpoints/last.ckpt`, `run_checkpoint(.., "last")`) or a
+    checkpoint file in a run's checkpoints/ (used as given)."""
     path = Path(resume)
-    try:
-        return run_checkpoint(path, "last") if path.is_dir() else run_checkpoint(resume_dir(path), "last")
-    except CheckpointError:
-        pass
-    if path.is_file():
-        return path
-    raise ConfigError(f"resume={str(resume)!r}: no checkpoint at {path / CHECKPOINT_DIR / LAST_CHECKPOINT}")
+    if path.is_dir():
+        try:
+            return run_checkpoint(path, "last")
+        except CheckpointError as err:
+            raise ConfigError(f"resume={str(resume)!r}: {err}") from None
+    if not path.is_file():
+        raise ConfigError(f"resume={str(resume)!r}: no checkpoint at {path}")
+    return path
 
 
 def read_verified(path: str | Path, trust_unverified: bool = False) -> dict:
