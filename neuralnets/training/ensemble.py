@@ -35,6 +35,7 @@ from neuralnets.runs import (
     read_predictions,
     read_run,
     read_status,
+    run_lock,
     write_metrics,
     write_predictions,
     write_status,
@@ -128,32 +129,42 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
     chosen, scores, curve = choose_members(rates, data, k)
     mean = _mean([rates[i] for i in chosen])
     claim_run_dir(out)
-    write_predictions(out, {"rates": mean})
-    val = evaluate(mean, data, "val")
-    test = evaluate(mean, data, "test")
-    members = [
-        {"run_dir": run["run_dir"], "model": run["model"], f"val_{SELECT_METRIC}": s, "chosen": i in chosen}
-        for i, (run, s) in enumerate(zip(runs, scores, strict=True))
-    ]
-    models = sorted({runs[i]["model"] for i in chosen})
-    record = {
-        "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
-        "data": runs[0]["data"],
-        "data_source": runs[0].get("data_source"),
-        "data_kwargs": runs[0].get("data_kwargs") or {},
-        "split": "test",
-        "val_metrics": val,
-        "train_time_s": None,
-        "n_parameters": None,
-        "k": len(chosen),
-        "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
-        f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
-        "members": members,
-        "skipped": skipped,
-    }
-    write_metrics(test, out, extra=record)
-    write_status(out, "finished")
-    _log_hparams(out, record, test)
+    with run_lock(out):
+        try:
+            write_predictions(out, {"rates": mean})
+            val = evaluate(mean, data, "val")
+            test = evaluate(mean, data, "test")
+            members = [
+                {
+                    "run_dir": run["run_dir"],
+                    "model": run["model"],
+                    f"val_{SELECT_METRIC}": s,
+                    "chosen": i in chosen,
+                }
+                for i, (run, s) in enumerate(zip(runs, scores, strict=True))
+            ]
+            models = sorted({runs[i]["model"] for i in chosen})
+            record = {
+                "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
+                "data": runs[0]["data"],
+                "data_source": runs[0].get("data_source"),
+                "data_kwargs": runs[0].get("data_kwargs") or {},
+                "split": "test",
+                "val_metrics": val,
+                "train_time_s": None,
+                "n_parameters": None,
+                "k": len(chosen),
+                "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
+                f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
+                "members": members,
+                "skipped": skipped,
+            }
+            write_metrics(test, out, extra=record)
+            write_status(out, "finished")
+            _log_hparams(out, record, test)
+        except BaseException as err:
+            write_status(out, "failed", error=" ".join(f"{type(err).__name__}: {err}".split()))
+            raise
     return {**record, "metrics": test, "run_dir": str(out)}
 
 
