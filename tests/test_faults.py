@@ -433,32 +433,33 @@ class _Killed(BaseException):
 
 @pytest.mark.parametrize("at", [1, 2, 3])
 def test_a_kill_between_a_checkpoint_and_its_record_leaves_a_resumable_run(finished_run, monkeypatch, at):
-    """The `at`-th rename in checkpoints/ during a resumed epoch is where the process dies: whatever
-    was renamed by then, last.ckpt matches its record and the run resumes."""
+    """The process dies at the `at`-th rename onto last.ckpt or its record during a resumed epoch:
+    whatever was renamed by then, last.ckpt matches its record and the run resumes. (The main of
+    before wrote last.ckpt in place, then its record: a kill at that rename left a good last.ckpt
+    refused forever.)"""
     from neuralnets.checkpoints import load_checkpoint
 
-    ckpt_dir = str(finished_run / "checkpoints")
-    real, calls = os.replace, []
+    real, seen = os.replace, []
 
     def dying_replace(src, dst, *a, **k):
-        if str(dst).startswith(ckpt_dir) and not calls:
-            if len([c for c in dying_replace.seen if c]) + 1 == at:
-                calls.append(dst)
+        if Path(dst).name.startswith("last.ckpt") and len(seen) < at:
+            seen.append(dst)
+            if len(seen) == at:
                 raise _Killed(f"killed while renaming {dst}")
-            dying_replace.seen.append(dst)
         return real(src, dst, *a, **k)
 
-    dying_replace.seen = []
     monkeypatch.setattr(os, "replace", dying_replace)
     with pytest.raises(_Killed):
         _resume(tiny_cfg(), finished_run, "trainer.max_epochs=2")
     monkeypatch.undo()
-    assert calls, "the run never renamed a file in checkpoints/"
     last = finished_run / "checkpoints" / "last.ckpt"
     assert load_checkpoint(last)["global_step"] in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
     if at == 2:  # the rest of the positions verify the same way; one resume to the end is enough
         record = _resume(tiny_cfg(), finished_run, "trainer.max_epochs=2")
         assert record["steps"] == 2 * STEPS_PER_EPOCH and read_status(finished_run)["status"] == "finished"
+        # A copied run directory resumes into last.ckpt itself, not a new `last-v1.ckpt` beside an old one.
+        assert load_checkpoint(last)["global_step"] == 2 * STEPS_PER_EPOCH
+        assert not list(last.parent.glob("last-v*"))
 
 
 def _fake_member(path: Path, status: str) -> Path:
@@ -513,7 +514,7 @@ def test_pbt_best_member_is_an_ordinary_run_with_a_verified_checkpoint(tmp_path,
         path=str(donor),
     )
     record = _write_best(cfg, base, best, tmp_path / "best", 2.0, "val_recon")
-    assert read_status(tmp_path / "best")["status"] == "finished"
+    assert json.loads((tmp_path / "best" / "status.json").read_text())["status"] == "finished"
     assert verify_checkpoint(tmp_path / "best" / "checkpoints" / "last.ckpt")
     assert np.isfinite(record["metrics"]["co_bps"]) and record["pbt"]["val/recon"] == 1.5
     digest_path(donor / CKPT_NAME).unlink()

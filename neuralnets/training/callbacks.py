@@ -97,10 +97,17 @@ class HashedModelCheckpoint(ModelCheckpoint):
     matches its record), verified by `neuralnets.checkpoints.load_checkpoint` on resume and loading,
     and removes that record with the file.
 
-    With `save_last`, `last.ckpt` is rewritten at the end of every training epoch whether or not the
+    Names are never versioned (`enable_version_counter=False`): last.ckpt is always last.ckpt. With
+    `save_last`, `last.ckpt` is rewritten at the end of every training epoch whether or not the
     monitored value improved (Lightning 2.6 writes it only alongside a top-k save), and on Ctrl-C or
     SIGTERM, so a kill loses at most the current epoch.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No `last-v1.ckpt`: a run directory that was moved or copied would otherwise resume into a
+        # new name (Lightning forgets the old paths when the directory changes) and keep an old last.ckpt.
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)  # runs after the epoch's validation
