@@ -276,3 +276,14 @@ def run_checkpoint(run_dir: str | Path, which: Literal["best", "last"] = "best")
         f"{run_dir}: no checkpoint found (looked for the one named in {METRICS_FILE}, "
         f"{CHECKPOINT_DIR}/{BEST_GLOB} and {CHECKPOINT_DIR}/{LAST_CHECKPOINT}); the folder holds {found}"
     )
+
+
+def checkpoint_of(source: str | Path, which: Literal["best", "last"] = "best") -> Path:
+    """`source` itself if it is a checkpoint file, else the `run_checkpoint(source, which)` of the run
+    directory `source`; a CheckpointNotFound naming it when there is none."""
+    path = Path(source)
+    if path.is_dir():
+        return run_checkpoint(path, which)
+    if not path.is_file():
+        raise CheckpointNotFound(f"no checkpoint at {path}")
+    return path

@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from neuralnets.checkpoints import load_checkpoint, run_checkpoint
+from neuralnets.checkpoints import checkpoint_of, load_checkpoint
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
 from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
 from neuralnets.eval import evaluate
@@ -134,17 +134,11 @@ def resume_dir(resume: str | Path) -> Path:
 
 
 def resume_checkpoint(resume: str | Path) -> Path:
-    """`resume` is a run directory (its `checkpoints/last.ckpt`, `run_checkpoint(.., "last")`) or a
-    checkpoint file in a run's checkpoints/ (used as given)."""
-    path = Path(resume)
-    if path.is_dir():
-        try:
-            return run_checkpoint(path, "last")
-        except CheckpointError as err:
-            raise ConfigError(f"resume={str(resume)!r}: {err}") from None
-    if not path.is_file():
-        raise ConfigError(f"resume={str(resume)!r}: no checkpoint at {path}")
-    return path
+    """`resume` is a run directory (its `checkpoints/last.ckpt`) or a checkpoint file (used as given)."""
+    try:
+        return checkpoint_of(resume, "last")
+    except CheckpointError as err:
+        raise ConfigError(f"resume={str(resume)!r}: {err}") from None
 
 
 def read_verified(path: str | Path, trust_unverified: bool = False) -> dict:

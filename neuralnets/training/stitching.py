@@ -18,7 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from neuralnets.checkpoints import read_checkpoint, run_checkpoint
+from neuralnets.checkpoints import checkpoint_of, read_checkpoint
 from neuralnets.data.datamodule import MultiSessionDataModule
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
@@ -30,25 +30,14 @@ from neuralnets.training.build import init_sessions_from_data
 from neuralnets.training.module import ConfigError, TrainingModule
 
 
-def checkpoint_of(source: str | Path) -> Path:
-    """The checkpoint of `source`: a checkpoint file, or a run directory (its scored checkpoint,
-    `neuralnets.checkpoints.run_checkpoint`)."""
-    path = Path(source)
-    if path.is_dir():
-        try:
-            return run_checkpoint(path, "best")
-        except CheckpointError as err:
-            raise ConfigError(f"finetune_from={str(source)!r}: {err}") from None
-    if not path.is_file():
-        raise ConfigError(f"finetune_from={str(source)!r}: no checkpoint at {path}")
-    return path
-
-
 def load_stitched(source: str | Path, trust_unverified: bool = False) -> tuple[Stitched, dict[str, Any]]:
     """(the trained stitched model in eval mode on CPU, its checkpoint contents) from a run directory
     or checkpoint; its sha256 record verified (`trust_unverified`: accept a file without one), read
     with weights_only."""
-    path = checkpoint_of(source)
+    try:
+        path = checkpoint_of(source, "best")
+    except CheckpointError as err:
+        raise ConfigError(f"finetune_from={str(source)!r}: {err}") from None
     try:
         ckpt = read_checkpoint(path, trust_unverified=trust_unverified)
         model = build_from_checkpoint(path, ckpt=ckpt)
