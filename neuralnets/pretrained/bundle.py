@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from neuralnets.checkpoints import run_checkpoint
 from neuralnets.pretrained.loading import RUN_CONFIG, load_pretrained, read_checkpoint
 from neuralnets.pretrained.registry import CARD_FILE, CARD_FORMAT, CARD_README, CHECKPOINT_FILE
 
@@ -77,7 +78,7 @@ def export_run(
     record = read_run(run_dir)
     if not record.get("checkpoint"):
         raise ValueError(f"{run_dir}/metrics.json names no scored checkpoint; was the run finished?")
-    src = run_dir / record["checkpoint"]
+    src = run_checkpoint(run_dir, "best")  # the one metrics.json names, inside the run directory
     if not (run_dir / RUN_CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir / RUN_CONFIG} not found; is {run_dir} a neuralnets run directory?")
     config = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
