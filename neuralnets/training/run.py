@@ -428,6 +428,11 @@ def _fit_and_finish(
             if is_launch_rank_zero():
                 write_status(run_dir, "interrupted", error=message, train_time_s=seconds())
             raise RunInterrupted(message) from None
+        if isinstance(err, SystemExit) and err.code in (0, None):  # e.g. Ray Tune ending a PBT member
+            if is_launch_rank_zero():
+                message = f"stopped by its host (SystemExit({err.code})) at step {trainer.global_step}"
+                write_status(run_dir, "interrupted", error=message, train_time_s=seconds())
+            raise
         if is_launch_rank_zero():
             write_status(run_dir, "failed", error=_one_line(err), train_time_s=seconds())
         if raise_on_failure or not isinstance(err, Exception):
