@@ -118,6 +118,9 @@ def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
     members = [p for p in tune_dir.iterdir() if p.is_dir() and p.name.startswith("pbt_trial")]
     assert len(members) == 2
     assert all(list(m.glob("segment*/events.out.tfevents.*")) for m in members)  # a TensorBoard run each
+    # Each start of a member is a run directory; Tune ends a member by stopping it (interrupted).
+    segments = [s for m in members for s in m.glob("segment*")]
+    assert {read_status(s)["status"] for s in segments} <= {"finished", "interrupted"}, segments
     # Lines: [member, copied member, member's epoch, copied member's epoch, old config, new config].
     exploits = [json.loads(line) for line in (tune_dir / "pbt_global.txt").read_text().splitlines()]
     assert exploits, "no member ever copied another"
