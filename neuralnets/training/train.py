@@ -7,7 +7,11 @@
 Each run gets its own directory (`runs/<model>_<data.name>/<time>`, made by `neuralnets.runs`, never
 shared even by runs started in the same second) holding `status.json`, `config.yaml`, `train.log`,
 TensorBoard logs, `checkpoints/`, `predictions.h5` and `metrics.json`. An existing run is never
-overwritten. A user mistake prints one line and exits non-zero (a traceback with NEURALNETS_DEBUG=1).
+overwritten. A user mistake prints one line and exits non-zero (a traceback with NEURALNETS_DEBUG=1);
+SIGTERM/SIGINT saves `last.ckpt`, marks the run interrupted and exits with 75 (requeue, then resume=).
+A checkpoint without a sha256 record is refused unless `trust_unverified=true` is given.
+
+This module is the Hydra layer only: the run itself is `neuralnets.training.run.run_training`.
 """
 
 from __future__ import annotations
