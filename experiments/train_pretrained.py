@@ -114,6 +114,12 @@ def train_one(name: str, args: argparse.Namespace) -> dict:
     }
     export_run(run_dir, dest, name, description=recipe.description, training=training, force=args.force)
     size = sum(f.stat().st_size for f in dest.iterdir())
+    from neuralnets.checkpoints import file_sha256
+    from neuralnets.pretrained.registry import CHECKPOINT_FILE
+
+    # The package checks bundled files against its own copy of the digest: update it with the file.
+    digest = file_sha256(dest / CHECKPOINT_FILE)
+    print(f'update BUNDLED_SHA256 in neuralnets/pretrained/registry.py: "{name}": "{digest}",')
     log.info(
         "%s: wrote %s (%.0f kB) after %.0f s; test metrics %s",
         name,

@@ -58,10 +58,13 @@ def _config_error_types() -> tuple[type, ...]:
 
 
 def exit_code(err: BaseException) -> int | None:
-    """The exit code for `err` when it is the user's to fix (2, or 3 for divergence); None for a bug."""
+    """The exit code for `err` when it is the user's to fix (2; 3 for divergence; an error's own
+    `exit_code`, e.g. 75 for an interrupted run); None for a bug."""
     if isinstance(err, DivergenceError):
         return EXIT_DIVERGED
-    if isinstance(err, NeuralnetsError | OSError) or isinstance(err, _config_error_types()):
+    if isinstance(err, NeuralnetsError):
+        return getattr(err, "exit_code", EXIT_USER_ERROR)
+    if isinstance(err, OSError) or isinstance(err, _config_error_types()):
         return EXIT_USER_ERROR
     return None
 

@@ -58,3 +58,14 @@ class DivergenceError(NeuralnetsError, RuntimeError):
 class AnalysisError(NeuralnetsError, ValueError):
     """An analysis asked of a model or data that lack what it needs (e.g. fixed points of a model without
     recurrent dynamics, input events of a model without inferred inputs); the message names both."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was looked for (a run directory without one, a missing file)."""
+
+
+class RunInterrupted(NeuralnetsError):
+    """Training stopped by SIGTERM/SIGINT after saving `last.ckpt`; the run is marked interrupted and
+    `resume=` continues it. Commands exit with `EXIT_INTERRUPTED` (not `EXIT_USER_ERROR`)."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,14 +1,18 @@
 """The run directory: its layout and every read and write of it (the one owner of these paths).
 
     run_dir/
-      status.json         STATUS_FILE: {"status": running | finished | failed | diverged, "started", "updated"
+      status.json         STATUS_FILE: {"status": RUN_STATES (running | finished | failed | diverged |
+                          interrupted), "started", "updated"
                           (UTC ISO times), "train_time_s" (all training segments), "epochs", "error"}
       config.yaml         CONFIG_FILE: the resolved training config (written by training)
-      checkpoints/        CHECKPOINT_DIR: Lightning checkpoints, `last.ckpt` (LAST_CHECKPOINT) and best-*.ckpt
+      checkpoints/        CHECKPOINT_DIR: `last.ckpt` (LAST_CHECKPOINT) and best-*.ckpt, each with a
+                          `.sha256` record (owned by `neuralnets.checkpoints`: writing, verifying, choosing)
       predictions.h5      PREDICTIONS_FILE: `rates (trials, T, N)` counts per bin for ALL trials of the
                           dataset, float32; optional `latents (trials, T', K)` and `inputs (trials, T_obs, U)`
       metrics.json        METRICS_FILE: {"model": str, "data": str, "split": str, "metrics": {name: float},
-                          "train_time_s": float, "n_parameters": int, ...anything else}
+                          "train_time_s": float, "n_parameters": int, ...anything else}; read back as a
+                          validated `MetricsRecord` (`read_metrics`)
+      .lock               LOCK_FILE: flock-ed by the process training the run (`run_lock`)
 
 Optional keys of metrics.json used to rebuild the dataset (`load_run_data`): "data_source" (name or
 path accepted by `neuralnets.data.loaders.load`, preferred over "data") and "data_kwargs" (its
@@ -21,11 +25,13 @@ across processes and nodes sharing a filesystem) or `claim_run_dir` (a directory
 if it already holds a run). Either records status "running"; `write_status` moves it on, and readers
 (`neuralnets-eval`, `neuralnets-compare`, `load_pretrained`, resume) ask `read_status`/`require_finished`.
 A run directory without status.json (written before it existed) counts as finished if it has metrics.json.
+The process training a run holds `run_lock(run_dir)`; a second one (e.g. a concurrent resume) is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -50,7 +56,11 @@ LEGACY_PREDICTIONS_FILE = "predictions.npz"  # read, never written
 PREDICTIONS_FILES = (PREDICTIONS_FILE, LEGACY_PREDICTIONS_FILE)  # lookup order in a run directory
 METRICS_FILE = "metrics.json"
 STATUS_FILE = "status.json"
-RUN_STATES = ("running", "finished", "failed", "diverged")
+# running: training now (or killed without a word: a stale lock tells, see `run_lock`); interrupted:
+# stopped by SIGTERM/SIGINT after saving last.ckpt (resume= continues it); failed / diverged: ended by
+# an error / a non-finite loss; finished: trained and scored.
+RUN_STATES = ("running", "finished", "failed", "diverged", "interrupted")
+LOCK_FILE = ".lock"  # flock-ed by the process training the run (`run_lock`)
 PREDICTION_KEYS = ("rates", "latents", "inputs")  # the arrays predictions.h5 may hold
 CHUNK_BYTES = 8 << 20  # HDF5 chunks of at most ~8 MiB (whole trials; one trial if a trial is larger)
 
@@ -85,8 +95,13 @@ def atomic_path(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; not possible everywhere)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make the renames in `directory` durable (POSIX; silently skipped where it is not possible)."""
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -161,6 +176,46 @@ def claim_run_dir(run_dir: str | Path) -> Path:
     finally:
         os.unlink(tmp)
     return run_dir
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `run_dir` while a process trains it (`fcntl.flock` on `run_dir/.lock`,
+    released when the process ends, however it ends). A second process asking for it gets a
+    RunStatusError naming the holder (pid, host, since when) instead of training the run twice at once.
+    flock works across processes of one machine and on network filesystems that support it (NFSv4)."""
+    import fcntl
+    import socket
+
+    path = Path(run_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunStatusError(
+                f"{run_dir} is being trained by {holder}; refusing to train it twice at once "
+                "(wait for that process to end, or stop it)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_config(run_dir: str | Path, cfg: Any) -> Path:
+    """Write the run's config (an OmegaConf config) to run_dir/config.yaml, atomically; returns its path."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / CONFIG_FILE
+    with atomic_path(path) as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
+    return path
 
 
 def read_json(path: Path) -> Any:
@@ -248,29 +303,74 @@ def write_metrics(
     return path
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """Contents of run_dir/metrics.json plus "run_dir"; clear errors if the directory or a key is missing."""
+@dataclasses.dataclass
+class MetricsRecord:
+    """metrics.json, typed: what a finished run scored and how to rebuild its data.
+
+    `metrics` {name: value} on the `split` trials (null for a value that was not finite); `data_source`
+    / `data_kwargs` rebuild the dataset (`load_run_data`); `checkpoint` is the scored checkpoint,
+    relative to the run directory; `extra` holds every other key (val_metrics, monitor, members, ...)."""
+
+    model: str
+    data: str
+    metrics: dict[str, float | None]
+    split: str = "test"
+    train_time_s: float | None = None
+    n_parameters: int | None = None
+    data_source: str | None = None
+    data_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    checkpoint: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, payload: Any, where: str | Path = METRICS_FILE) -> MetricsRecord:
+        """Validate `payload` (parsed metrics.json, read from `where`): a ValueError naming the key."""
+        if not isinstance(payload, dict):
+            raise RunStatusError(f"{where} must hold a JSON object; got {type(payload).__name__}")
+        missing = [k for k in ("model", "data", "metrics") if k not in payload]
+        if missing:
+            raise RunStatusError(
+                f"{where} lacks the key(s) {missing}; the run-directory contract needs model, data, metrics"
+            )
+        metrics = payload["metrics"]
+        if not isinstance(metrics, dict) or not all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in metrics.values()
+        ):
+            raise RunStatusError(f"{where}: 'metrics' must be an object of metric name -> number")
+        types = {
+            "model": (str,), "data": (str,), "split": (str,), "train_time_s": (int, float, type(None)),
+            "n_parameters": (int, type(None)), "data_source": (str, type(None)), "data_kwargs": (dict,),
+            "checkpoint": (str, type(None)),
+        }  # fmt: skip
+        fields = {k: payload[k] for k in types if k in payload}
+        if fields.get("data_kwargs", {}) is None:
+            fields["data_kwargs"] = {}
+        for key, value in fields.items():
+            if not isinstance(value, types[key]) or isinstance(value, bool):
+                raise ValueError(f"{where}: {key!r} has the wrong type ({type(value).__name__}: {value!r})")
+        extra = {k: v for k, v in payload.items() if k not in types and k != "metrics"}
+        return cls(metrics=dict(metrics), extra=extra, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as metrics.json holds it (core keys first, then `extra`)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**out, **self.extra}
+
+
+def read_metrics(run_dir: str | Path) -> MetricsRecord:
+    """run_dir/metrics.json as a validated `MetricsRecord`; clear errors if the directory or a key is bad."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run directory?")
-    run = read_json(path)
-    if not isinstance(run, dict):
-        raise RunStatusError(f"{path} must hold a JSON object; got {type(run).__name__}")
-    missing = [k for k in ("model", "data", "metrics") if k not in run]
-    if missing:
-        raise RunStatusError(
-            f"{path} lacks the key(s) {missing}; the run-directory contract needs model, data, metrics"
-        )
-    if not isinstance(run["metrics"], dict):
-        raise RunStatusError(f"{path}: 'metrics' must be an object of metric name -> number")
-    run.setdefault("split", "test")
-    run.setdefault("train_time_s", None)
-    run.setdefault("n_parameters", None)
-    run["run_dir"] = str(run_dir)
-    return run
+    return MetricsRecord.from_dict(read_json(path), path)
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """`read_metrics(run_dir)` as a plain dict, plus "run_dir"."""
+    return {**read_metrics(run_dir).to_dict(), "run_dir": str(run_dir)}
 
 
 def load_run_data(run: Mapping[str, Any]) -> SpikeData:

@@ -13,12 +13,12 @@ from tiny import TINY_DATA, TINY_LORENZ
 from torch import Tensor, nn
 
 from neuralnets import load_pretrained
+from neuralnets.checkpoints import digest_path as checksum_path
 from neuralnets.config import CONFIG_DIR
 from neuralnets.data import load
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models import MODELS
 from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates
-from neuralnets.pretrained.checkpoint_file import checksum_path
 from neuralnets.training.train import train
 
 

@@ -15,9 +15,11 @@ from omegaconf import OmegaConf
 from tiny import TINY_DATA, TINY_LFADS
 
 from neuralnets import load_pretrained
+from neuralnets.checkpoints import digest_path as checksum_path
+from neuralnets.checkpoints import file_sha256
+from neuralnets.checkpoints import write_digest as write_checksum
 from neuralnets.config import compose
-from neuralnets.errors import ConfigError
-from neuralnets.pretrained.checkpoint_file import checksum_path, write_checksum
+from neuralnets.errors import CheckpointError, ConfigError
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import prepare_config, train
 
@@ -61,9 +63,10 @@ def run(run_template, tmp_path) -> Path:
     return copy
 
 
-def _resume(run: Path, max_epochs: int = 2):
+def _resume(run: Path, max_epochs: int = 2, trust: bool = False):
     cfg = OmegaConf.merge(_cfg(), {"resume": str(run)})
-    resumed = prepare_config(cfg, run, [f"resume={run}", f"trainer.max_epochs={max_epochs}"])
+    extra = ["trust_unverified=true"] if trust else []
+    resumed = prepare_config(cfg, run, [f"resume={run}", f"trainer.max_epochs={max_epochs}", *extra])
     return train(resumed, run)
 
 
@@ -89,8 +92,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_resume(run, tmp_path, re
         write_checksum(last)  # an attacker who can write the file can write its record too
     else:
         checksum_path(last).unlink()
+        with pytest.raises(ConfigError, match=rf"{last}: no sha256 record"):
+            _resume(run)
     with pytest.raises(ConfigError, match=rf"{last}: cannot read .* weights_only=True"):
-        _resume(run)
+        _resume(run, trust=True)  # trusting the file's origin still never runs its code
     assert not marker.exists()
 
 
@@ -99,8 +104,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_load_pretrained(run, tmp
     evil = tmp_path / "evil.ckpt"
     good = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     torch.save({**good, "hyper_parameters": {**good["hyper_parameters"], "x": _Payload(marker)}}, evil)
-    with pytest.raises(ValueError, match=rf"{evil}: cannot read as a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=rf"{evil}: no sha256 record"):
         load_pretrained(evil)
+    with pytest.raises(ValueError, match=rf"{evil}: cannot read as a PyTorch checkpoint"):
+        load_pretrained(evil, trust_unverified=True)
     # Lightning's own loader, as training uses it after the checks, is held to weights_only too.
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         TrainingModule.load_from_checkpoint(evil, map_location="cpu", weights_only=True)
@@ -129,7 +136,7 @@ def test_a_checkpoint_cannot_name_a_callable(run, tmp_path, model_cfg, message):
     good = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     torch.save({**good, "hyper_parameters": {**good["hyper_parameters"], "model": model_cfg}}, path)
     with pytest.raises(ValueError, match=rf"{path}: saved model config refused: .*{message}"):
-        load_pretrained(path)
+        load_pretrained(path, trust_unverified=True)
     with pytest.raises(ConfigError, match=message):
         TrainingModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     assert not marker.exists()
@@ -161,22 +168,35 @@ def test_a_truncated_checkpoint_is_a_clear_error(run, record):
     last.write_bytes(last.read_bytes()[:1000])
     if not record:
         checksum_path(last).unlink()
-    expected = "does not match its record" if record else "cannot read as a PyTorch checkpoint"
+    expected = "does not match its record" if record else "no sha256 record"
     with pytest.raises(ValueError, match=rf"{last}: .*{expected}"):
         load_pretrained(last)
     with pytest.raises(ConfigError, match=rf"{last}: .*{expected}"):
         _resume(run)
+    if not record:
+        with pytest.raises(ValueError, match=rf"{last}: cannot read as a PyTorch checkpoint"):
+            load_pretrained(last, trust_unverified=True)
 
 
-def test_a_checkpoint_without_a_record_still_loads_and_resumes(run):
+def test_a_checkpoint_without_a_record_is_refused_unless_trusted(run, caplog):
+    """Issue 22: a missing record is not trust. An explicit opt-in loads and resumes it, logs the digest
+    it accepted, and is not saved in the run's config (a later resume must opt in again)."""
     for record in (run / "checkpoints").glob("*.sha256"):
         record.unlink()
-    model = load_pretrained(run)
+    with pytest.raises(CheckpointError, match="no sha256 record .* trust_unverified=True"):
+        load_pretrained(run)
+    with pytest.raises(ConfigError, match="no sha256 record"):
+        _resume(run)
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    with caplog.at_level("WARNING", logger="neuralnets.checkpoints"):
+        model = load_pretrained(run, trust_unverified=True)
+    assert f"trusting unverified checkpoint {best}: sha256 {file_sha256(best)}" in caplog.text
     assert np.isfinite(model.predict(np.ones((2, 12, 8)))["rates"]).all()
     before = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*.ckpt")}
-    assert _resume(run, max_epochs=2)["steps"] == 2 * 2  # 24 train trials, batch 16
+    assert _resume(run, max_epochs=2, trust=True)["steps"] == 2 * 2  # 24 train trials, batch 16
     written = [p for p in (run / "checkpoints").glob("*.ckpt") if before.get(p) != p.stat().st_mtime_ns]
     assert written and all(checksum_path(p).is_file() for p in written)  # new saves are recorded
+    assert OmegaConf.load(run / "config.yaml").trust_unverified is False
 
 
 # ------------------------------------------------------------------------------ non-finite output

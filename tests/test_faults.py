@@ -21,15 +21,16 @@ from test_training import TINY_DATA, lorenz_tiny, tiny_cfg
 from tiny import TINY_LFADS
 
 import neuralnets.training.build as build_mod
-import neuralnets.training.train as train_mod
+import neuralnets.training.run as run_mod
 from neuralnets.data.formats.lfads_h5 import save_lfads_h5
 from neuralnets.data.loaders import load
-from neuralnets.errors import ConfigError, DataError, DivergenceError
+from neuralnets.errors import ConfigError, DataError, DivergenceError, RunInterrupted
 from neuralnets.eval.cli import compare_main, eval_main
 from neuralnets.runs import (
     atomic_path,
     claim_run_dir,
     create_run_dir,
+    read_predictions,
     read_status,
     write_metrics,
     write_status,
@@ -102,11 +103,11 @@ def test_kill_after_epochs_without_improvement_resumes_from_the_last_epoch(tmp_p
 def test_ctrl_c_writes_last_checkpoint_of_the_step_reached(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _with_callback(monkeypatch, _Stop(1, KeyboardInterrupt()))
-    with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit status 1
+    with pytest.raises(RunInterrupted, match="interrupted by SIGINT at step 3; resume="):
         train(tiny_cfg("trainer.max_epochs=3"), run)
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == STEPS_PER_EPOCH + 1  # one step into epoch 1, not the end of epoch 0
-    assert read_status(run)["status"] == "failed"
+    assert read_status(run)["status"] == "interrupted"
 
 
 def test_resume_of_a_finished_run_changes_nothing_unless_asked_for_more_epochs(tmp_path):
@@ -159,7 +160,7 @@ def test_runs_started_at_the_same_moment_never_share_a_directory(tmp_path):
 
 
 def test_two_trainings_with_the_same_clock_get_two_complete_directories(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "_timestamp", lambda: "2026-01-01_00-00-00")
+    monkeypatch.setattr(run_mod, "_timestamp", lambda: "2026-01-01_00-00-00")
     cfg = tiny_cfg("trainer.max_epochs=1", f"out_dir={tmp_path}")
     dirs = {Path(train(cfg)["run_dir"]) for _ in range(2)}
     assert {d.name for d in dirs} == {"2026-01-01_00-00-00", "2026-01-01_00-00-00_1"}
@@ -244,14 +245,14 @@ def test_run_files_get_the_usual_mode(tmp_path):
 
 
 def test_disk_full_while_writing_predictions_leaves_no_partial_file(tmp_path, monkeypatch):
-    real = train_mod.predict_chunks
+    real = run_mod.predict_chunks
 
     def full_disk(model, data):
         chunks = real(model, data, batch_size=8)
         yield next(chunks)
         raise OSError(errno.ENOSPC, "No space left on device", "predictions.h5")
 
-    monkeypatch.setattr(train_mod, "predict_chunks", full_disk)
+    monkeypatch.setattr(run_mod, "predict_chunks", full_disk)
     run = tmp_path / "run"
     with pytest.raises(OSError, match="No space left"):
         train(tiny_cfg("trainer.max_epochs=1"), run)
@@ -513,3 +514,276 @@ def test_a_saved_config_is_never_resolved_against_the_environment(tmp_path, monk
     # a config written resolved (as every run writes it) loads, values untouched
     OmegaConf.save(tiny_cfg(), run / "config.yaml", resolve=True)
     assert load_saved_config(run / "config.yaml").data.name == tiny_cfg().data.name
+
+
+# =====================================================================================================
+# Issue 22 (helper `life`): checkpoint trust, kills between a checkpoint and its record, consumed runs
+# checked, signals and concurrent resumes. Each test below fails on the main of before this section.
+# =====================================================================================================
+import shutil as _shutil  # noqa: E402
+import signal as _signal  # noqa: E402
+import time as _time  # noqa: E402
+from types import SimpleNamespace as _NS  # noqa: E402
+
+from neuralnets import load_pretrained as _load_pretrained  # noqa: E402
+from neuralnets.errors import EXIT_INTERRUPTED, CheckpointError, RunStatusError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def _finished_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("life") / "run"
+    train(tiny_cfg("trainer.max_epochs=1", "callbacks.figures=false"), run)
+    return run
+
+
+@pytest.fixture
+def finished_run(_finished_run, tmp_path) -> Path:
+    """A fresh copy of a finished 1-epoch run (tests tamper with it)."""
+    return Path(_shutil.copytree(_finished_run, tmp_path / "run"))
+
+
+def _overwrite_tensor_bytes(path: Path) -> None:
+    """8 bytes in the middle of the file (inside the weights): a checkpoint that still loads."""
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 8] = b"\x00" * 8
+    path.write_bytes(bytes(raw))
+
+
+def test_tampered_checkpoint_without_its_record_is_refused_everywhere(finished_run, tmp_path):
+    """Resume, load_pretrained, a stitching fine-tune and a PBT restore refuse a checkpoint whose record
+    was deleted (its weights overwritten); trust_unverified=True is the explicit way to accept one."""
+    from neuralnets.checkpoints import copy_checkpoint, digest_path
+    from neuralnets.training.stitching import load_stitched
+
+    for ckpt in (finished_run / "checkpoints").glob("*.ckpt"):
+        _overwrite_tensor_bytes(ckpt)
+        digest_path(ckpt).unlink()
+    last = finished_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match="no sha256 record"):
+        _load_pretrained(finished_run)
+    with pytest.raises(CheckpointError, match="no sha256 record"):
+        _load_pretrained(last)
+    with pytest.raises(ConfigError, match=f"{last}: no sha256 record"):
+        _resume(tiny_cfg(), finished_run, "trainer.max_epochs=2")
+    with pytest.raises(ConfigError, match="refusing to fine-tune from .* no sha256 record"):
+        load_stitched(finished_run)
+    with pytest.raises(CheckpointError, match="no sha256 record"):  # what a PBT member restores through
+        copy_checkpoint(last, tmp_path / "restored.ckpt")
+    assert not (tmp_path / "restored.ckpt").exists()
+    assert read_status(finished_run)["status"] == "finished"  # the refused resume changed nothing
+
+
+def test_bundled_model_is_checked_against_the_digest_in_the_package(tmp_path, monkeypatch):
+    """A bundled folder with all-zero weights and the card's digest removed is refused: the digest is
+    shipped in the package (registry.BUNDLED_SHA256), not only in the card beside the file."""
+    import neuralnets.pretrained.registry as registry
+
+    packaged = tmp_path / "checkpoints"
+    folder = Path(_shutil.copytree(registry.CHECKPOINTS_DIR / "lfads_lorenz", packaged / "lfads_lorenz"))
+    ckpt = torch.load(folder / "model.ckpt", weights_only=True)
+    ckpt["state_dict"] = {k: torch.zeros_like(v) for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, folder / "model.ckpt")
+    card = json.loads((folder / "model_card.json").read_text())
+    del card["checkpoint"]["sha256"]
+    (folder / "model_card.json").write_text(json.dumps(card))
+    monkeypatch.setattr(registry, "CHECKPOINTS_DIR", packaged)
+    with pytest.raises(CheckpointError, match="does not match the digest shipped in the package"):
+        _load_pretrained("lfads_lorenz")
+    moved = Path(_shutil.copytree(folder, tmp_path / "elsewhere" / "lfads_lorenz"))  # not bundled: no digest
+    with pytest.raises(CheckpointError, match="no sha256 record"):
+        _load_pretrained(moved)
+
+
+class _Killed(BaseException):
+    """A kill -9 at one point of a run (nothing after it runs: not an exception Lightning handles)."""
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_a_kill_between_a_checkpoint_and_its_record_leaves_a_resumable_run(finished_run, monkeypatch, at):
+    """The process dies at the `at`-th rename onto last.ckpt or its record during a resumed epoch:
+    whatever was renamed by then, last.ckpt matches its record and the run resumes. (The main of
+    before wrote last.ckpt in place, then its record: a kill at that rename left a good last.ckpt
+    refused forever.)"""
+    from neuralnets.checkpoints import load_checkpoint
+
+    real, seen = os.replace, []
+
+    def dying_replace(src, dst, *a, **k):
+        if Path(dst).name.startswith("last.ckpt") and len(seen) < at:
+            seen.append(dst)
+            if len(seen) == at:
+                raise _Killed(f"killed while renaming {dst}")
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(_Killed):
+        _resume(tiny_cfg(), finished_run, "trainer.max_epochs=2")
+    monkeypatch.undo()
+    last = finished_run / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["global_step"] in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+    if at == 2:  # the rest of the positions verify the same way; one resume to the end is enough
+        record = _resume(tiny_cfg(), finished_run, "trainer.max_epochs=2")
+        assert record["steps"] == 2 * STEPS_PER_EPOCH and read_status(finished_run)["status"] == "finished"
+        # A copied run directory resumes into last.ckpt itself, not a new `last-v1.ckpt` beside an old one.
+        assert load_checkpoint(last)["global_step"] == 2 * STEPS_PER_EPOCH
+        assert not list(last.parent.glob("last-v*"))
+
+
+def _fake_member(path: Path, status: str) -> Path:
+    from test_ensemble import KWARGS, _fake_run
+
+    data = load("lorenz", **KWARGS)
+    run = _fake_run(path, data, 0.5, len(str(path)))
+    write_status(run, status)
+    return run
+
+
+def test_ensemble_takes_only_finished_members_and_names_the_skipped(tmp_path, capsys):
+    from neuralnets.runs import read_run
+    from neuralnets.training.ensemble import main as ensemble_main
+
+    done = [_fake_member(tmp_path / f"done{i}", "finished") for i in range(2)]
+    failed = _fake_member(tmp_path / "failed", "failed")
+    diverged = _fake_member(tmp_path / "diverged", "diverged")
+    out = tmp_path / "ens"
+    assert ensemble_main([*map(str, [*done, failed, diverged]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {failed}: status failed" in err and f"skipped {diverged}: status diverged" in err
+    record = read_run(out)
+    assert sorted(m["run_dir"] for m in record["members"]) == sorted(map(str, done))
+    assert [s["status"] for s in record["skipped"]] == ["failed", "diverged"]
+    assert ensemble_main([str(done[0]), str(failed), str(diverged), "--out", str(tmp_path / "x")]) == 2
+    assert "at least 2 finished runs" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_pbt_best_member_is_an_ordinary_run_with_a_verified_checkpoint(tmp_path, finished_run):
+    """PBT's best goes through the run owner (claimed directory, status.json, recorded checkpoint) and
+    refuses a donor checkpoint without a record."""
+    import contextlib
+
+    from test_pbt import pbt_cfg
+
+    from neuralnets.checkpoints import digest_path, verify_checkpoint, write_digest
+    from neuralnets.training.pbt import CKPT_NAME, _write_best
+
+    cfg = pbt_cfg("trainer.max_epochs=1", "callbacks.figures=false")
+    cfg.pbt.search_space = {"module": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
+    base = OmegaConf.to_container(cfg, resolve=True)
+    base.pop("hydra", None)
+    donor = tmp_path / "donor"
+    donor.mkdir()
+    _shutil.copy(finished_run / "checkpoints" / "last.ckpt", donor / CKPT_NAME)
+    write_digest(donor / CKPT_NAME)  # as a member's report writes it (neuralnets.checkpoints.save_checkpoint)
+    best = _NS(  # what Ray's ResultGrid.get_best_result gives
+        config={"module.lr": float(cfg.module.lr)},
+        metrics={"val_recon": 1.5},
+        checkpoint=_NS(as_directory=lambda: contextlib.nullcontext(str(donor))),
+        path=str(donor),
+    )
+    record = _write_best(cfg, base, best, tmp_path / "best", 2.0, "val_recon")
+    assert json.loads((tmp_path / "best" / "status.json").read_text())["status"] == "finished"
+    assert verify_checkpoint(tmp_path / "best" / "checkpoints" / "last.ckpt")
+    assert np.isfinite(record["metrics"]["co_bps"]) and record["pbt"]["val/recon"] == 1.5
+    digest_path(donor / CKPT_NAME).unlink()
+    with pytest.raises(CheckpointError, match="no sha256 record"):
+        _write_best(cfg, base, best, tmp_path / "best2", 2.0, "val_recon")
+    assert read_status(tmp_path / "best2")["status"] == "failed"
+
+
+class _SigTerm(pl.Callback):
+    """Sends this process SIGTERM at batch 1 of epoch `epoch` (a scheduler preempting the job)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            os.kill(os.getpid(), _signal.SIGTERM)
+
+
+def test_sigterm_saves_last_checkpoint_records_interrupted_and_resumes(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _with_callback(monkeypatch, _SigTerm(1))
+    with pytest.raises(RunInterrupted, match="interrupted by SIGTERM"):
+        train(tiny_cfg("trainer.max_epochs=3", "callbacks.figures=false"), run)
+    monkeypatch.undo()
+    status = read_status(run)
+    assert status["status"] == "interrupted" and "resume=" in status["error"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] > STEPS_PER_EPOCH  # saved in epoch 1, where the signal came
+    assert _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL  # the process's handler is given back
+    record = _resume(tiny_cfg("callbacks.figures=false"), run)
+    assert record["steps"] == 3 * STEPS_PER_EPOCH and read_status(run)["status"] == "finished"
+
+
+def test_cli_exits_with_the_requeue_code_on_sigterm(tmp_path):
+    tiny = [
+        *TINY_DATA,
+        "data.batch_size=16",
+        *TINY_LFADS,
+        "trainer.max_epochs=100000",
+        "print_baselines=false",
+    ]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "neuralnets.training.train", *tiny, "trainer.enable_progress_bar=false",
+           "callbacks.figures=false", "print_baselines=false", f"hydra.run.dir={run}"]  # fmt: skip
+    keep = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "NEURALNETS_DEBUG")}
+    proc = subprocess.Popen(
+        cmd, env={**keep, "PYTHONPATH": str(REPO)}, cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = _time.monotonic() + 240
+        while not (run / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None:
+            assert _time.monotonic() < deadline, "no checkpoint written"
+            _time.sleep(0.2)
+        proc.send_signal(_signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert read_status(run)["status"] == "interrupted"
+    assert "interrupted by SIGTERM" in stderr.strip().splitlines()[-1]
+
+
+def _hold_lock(run: str, ready, release) -> None:
+    from neuralnets.runs import run_lock
+
+    with run_lock(run):
+        ready.set()
+        release.wait(60)
+
+
+def test_a_second_resume_of_the_same_run_is_refused_naming_the_holder(finished_run):
+    import socket
+
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(finished_run), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        before = read_status(finished_run)
+        with pytest.raises(RunStatusError, match=rf"pid {holder.pid} on {socket.gethostname()}"):
+            _resume(tiny_cfg(), finished_run, "trainer.max_epochs=2")
+        assert read_status(finished_run) == before  # refused before anything was touched
+    finally:
+        release.set()
+        holder.join()
+    assert _resume(tiny_cfg(), finished_run, "trainer.max_epochs=2")["steps"] == 2 * STEPS_PER_EPOCH
+
+
+def test_finishing_a_run_never_reads_its_predictions_back(tmp_path, monkeypatch):
+    import h5py
+
+    real = h5py.File
+
+    def write_only(name, mode="r", *a, **k):
+        assert mode != "r", f"{name} read back"
+        return real(name, mode, *a, **k)
+
+    monkeypatch.setattr(h5py, "File", write_only)
+    record = train(tiny_cfg("trainer.max_epochs=1", "callbacks.figures=false"), tmp_path / "run")
+    monkeypatch.undo()
+    on_disk = read_predictions(tmp_path / "run")["rates"]
+    assert np.isfinite(record["metrics"]["co_bps"]) and on_disk.shape[0] == 40

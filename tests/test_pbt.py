@@ -13,8 +13,10 @@ import torch
 from omegaconf import OmegaConf
 from tiny import TINY_LFADS
 
+from neuralnets.checkpoints import verify_checkpoint
 from neuralnets.config import compose
 from neuralnets.errors import ConfigError
+from neuralnets.runs import read_status
 from neuralnets.training.pbt import apply_hparams, check_config, clip_to_bounds, search_bounds, tune_metric
 
 TINY = [
@@ -114,6 +116,7 @@ def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
     for key, (low, high, _) in search_bounds(cfg).items():
         value = OmegaConf.select(saved, key)
         assert value == pytest.approx(record["pbt"]["hparams"][key]) and low <= value <= high, key
+    assert read_status(best)["status"] == "finished" and verify_checkpoint(best / "checkpoints" / "last.ckpt")
     ckpt = torch.load(best / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 24 train trials at batch 16: 2 steps an epoch; exploited members resume the donor's counters.
     assert ckpt["global_step"] == 3 * 2 and ckpt["epoch"] == 2
@@ -122,7 +125,10 @@ def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
     tune_dir = tmp_path / "tune"
     members = [p for p in tune_dir.iterdir() if p.is_dir() and p.name.startswith("pbt_trial")]
     assert len(members) == 2
-    assert all(list(m.glob("events.out.tfevents.*")) for m in members)  # a TensorBoard run each
+    assert all(list(m.glob("segment*/events.out.tfevents.*")) for m in members)  # a TensorBoard run each
+    # Each start of a member is a run directory; Tune ends a member by stopping it (interrupted).
+    segments = [s for m in members for s in m.glob("segment*")]
+    assert {read_status(s)["status"] for s in segments} <= {"finished", "interrupted"}, segments
     # Lines: [member, copied member, member's epoch, copied member's epoch, old config, new config].
     exploits = [json.loads(line) for line in (tune_dir / "pbt_global.txt").read_text().splitlines()]
     assert exploits, "no member ever copied another"
@@ -203,12 +209,17 @@ def test_a_member_trains_through_the_shared_builders_and_restores(tmp_path, monk
     pbt_trial(hparams, base=base, interval=1)
     assert [m["epoch"] for m, _ in fake.reports] == [1, 2]
     assert all(np.isfinite(m["val_co_bps"]) for m, _ in fake.reports)
-    assert list((tmp_path / "first").glob("events.out.tfevents.*"))  # the member's TensorBoard run
-    donor = fake.reports[0][1]  # the epoch-1 checkpoint directory
+    # Each start of a member is an ordinary run directory (status, config, TensorBoard run, checkpoints).
+    segment = tmp_path / "first" / "segment"
+    assert read_status(segment)["status"] == "finished" and (segment / "config.yaml").is_file()
+    assert list(segment.glob("events.out.tfevents.*"))  # the member's TensorBoard run
+    donor = fake.reports[0][1]  # the epoch-1 checkpoint directory, its sha256 record beside it
     assert torch.load(f"{donor}/model.ckpt", weights_only=True)["hyper_parameters"]["lr"] == 2e-3
+    assert verify_checkpoint(f"{donor}/model.ckpt")
 
     second = _FakeTune(tmp_path / "second", checkpoint_dir=donor)
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(tune=second))
     monkeypatch.setitem(sys.modules, "ray.tune", second)
     pbt_trial({**hparams, "module.lr": 1e-3}, base=base, interval=1)
     assert [m["epoch"] for m, _ in second.reports] == [2]  # restored at epoch 1, trained one more
+    assert read_status(tmp_path / "second" / "segment")["status"] == "finished"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,9 +17,10 @@ import torch
 from tiny import TINY_LFADS, TINY_LORENZ
 
 import neuralnets
+from neuralnets.checkpoints import digest_path
 from neuralnets.config import compose
 from neuralnets.data import load
-from neuralnets.errors import DataError
+from neuralnets.errors import CheckpointError, DataError
 from neuralnets.pretrained import (
     CHECKPOINTS_DIR,
     PretrainedModel,
@@ -165,9 +167,13 @@ def test_load_from_checkpoint_file(tiny_run, tiny_model, tiny_data):
     assert last.config["model"]["gen_dim"] == 16
     if last.path.resolve() != tiny_model.path.resolve():
         assert last.metrics == {}  # metrics.json scores another checkpoint: no borrowed numbers
-    # A checkpoint moved out of its run directory still loads from its hyperparameters alone.
+    # A checkpoint moved out of its run directory (with its record) loads from its hyperparameters alone.
     lone = tiny_run.parent / "lone.ckpt"
     lone.write_bytes(tiny_model.path.read_bytes())
+    with pytest.raises(CheckpointError, match="no sha256 record"):  # a bare file is not trusted
+        load_pretrained(str(lone))
+    shutil.copy(digest_path(tiny_model.path), digest_path(lone))
+    digest_path(lone).write_text(digest_path(lone).read_text().replace(tiny_model.path.name, lone.name))
     alone = load_pretrained(str(lone))
     assert alone.name == "lone" and alone.config["model"]["name"] == "lfads"
     np.testing.assert_array_equal(alone.predict(tiny_data)["rates"], tiny_model.predict(tiny_data)["rates"])
@@ -214,11 +220,13 @@ def test_wrong_bin_size_and_bad_counts_are_clear_errors(tiny_model, tiny_data):
 def test_bad_paths_are_clear_errors(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="junk.ckpt: cannot read as a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="junk.ckpt: no sha256 record"):
         load_pretrained(junk)
+    with pytest.raises(ValueError, match="junk.ckpt: cannot read as a PyTorch checkpoint"):
+        load_pretrained(junk, trust_unverified=True)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a neuralnets training checkpoint"):
-        load_pretrained(tmp_path / "other.pt")
+        load_pretrained(tmp_path / "other.pt", trust_unverified=True)
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint found"):
         load_pretrained(tmp_path / "empty_run")

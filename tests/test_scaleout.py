@@ -324,7 +324,8 @@ def test_only_rank_zero_writes_or_refuses_the_run_directory(tmp_path, monkeypatc
     from omegaconf import OmegaConf
 
     from neuralnets.errors import ConfigError
-    from neuralnets.training.train import is_launch_rank_zero, prepare_config
+    from neuralnets.training.run import is_launch_rank_zero
+    from neuralnets.training.train import prepare_config
 
     for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(key, raising=False)
@@ -342,12 +343,13 @@ def test_after_ddp_spawn_the_step_and_best_score_come_from_the_checkpoints(tmp_p
     """ddp_spawn hands the launching process the weights and the best path only."""
     from types import SimpleNamespace
 
-    from neuralnets.training.train import recover_spawned_state
+    from neuralnets.checkpoints import save_checkpoint
+    from neuralnets.training.run import recover_spawned_state
 
     key = "ModelCheckpoint{'monitor': 'val/recon', 'mode': 'min', 'every_n_epochs': 1}"
-    torch.save({"global_step": 12}, tmp_path / "last.ckpt")
-    torch.save(
-        {"global_step": 8, "callbacks": {key: {"best_model_score": torch.tensor(3.5)}}}, tmp_path / "b.ckpt"
+    save_checkpoint(tmp_path / "last.ckpt", {"global_step": 12})
+    save_checkpoint(
+        tmp_path / "b.ckpt", {"global_step": 8, "callbacks": {key: {"best_model_score": torch.tensor(3.5)}}}
     )
     checkpoint = SimpleNamespace(best_model_path=str(tmp_path / "b.ckpt"), best_model_score=None)
     assert recover_spawned_state(checkpoint, tmp_path) == 12  # the final step, not the best one's

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from neuralnets.checkpoints import digest_path as checksum_path
 from neuralnets.config import CONFIG_DIR
 from neuralnets.data import load
 from neuralnets.data.datamodule import MultiSessionDataModule
@@ -22,7 +23,6 @@ from neuralnets.errors import ConfigError, DataError, ModelConfigError
 from neuralnets.eval import evaluate, evaluate_sessions
 from neuralnets.models import Stitched, create_model
 from neuralnets.models.stitched import _smooth, readin_init
-from neuralnets.pretrained.checkpoint_file import checksum_path
 from neuralnets.pretrained.loading import build_from_checkpoint
 from neuralnets.training.stitching import finetune, finetune_module
 from neuralnets.training.train import train

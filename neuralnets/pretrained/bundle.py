@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from neuralnets.checkpoints import run_checkpoint
 from neuralnets.config import load_saved_config
 from neuralnets.errors import CheckpointError, RunStatusError
 from neuralnets.eval.tables import markdown_table
@@ -80,7 +81,7 @@ def export_run(
     record = read_run(run_dir)
     if not record.get("checkpoint"):
         raise RunStatusError(f"{run_dir}/metrics.json names no scored checkpoint; was the run finished?")
-    src = run_dir / record["checkpoint"]
+    src = run_checkpoint(run_dir, "best")  # the one metrics.json names, inside the run directory
     if not (run_dir / RUN_CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir / RUN_CONFIG} not found; is {run_dir} a neuralnets run directory?")
     config = OmegaConf.to_container(load_saved_config(run_dir / RUN_CONFIG))

@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuralnets.checkpoints import read_checkpoint, run_checkpoint
 from neuralnets.config import load_saved_config
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec, spec_from_dict
 from neuralnets.data.spikedata import DataSpec, SpikeData, check_counts
 from neuralnets.errors import CheckpointError, ConfigError, DataError, ModelConfigError
 from neuralnets.models import MODELS, create_model, resolve_model_config
 from neuralnets.models.base import SpikeModel
-from neuralnets.pretrained.checkpoint_file import load_checkpoint
 from neuralnets.pretrained.registry import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
+    bundled_digest,
     bundled_dir,
     list_pretrained,
     read_card,
@@ -230,7 +231,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load_pretrained(name_or_path: str | Path, device: str | torch.device = "cpu") -> PretrainedModel:
+def load_pretrained(
+    name_or_path: str | Path, device: str | torch.device = "cpu", *, trust_unverified: bool = False
+) -> PretrainedModel:
     """Load a trained model for inference, in eval mode on `device` ('cpu', 'cuda', 'auto').
 
     `name_or_path`: a bundled name (`neuralnets.pretrained.list_pretrained()`; a string equal to a
@@ -238,10 +241,16 @@ def load_pretrained(name_or_path: str | Path, device: str | torch.device = "cpu"
     name), a checkpoint file written by training (`.ckpt`), a training run directory (its scored
     checkpoint: the one `metrics.json` names, else `best-*.ckpt`, else `last.ckpt`), or a bundled-style
     folder holding `model.ckpt` and `model_card.json`. Reads local files only.
+
+    The checkpoint's sha256 is verified first: a bundled model against the digest shipped in the
+    package (`registry.BUNDLED_SHA256`), a folder against its model card, a training checkpoint
+    against its `.sha256` record. A file without any is refused (`CheckpointError`) unless
+    `trust_unverified=True`, which logs the digest it accepted.
     """
     dev = resolve_device(device)
+    trust = {"trust_unverified": trust_unverified}
     if isinstance(name_or_path, str) and name_or_path in list_pretrained():
-        return _load_folder(bundled_dir(name_or_path), dev, name=name_or_path)
+        return _load_folder(bundled_dir(name_or_path), dev, name=name_or_path, **trust)
     path = Path(name_or_path)
     if not path.exists():
         if isinstance(name_or_path, str) and not any(c in name_or_path for c in "/\\."):
@@ -252,17 +261,21 @@ def load_pretrained(name_or_path: str | Path, device: str | torch.device = "cpu"
         )
     if path.is_dir():
         if (path / CHECKPOINT_FILE).is_file() and (path / "model_card.json").is_file():
-            return _load_folder(path, dev, name=path.name)
-        return _load_run_dir(path, dev)
-    return _load_checkpoint_file(path, dev)
+            return _load_folder(path, dev, name=path.name, **trust)
+        return _load_run_dir(path, dev, **trust)
+    return _load_checkpoint_file(path, dev, **trust)
 
 
-def _load_folder(folder: Path, device: torch.device, name: str) -> PretrainedModel:
+def _load_folder(folder: Path, device: torch.device, name: str, trust_unverified: bool) -> PretrainedModel:
     """A bundled-style folder: model.ckpt + model_card.json."""
     card = read_card(folder)
     ckpt_path = folder / CHECKPOINT_FILE
-    # The card records the checkpoint's sha256: verified before anything is read from the file.
-    ckpt = read_checkpoint(ckpt_path, expected_sha256=card["checkpoint"].get("sha256"))
+    # Verified before anything is read from the file: a bundled folder against the digest in the
+    # package (editing its card changes nothing), any other against the digest its card records.
+    expected, source = bundled_digest(folder), "the digest shipped in the package"
+    if expected is None:
+        expected, source = card["checkpoint"].get("sha256"), "its model card"
+    ckpt = read_checkpoint(ckpt_path, expected, source, trust_unverified=trust_unverified)
     model = build_from_checkpoint(ckpt_path, device, ckpt)
     return PretrainedModel(
         model,
@@ -274,33 +287,21 @@ def _load_folder(folder: Path, device: torch.device, name: str) -> PretrainedMod
     )
 
 
-def _load_run_dir(run_dir: Path, device: torch.device) -> PretrainedModel:
-    ckpt_dir = run_dir / RUN_CHECKPOINTS
+def _load_run_dir(run_dir: Path, device: torch.device, trust_unverified: bool) -> PretrainedModel:
     status = read_status(run_dir)["status"]
     if status not in ("finished", "unknown"):  # unknown: a folder of checkpoints, not a run directory
         warnings.warn(
             f"{run_dir} is not a finished run (status {status}): loading its latest checkpoint",
             stacklevel=3,
         )
-    record = _read_json(run_dir / RUN_METRICS)
-    ckpt = None
-    if record and record.get("checkpoint") and (run_dir / record["checkpoint"]).is_file():
-        ckpt = run_dir / record["checkpoint"]
-    else:
-        best = sorted(ckpt_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-        last = ckpt_dir / "last.ckpt"
-        ckpt = best[-1] if best else (last if last.is_file() else None)
-    if ckpt is None:
-        found = sorted(p.name for p in run_dir.iterdir())
-        raise FileNotFoundError(
-            f"{run_dir}: no checkpoint found (looked for the one named in {RUN_METRICS}, "
-            f"{RUN_CHECKPOINTS}/best-*.ckpt and {RUN_CHECKPOINTS}/last.ckpt); the folder holds {found}"
-        )
-    return _load_checkpoint_file(ckpt, device, name=run_dir.name)
+    ckpt = run_checkpoint(run_dir, "best")
+    return _load_checkpoint_file(ckpt, device, name=run_dir.name, trust_unverified=trust_unverified)
 
 
-def _load_checkpoint_file(path: Path, device: torch.device, name: str | None = None) -> PretrainedModel:
-    ckpt = read_checkpoint(path)
+def _load_checkpoint_file(
+    path: Path, device: torch.device, name: str | None = None, trust_unverified: bool = False
+) -> PretrainedModel:
+    ckpt = read_checkpoint(path, trust_unverified=trust_unverified)
     model = build_from_checkpoint(path, device, ckpt)
     hp = ckpt["hyper_parameters"]
     # A checkpoint inside a run directory (run/checkpoints/x.ckpt) takes the run's config and, if this
@@ -336,35 +337,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return read_json(path)
 
 
-def read_checkpoint(
-    path: str | Path, expected_sha256: str | None = None, source: str = "its model card"
-) -> dict[str, Any]:
-    """Read a training checkpoint safely (`checkpoint_file.load_checkpoint`: sha256 verified where
-    recorded, weights_only) and check it holds a neuralnets model."""
-    path = Path(path)
-    ckpt = load_checkpoint(path, expected_sha256, source)
-    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{path}: not a neuralnets training checkpoint (needs 'state_dict' and 'hyper_parameters'; "
-            f"found {keys})"
-        )
-    hp = ckpt["hyper_parameters"]
-    missing = [k for k in ("model", "spec") if k not in hp]
-    if missing:
-        raise CheckpointError(
-            f"{path}: hyper_parameters lack {missing}; was it written by neuralnets.training?"
-        )
-    return ckpt
-
-
 def build_from_checkpoint(
     path: str | Path, device: torch.device | str = "cpu", ckpt: Mapping[str, Any] | None = None
 ) -> SpikeModel:
     """Rebuild the `SpikeModel` saved in a training checkpoint, load its weights, eval mode on `device`.
 
     The model is built by `neuralnets.models.create_model` from the saved config: only registered
-    model classes with plain option values (a legacy `_target_` must be a registered class's path)."""
+    model classes with plain option values (a legacy `_target_` must be a registered class's path).
+    Without `ckpt`, the file is read by `neuralnets.checkpoints.read_checkpoint` (verified)."""
     path = Path(path)
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hp = ckpt["hyper_parameters"]

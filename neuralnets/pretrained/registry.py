@@ -24,6 +24,13 @@ CHECKPOINT_FILE = "model.ckpt"
 CARD_FILE = "model_card.json"
 CARD_README = "README.md"
 CARD_FORMAT = 1  # bump when the card layout changes incompatibly
+# The sha256 of each bundled model.ckpt, shipped in the package: `load_pretrained` checks the bundled
+# files against these, not against their cards (a card is a file beside the checkpoint: editing it
+# must not disable the check). `experiments/train_pretrained.py` prints the line to put here.
+BUNDLED_SHA256 = {
+    "lfads_lorenz": "781b30942ace73ee2cdaa8cc9ab9228aa5e81ff76d464889f29237536990dd2a",
+    "rnn_lorenz": "dde5b317f12f81f4ad95ed1ed3ad132f4604d1202fdcf51e88eabac5f10188b3",
+}
 
 
 def list_pretrained() -> list[str]:
@@ -46,6 +53,12 @@ def bundled_dir(name: str) -> Path:
             "Pass a bundled name, a checkpoint file (.ckpt) or a training run directory."
         )
     return CHECKPOINTS_DIR / name
+
+
+def bundled_digest(folder: str | Path) -> str | None:
+    """The packaged sha256 of the checkpoint in `folder` if it is a bundled model's folder, else None."""
+    folder = Path(folder).resolve()
+    return BUNDLED_SHA256.get(folder.name) if folder.parent == CHECKPOINTS_DIR else None
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:

@@ -4,18 +4,18 @@ a sha256 recorded beside each file, and keep the training time across resumed se
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from neuralnets.checkpoints import commit_checkpoint, digest_path, partial_path
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.eval import evaluate, evaluate_sessions
-from neuralnets.pretrained.checkpoint_file import checksum_path, write_checksum
 from neuralnets.training import figures
 
 
@@ -92,14 +92,22 @@ class HarnessEvaluation(pl.Callback):
 
 
 class HashedModelCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` that records the sha256 of every checkpoint it writes in `<file>.sha256`
-    (verified by `neuralnets.pretrained.checkpoint_file.load_checkpoint` on resume and loading) and
-    removes that record with the file.
+    """`ModelCheckpoint` that writes every checkpoint with its sha256 record `<file>.sha256` in one
+    atomic step (`neuralnets.checkpoints.commit_checkpoint`: a kill at any moment leaves a file that
+    matches its record), verified by `neuralnets.checkpoints.load_checkpoint` on resume and loading,
+    and removes that record with the file.
 
-    With `save_last`, `last.ckpt` is rewritten at the end of every training epoch whether or not the
+    Names are never versioned (`enable_version_counter=False`): last.ckpt is always last.ckpt. With
+    `save_last`, `last.ckpt` is rewritten at the end of every training epoch whether or not the
     monitored value improved (Lightning 2.6 writes it only alongside a top-k save), and on Ctrl-C or
     SIGTERM, so a kill loses at most the current epoch.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No `last-v1.ckpt`: a run directory that was moved or copied would otherwise resume into a
+        # new name (Lightning forgets the old paths when the directory changes) and keep an old last.ckpt.
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)  # runs after the epoch's validation
@@ -118,14 +126,25 @@ class HashedModelCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)  # Trainer.save_checkpoint ends with a barrier
-        if trainer.is_global_zero and Path(filepath).is_file():
-            write_checksum(filepath)
+        # As ModelCheckpoint._save_checkpoint, but written under a temporary name and committed with
+        # its record. Trainer.save_checkpoint writes on rank 0 only and ends with a barrier.
+        tmp = partial_path(filepath)
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            try:
+                commit_checkpoint(tmp, filepath)
+            finally:
+                tmp.unlink(missing_ok=True)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
-            checksum_path(filepath).unlink(missing_ok=True)
+            digest_path(filepath).unlink(missing_ok=True)
 
 
 class TrainingClock(pl.Callback):

@@ -3,7 +3,9 @@
     neuralnets-ensemble runs/a runs/b runs/c --out runs/ensemble_abc            # k chosen on val
     neuralnets-ensemble runs/tune/lfads_mc_maze_small/members/* --out runs/ens --k 3
 
-Members are ranked by validation co-bps; `--k N` averages the best N, `--k auto` (default) the best k
+Only finished runs are members: a failed, diverged, interrupted or running one is skipped and named
+(on stderr and in metrics.json's `skipped`); fewer than 2 finished runs is an error. Members are
+ranked by validation co-bps; `--k N` averages the best N, `--k auto` (default) the best k
 whose average scores highest on the validation trials (test trials are never used to choose). The
 output is an ordinary run directory: `predictions.h5` (mean rates `(trials, T, N)`, no latents: the
 members' latent spaces differ), `metrics.json` (test metrics, `val_metrics`, `members`, `k`, `status`)
@@ -14,6 +16,7 @@ like a trained run.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,14 @@ import numpy as np
 
 from neuralnets.cli import run_cli
 from neuralnets.data.spikedata import SpikeData
-from neuralnets.errors import ConfigError, DataError
+from neuralnets.errors import ConfigError, DataError, RunStatusError
 from neuralnets.runs import (
     claim_run_dir,
     load_run_data,
     read_predictions,
     read_run,
+    read_status,
+    run_lock,
     write_metrics,
     write_predictions,
     write_status,
@@ -71,6 +76,23 @@ def choose_members(
     return order[: int(k)], scores, curve
 
 
+def finished_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """(the finished runs of `run_dirs`, [{"run_dir", "status", "error"} of each other one]): only
+    finished runs are members (a failed, diverged, interrupted or running one is skipped, named)."""
+    finished, skipped = [], []
+    for run_dir in map(Path, run_dirs):
+        try:
+            status = read_status(run_dir)
+        except ValueError as err:  # a damaged status.json
+            status = {"status": "unreadable", "error": str(err)}
+        if status["status"] == "finished":
+            finished.append(run_dir)
+        else:
+            why = status["status"] if run_dir.is_dir() else "no such directory"
+            skipped.append({"run_dir": str(run_dir), "status": why, "error": status.get("error")})
+    return finished, skipped
+
+
 def _mean(rates: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(rates), axis=0, dtype=np.float64).astype(np.float32)  # (trials, T, N)
 
@@ -85,7 +107,15 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
         raise FileExistsError(f"{out} exists and is not empty; refusing to overwrite it")
     if len(run_dirs) < 2:
         raise ConfigError(f"an ensemble needs at least 2 runs; got {len(run_dirs)}")
-    runs = [read_run(r) for r in run_dirs]
+    finished, skipped = finished_runs(run_dirs)
+    if len(finished) < 2:
+        left = f"only {finished[0]}" if finished else "none"
+        named = "; ".join(f"{s['run_dir']} (status {s['status']})" for s in skipped)
+        raise RunStatusError(
+            f"an ensemble needs at least 2 finished runs; {left} of the {len(run_dirs)} given is finished "
+            f"(skipped: {named})"
+        )
+    runs = [read_run(r) for r in finished]
     check_same_data(runs)
     data = load_run_data(runs[0])
     rates = []
@@ -100,31 +130,42 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
     chosen, scores, curve = choose_members(rates, data, k)
     mean = _mean([rates[i] for i in chosen])
     claim_run_dir(out)
-    write_predictions(out, {"rates": mean})
-    val = evaluate(mean, data, "val")
-    test = evaluate(mean, data, "test")
-    members = [
-        {"run_dir": run["run_dir"], "model": run["model"], f"val_{SELECT_METRIC}": s, "chosen": i in chosen}
-        for i, (run, s) in enumerate(zip(runs, scores, strict=True))
-    ]
-    models = sorted({runs[i]["model"] for i in chosen})
-    record = {
-        "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
-        "data": runs[0]["data"],
-        "data_source": runs[0].get("data_source"),
-        "data_kwargs": runs[0].get("data_kwargs") or {},
-        "split": "test",
-        "val_metrics": val,
-        "train_time_s": None,
-        "n_parameters": None,
-        "k": len(chosen),
-        "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
-        f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
-        "members": members,
-    }
-    write_metrics(test, out, extra=record)
-    write_status(out, "finished")
-    _log_hparams(out, record, test)
+    with run_lock(out):
+        try:
+            write_predictions(out, {"rates": mean})
+            val = evaluate(mean, data, "val")
+            test = evaluate(mean, data, "test")
+            members = [
+                {
+                    "run_dir": run["run_dir"],
+                    "model": run["model"],
+                    f"val_{SELECT_METRIC}": s,
+                    "chosen": i in chosen,
+                }
+                for i, (run, s) in enumerate(zip(runs, scores, strict=True))
+            ]
+            models = sorted({runs[i]["model"] for i in chosen})
+            record = {
+                "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
+                "data": runs[0]["data"],
+                "data_source": runs[0].get("data_source"),
+                "data_kwargs": runs[0].get("data_kwargs") or {},
+                "split": "test",
+                "val_metrics": val,
+                "train_time_s": None,
+                "n_parameters": None,
+                "k": len(chosen),
+                "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
+                f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
+                "members": members,
+                "skipped": skipped,
+            }
+            write_metrics(test, out, extra=record)
+            write_status(out, "finished")
+            _log_hparams(out, record, test)
+        except BaseException as err:
+            write_status(out, "failed", error=" ".join(f"{type(err).__name__}: {err}".split()))
+            raise
     return {**record, "metrics": test, "run_dir": str(out)}
 
 
@@ -161,6 +202,8 @@ def _main(argv: list[str] | None) -> int:
 
     k = args.k if args.k == "auto" else _int_k(args.k)
     record = ensemble(args.run_dirs, args.out, k)
+    for s in record["skipped"]:
+        print(f"neuralnets-ensemble: skipped {s['run_dir']}: status {s['status']}", file=sys.stderr)
     print(format_table([record], baselines=False))
     print(f"run directory: {record['run_dir']}")
     return 0

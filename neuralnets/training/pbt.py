@@ -14,9 +14,12 @@ hyperparameters perturbed by x0.8 / x1.2 or resampled (`resample_probability`), 
 search bounds. The searched values are any config keys: AutoLFADS' set is the learning rate,
 dropout, coordinated-dropout rate and the KL / L2 penalty scales.
 
-Output, under the Hydra run directory (`runs/pbt/<model>_<data>/<time>/`):
-    tune/        Ray Tune's experiment: one directory per member with its TensorBoard logs
-                 (`tensorboard --logdir .../tune`), results and checkpoints; pbt_*.txt log the exploits
+Output, under the Hydra run directory (`runs/pbt/<model>_<data>/<time>/`, itself claimed and locked
+through `neuralnets.runs`, with config.yaml and status.json):
+    tune/        Ray Tune's experiment: one directory per member with its results, its checkpoints (each
+                 with its sha256 record) and one run directory per start of the member (`segment`,
+                 `segment_1`, ...: config.yaml, status.json, TensorBoard logs; `tensorboard --logdir
+                 .../tune`); pbt_*.txt log the exploits
     best/        the best member at the end as a regular run directory (config.yaml, checkpoints/,
                  predictions.h5, metrics.json, TensorBoard hparams), usable by neuralnets-compare
                  and load_pretrained
@@ -25,39 +28,43 @@ Ray is an optional dependency; this module imports it only when PBT runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from neuralnets.checkpoints import copy_checkpoint, last_checkpoint, load_checkpoint, save_checkpoint
 from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR
 from neuralnets.errors import ConfigError
 from neuralnets.eval.tables import format_table
-from neuralnets.pretrained.checkpoint_file import write_checksum
-from neuralnets.runs import CHECKPOINT_DIR, CONFIG_FILE, write_metrics
-from neuralnets.training.build import build_datamodule, build_module, build_trainer
-from neuralnets.training.callbacks import HarnessEvaluation
+from neuralnets.runs import (
+    claim_run_dir,
+    run_lock,
+    write_config,
+    write_metrics,
+    write_status,
+)
+from neuralnets.training.build import build_datamodule
 from neuralnets.training.module import TrainingModule
-from neuralnets.training.train import finish_run, read_resume_checkpoint
+from neuralnets.training.run import finish_run, run_training
 
 log = logging.getLogger(__name__)
 
 TUNE_DIR = "tune"
 BEST_DIR = "best"
-CKPT_NAME = "model.ckpt"  # the Lightning checkpoint inside each Tune checkpoint directory
+CKPT_NAME = "model.ckpt"  # the Lightning checkpoint (+ model.ckpt.sha256) in each Tune checkpoint directory
+SEGMENT = "segment"  # each start or restart of a member: a run directory <trial dir>/segment[_N]
 
 
 def tune_metric(name: str) -> str:
@@ -132,7 +139,8 @@ class _SetLearningRate(pl.Callback):
 
 
 class _ReportToTune(pl.Callback):
-    """At the end of each generation: checkpoint, and report the validation metrics to Tune."""
+    """At the end of each generation: checkpoint (with its sha256 record, `neuralnets.checkpoints`), and
+    report the validation metrics to Tune."""
 
     def __init__(self, every_n_epochs: int):
         self.every = every_n_epochs
@@ -149,47 +157,57 @@ class _ReportToTune(pl.Callback):
         metrics["epoch"] = trainer.current_epoch + 1
         metrics["step"] = trainer.global_step
         with tempfile.TemporaryDirectory() as tmp:
-            trainer.save_checkpoint(Path(tmp) / CKPT_NAME)
+            save_checkpoint(Path(tmp) / CKPT_NAME, lambda p: trainer.save_checkpoint(p, weights_only=False))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))  # copied before return
 
 
+def member_config(base: dict, hparams: dict[str, Any], interval: int) -> DictConfig:
+    """A member's training config: the base with its hyperparameters, the harness evaluation at each
+    report, no early stopping (PBT decides who goes on) and the checkpoint on val/loss (logged every
+    epoch; Tune keeps the checkpoints PBT uses)."""
+    cfg = apply_hparams(base, hparams)
+    cbs = cfg.callbacks  # resolved in `base`: each callback's entry is set, not only the shared keys
+    cbs.eval_every_n_epochs, cbs.early_stopping_patience, cbs.figures = interval, 0, False
+    cbs.monitor, cbs.mode = "val/loss", "min"
+    for node in cbs.values():
+        target = str(node.get("_target_", "")) if OmegaConf.is_dict(node) else ""
+        if target.endswith("EarlyStopping"):
+            node.patience = 0  # left out by the builder
+        elif target.endswith("HarnessEvaluation"):
+            node.every_n_epochs, node.figures = interval, False
+        elif target.endswith("ModelCheckpoint"):
+            node.monitor, node.mode = "val/loss", "min"
+    return cfg
+
+
 def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
-    """One population member (runs in a Ray worker): build the module from the base config with this
-    member's hyperparameters, restore the checkpoint PBT hands it (its own or a better member's),
-    and train to `trainer.max_epochs`, reporting every `interval` epochs."""
+    """One population member (runs in a Ray worker) as an ordinary run through the one lifecycle
+    (`training.run.run_training`): each segment (a start, or a restart from the checkpoint PBT hands
+    it: its own or a better member's) is a run directory `segment[_N]` in the member's Tune directory,
+    restored from that checkpoint (its sha256 record verified), trained to `trainer.max_epochs` and
+    reporting every `interval` epochs. Not scored: `best/` is."""
     from ray import tune
 
     ctx = tune.get_context()
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    cfg = apply_hparams(base, config)
-    trial_dir = Path(ctx.get_trial_dir())
+    cfg = member_config(base, config, interval)
+    cfg.threads = max(1, int(cpus))
     # A different initialisation for each member (trial ids end in a running number).
-    pl.seed_everything(int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1]), workers=True)
-    dm = build_datamodule(cfg)
+    cfg.seed = int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1])
+    trial_dir = Path(ctx.get_trial_dir())
     checkpoint = tune.get_checkpoint()
-    module = build_module(cfg, dm.data.spec, init_data=dm.data if checkpoint is None else None)
-    ckpt_path = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as src:
-            ckpt_path = Path(tempfile.mkdtemp(prefix="pbt_restore_")) / CKPT_NAME
-            shutil.copy(Path(src) / CKPT_NAME, ckpt_path)
-    logger = TensorBoardLogger(save_dir=str(trial_dir), name="", version="", default_hp_metric=False)
-    trainer = build_trainer(
-        cfg,
-        trial_dir,
-        dm.data,
-        callbacks=[
-            HarnessEvaluation(dm.data, every_n_epochs=interval, split="val", figures=False),
-            _SetLearningRate(float(cfg.module.lr)),
-            _ReportToTune(interval),
-        ],
-        logger=logger,
-        enable_checkpointing=False,
-    )
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    if ckpt_path is not None:
-        shutil.rmtree(ckpt_path.parent, ignore_errors=True)
+    callbacks = [_SetLearningRate(float(cfg.module.lr)), _ReportToTune(interval)]
+    with contextlib.ExitStack() as stack:
+        restore = None
+        if checkpoint is not None:
+            restore = (
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pbt_restore_"))) / CKPT_NAME
+            )
+            with checkpoint.as_directory() as src:
+                copy_checkpoint(
+                    Path(src) / CKPT_NAME, restore, trust_unverified=bool(base.get("trust_unverified"))
+                )
+        run_training(cfg, (trial_dir, SEGMENT), callbacks=callbacks, restore=restore, score=False)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -233,7 +251,6 @@ def run_pbt(
     Returns the best member's record (as `train.train` does) with `record["pbt"]` = its searched
     hyperparameters, its metric value and its Tune trial directory."""
     try:
-        import ray
         from ray import tune
         from ray.tune.schedulers import PopulationBasedTraining
     except ImportError:
@@ -246,12 +263,15 @@ def run_pbt(
     check_config(cfg)
     p, bounds = cfg.pbt, search_bounds(cfg)
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     source = Path(str(cfg.data.source))
     if not source.is_absolute() and source.exists():  # Ray workers run in their own directories
         cfg.data.source = str(source.resolve())
-    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    trust = bool(cfg.get("trust_unverified"))
+    if "trust_unverified" in cfg:
+        cfg.trust_unverified = False  # never saved: it holds for this command only
+    claim_run_dir(run_dir)  # the study's own directory: refused if it holds a run or an earlier study
     base = OmegaConf.to_container(cfg, resolve=True)
+    base["trust_unverified"] = trust
     base.pop("hydra", None)
 
     space = {k: (tune.loguniform if lg else tune.uniform)(lo, hi) for k, (lo, hi, lg) in bounds.items()}
@@ -274,6 +294,24 @@ def run_pbt(
         tune.with_parameters(pbt_trial, base=base, interval=interval),
         {"cpu": float(p.cpus_per_trial), "gpu": float(p.gpus_per_trial)},
     )
+    with run_lock(run_dir):
+        write_config(run_dir, cfg)
+        try:
+            record = _run_population(cfg, base, trainable, scheduler, space, run_dir, metric)
+        except BaseException as err:
+            state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+            write_status(run_dir, state, error=" ".join(f"{type(err).__name__}: {err}".split()))
+            raise
+        write_status(run_dir, "finished", error=None, train_time_s=record["train_time_s"])
+    return record
+
+
+def _run_population(cfg, base, trainable, scheduler, space, run_dir: Path, metric: str) -> dict:
+    """Tune's run of the population, then the best member written as `run_dir/best`."""
+    import ray
+    from ray import tune
+
+    p = cfg.pbt
     started_ray = not ray.is_initialized()
     if started_ray:
         local = p.address is None
@@ -304,7 +342,7 @@ def run_pbt(
     finally:
         if started_ray:
             ray.shutdown()
-    train_time = time.perf_counter() - start
+    train_time = round(time.perf_counter() - start, 2)
     if results.errors:
         if len(results.errors) == len(results):
             raise RuntimeError(f"every PBT member failed; the first error: {results.errors[0]}")
@@ -314,25 +352,38 @@ def run_pbt(
 
 
 def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: float, metric: str) -> dict:
-    """The best member as an ordinary run directory, scored by the harness like any training run."""
+    """The best member as an ordinary run directory (claimed, locked, config.yaml, its checkpoint copied
+    with its record verified, status.json), scored by `training.run.finish_run` like any training run."""
     hparams = {k: best.config[k] for k in search_bounds(cfg)}
     best_cfg = apply_hparams(base, hparams)
     best_cfg.callbacks.monitor, best_cfg.callbacks.mode = cfg.pbt.metric, cfg.pbt.mode
-    (best_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(best_cfg, best_dir / CONFIG_FILE, resolve=True)
-    ckpt = best_dir / CHECKPOINT_DIR / "last.ckpt"
-    with best.checkpoint.as_directory() as src:
-        shutil.copy(Path(src) / CKPT_NAME, ckpt)
-    write_checksum(ckpt)
-    step = int(read_resume_checkpoint(ckpt)["global_step"])
-    module = TrainingModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    data = build_datamodule(best_cfg).data
+    claim_run_dir(best_dir)
     value = float(best.metrics[metric])
-    checkpoint = SimpleNamespace(best_model_path=str(ckpt), last_model_path=str(ckpt), best_model_score=value)
-    logger = TensorBoardLogger(save_dir=str(best_dir), name="", version="", default_hp_metric=False)
-    record = finish_run(best_cfg, best_dir, data, module, checkpoint, logger, train_time, step)
-    record["pbt"] = {"hparams": hparams, cfg.pbt.metric: value, "trial_dir": str(best.path)}
-    write_metrics(record["metrics"], best_dir, extra={"pbt": record["pbt"]})
+    with run_lock(best_dir):
+        write_config(best_dir, best_cfg)
+        try:
+            ckpt = last_checkpoint(best_dir)
+            with best.checkpoint.as_directory() as src:
+                copy_checkpoint(
+                    Path(src) / CKPT_NAME, ckpt, trust_unverified=bool(base.get("trust_unverified"))
+                )
+            state = load_checkpoint(ckpt)
+            module = TrainingModule(**state["hyper_parameters"])
+            module.load_state_dict(state["state_dict"])
+            data = build_datamodule(best_cfg).data
+            logger = TensorBoardLogger(save_dir=str(best_dir), name="", version="", default_hp_metric=False)
+            record = finish_run(
+                best_cfg, best_dir, data, module, best=ckpt, monitor=value, logger=logger,
+                train_time=train_time, step=int(state["global_step"]), epochs=int(state["epoch"]) + 1,
+            )  # fmt: skip
+        except BaseException as err:
+            write_status(best_dir, "failed", error=" ".join(f"{type(err).__name__}: {err}".split()))
+            raise
+        record["pbt"] = {"hparams": hparams, cfg.pbt.metric: value, "trial_dir": str(best.path)}
+        write_metrics(record["metrics"], best_dir, extra={"pbt": record["pbt"]})
+        write_status(
+            best_dir, "finished", error=None, epochs=int(state["epoch"]) + 1, train_time_s=train_time
+        )
     return record
 
 

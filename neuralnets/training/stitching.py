@@ -7,7 +7,8 @@ the data, per-session scoring of a finished run, and fine-tuning on new sessions
 Fine-tuning (`finetune_from=` a run directory or checkpoint, or `finetune(...)` in Python) adds a
 read-in and read-out for each new session (new neuron counts) to the trained model, freezes the
 shared core and the trained sessions, and trains only the new read-ins / read-outs. The checkpoint
-is untrusted: it is read with its sha256 verified where recorded and `weights_only=True`.
+is untrusted: it is read with its sha256 record verified (a file without one is refused unless
+`trust_unverified=true`) and `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -17,37 +18,28 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from neuralnets.checkpoints import checkpoint_of, read_checkpoint
 from neuralnets.data.datamodule import MultiSessionDataModule
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import CheckpointError, ConfigError
 from neuralnets.eval import evaluate_sessions
 from neuralnets.models.stitched import Stitched
-from neuralnets.pretrained.loading import build_from_checkpoint, read_checkpoint
-from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, read_json
+from neuralnets.pretrained.loading import build_from_checkpoint
 from neuralnets.training.build import init_sessions_from_data
 from neuralnets.training.module import TrainingModule
 
 
-def checkpoint_of(source: str | Path) -> Path:
-    """The checkpoint of `source`: a checkpoint file, or a run directory (the checkpoint its
-    metrics.json names, i.e. the best one, else `checkpoints/last.ckpt`)."""
-    path = Path(source)
-    if path.is_dir():
-        metrics = path / METRICS_FILE
-        named = read_json(metrics).get("checkpoint") if metrics.is_file() else None
-        path = path / named if named else path / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if not path.is_file():
-        raise ConfigError(f"finetune_from={str(source)!r}: no checkpoint at {path}")
-    return path
-
-
-def load_stitched(source: str | Path) -> tuple[Stitched, dict[str, Any]]:
+def load_stitched(source: str | Path, trust_unverified: bool = False) -> tuple[Stitched, dict[str, Any]]:
     """(the trained stitched model in eval mode on CPU, its checkpoint contents) from a run directory
-    or checkpoint; sha256 verified where recorded, read with weights_only."""
-    path = checkpoint_of(source)
+    or checkpoint; its sha256 record verified (`trust_unverified`: accept a file without one), read
+    with weights_only."""
     try:
-        ckpt = read_checkpoint(path)
+        path = checkpoint_of(source, "best")
+    except CheckpointError as err:
+        raise ConfigError(f"finetune_from={str(source)!r}: {err}") from None
+    try:
+        ckpt = read_checkpoint(path, trust_unverified=trust_unverified)
         model = build_from_checkpoint(path, ckpt=ckpt)
     except (CheckpointError, ValueError) as err:
         raise ConfigError(f"refusing to fine-tune from {path}: {err}") from None
@@ -60,7 +52,10 @@ def load_stitched(source: str | Path) -> tuple[Stitched, dict[str, Any]]:
 
 
 def finetune_module(
-    source: str | Path, data: SpikeData | MultiSessionData, **module_options: Any
+    source: str | Path,
+    data: SpikeData | MultiSessionData,
+    trust_unverified: bool = False,
+    **module_options: Any,
 ) -> tuple[TrainingModule, int]:
     """(a TrainingModule whose model is the stitched model of `source` plus a read-in / read-out for
     each session of `data`, of which only those train; the index of `data`'s first session in it).
@@ -68,7 +63,7 @@ def finetune_module(
     The new sessions' read-outs start at their mean counts and their read-ins from their own data
     (`training.build.init_sessions_from_data`); every other weight is the checkpoint's, bit for bit."""
     data = MultiSessionData.of(data)
-    trained, ckpt = load_stitched(source)
+    trained, ckpt = load_stitched(source, trust_unverified)
     try:
         spec = trained.spec.with_sessions(data.spec)
     except ValueError as err:
@@ -98,13 +93,14 @@ def finetune(
     lr: float = 1e-2,
     seed: int = 0,
     accelerator: str = "cpu",
+    trust_unverified: bool = False,
 ) -> Stitched:
     """Fine-tune the stitched model of `source` (run directory or checkpoint) on the new session(s) of
     `data` in this process (no run directory, no logger): only the new read-ins / read-outs train.
     Returns the model in eval mode, knowing the old and new sessions. `accelerator`: as Lightning's
-    (`"gpu"` for a GPU)."""
+    (`"gpu"` for a GPU). `trust_unverified`: accept a checkpoint without a sha256 record."""
     pl.seed_everything(seed, workers=True)
-    module, first = finetune_module(source, data, lr=lr, lr_schedule="none")
+    module, first = finetune_module(source, data, trust_unverified, lr=lr, lr_schedule="none")
     dm = MultiSessionDataModule(
         MultiSessionData.of(data), batch_size=batch_size, seed=seed, first_session=first
     )

@@ -51,7 +51,7 @@ from neuralnets.config import CONFIG_DIR, compose
 from neuralnets.errors import EXIT_USER_ERROR, ConfigError, DivergenceError, NeuralnetsError
 from neuralnets.eval.tables import write_rows
 from neuralnets.runs import STATUS_FILE, atomic_path, read_status, write_status
-from neuralnets.training.train import train
+from neuralnets.training.run import run_training
 
 log = logging.getLogger(__name__)
 STUDY_CONFIG, JOURNAL, LEADERBOARD = "study.yaml", "journal.log", "leaderboard"
@@ -161,7 +161,7 @@ def train_member(cfg: DictConfig, run_dir: Path, reporter: ReportAndPrune) -> fl
     status.json ends finished, failed or diverged), `reporter` reporting to its trial every epoch.
     Returns its best maximised `tune.metric`; raises `optuna.TrialPruned` when the pruner stopped it,
     `DivergenceError` or another `NeuralnetsError` when it diverged or failed."""
-    train(cfg, run_dir, extra_callbacks=[reporter])
+    run_training(cfg, run_dir, callbacks=[reporter])
     if reporter.pruned:
         write_status(run_dir, "finished", pruned=True)  # stopped early by the pruner, then scored
         raise _optuna().TrialPruned(f"pruned after {len(reporter.values)} epochs")

@@ -1,0 +1,588 @@
+"""The one run lifecycle: claim the run directory, lock it, seed, build, fit, finish, record the status.
+
+    from neuralnets.training.run import run_training
+    result = run_training(cfg)                                   # a new run under cfg.out_dir
+    result = run_training(cfg, "runs/mine")                      # a directory the caller names (claimed)
+    result = run_training(cfg_with_resume)                       # cfg.resume = a run dir or its checkpoint
+    result = run_training(member_cfg, members / "003", callbacks=[pruner], raise_on_failure=False)
+    result.status, result.monitor, result.record["metrics"]
+
+Every command that trains goes through `run_training`: `neuralnets-train` (`training/train.py`, the
+Hydra layer), tuning members, population-based-training members (`training/pbt.py`, which scores its
+best member with `finish_run`), stitching fine-tunes (`finetune_from=`). It
+
+1. refuses a config that cannot train (`check_config`) before anything is made;
+2. for a resume, locks the run (`neuralnets.runs.run_lock`: a second process training the same run is
+   refused with one line naming the holder) and reads `checkpoints/last.ckpt` verified
+   (`neuralnets.checkpoints.load_checkpoint`: a file without a valid sha256 record is refused unless
+   `trust_unverified`);
+3. seeds, builds data, module and trainer (`training.build`); only then claims a new run directory
+   (`neuralnets.runs.create_run_dir` / `claim_run_dir`), locks it and writes `config.yaml`;
+4. fits, with SIGTERM/SIGINT turned into a saved `last.ckpt`, status `interrupted` and `RunInterrupted`
+   (commands exit with `EXIT_INTERRUPTED`, 75, which a scheduler can requeue on);
+5. finishes (`finish_run`): reloads the best checkpoint, writes `predictions.h5` (streamed once, never
+   read back), scores it with the harness, writes `metrics.json`, logs the TensorBoard hparams row;
+6. records how it ended in `status.json`: finished, failed, diverged or interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from neuralnets.checkpoints import checkpoint_of, load_checkpoint
+from neuralnets.data.sessions import MultiSessionData, spec_from_dict
+from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
+from neuralnets.eval import evaluate
+from neuralnets.eval.tblog import log_to_tensorboard
+from neuralnets.runs import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    STATUS_FILE,
+    claim_run_dir,
+    create_run_dir,
+    predict_chunks,
+    read_status,
+    run_lock,
+    write_config,
+    write_metrics,
+    write_predictions,
+    write_status,
+)
+from neuralnets.training import build
+from neuralnets.training.build import build_datamodule, build_module, build_trainer, load_kwargs
+from neuralnets.training.callbacks import TrainingClock, log_figures
+from neuralnets.training.module import TrainingModule
+from neuralnets.training.stitching import finetune_module, score_sessions
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "NEURALNETS_RUN_DIR"  # rank 0's run directory, inherited by the DDP processes Lightning starts
+LOG_FILE = "train.log"
+
+
+class NothingToDo(Exception):
+    """resume= of a finished run without more epochs to train: nothing is changed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """How a run ended.
+
+    `status`: "finished", "failed", "diverged" (failures are returned only with
+    `raise_on_failure=False`; an interruption always raises `RunInterrupted`). `record`: what
+    metrics.json holds plus "metrics" and "run_dir" (empty unless the run was scored, and on DDP
+    processes other than rank 0). `monitor`: the best value of the checkpoint monitor
+    (`cfg.callbacks.monitor`, e.g. val/loss) or None. `epochs`, `steps`: trained so far (all
+    segments). `train_time_s`: seconds in `Trainer.fit`, all segments. `error`: one line, or None."""
+
+    run_dir: Path
+    status: str
+    record: dict[str, Any]
+    monitor: float | None = None
+    epochs: int = 0
+    steps: int = 0
+    train_time_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def new_run_location(cfg: DictConfig) -> tuple[Path, str]:
+    """(parent, name) of a new run's directory: `<out_dir>/<model>_<data.name>/<time>`, or in a Hydra
+    multirun `<sweep dir>/<job number>_<model>_<data.name>`; `neuralnets.runs.create_run_dir` makes it
+    unique."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    model = cfg.model.name
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        model = hydra_cfg.runtime.choices.get("model") or model
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return Path(hydra_cfg.sweep.dir), f"{hydra_cfg.job.num}_{model}_{cfg.data.name}"
+    return Path(cfg.out_dir) / f"{model}_{cfg.data.name}", _timestamp()
+
+
+def resume_dir(resume: str | Path) -> Path:
+    """The run directory of `resume=` (a run directory, or a checkpoint in its checkpoints/)."""
+    path = Path(resume)
+    return path.parent.parent if path.suffix == ".ckpt" else path
+
+
+def resume_checkpoint(resume: str | Path) -> Path:
+    """`resume` is a run directory (its `checkpoints/last.ckpt`) or a checkpoint file (used as given)."""
+    try:
+        return checkpoint_of(resume, "last")
+    except CheckpointError as err:
+        raise ConfigError(f"resume={str(resume)!r}: {err}") from None
+
+
+def read_verified(path: str | Path, trust_unverified: bool = False) -> dict:
+    """A training checkpoint's contents, verified (`neuralnets.checkpoints.load_checkpoint`); a
+    ConfigError naming the file if it cannot be."""
+    try:
+        return load_checkpoint(path, trust_unverified=trust_unverified)
+    except CheckpointError as err:
+        raise ConfigError(f"refusing to load checkpoint: {err}") from None
+
+
+def is_launch_rank_zero() -> bool:
+    """False in the extra processes of a distributed run (Lightning's DDP relaunch of the command,
+    torchrun, srun), known from the launcher's environment before any Trainer exists. Those processes
+    share rank 0's run directory: they must neither write its config nor refuse it as used."""
+    return all(int(os.environ.get(k) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse, before anything is built, a run that cannot mean anything or a `module.` key that
+    `TrainingModule` does not take (e.g. a misspelt `+module.x=`)."""
+    for key in ("max_epochs", "max_steps"):
+        if cfg.trainer.get(key) == 0:
+            raise ConfigError(f"trainer.{key}=0: the run would take no training step; give a positive number")
+    options = set(inspect.signature(TrainingModule.__init__).parameters) - {"self", "model", "spec"}
+    unknown = sorted(set(cfg.module) - options)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {['module.' + k for k in unknown]}; module options: {sorted(options)}"
+        )
+
+
+def check_resumable(run_dir: Path, cfg: DictConfig, ckpt: dict) -> None:
+    """NothingToDo for a finished run, unless `trainer.max_epochs` asks for more epochs than it trained."""
+    status = read_status(run_dir)
+    if status["status"] != "finished":
+        return
+    trained = int(status.get("epochs") or ckpt.get("epoch", -1) + 1)
+    wanted = cfg.trainer.get("max_epochs")
+    if wanted is None or wanted < 0 or wanted > trained:
+        return
+    raise NothingToDo(
+        f"{run_dir} is a finished run ({trained} epochs); nothing to do (raise trainer.max_epochs above "
+        f"{trained} to train it further)"
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    """The error recorded in status.json."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+# ---------------------------------------------------------------------------------------------- signals
+class _Interrupts(pl.Callback):
+    """Knows whether the run was stopped by SIGTERM/SIGINT (Ctrl-C): Lightning turns both into other
+    exceptions (SystemExit) by the time `trainer.fit` returns. Outside `trainer.fit` a SIGTERM raises
+    KeyboardInterrupt (Lightning handles it inside fit: it stops at the next batch and the checkpoint
+    callback saves last.ckpt; its handler calls this one too, which then only takes note)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.in_fit = False
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException) and self.signal is None:
+            self.signal = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        if not self.in_fit:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Interrupts]:
+        """SIGTERM handled while the block runs (main thread only: e.g. not in a Ray worker thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGTERM, self._handler)
+        previous_int = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+
+    @contextlib.contextmanager
+    def fitting(self) -> Iterator[None]:
+        self.in_fit = True
+        try:
+            yield
+        finally:
+            self.in_fit = False
+
+    def caused(self, err: BaseException) -> bool:
+        return self.signal is not None or isinstance(err, KeyboardInterrupt | SIGTERMException)
+
+
+# ---------------------------------------------------------------------------------------------- lifecycle
+def run_training(
+    cfg: DictConfig,
+    run_dir: str | Path | tuple[Path, str] | None = None,
+    *,
+    callbacks: Sequence[pl.Callback] = (),
+    restore: str | Path | None = None,
+    trust_unverified: bool = False,
+    score: bool = True,
+    raise_on_failure: bool = True,
+) -> RunResult:
+    """Train one run from the composed config `cfg` (`configs/train.yaml`) and score it.
+
+    `run_dir`: None for a new unique directory (`new_run_location`), (parent, name) for a new unique
+    directory `parent/name[_N]`, a directory to claim for a new run (refused if it holds a run), or,
+    with `cfg.resume` set, ignored (the resumed run's own).
+    `callbacks`: extra Lightning callbacks, after the config's (e.g. a tuner's pruning callback: to
+    prune, set `trainer.should_stop`; the run then finishes and is scored where it stopped).
+    `restore`: a checkpoint to start a *new* run from (weights, optimiser, counters; PBT's exploit).
+    `trust_unverified` (or `cfg.trust_unverified`): accept checkpoints without a sha256 record (the
+    digest is logged); never saved in the run's config. `score=False`: finish without predictions,
+    metrics or hparams row (a PBT member segment). `raise_on_failure=False`: a failed or diverged run
+    is returned (status recorded) instead of raised; `RunInterrupted` (SIGTERM/SIGINT) always raises.
+    """
+    trust = bool(trust_unverified or cfg.get("trust_unverified"))
+    if "trust_unverified" in cfg:
+        cfg.trust_unverified = False  # trusted once, for this process: never saved in config.yaml
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    check_config(cfg)
+    rank_zero = is_launch_rank_zero()
+    resuming = bool(cfg.get("resume"))
+    if resuming and restore is not None:
+        raise ConfigError("resume= continues a run in place; restore= starts a new one: give one of them")
+    with contextlib.ExitStack() as stack:
+        if resuming:
+            run_dir = resume_dir(cfg.resume)
+            if rank_zero:  # before anything is read: a second resume of the same run stops here
+                if not Path(run_dir).is_dir():
+                    raise ConfigError(f"resume={cfg.resume!r}: no run directory {run_dir}")
+                stack.enter_context(run_lock(run_dir))
+        ckpt_path = resume_checkpoint(cfg.resume) if resuming else (Path(restore) if restore else None)
+        ckpt = read_verified(ckpt_path, trust) if ckpt_path is not None else None
+        if resuming:
+            check_resumable(Path(run_dir), cfg, ckpt)
+        pl.seed_everything(cfg.seed, workers=True)
+        dm = build_datamodule(cfg)
+        data = dm.data
+        if cfg.get("finetune_from"):  # a trained stitched model plus read-in/out for data's sessions
+            module, dm.first_session = finetune_module(
+                cfg.finetune_from,
+                data,
+                data_name=cfg.data.name,
+                trust_unverified=trust,
+                **OmegaConf.to_container(cfg.module, resolve=True),
+            )
+        else:
+            module = build_module(cfg, data.spec, init_data=data if ckpt is None else None)
+        if ckpt is not None:
+            saved_spec = spec_from_dict(ckpt["hyper_parameters"]["spec"])
+            if saved_spec != module.spec:
+                raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {module.spec}")
+        if not resuming and rank_zero:
+            if run_dir is None or isinstance(run_dir, tuple):
+                run_dir = create_run_dir(*(run_dir or new_run_location(cfg)))
+            else:
+                run_dir = claim_run_dir(run_dir)
+            stack.enter_context(run_lock(run_dir))
+        elif run_dir is None:
+            raise ConfigError(
+                "this process is not rank 0 of a distributed run and was given no run directory: name it "
+                "with hydra.run.dir=... so that every process agrees on it"
+            )
+        run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # the DDP processes Lightning starts use the same directory
+        clock = TrainingClock()
+        if ckpt is not None:
+            clock.previous_s = float(
+                ckpt.get("callbacks", {}).get("TrainingClock", {}).get("train_time_s", 0)
+            )
+        interrupts = _Interrupts()
+        try:
+            # A resumed TensorBoard run purges the events it logged after its checkpoint: no duplicates.
+            tb = "TensorBoard" in str(cfg.logger._target_)
+            purge = {"purge_step": int(ckpt.get("global_step", 0))} if ckpt is not None and tb else {}
+            all_callbacks = [*build.build_callbacks(cfg, run_dir, data), clock, interrupts, *callbacks]
+            trainer = build_trainer(
+                cfg, run_dir, data, all_callbacks, build.build_logger(cfg, run_dir, **purge)
+            )
+        except BaseException:
+            if not resuming and rank_zero:  # a failed start leaves no run behind
+                for name in (STATUS_FILE, ".lock"):
+                    (run_dir / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # if empty
+            raise
+        if rank_zero:
+            if not resuming:  # a new run: its config is written once model and trainer could be built
+                write_config(run_dir, cfg)
+            write_status(run_dir, "running", error=None)
+        handler = _log_to_file(run_dir / LOG_FILE) if rank_zero else None
+        if handler is not None:
+            stack.callback(_remove_handler, handler)
+        stack.enter_context(interrupts.installed())
+        return _fit_and_finish(
+            cfg, run_dir, dm, module, trainer, clock, interrupts, ckpt_path, trust, score, raise_on_failure
+        )
+    raise AssertionError("unreachable")  # pragma: no cover - the ExitStack block returns or raises
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """Copy this process's log records to `path` (the run's train.log) until the handler is removed."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _remove_handler(handler: logging.Handler) -> None:
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+
+
+def _fit_and_finish(
+    cfg: DictConfig,
+    run_dir: Path,
+    dm: Any,
+    module: TrainingModule,
+    trainer: pl.Trainer,
+    clock: TrainingClock,
+    interrupts: _Interrupts,
+    ckpt_path: Path | None,
+    trust: bool,
+    score: bool,
+    raise_on_failure: bool,
+) -> RunResult:
+    """trainer.fit, then `finish_run` on rank 0; status.json records how it ended."""
+    data = dm.data
+    checkpoint = trainer.checkpoint_callback
+    log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
+    previous_s, start = clock.previous_s, time.perf_counter()
+    record: dict[str, Any] = {}
+
+    def seconds() -> float:
+        return round(previous_s + time.perf_counter() - start, 2)  # also right after ddp_spawn
+
+    try:
+        with interrupts.fitting():
+            # The checkpoint was verified above; Lightning reads it again, with weights_only.
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        if interrupts.signal is not None:  # a SIGTERM that arrived after the last batch
+            raise KeyboardInterrupt
+        if not trainer.is_global_zero:
+            return RunResult(run_dir, "finished", {}, epochs=trainer.current_epoch, steps=trainer.global_step)
+        train_time = seconds()
+        step = trainer.global_step
+        if step == 0 and checkpoint is not None and checkpoint.best_model_path:
+            step = recover_spawned_state(checkpoint, run_dir / CHECKPOINT_DIR, trust)
+        if step == 0:
+            raise ConfigError(
+                f"{run_dir}: training took no optimizer step (trainer: {dict(cfg.trainer)}); nothing to score"
+            )
+        monitor = _float_or_none(checkpoint.best_model_score) if checkpoint is not None else None
+        if score:
+            best = (
+                (checkpoint.best_model_path or checkpoint.last_model_path) if checkpoint is not None else ""
+            )
+            record = finish_run(
+                cfg, run_dir, data, module, best=Path(best) if best else None, monitor=monitor,
+                logger=trainer.logger, train_time=train_time, step=step, epochs=trainer.current_epoch,
+            )  # fmt: skip
+    except DivergenceError as err:
+        if trainer.is_global_zero:
+            counts = {"skipped_steps": module.skipped_steps, "attempted_steps": module.attempted_steps}
+            extra = {"model": module.model_name, "data": cfg.data.name, "status": "diverged"}
+            write_metrics({}, run_dir, extra={**extra, **counts, "train_time_s": seconds()})
+            write_status(run_dir, "diverged", error=str(err), train_time_s=seconds(), **counts)
+        if raise_on_failure:
+            raise
+        return _ended(run_dir, "diverged", trainer, seconds(), str(err))
+    except BaseException as err:
+        if interrupts.caused(err):
+            how = interrupts.signal or "SIGINT"
+            message = (
+                f"interrupted by {how} at step {trainer.global_step}; resume={run_dir} continues the run"
+            )
+            if is_launch_rank_zero():
+                write_status(run_dir, "interrupted", error=message, train_time_s=seconds())
+            raise RunInterrupted(message) from None
+        if isinstance(err, SystemExit) and err.code in (0, None):  # e.g. Ray Tune ending a PBT member
+            if is_launch_rank_zero():
+                message = f"stopped by its host (SystemExit({err.code})) at step {trainer.global_step}"
+                write_status(run_dir, "interrupted", error=message, train_time_s=seconds())
+            raise
+        if is_launch_rank_zero():
+            write_status(run_dir, "failed", error=_one_line(err), train_time_s=seconds())
+        if raise_on_failure or not isinstance(err, Exception):
+            raise
+        return _ended(run_dir, "failed", trainer, seconds(), _one_line(err))
+    write_status(
+        run_dir,
+        "finished",
+        error=None,
+        epochs=trainer.current_epoch,
+        train_time_s=record.get("train_time_s", seconds()),
+        skipped_steps=module.skipped_steps,
+    )
+    return RunResult(
+        run_dir,
+        "finished",
+        record,
+        monitor=monitor,
+        epochs=trainer.current_epoch,
+        steps=step,
+        train_time_s=record.get("train_time_s", seconds()),
+    )
+
+
+def _ended(run_dir: Path, status: str, trainer: pl.Trainer, seconds: float, error: str) -> RunResult:
+    checkpoint = trainer.checkpoint_callback
+    monitor = _float_or_none(checkpoint.best_model_score) if checkpoint is not None else None
+    return RunResult(
+        run_dir, status, {}, monitor=monitor, epochs=trainer.current_epoch, steps=trainer.global_step,
+        train_time_s=seconds, error=error,
+    )  # fmt: skip
+
+
+def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path, trust: bool = False) -> int:
+    """After `ddp_spawn` this process gets back the weights and the best path only: read the final
+    step from last.ckpt and the best monitored score from the best checkpoint's callback state."""
+    last = ckpt_dir / LAST_CHECKPOINT
+    step = read_verified(last, trust)["global_step"] if last.is_file() else 0
+    if checkpoint.best_model_score is None:
+        state = read_verified(Path(checkpoint.best_model_path), trust)
+        for key, cb_state in state.get("callbacks", {}).items():
+            if key.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None:
+                checkpoint.best_model_score = cb_state["best_model_score"]
+    return int(step)
+
+
+# ---------------------------------------------------------------------------------------------- finishing
+def _collect(
+    chunks: Iterable[tuple[int, Mapping[str, np.ndarray]]], n_trials: int, into: dict[str, np.ndarray]
+) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
+    """Pass `chunks` through (to `write_predictions`) while copying them into whole arrays in `into`
+    {"rates": (trials, T, N), ...}: predictions are computed once and never read back from disk."""
+    for start, chunk in chunks:
+        for key, value in chunk.items():
+            if key not in into:
+                into[key] = np.empty((n_trials, *value.shape[1:]), dtype=np.float32)
+            into[key][start : start + len(value)] = value
+        yield start, chunk
+
+
+def finish_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    data: Any,
+    module: TrainingModule,
+    *,
+    best: Path | None,
+    monitor: float | None,
+    logger: Any,
+    train_time: float,
+    step: int,
+    epochs: int | None,
+) -> dict[str, Any]:
+    """Score a trained run: reload the `best` checkpoint (verified: training wrote its record), write
+    predictions for all trials, score them, write metrics.json, log the hparams table. Several sessions:
+    each session scored (`training.stitching.score_sessions`), no predictions.h5. Returns the record
+    (metrics.json's contents plus "metrics" and "run_dir")."""
+    if best is not None:
+        ckpt = read_verified(best)
+        device = module.device
+        module = TrainingModule(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+        module.to(device)
+    pred: dict[str, np.ndarray] | None = None
+    extra: dict[str, Any] = {}
+    tb_extra: dict[str, float] = {}
+    if isinstance(data, MultiSessionData):
+        split, metrics, val_metrics, sessions = score_sessions(module.model, data)
+        extra = {"sessions": sessions}
+        tb_extra = {f"{name}/{k}": v for name, m in sessions.items() for k, v in m.items()}
+    else:
+        # A resumed run re-scores its final weights: the new file replaces the old one only once complete.
+        pred = {}
+        chunks = _collect(predict_chunks(module.model, data), data.n_trials, pred)
+        write_predictions(run_dir, chunks, data.n_trials, replace=True)
+        # Scored on the test trials, or (data without them, e.g. an LFADS file of train and valid only)
+        # on the last split there is; metrics.json and the table name it.
+        present = [s for s in ("train", "val", "test") if len(data.indices(s))]
+        split = present[-1]
+        scores = {
+            s: evaluate(pred["rates"], data, s, latents=pred["latents"], inputs=pred.get("inputs"))
+            for s in {"val", split} & set(present)
+        }
+        metrics, val_metrics = scores[split], scores.get("val", {})
+    record = {
+        "model": module.model_name,
+        "data": cfg.data.name,
+        "data_source": str(cfg.data.source),
+        "data_kwargs": load_kwargs(cfg),
+        "split": split,
+        "val_metrics": val_metrics,
+        **extra,
+        "train_time_s": round(train_time, 2),
+        "n_parameters": module.model.n_parameters,
+        "steps": step,
+        "skipped_steps": module.skipped_steps,
+        "checkpoint": str(best.relative_to(run_dir)) if best is not None else None,
+        # The checkpoint monitor's best value (e.g. {"val/loss": ...}): a sweep objective too.
+        "monitor": {cfg.callbacks.monitor: monitor},
+    }
+    if cfg.get("finetune_from"):
+        record["finetune_from"] = str(cfg.finetune_from)
+    write_metrics(metrics, run_dir, extra=record)
+    record["metrics"] = metrics
+    record["run_dir"] = str(run_dir)
+    # Every setting that tells runs apart, so that TensorBoard's hparams table shows it.
+    hparams = {
+        "model": module.model_name,
+        "data": cfg.data.name,
+        "data_source": str(cfg.data.source),
+        "data_kwargs": load_kwargs(cfg),
+        "recipe": str(cfg.get("recipe")),  # configs/experiment/<recipe>.yaml, "None" without one
+        "seed": cfg.seed,
+        "batch_size": cfg.data.batch_size,  # the resolved number (`auto` is resolved at start)
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "epochs_trained": epochs,
+        "steps": step,
+        "model_cfg": OmegaConf.to_container(cfg.model),
+        "module": OmegaConf.to_container(cfg.module),
+    }
+    if cfg.get("tune_member"):  # a member of a `neuralnets-tune` study
+        hparams["tune_member"] = OmegaConf.to_container(cfg.tune_member, resolve=True)
+    if cfg.get("finetune_from"):
+        hparams["finetune_from"] = str(cfg.finetune_from)
+    log_to_tensorboard(logger, hparams, {**metrics, **tb_extra})
+    if pred is not None:
+        log_figures(logger, data, pred, split, step)
+    logger.finalize("success")
+    return record
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
