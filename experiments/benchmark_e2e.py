@@ -226,7 +226,7 @@ def run_child(argv: list[str], spawned_at: float, out: Path) -> None:
     rec.peak("baselines")
     m, s = rec.marks, rec.seconds
     s["startup"] = m["train_start"] - rec.t0
-    s["setup"] = m["fit_start"] - m["train_start"] - s["data"]
+    s["setup"] = m["fit_start"] - m["train_start"] - (s["data"] - rec.in_fit)
     s["validation"] -= s["harness in training"]
     fit = m["fit_end"] - m["fit_start"]
     s["fit other"] = fit - s["training"] - s["validation"] - s["harness in training"] - rec.in_fit

@@ -203,13 +203,13 @@ def test_glm_warm_start_reaches_the_same_fit(small_lorenz):
 # ---------------------------------------------------------------------------------------------- cache
 def _counting(monkeypatch):
     calls = []
-    real = B.run_baselines
+    real = B.iter_baselines
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(B, "run_baselines", counted)
+    monkeypatch.setattr(B, "iter_baselines", counted)
     return calls
 
 

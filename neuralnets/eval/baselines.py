@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,12 +307,18 @@ def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwa
     """Compute baselines on `data`; default: all of `BASELINES` but true_rates without ground truth.
     condition_average on data without conditions is skipped, with the reason logged as a warning (not
     an error: real recordings often lack them); `glm_kwargs` go to `fit_smoothing_glm`."""
+    return list(iter_baselines(data, names, **glm_kwargs))
+
+
+def iter_baselines(
+    data: SpikeData, names: Sequence[str] | None = None, **glm_kwargs
+) -> Iterator[BaselineRun]:
+    """`run_baselines` one baseline at a time (its rates can be dropped before the next is computed)."""
     if names is None:
         names = [n for n in BASELINES if n != "true_rates" or skip_reason(n, data) is None]
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {BASELINES}")
-    runs = []
     for name in names:
         if name == "condition_average" and skip_reason(name, data):
             log.warning("baseline condition_average skipped: %s", skip_reason(name, data))
@@ -336,8 +342,7 @@ def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwa
                 info["all_trial_mean_for_conditions"] = ca.unseen_conditions
         else:
             rates, latents, n_par = true_rates(data), data.latents, 0
-        runs.append(BaselineRun(name, rates, latents, time.perf_counter() - t0, int(n_par), info))
-    return runs
+        yield BaselineRun(name, rates, latents, time.perf_counter() - t0, int(n_par), info)
 
 
 __all__ = [
@@ -354,6 +359,7 @@ __all__ = [
     "SmoothingGLMFit",
     "fit_poisson_glm",
     "fit_smoothing_glm",
+    "iter_baselines",
     "mean_rates",
     "run_baselines",
     "skip_reason",
@@ -383,7 +389,7 @@ def baseline_rows(
     rows = _read_cache(key) if key is not None else None
     if rows is None:
         rows = []
-        for run in run_baselines(data, names, **glm_kwargs):
+        for run in iter_baselines(data, names, **glm_kwargs):  # one baseline's rates in memory at a time
             rows.append(
                 {
                     "model": f"baseline/{run.name}",
