@@ -105,7 +105,8 @@ def fit_smoothing_glm(
     smoothed = smooth_spikes(
         data.heldin_obs, mask[:, :t_obs, :n_in], data.bin_size, sigma_ms
     )  # (trials, T_obs, N_in)
-    rates = np.zeros(data.spikes.shape, dtype=np.float64)  # (trials, T, N)
+    # float32 from the start: each float64 value is rounded once on assignment, as `.astype` did at the end.
+    rates = np.zeros(data.spikes.shape, dtype=np.float32)  # (trials, T, N)
     rates[:, :t_obs, :n_in] = smoothed
     weights, bias = np.zeros((n_in, n_out)), np.zeros(n_out)
     scores: dict[float, float] = {}
@@ -178,7 +179,7 @@ def fit_smoothing_glm(
 
     if data.n_fwd > 0:
         rates[:, t_obs:, :] = _mean_count(data, train, slice(t_obs, None))[None, None, :]
-    return SmoothingGLMFit(rates.astype(np.float32), weights, bias, best, scores, selected_on, sigma_ms)
+    return SmoothingGLMFit(rates, weights, bias, best, scores, selected_on, sigma_ms)
 
 
 def _mean_count(data: SpikeData, trials: np.ndarray, bins: slice) -> np.ndarray:
