@@ -476,6 +476,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--data", type=Path, default=None, help="data file (default: MC_Maze-shaped Lorenz)")
     p.add_argument("--eval-every", type=int, default=None, help="callbacks.eval_every_n_epochs")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    p.add_argument("--peak-seconds", type=float, default=3.0, help="seconds per matmul shape for the peak")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> str:
         train_trials = int(len(load(str(data_file)).indices("train")))
         cpu = cpu_description()
         flops = step_flops_per_trial(data_file)
-        peaks = matmul_peak()
+        peaks = matmul_peak(seconds=args.peak_seconds)
         peak = peaks["256x264x600"]
         print(f"CPU {cpu}; FLOPs/trial {flops}; fp32 matmul GFLOP/s {peaks}", flush=True)
         for _, code_dir, _ in configs:
