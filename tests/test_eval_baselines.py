@@ -268,3 +268,17 @@ def test_baseline_cache_location(monkeypatch, tmp_path):
     monkeypatch.delenv("NEURALNETS_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert B.baseline_cache_dir() == tmp_path / "xdg" / "neuralnets" / "baselines"
+
+
+def test_smooth_spikes_in_trial_chunks_equals_the_whole_array_filter():
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(0)
+    y = rng.poisson(1.0, size=(300, 20, 3)).astype(np.float32)  # more trials than one chunk
+    recorded = rng.random(y.shape) > 0.2
+    for mask in (None, np.ones(y.shape, dtype=bool), recorded):
+        w = np.ones(y.shape) if mask is None else mask.astype(np.float64)
+        num = gaussian_filter1d(y * w, 2.5, axis=1, mode="constant")
+        den = gaussian_filter1d(w, 2.5, axis=1, mode="constant")
+        expected = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
+        np.testing.assert_array_equal(B.smooth_spikes(y, mask, 0.02, 50.0), expected)
