@@ -124,13 +124,13 @@ def fit_smoothing_glm(
             trials: np.ndarray, a: float, init: tuple | None = None
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
             idx = torch.as_tensor(trials, device=dev)
-            x = feats[idx].reshape(-1, n_in)  # (trials*T_obs, N_in)
+            x = feats[idx].reshape(-1, n_in)  # (trials*T_obs, N_in), a copy: standardised in place
             mu, sd = x.mean(0), x.std(0)
             sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # silent held-in neurons: feature stays 0
+            x = x.sub_(mu).div_(sd)
             y, w = y_out[idx].reshape(-1, n_out), w_out[idx].reshape(-1, n_out)
-            wts, b = fit_poisson_glm(
-                (x - mu) / sd, y, w, a, max_iter, init=None if init is None else init[:2]
-            )
+            start = None if init is None else init[:2]  # (W, b) of the previous alpha
+            wts, b = fit_poisson_glm(x, y, w, a, max_iter, init=start)
             return wts, b, mu, sd
 
         def predict(params, trials: np.ndarray) -> torch.Tensor:
@@ -171,7 +171,8 @@ def fit_smoothing_glm(
         best = max(scores, key=lambda a: scores[a]) if scores else alphas[0]
         params = fits.get(best) or fit(train, best)
         all_trials = np.arange(data.n_trials)
-        rates[:, :t_obs, n_in:] = predict(params, all_trials).cpu().numpy()
+        for chunk in np.array_split(all_trials, max(1, len(all_trials) // 256)):  # ~256 trials at a time
+            rates[chunk, :t_obs, n_in:] = predict(params, chunk).cpu().numpy()
         weights = (params[0] / params[3][:, None]).cpu().numpy()  # per unit of smoothed count
         bias = (params[1] - params[2] @ (params[0] / params[3][:, None])).cpu().numpy()
     else:
