@@ -29,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODEL = dict(gen_dim=200, fac_dim=100, ic_enc_dim=64, ci_enc_dim=64, con_dim=64, co_dim=4)
+DATA = dict(n_neurons=182, n_heldout=45, n_bins=45, n_fwd=10, bin_size=0.02)  # as experiments/benchmark.py
 WATCH = ("aten::_local_scalar_dense", "aten::copy_", "aten::isfinite")
 
 
@@ -37,9 +38,6 @@ def child(epochs: int) -> dict:
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.loggers import TensorBoardLogger
-
-    sys.path.insert(0, str(HERE))
-    from benchmark import DATA
 
     from neuralnets.data.datamodule import SpikeDataModule
     from neuralnets.data.synthetic import lorenz
