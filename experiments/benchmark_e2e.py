@@ -9,7 +9,9 @@ Pinned-commit regression check (run it before merging anything that touches the 
     python experiments/benchmark_e2e.py --epochs 15 --repeats 2 --config old=/tmp/old --config new=.
     git worktree remove /tmp/old
 
-Any checkout from b12bbf5 on works as CODE_DIR: the child runs that tree's own Hydra entry point
+On a busy machine wall times are noise; `experiments/step_ab.py --tree old=/tmp/old --tree new=.` compares
+the training step in load-robust terms (operator calls and host reads per step, CPU seconds per step at
+one thread). Any checkout from b12bbf5 on works as CODE_DIR: the child runs that tree's own Hydra entry point
 (`neuralnets.training.train.main`) and observes it from the outside (Lightning callback hooks and
 wrappers around functions every version has), so the same phases are timed in both.
 
