@@ -1,31 +1,52 @@
-"""End-to-end training benchmark: whole epochs through the real Lightning path, one fresh process each.
+"""End-to-end benchmark: the whole `neuralnets-train` command, phase by phase, one fresh process per run.
 
-    python experiments/benchmark_e2e.py [--epochs 6] [--repeats 2] [--config NAME=CODE_DIR:OVERRIDES ...]
-                                        [--out experiments/results/benchmark_e2e_cpu.md]
+    python experiments/benchmark_e2e.py [--epochs 15] [--repeats 2] [--config NAME=CODE_DIR:OVERRIDES ...]
+                                        [--data FILE] [--out experiments/results/benchmark_e2e_cpu.md]
 
-What it does, per configuration (run in a fresh subprocess, so that peak RSS is its own):
-- data: the synthetic Lorenz system shaped like NLB MC_Maze at 20 ms bins, as `experiments/benchmark.py`
-  makes it (182 neurons, 137 held-in, 45 bins = 35 observed + 10 forward), 2869 trials of which
-  1721 train (MC_Maze's training trials) / 574 val / 574 test, resident as the DataModule keeps it;
-- the objects `neuralnets-train` builds (`neuralnets.training.build`): the config composed by Hydra
-  from `configs/train.yaml` with `model=lfads_mc_maze data.batch_size=256` and the configuration's
-  overrides, `SpikeDataModule`, `build_module`, and `build_trainer` with the configured callbacks
-  (checkpoints, early stopping, LR monitor, harness evaluation with figures) and the TensorBoard
-  logger, into a temporary run directory; `--epochs` epochs of `trainer.fit`;
-- timing: a callback takes the time at every `on_train_epoch_start` (and at `on_train_end`) and around
-  every training step (`on_train_batch_start` .. `on_train_batch_end`). Seconds per epoch = the median
-  over epochs after the first (warm-up), from one epoch start to the next: training steps,
-  validation, harness evaluation (default every 10 epochs: amortised over 10 epochs, see
-  `--eval-every`), checkpointing and logging. Trials/s = train trials / seconds per epoch;
-  outside steps = the share of those epochs' time not inside training steps;
-- memory: peak RSS of the child process (VmHWM, restarted once the synthetic data is made: the
-  generator's temporaries are not training's; the resident dataset counts);
-- quality: after the last epoch, co-bps and fp-bps of the final weights on the validation trials in
-  eval mode (posterior means), as `experiments/benchmark.py` scores them;
-- `--config NAME=CODE_DIR:OVERRIDES`: a label, the source tree whose `neuralnets` the child imports
-  (PYTHONPATH; e.g. another git worktree, to compare two versions) and Hydra overrides separated by
-  commas (e.g. `trainer.precision=32-true`). Repeats run interleaved (A B A B ...), so that every
-  configuration sees the same machine load; CPU contention during the run is read from Linux PSI.
+Pinned-commit regression check (run it before merging anything that touches the training path):
+
+    git worktree add /tmp/old b12bbf5            # the first release (or any commit to compare against)
+    python experiments/benchmark_e2e.py --epochs 15 --repeats 2 --config old=/tmp/old --config new=.
+    git worktree remove /tmp/old
+
+On a busy machine wall times are noise; `experiments/step_ab.py --tree old=/tmp/old --tree new=.` compares
+the training step in load-robust terms (operator calls and host reads per step, CPU seconds per step at
+one thread). Any checkout from b12bbf5 on works as CODE_DIR: the child runs that tree's own Hydra entry point
+(`neuralnets.training.train.main`) and observes it from the outside (Lightning callback hooks and
+wrappers around functions every version has), so the same phases are timed in both.
+
+What it does, per run (a fresh subprocess with `PYTHONPATH=CODE_DIR`, so peak RSS is its own):
+- data: a file (`--data`, default: the synthetic Lorenz system shaped like NLB MC_Maze at 20 ms bins, as
+  `experiments/benchmark.py` makes it: 182 neurons, 137 held-in, 45 bins = 35 observed + 10 forward,
+  2869 trials = 1721 train / 574 val / 574 test, written once as .npz) read by `data=file`;
+- the command: `neuralnets-train data=file data.source=FILE model=lfads` with the MC_Maze sizes of
+  `configs/model/lfads_mc_maze.yaml` given as overrides (so that checkouts without that file run the
+  same model), `data.batch_size=256 trainer.max_epochs=EPOCHS`, the configuration's overrides, and
+  everything else as configured (callbacks, checkpoints, harness every 10 epochs, final evaluation,
+  baseline rows printed at the end);
+- phases (wall seconds, and their share of the run's wall time):
+  startup = process start, imports and Hydra composition, until `train()` is entered;
+  data = reading the file and building the device-resident tensors (`load`, `SpikeDataModule`);
+  setup = the rest before `trainer.fit` starts (model, trainer, callbacks, run directory);
+  training = inside training steps (`on_train_batch_start` .. `on_train_batch_end`: forward, backward,
+  optimiser); validation = validation epochs (sanity check included) without the harness evaluation;
+  harness in training = the `HarnessEvaluation` callback; fit other = the rest of `trainer.fit`
+  (checkpoints, logging, epoch ends); final harness = `finish_run` (best checkpoint reloaded, predictions
+  written, val + test scored, TensorBoard); baselines = the baseline rows printed after the run;
+- throughput: train trials / seconds of training steps per epoch (median over epochs after the first);
+- memory: peak RSS of the whole run (VmHWM; Linux) and of each phase (the counter restarted at each);
+- quality: the run's validation co-bps / fp-bps from its metrics.json;
+- header: the CPU as detected at run time (model, cores/threads, AVX512/AMX/bf16 flags), torch version,
+  training FLOPs per trial counted once with `torch.utils.flop_counter.FlopCounterMode` (forward and
+  backward of one LFADS training step at batch 256, the current tree), and the fp32 matmul throughput
+  measured on this machine at the step's own shapes (best of many repeats), so the table can print the
+  model FLOP utilisation (MFU) of the training steps.
+
+`--config NAME=CODE_DIR:OVERRIDES`: a label, the source tree whose `neuralnets` the child imports (e.g.
+another git worktree) and Hydra overrides separated by commas (e.g. `trainer.precision=32-true`).
+Repeats run interleaved (A B B A ...), so every configuration sees the same machine load; CPU
+contention during the run is read from Linux PSI and printed: on a busy machine, compare only numbers
+from the same report.
 """
 
 from __future__ import annotations
@@ -44,103 +65,235 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 N_TRIALS = 2869  # default_split: 1721 train / 574 val / 574 test
-DEFAULT_CONFIGS = [f"fp32={REPO}:trainer.precision=32-true", f"auto={REPO}:trainer.precision=auto"]
+BATCH = 256
+# configs/model/lfads_mc_maze.yaml, spelled out for checkouts older than that file.
+MODEL = dict(gen_dim=200, fac_dim=100, ic_enc_dim=64, ci_enc_dim=64, con_dim=64, co_dim=4)
+DEFAULT_CONFIGS = [f"main={REPO}"]
+PHASES = (
+    "startup",
+    "data",
+    "setup",
+    "training",
+    "validation",
+    "harness in training",
+    "fit other",
+    "final harness",
+    "baselines",
+    "other",
+)
+# The matmul shapes of one LFADS step at MC_Maze sizes: (rows, inner, cols). The first is the generator's
+# fused input + recurrent product (B x (G + fac... ) ) the roofline is quoted at; 2048^3 is the machine's
+# large-matrix reference.
+STEP_SHAPES = ((256, 264, 600), (256, 200, 600), (256, 600, 200))
 
 
 # ------------------------------------------------------------------------------------------- child
-def run_child(overrides: list[str], epochs: int, seed: int, eval_every: int | None) -> dict:
-    """One configuration in this process: train `epochs` epochs and return the measurements."""
-    import gc
+def _vm_hwm_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _vm_hwm_reset() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+class _Recorder:
+    """Wall seconds per phase, the peak RSS of each, and the training steps of each epoch."""
+
+    def __init__(self, spawned_at: float):
+        self.t0 = spawned_at
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.rss = dict.fromkeys(PHASES, 0.0)
+        self.marks: dict[str, float] = {}
+        self.epoch_steps: list[float] = []
+        self.depth = 0  # nested data phases (a loader called from the DataModule) count once
+        self.in_fit = 0.0  # data phases inside trainer.fit (the DataModule's setup)
+
+    def peak(self, phase: str) -> None:
+        self.rss[phase] = max(self.rss[phase], _vm_hwm_mb())
+
+    def timed(self, phase: str, fn):
+        """`fn` wrapped to add its outermost calls' wall time to `phase`."""
+
+        def wrapper(*args, **kwargs):
+            # Nested calls count once; after training, a data load belongs to its phase (the baseline
+            # rows reload the dataset).
+            if self.depth or "final_start" in self.marks:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            t = time.time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.time() - t
+                if "fit_start" in self.marks and "fit_end" not in self.marks:
+                    self.in_fit += time.time() - t
+                self.depth -= 1
+
+        return wrapper
+
+
+def run_child(argv: list[str], spawned_at: float, out: Path) -> None:
+    """Run `neuralnets-train argv` of the tree on PYTHONPATH and write the measurements to `out`."""
     import pytorch_lightning as pl
-    import torch
 
-    sys.path.insert(0, str(HERE))
-    from benchmark import DATA, _rss_peak_mb, _rss_reset, validation_bps
+    import neuralnets.data.datamodule as dm_mod
+    import neuralnets.data.loaders as loaders
+    import neuralnets.training.callbacks as cb_mod
+    import neuralnets.training.train as train_mod
 
-    from neuralnets.config import compose
-    from neuralnets.data.datamodule import SpikeDataModule
-    from neuralnets.data.synthetic import lorenz
-    from neuralnets.training import train as _train  # noqa: F401  registers the config resolvers
-    from neuralnets.training.build import build_callbacks, build_module, build_trainer
+    rec = _Recorder(spawned_at)
 
-    class StepTimer(pl.Callback):
-        """Epoch boundaries and the time spent inside training steps."""
-
+    class PhaseTimer(pl.Callback):
         def __init__(self):
-            self.epoch_starts: list[float] = []
-            self.step_seconds: list[float] = []  # per epoch
-            self._t = 0.0
+            self._t = self._v = 0.0
+
+        def on_fit_start(self, trainer, pl_module):
+            rec.marks["fit_start"] = time.time()
+            rec.peak("setup")
+            _vm_hwm_reset()
+
+        def on_fit_end(self, trainer, pl_module):
+            rec.marks["fit_end"] = time.time()
 
         def on_train_epoch_start(self, trainer, pl_module):
-            self.epoch_starts.append(time.perf_counter())
-            self.step_seconds.append(0.0)
+            rec.epoch_steps.append(0.0)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self._t = time.perf_counter()
+            self._t = time.time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.step_seconds[-1] += time.perf_counter() - self._t
+            dt = time.time() - self._t
+            rec.epoch_steps[-1] += dt
+            rec.seconds["training"] += dt
 
-        def on_train_end(self, trainer, pl_module):
-            self.epoch_starts.append(time.perf_counter())
+        def on_validation_start(self, trainer, pl_module):
+            self._v = time.time()
 
-    base = ["model=lfads_mc_maze", "data.batch_size=256", f"seed={seed}", f"trainer.max_epochs={epochs}"]
-    base += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    base += [] if eval_every is None else [f"callbacks.eval_every_n_epochs={eval_every}"]
-    cfg = compose(base + overrides)
-    pl.seed_everything(seed, verbose=False)
-    data = lorenz(n_trials=N_TRIALS, seed=seed, **DATA)
-    # The generator's temporaries (~0.5 GiB at this size) are not training's: restart the peak from the
-    # resident dataset (Linux; elsewhere the peak includes them).
-    gc.collect()
-    _rss_reset()
-    dm = SpikeDataModule(data, batch_size=cfg.data.batch_size, seed=seed)
-    module = build_module(cfg, data.spec)
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory(prefix="benchmark_e2e_") as run_dir:
-        callbacks = build_callbacks(cfg, Path(run_dir), data) + [timer]
-        trainer = build_trainer(cfg, run_dir, data, callbacks=callbacks)
-        trainer.fit(module, datamodule=dm)
-        precision = str(trainer.precision)
-    epoch_s = [b - a for a, b in zip(timer.epoch_starts, timer.epoch_starts[1:], strict=False)]
-    timed = slice(1, None) if len(epoch_s) > 1 else slice(None)  # the first epoch is the warm-up
-    co, fp = validation_bps(module, data.subset("val"), cfg.data.batch_size)
-    return dict(
-        epoch_s=epoch_s[timed],
-        step_s=timer.step_seconds[timed],
-        train_trials=int(len(data.indices("train"))),
-        rss_mb=_rss_peak_mb(),
-        co_bps=co,
-        fp_bps=fp,
-        precision=precision,
-        threads=torch.get_num_threads(),
+        def on_validation_end(self, trainer, pl_module):
+            rec.seconds["validation"] += time.time() - self._v
+
+    # Observe the run from outside: a callback added to every Trainer, wrappers around functions that
+    # every version has (looked up by name at call time in their modules).
+    trainer_init = pl.Trainer.__init__
+
+    def init_with_timer(self, *args, callbacks=None, **kwargs):
+        callbacks = [*(callbacks or []), PhaseTimer()]
+        trainer_init(self, *args, callbacks=callbacks, **kwargs)
+
+    pl.Trainer.__init__ = init_with_timer
+    harness = cb_mod.HarnessEvaluation.on_validation_epoch_end
+    cb_mod.HarnessEvaluation.on_validation_epoch_end = rec.timed("harness in training", harness)
+    dm_cls = dm_mod.SpikeDataModule
+    dm_cls.__init__ = rec.timed("data", dm_cls.__init__)
+    dm_cls.setup = rec.timed("data", dm_cls.setup)
+    loaders.load = rec.timed("data", loaders.load)
+    try:
+        import neuralnets.training.build as build_mod  # from the run-builder refactor on
+
+        build_mod.load = rec.timed("data", build_mod.load)
+    except ImportError:
+        pass
+    # finish_run lives in training/run.py since the one-lifecycle refactor, in train.py before it.
+    try:
+        import neuralnets.training.run as finish_mod
+    except ImportError:
+        finish_mod = train_mod
+    train_fn, finish_fn = train_mod.train, finish_mod.finish_run
+
+    def train(*args, **kwargs):
+        rec.marks["train_start"] = time.time()
+        rec.peak("startup")
+        _vm_hwm_reset()
+        return train_fn(*args, **kwargs)
+
+    def finish_run(*args, **kwargs):
+        rec.marks["final_start"] = time.time()
+        rec.peak("training")
+        _vm_hwm_reset()
+        try:
+            return finish_fn(*args, **kwargs)
+        finally:
+            rec.marks["final_end"] = time.time()
+            rec.peak("final harness")
+            _vm_hwm_reset()
+
+    train_mod.train, finish_mod.finish_run = train, finish_run
+    sys.argv = ["neuralnets-train", *argv]
+    train_mod.main()
+    end = time.time()
+    rec.peak("baselines")
+    m, s = rec.marks, rec.seconds
+    s["startup"] = m["train_start"] - rec.t0
+    s["setup"] = m["fit_start"] - m["train_start"] - (s["data"] - rec.in_fit)
+    s["validation"] -= s["harness in training"]
+    fit = m["fit_end"] - m["fit_start"]
+    s["fit other"] = fit - s["training"] - s["validation"] - s["harness in training"] - rec.in_fit
+    s["final harness"] = m["final_end"] - m["final_start"]
+    s["baselines"] = end - m["final_end"]
+    s["other"] = (end - rec.t0) - sum(v for k, v in s.items() if k != "other")  # e.g. status writes
+    for p in ("data", "setup"):
+        rec.rss[p] = rec.rss["startup"] if p == "data" else rec.rss["setup"]
+    for p in ("validation", "harness in training", "fit other", "other"):
+        rec.rss[p] = rec.rss["training"]  # one counter over trainer.fit
+    out.write_text(
+        json.dumps(dict(seconds=s, rss_mb=rec.rss, epoch_steps=rec.epoch_steps, wall=end - rec.t0))
     )
 
 
 # ------------------------------------------------------------------------------------------ parent
-def cpu_description() -> str:
-    """CPU model, its vector/matrix extensions (from /proc/cpuinfo flags) and torch's dispatch level."""
+def cpu_description() -> dict:
+    """The CPU as this process sees it: model name, logical CPUs, cores, vector/matrix extensions."""
     import torch
 
-    name, flags = "unknown CPU", set()
+    name, flags, cores = "unknown CPU", set(), set()
     try:
+        phys = None
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name":
+                name = value
+            elif key == "flags":
+                flags = set(value.split())
+            elif key == "physical id":
+                phys = value
+            elif key == "core id":
+                cores.add((phys, value))
     except OSError:
         pass
-    has = {
+    wanted = {
         "AVX2": "avx2",
         "AVX512F": "avx512f",
         "AVX512-BF16": "avx512_bf16",
-        "AMX-BF16": "amx_bf16",
+        "AVX512-FP16": "avx512_fp16",
         "AMX-TILE": "amx_tile",
+        "AMX-BF16": "amx_bf16",
     }
-    caps = ", ".join(f"{k} {'yes' if v in flags else 'no'}" for k, v in has.items())
-    return f"{name}; {caps}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return dict(
+        name=name,
+        logical=os.cpu_count(),
+        usable=usable,
+        cores=len(cores) or None,
+        flags={k: v in flags for k, v in wanted.items()},
+        capability=torch.backends.cpu.get_cpu_capability(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
 
 
 def _cpu_pressure() -> float | None:
@@ -148,6 +301,66 @@ def _cpu_pressure() -> float | None:
         return float(Path("/proc/pressure/cpu").read_text().splitlines()[0].split("total=")[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def make_data_file(path: Path, seed: int) -> Path:
+    """The MC_Maze-shaped synthetic Lorenz data as an .npz `data=file` reads."""
+    sys.path.insert(0, str(HERE))
+    from benchmark import DATA
+
+    from neuralnets.data.formats.npz import save_npz
+    from neuralnets.data.synthetic import lorenz
+
+    return save_npz(lorenz(n_trials=N_TRIALS, seed=seed, **DATA), path)
+
+
+def step_flops_per_trial(data_file: Path) -> dict:
+    """FLOPs of one training step (forward + backward, `TrainingModule._loss`) per trial, counted by
+    `FlopCounterMode` at batch 256 on the data's train trials, fused (default) and plain recurrence."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from neuralnets.data.datamodule import SpikeDataModule
+    from neuralnets.data.loaders import load
+    from neuralnets.training.module import TrainingModule
+
+    data = load(str(data_file))
+    dm = SpikeDataModule(data, batch_size=BATCH, seed=0)
+    batch = next(iter(dm.train_dataloader()))
+    B = batch["spikes"].shape[0]
+    out = {}
+    for recurrence in ("auto", "plain"):
+        module = TrainingModule(
+            model=dict(name="lfads", recurrence=recurrence, **MODEL), spec=data.spec.to_dict()
+        )
+        module.train()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss, _ = module._loss(batch, train=True)
+            loss.backward()
+        out[recurrence] = counter.get_total_flops() / B
+    return out
+
+
+def matmul_peak(shapes=STEP_SHAPES, seconds: float = 3.0) -> dict[str, float]:
+    """fp32 matmul GFLOP/s at each (m, k, n) (and 2048^3), best of blocks of repeats over ~`seconds`
+    each: the best block is the least disturbed by other processes on a shared machine."""
+    import torch
+
+    out = {}
+    for m, k, n in (*shapes, (2048, 2048, 2048)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        c = torch.empty(m, n)
+        reps = max(1, int(2e8 / (2 * m * k * n)))  # ~0.2 GFLOP per block
+        for _ in range(3):
+            torch.mm(a, b, out=c)
+        best, t_end = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b, out=c)
+            best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9)
+        out[f"{m}x{k}x{n}"] = best
+    return out
 
 
 def parse_config(text: str) -> tuple[str, Path, list[str]]:
@@ -159,49 +372,121 @@ def parse_config(text: str) -> tuple[str, Path, list[str]]:
     code_dir = Path(code).resolve()
     if not (code_dir / "neuralnets" / "__init__.py").is_file():
         raise ValueError(f"--config {text!r}: {code_dir} has no neuralnets package")
+    if not (code_dir / "configs" / "train.yaml").is_file():
+        raise ValueError(f"--config {text!r}: {code_dir} has no configs/train.yaml")
     return name, code_dir, [o for o in over.split(",") if o]
 
 
-def spawn(code_dir: Path, overrides: list[str], args: argparse.Namespace) -> dict:
-    """Run one configuration in a fresh Python process importing `neuralnets` from `code_dir`."""
+def command(data_file: Path, run_dir: Path, overrides: list[str], args: argparse.Namespace) -> list[str]:
+    """The neuralnets-train overrides of one run."""
+    cmd = ["data=file", f"data.source={data_file}", "data.name=mc_maze_like", f"data.batch_size={BATCH}"]
+    cmd += ["model=lfads", *(f"model.{k}={v}" for k, v in MODEL.items())]
+    cmd += [f"seed={args.seed}", f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false"]
+    cmd += [f"hydra.run.dir={run_dir}"]
+    cmd += [] if args.eval_every is None else [f"callbacks.eval_every_n_epochs={args.eval_every}"]
+    return cmd + overrides
+
+
+def prebuild(code_dir: Path) -> None:
+    """Build (or load) the tree's native kernels once, outside the timed runs."""
+    env = {**os.environ, "PYTHONPATH": str(code_dir)}
+    code = "from neuralnets.nn.native import native_ops; native_ops()"
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=str(code_dir), capture_output=True, check=False)
+
+
+def spawn(code_dir: Path, argv: list[str], work: Path) -> dict:
+    """One run of the tree's `neuralnets-train argv` in a fresh process; its measurements."""
+    out = work / f"child_{time.time_ns()}.json"
     env = {**os.environ, "PYTHONPATH": str(code_dir), "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, __file__, "--child", json.dumps(overrides), "--epochs", str(args.epochs)]
-    cmd += ["--seed", str(args.seed)]
-    cmd += [] if args.eval_every is None else ["--eval-every", str(args.eval_every)]
+    t = time.time()
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        json.dumps(argv),
+        "--spawned-at",
+        repr(t),
+        "--child-out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(code_dir))
-    if proc.returncode != 0:
-        raise RuntimeError(f"configuration {overrides} in {code_dir} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"run {argv} in {code_dir} failed:\n{proc.stderr[-4000:]}")
+    res = json.loads(out.read_text())
+    run_dir = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")))
+    record = json.loads((run_dir / "metrics.json").read_text())
+    val = record.get("val_metrics", {})
+    res.update(co_bps=val.get("co_bps"), fp_bps=val.get("fp_bps"), epochs=len(res["epoch_steps"]))
+    res["stdout_tail"] = proc.stdout[-3000:]
+    return res
 
 
-def format_table(rows: list[dict]) -> str:
+def _median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarise(runs: list[dict], train_trials: int, flops: float, peak: float) -> dict:
+    steps = [statistics.median(r["epoch_steps"][1:] or r["epoch_steps"]) for r in runs]
+    rate = train_trials / _median(steps)
+    return dict(
+        seconds={p: _median([r["seconds"][p] for r in runs]) for p in PHASES},
+        wall=_median([r["wall"] for r in runs]),
+        rate=rate,
+        rates=[train_trials / s for s in steps],
+        mfu=rate * flops / (peak * 1e9),
+        rss=max(max(r["rss_mb"].values()) for r in runs),
+        rss_phase={p: max(r["rss_mb"][p] for r in runs) for p in PHASES},
+        co_bps=[r["co_bps"] for r in runs],
+        fp_bps=[r["fp_bps"] for r in runs],
+        epochs=runs[0]["epochs"],
+    )
+
+
+def format_report(rows: dict[str, dict]) -> str:
     from neuralnets.eval.tables import markdown_table
 
-    header = ["configuration", "precision", "trials/s (median [min-max])", "s/epoch", "outside steps"]
-    header += ["peak RSS (MiB)", "val co-bps", "val fp-bps"]
+    names = list(rows)
+    header = ["phase", *(f"{n}: {c}" for n in names for c in ("s", "share", "peak RSS (MiB)"))]
     body = [
-        [r["name"], r["precision"], f"{r['rate']:.0f} [{r['rate_min']:.0f}-{r['rate_max']:.0f}]"]
-        + [f"{r['epoch_s']:.2f}", f"{r['outside']:.0%}", f"{r['rss_mb']:.0f}"]
-        + [f"{r['co_bps']:.4f}", f"{r['fp_bps']:.4f}"]
-        for r in rows
-    ]
-    return markdown_table(header, body)
+        [p, *(v for n in names for v in (
+            f"{rows[n]['seconds'][p]:.2f}", f"{rows[n]['seconds'][p] / rows[n]['wall']:.0%}",
+            f"{rows[n]['rss_phase'][p]:.0f}",
+        ))]
+        for p in PHASES
+    ]  # fmt: skip
+    body.append(["**whole run**", *(v for n in names for v in (f"**{rows[n]['wall']:.1f}**", "100%",
+                                                               f"**{rows[n]['rss']:.0f}**"))])  # fmt: skip
+    summary = [
+        [
+            n, f"{r['rate']:.0f} [{', '.join(f'{x:.0f}' for x in r['rates'])}]", f"{r['mfu']:.0%}",
+            f"{r['wall']:.1f}", f"{r['rss']:.0f}", ", ".join(f"{x:.4f}" for x in r["co_bps"]),
+            ", ".join(f"{x:.4f}" for x in r["fp_bps"]),
+        ]
+        for n, r in rows.items()
+    ]  # fmt: skip
+    summary_header = [
+        "configuration", "training trials/s (median [runs])", "MFU (fp32 peak at 256x264x600)",
+        "whole run (s)", "peak RSS (MiB)", "val co-bps", "val fp-bps",
+    ]  # fmt: skip
+    return markdown_table(header, body) + "\n" + markdown_table(summary_header, summary).rstrip("\n")
 
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action="append", default=None, metavar="NAME=CODE_DIR:OVERRIDES")
-    p.add_argument("--epochs", type=int, default=11, help="epochs per run; the first is not timed")
+    p.add_argument("--epochs", type=int, default=15, help="epochs per run (the first is not in trials/s)")
     p.add_argument("--repeats", type=int, default=2, help="runs per configuration, interleaved")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--eval-every", type=int, default=None, help="callbacks.eval_every_n_epochs (default: the config's)"
-    )
+    p.add_argument("--data", type=Path, default=None, help="data file (default: MC_Maze-shaped Lorenz)")
+    p.add_argument("--eval-every", type=int, default=None, help="callbacks.eval_every_n_epochs")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    p.add_argument("--peak-seconds", type=float, default=3.0, help="seconds per matmul shape for the peak")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(run_child(json.loads(args.child), args.epochs, args.seed, args.eval_every)))
+        run_child(json.loads(args.child), args.spawned_at, args.child_out)
         return ""
     if args.epochs < 2 or args.repeats < 1:
         p.error("--epochs must be >= 2 (the first is a warm-up) and --repeats >= 1")
@@ -209,64 +494,62 @@ def main(argv: list[str] | None = None) -> str:
         configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
     except ValueError as err:
         p.error(str(err))
-    results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
-    pressure0, wall0 = _cpu_pressure(), time.perf_counter()
-    for rep in range(args.repeats):
-        for name, code_dir, overrides in configs if rep % 2 == 0 else configs[::-1]:
-            res = spawn(code_dir, overrides, args)
-            rate = res["train_trials"] / statistics.median(res["epoch_s"])
-            print(
-                f"  [{rep + 1}/{args.repeats}] {name} ({res['precision']}): {rate:.0f} trials/s, "
-                f"epochs {[round(s, 1) for s in res['epoch_s']]} s, {res['rss_mb']:.0f} MiB, "
-                f"co-bps {res['co_bps']:.4f}, fp-bps {res['fp_bps']:.4f}",
-                flush=True,
-            )
-            results[name].append(res)
-    wall, pressure1 = time.perf_counter() - wall0, _cpu_pressure()
 
-    rows = []
-    for name, _, _ in configs:
-        runs = results[name]
-        rates = [r["train_trials"] / statistics.median(r["epoch_s"]) for r in runs]
-        best = runs[rates.index(statistics.median_high(rates))]
-        epoch_s = statistics.median([s for r in runs for s in r["epoch_s"]])
-        step_total = sum(sum(r["step_s"]) for r in runs)
-        epoch_total = sum(sum(r["epoch_s"]) for r in runs)
-        rows.append(
-            dict(
-                name=name,
-                precision=best["precision"],
-                rate=runs[0]["train_trials"] / epoch_s,
-                rate_min=min(rates),
-                rate_max=max(rates),
-                epoch_s=epoch_s,
-                outside=1 - step_total / epoch_total,
-                rss_mb=max(r["rss_mb"] for r in runs),
-                co_bps=best["co_bps"],
-                fp_bps=best["fp_bps"],
-            )
-        )
-    import torch
+    from neuralnets.data.loaders import load
 
+    with tempfile.TemporaryDirectory(prefix="benchmark_e2e_") as tmp:
+        work = Path(tmp)
+        data_file = args.data.resolve() if args.data else make_data_file(work / "mc_maze_like.npz", args.seed)
+        train_trials = int(len(load(str(data_file)).indices("train")))
+        cpu = cpu_description()
+        flops = step_flops_per_trial(data_file)
+        peaks = matmul_peak(seconds=args.peak_seconds)
+        peak = peaks["256x264x600"]
+        print(f"CPU {cpu}; FLOPs/trial {flops}; fp32 matmul GFLOP/s {peaks}", flush=True)
+        for _, code_dir, _ in configs:
+            prebuild(code_dir)
+        results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+        pressure0, wall0 = _cpu_pressure(), time.perf_counter()
+        for rep in range(args.repeats):
+            for name, code_dir, overrides in configs if rep % 2 == 0 else configs[::-1]:
+                run_dir = work / f"run_{name}_{rep}"
+                res = spawn(code_dir, command(data_file, run_dir, overrides, args), work)
+                print(
+                    f"  [{rep + 1}/{args.repeats}] {name}: wall {res['wall']:.1f} s, "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in res["seconds"].items())
+                    + f"; peak RSS {max(res['rss_mb'].values()):.0f} MiB; co-bps {res['co_bps']:.4f}",
+                    flush=True,
+                )
+                results[name].append(res)
+        wall, pressure1 = time.perf_counter() - wall0, _cpu_pressure()
+    # MFU counts the model's FLOPs (the plain per-step recurrence, as the papers define the model), not the
+    # fewer the fused recurrence happens to execute.
+    rows = {name: summarise(results[name], train_trials, flops["plain"], peak) for name, _, _ in configs}
+
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
     cmd = " ".join(["python experiments/benchmark_e2e.py", *(sys.argv[1:] if argv is None else argv)])
     notes = [
-        f"Command: `{cmd}`",
-        f"CPU: {cpu_description()}; {os.cpu_count()} cores; torch {torch.__version__}; "
-        f"{datetime.date.today().isoformat()}",
-        f"Data: Lorenz shaped like MC_Maze, {N_TRIALS} trials (1721 train / 574 val) x 45 bins x 182 "
-        "neurons; "
-        f"LFADS configs/model/lfads_mc_maze.yaml, batch 256; {args.epochs} epochs per run (first untimed), "
-        f"{args.repeats} runs per configuration, interleaved, each in a fresh process; harness evaluation "
-        f"every {args.eval_every or 'configured (10)'} epochs.",
-        "Configurations: "
-        + "; ".join(f"{n} = {c.name} {' '.join(o) or '(defaults)'}" for n, c, o in configs),
+        f"Command: `{cmd}` ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"CPU: {cpu['name']}; {cpu['cores'] or '?'} cores / {cpu['logical']} logical CPUs "
+        f"({cpu['usable']} usable); "
+        f"{flags}; torch {cpu['torch']} (CPU capability {cpu['capability']}), {cpu['threads']} threads",
+        f"Training FLOPs per trial (FlopCounterMode, forward + backward, batch {BATCH}): "
+        f"{flops['plain'] / 1e6:.1f} MFLOP (plain recurrence, used for MFU; the fused recurrence executes "
+        f"{flops['auto'] / 1e6:.1f} MFLOP of counted matmuls)",
+        "fp32 matmul, best of repeats, GFLOP/s: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+        + f"; MFU = trials/s x FLOPs/trial / {peak:.0f} GFLOP/s (at 256x264x600)",
+        f"Data: {data_file if args.data else 'MC_Maze-shaped Lorenz, 2869 trials x 45 bins x 182 neurons'}"
+        f" ({train_trials} train trials); LFADS at the MC_Maze sizes {MODEL}, batch {BATCH}, "
+        f"{args.epochs} epochs, {args.repeats} run(s) per configuration, interleaved, each a fresh process",
+        "Configurations: " + "; ".join(f"{n} = {c} {' '.join(o) or '(defaults)'}" for n, c, o in configs),
     ]
     if pressure0 is not None and pressure1 is not None:
         notes.append(
             f"CPU contention (Linux PSI, share of time some task waited for a CPU): "
             f"{(pressure1 - pressure0) / 1e6 / wall:.0%} over {wall:.0f} s"
         )
-    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_table(rows)
+    report = "\n".join(f"- {n}" for n in notes) + "\n\n" + format_report(rows) + "\n"
     print()
     print(report)
     if args.out is not None:

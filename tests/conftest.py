@@ -48,3 +48,10 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _private_baseline_cache(tmp_path_factory, monkeypatch):
+    """Baseline rows are cached per dataset (neuralnets.eval.baselines): each test gets an empty cache of
+    its own, never the user's."""
+    monkeypatch.setenv("NEURALNETS_BASELINE_CACHE", str(tmp_path_factory.mktemp("baseline_cache")))

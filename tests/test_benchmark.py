@@ -44,3 +44,29 @@ def test_graphed_step_lives_with_the_benchmark_and_refuses_cpu_tensors(benchmark
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         benchmark.GraphedStep(lambda b: model(b["x"]).sum(), opt, {"x": torch.zeros(3, 2)})
+
+
+def test_benchmark_e2e_times_every_phase_of_a_real_run(tmp_path):
+    """The end-to-end benchmark runs `neuralnets-train` in a child process and observes it from outside:
+    every phase gets a time, the shares cover the run, and the run's own scores come back."""
+    spec = importlib.util.spec_from_file_location("benchmark_e2e", ROOT / "experiments" / "benchmark_e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    from neuralnets.data.formats.npz import save_npz
+    from neuralnets.data.synthetic import lorenz
+
+    data = save_npz(lorenz(n_trials=40, seed=0), tmp_path / "tiny.npz")
+    with pytest.raises(SystemExit):  # a folder without a neuralnets checkout is refused up front
+        e2e.main(["--config", f"x={tmp_path}"])
+    out = tmp_path / "e2e.md"
+    args = ["--epochs", "2", "--repeats", "1", "--data", str(data), "--peak-seconds", "0.01"]
+    report = e2e.main([*args, "--config", f"here={ROOT}:threads=1", "--out", str(out)])
+    assert out.read_text() == report
+    table = [line.split("|") for line in report.splitlines() if line.startswith("|")]
+    rows = {cells[1].strip(): cells[2:-1] for cells in table}
+    assert set(e2e.PHASES) <= set(rows)
+    for phase in ("startup", "data", "training", "validation", "final harness", "baselines"):
+        assert float(rows[phase][0]) > 0, phase
+    shares = sum(float(rows[p][1].strip(" %")) for p in e2e.PHASES)
+    assert abs(shares - 100) <= len(e2e.PHASES)  # rounded shares of the whole run
+    assert "MFLOP" in report and "GFLOP/s" in report and "AVX512F" in report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,143 @@ def test_condition_average_is_skipped_without_conditions(caplog):
     assert "condition_average skipped: dataset 'data' has no trial conditions" in caplog.text
     with pytest.raises(DataError, match="has no 'condition'"):
         B.fit_condition_average(d)
+
+
+# ------------------------------------------------------------------------------------------- GLM fit
+def _lbfgs_one_output(x, y, w, alpha):
+    """Reference: the previous L-BFGS fit, one output at a time, converged far past its old tolerance."""
+    n = w.sum().clamp(min=1.0)
+    wt = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+    b = torch.log(((w * y).sum() / n).clamp(min=B.GLM_FLOOR)).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [wt, b], max_iter=2000, tolerance_grad=1e-12, tolerance_change=0, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        eta = (x @ wt + b).clamp(max=30.0)
+        loss = (w * (torch.exp(eta) - y * eta)).sum() / n + 0.5 * alpha * (wt**2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    return wt.detach(), b.detach()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_batched_glm_matches_a_per_output_fit(small_lorenz, alpha):
+    d = small_lorenz
+    train = d.indices("train")
+    feats = torch.as_tensor(B.smooth_spikes(d.heldin_obs[train], None, d.bin_size, 50.0))
+    x = feats.reshape(-1, d.n_heldin)
+    x = (x - x.mean(0)) / x.std(0)
+    y = torch.as_tensor(d.spikes[train, : d.n_obs, d.n_heldin :], dtype=torch.float64).reshape(
+        -1, d.n_heldout
+    )
+    w = torch.ones_like(y)
+    w[::7, 0] = 0.0  # an unrecorded entry or two
+    weights, bias = B.fit_poisson_glm(x, y, w, alpha)  # all outputs at once
+    for j in range(d.n_heldout):
+        wj, bj = _lbfgs_one_output(x, y[:, j], w[:, j], alpha)
+        torch.testing.assert_close(weights[:, j], wj, atol=1e-6, rtol=0)
+        torch.testing.assert_close(bias[j], bj, atol=1e-6, rtol=0)
+    # Leading dimensions are independent problems: two copies give the single fit twice.
+    wb, bb = B.fit_poisson_glm(torch.stack([x, x]), torch.stack([y, y]), torch.stack([w, w]), alpha)
+    torch.testing.assert_close(wb, torch.stack([weights, weights]), atol=1e-9, rtol=0)
+    torch.testing.assert_close(bb, torch.stack([bias, bias]), atol=1e-9, rtol=0)
+
+
+def test_glm_warm_start_reaches_the_same_fit(small_lorenz):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3000, 5, generator=gen, dtype=torch.float64)
+    y = torch.poisson(torch.exp(0.3 * x[:, :2] - 1.0), generator=gen)  # (3000, 2)
+    cold = B.fit_poisson_glm(x, y, torch.ones_like(y), 0.01)
+    start = B.fit_poisson_glm(x, y, torch.ones_like(y), 1.0)
+    warm = B.fit_poisson_glm(x, y, torch.ones_like(y), 0.01, init=start)
+    for a, b in zip(cold, warm, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def _counting(monkeypatch):
+    calls = []
+    real = B.iter_baselines
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(B, "iter_baselines", counted)
+    return calls
+
+
+def test_baseline_rows_are_computed_once_per_data_split_and_options(small_lorenz, monkeypatch):
+    calls = _counting(monkeypatch)
+    d = small_lorenz
+    first = B.baseline_rows(d, "test", names=["mean_rates", "smoothing_glm"], data_label="a")
+    again = B.baseline_rows(d, "test", names=["mean_rates", "smoothing_glm"], data_label="b")
+    assert len(calls) == 1  # the second call read the cache
+    assert [r["data"] for r in again] == ["b", "b"]
+    assert [{k: v for k, v in r.items() if k != "data"} for r in again] == [
+        {k: v for k, v in r.items() if k != "data"} for r in first
+    ]
+    B.baseline_rows(d, "val", names=["mean_rates", "smoothing_glm"])  # another split
+    B.baseline_rows(d, "test", names=["mean_rates"])  # other baselines
+    B.baseline_rows(d, "test", names=["mean_rates", "smoothing_glm"], load_options={"seed": 4})
+    B.baseline_rows(d, "test", names=["mean_rates", "smoothing_glm"], alpha=0.1)  # other GLM options
+    spikes = d.spikes.copy()
+    spikes[0, 0, 0] += 1.0  # one count more
+    d2 = SpikeData(spikes=spikes, bin_size=d.bin_size, n_heldin=d.n_heldin, n_fwd=d.n_fwd, split=d.split)
+    B.baseline_rows(d2, "test", names=["mean_rates", "smoothing_glm"])
+    assert len(calls) == 6
+    B.baseline_rows(d, "test", names=["mean_rates", "smoothing_glm"], cache=False)
+    assert len(calls) == 7
+
+
+def test_a_corrupt_or_tampered_cache_entry_is_recomputed(small_lorenz, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("NEURALNETS_BASELINE_CACHE", str(tmp_path / "cache"))
+    calls = _counting(monkeypatch)
+    scores = lambda: B.baseline_rows(small_lorenz, "test", names=["mean_rates"])[0]["metrics"]  # noqa: E731
+    first = scores()
+    (entry,) = (tmp_path / "cache").glob("*.json")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p != entry]  # no temporary file left
+    good = entry.read_text()
+    entry.write_text(good[: len(good) // 2])  # a torn write
+    assert scores() == first and len(calls) == 2 and "corrupt" in caplog.text
+    assert scores() == first and len(calls) == 2  # the entry was replaced by a good one
+    tampered = json.loads(entry.read_text())
+    tampered["rows"][0]["metrics"]["co_bps"] = 9.0  # valid JSON, stale digest
+    entry.write_text(json.dumps(tampered))
+    assert scores() == first and len(calls) == 3 and "digest" in caplog.text
+
+
+def test_an_unwritable_cache_never_fails_the_rows(small_lorenz, monkeypatch, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("NEURALNETS_BASELINE_CACHE", str(blocker))
+    rows = B.baseline_rows(small_lorenz, "test", names=["mean_rates"])
+    assert rows[0]["model"] == "baseline/mean_rates"
+
+
+def test_baseline_cache_location(monkeypatch, tmp_path):
+    monkeypatch.delenv("NEURALNETS_BASELINE_CACHE")
+    monkeypatch.setenv("NEURALNETS_CACHE_DIR", str(tmp_path / "root"))
+    assert B.baseline_cache_dir() == tmp_path / "root" / "baselines"
+    monkeypatch.delenv("NEURALNETS_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert B.baseline_cache_dir() == tmp_path / "xdg" / "neuralnets" / "baselines"
+
+
+def test_smooth_spikes_in_trial_chunks_equals_the_whole_array_filter():
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(0)
+    y = rng.poisson(1.0, size=(300, 20, 3)).astype(np.float32)  # more trials than one chunk
+    recorded = rng.random(y.shape) > 0.2
+    for mask in (None, np.ones(y.shape, dtype=bool), recorded):
+        w = np.ones(y.shape) if mask is None else mask.astype(np.float64)
+        num = gaussian_filter1d(y * w, 2.5, axis=1, mode="constant")
+        den = gaussian_filter1d(w, 2.5, axis=1, mode="constant")
+        expected = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
+        np.testing.assert_array_equal(B.smooth_spikes(y, mask, 0.02, 50.0), expected)

@@ -189,6 +189,33 @@ def test_non_finite_loss_skips_the_step_and_keeps_weights(lorenz_data):
         assert torch.equal(b, p)
 
 
+def _one_backward(module, data):
+    from neuralnets.data.datamodule import batch_tensors, make_batch
+
+    spec = data.spec
+    batch = make_batch(batch_tensors(data), torch.arange(8), spec.n_obs_bins, spec.n_heldin)
+    loss = module.training_step(batch, 0)
+    loss.backward()
+
+
+def test_finite_step_reads_one_flag_and_a_non_finite_gradient_is_dropped(lorenz_data):
+    """The divergence check costs one host read per step (not one per parameter) and still catches a
+    non-finite gradient behind a finite loss."""
+    module = TrainingModule(model=dict(MICRO_LFADS), spec=lorenz_data.spec.to_dict())
+    module.train()
+    _one_backward(module, lorenz_data)
+    with torch.profiler.profile() as prof:
+        module.on_before_optimizer_step(None)
+    reads = [e for e in prof.events() if e.name == "aten::_local_scalar_dense"]
+    assert len(reads) == 1 and module.skipped_steps == 0
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+
+    _one_backward(module, lorenz_data)
+    next(module.parameters()).grad[0] = float("inf")  # the loss stays finite
+    module.on_before_optimizer_step(None)
+    assert module.skipped_steps == 1 and all(p.grad is None for p in module.parameters())
+
+
 def test_coordinated_dropout_scores_only_hidden_heldin_entries(lorenz_data):
     """recon = mean NLL over (dropped held-in entries + all held-out/forward entries) * T * N."""
     from neuralnets.data.datamodule import batch_tensors, make_batch

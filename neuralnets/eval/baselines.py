@@ -10,14 +10,28 @@
 
 Each returns rates `(trials, T, N)` in counts per bin for all trials; `run_baselines` wraps them with
 fit time and parameter count for tables.
+
+`baseline_rows` (the rows every `neuralnets-train` run prints, `neuralnets-eval`, `format_table`) keeps
+its rows in a cache, so each dataset's baselines are computed once: one JSON file per (data content,
+split, baselines, GLM options, load options, harness code) in `baseline_cache_dir()`
+(`$NEURALNETS_BASELINE_CACHE`, else `<neuralnets cache>/baselines` with the cache root
+`$NEURALNETS_CACHE_DIR`, `$XDG_CACHE_HOME/neuralnets` or `~/.cache/neuralnets`). The key hashes the
+data's arrays and settings (`data_fingerprint`) and the source of the evaluation code
+(`neuralnets/eval/*.py`), so changed data or a changed metric never reads an old entry. An entry is
+written atomically and carries the sha256 of its contents; one that does not parse, match its digest
+or its key is recomputed and replaced (never trusted; JSON only, nothing is unpickled).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +42,7 @@ from neuralnets.eval import metrics as M
 from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
 from neuralnets.eval.harness import evaluate
 from neuralnets.eval.metrics import smooth_spikes
+from neuralnets.runs import atomic_path
 
 DEFAULT_GLM_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the GLM (standardised features)
 DEFAULT_PSTH_SIGMAS_MS = (10.0, 25.0, 50.0, 100.0)  # smoothing widths tried for the condition average
@@ -53,7 +68,7 @@ def smoothing_glm(
     sigma_ms: float = 50.0,
     alpha: float | Sequence[float] = DEFAULT_GLM_ALPHAS,
     device: str | torch.device = "cpu",
-    max_iter: int = 500,
+    max_iter: int = 100,
 ) -> np.ndarray:
     """The NLB smoothing baseline's rates (trials, T, N) float32 counts per bin; see `fit_smoothing_glm`."""
     return fit_smoothing_glm(data, sigma_ms, alpha, device, max_iter).rates
@@ -64,7 +79,7 @@ def fit_smoothing_glm(
     sigma_ms: float = 50.0,
     alpha: float | Sequence[float] = DEFAULT_GLM_ALPHAS,
     device: str | torch.device = "cpu",
-    max_iter: int = 500,
+    max_iter: int = 100,
 ) -> SmoothingGLMFit:
     """The NLB smoothing baseline, fit on the train trials and predicted for all trials.
 
@@ -91,7 +106,8 @@ def fit_smoothing_glm(
     smoothed = smooth_spikes(
         data.heldin_obs, mask[:, :t_obs, :n_in], data.bin_size, sigma_ms
     )  # (trials, T_obs, N_in)
-    rates = np.zeros(data.spikes.shape, dtype=np.float64)  # (trials, T, N)
+    # float32 from the start: each float64 value is rounded once on assignment, as `.astype` did at the end.
+    rates = np.zeros(data.spikes.shape, dtype=np.float32)  # (trials, T, N)
     rates[:, :t_obs, :n_in] = smoothed
     weights, bias = np.zeros((n_in, n_out)), np.zeros(n_out)
     scores: dict[float, float] = {}
@@ -106,15 +122,16 @@ def fit_smoothing_glm(
         w_out = torch.as_tensor(mask[:, :t_obs, n_in:], dtype=torch.float64, device=dev)
 
         def fit(
-            trials: np.ndarray, a: float
+            trials: np.ndarray, a: float, init: tuple | None = None
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
             idx = torch.as_tensor(trials, device=dev)
-            x = feats[idx].reshape(-1, n_in)  # (trials*T_obs, N_in)
+            x = feats[idx].reshape(-1, n_in)  # (trials*T_obs, N_in), a copy: standardised in place
             mu, sd = x.mean(0), x.std(0)
             sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # silent held-in neurons: feature stays 0
-            wts, b = fit_poisson_glm(
-                (x - mu) / sd, y_out[idx].reshape(-1, n_out), w_out[idx].reshape(-1, n_out), a, max_iter
-            )
+            x = x.sub_(mu).div_(sd)
+            y, w = y_out[idx].reshape(-1, n_out), w_out[idx].reshape(-1, n_out)
+            start = None if init is None else init[:2]  # (W, b) of the previous alpha
+            wts, b = fit_poisson_glm(x, y, w, a, max_iter, init=start)
             return wts, b, mu, sd
 
         def predict(params, trials: np.ndarray) -> torch.Tensor:
@@ -129,27 +146,34 @@ def fit_smoothing_glm(
         val = data.indices("val")
         val = val[(data.spikes[val, :t_obs, n_in:] * mask[val, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
         fits: dict[float, tuple] = {}
+        # The regularisation path from the strongest penalty down: each fit starts from the previous one.
+        path = sorted(alphas, reverse=True)
         if len(alphas) > 1 and val.size > 0:
             selected_on = "val trials"
-            for a in alphas:
-                fits[a] = fit(train, a)
+            previous = None
+            for a in path:
+                fits[a] = previous = fit(train, a, previous)
                 scores[a] = heldout_bps(predict(fits[a], val), val)
         elif len(alphas) > 1:
             if train.size < 3:
                 raise DataError(f"{data.source}: choosing the GLM alpha by 3-fold CV needs >= 3 train trials")
             selected_on = "3-fold CV on train trials"
             folds = np.array_split(np.random.default_rng(0).permutation(train), 3)
-            for a in alphas:
+            previous = [None] * 3
+            for a in path:
                 preds = []
                 for k in range(3):  # three fits per alpha; each is vectorised over neurons
                     rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
-                    preds.append(predict(fit(rest, a), folds[k]))
+                    previous[k] = fit(rest, a, previous[k])
+                    preds.append(predict(previous[k], folds[k]))
                 order = np.concatenate(folds)
                 scores[a] = heldout_bps(torch.cat(preds), order)
+        scores = {a: scores[a] for a in alphas if a in scores}  # in the order given (ties: the first)
         best = max(scores, key=lambda a: scores[a]) if scores else alphas[0]
         params = fits.get(best) or fit(train, best)
         all_trials = np.arange(data.n_trials)
-        rates[:, :t_obs, n_in:] = predict(params, all_trials).cpu().numpy()
+        for chunk in np.array_split(all_trials, max(1, len(all_trials) // 256)):  # ~256 trials at a time
+            rates[chunk, :t_obs, n_in:] = predict(params, chunk).cpu().numpy()
         weights = (params[0] / params[3][:, None]).cpu().numpy()  # per unit of smoothed count
         bias = (params[1] - params[2] @ (params[0] / params[3][:, None])).cpu().numpy()
     else:
@@ -157,7 +181,7 @@ def fit_smoothing_glm(
 
     if data.n_fwd > 0:
         rates[:, t_obs:, :] = _mean_count(data, train, slice(t_obs, None))[None, None, :]
-    return SmoothingGLMFit(rates.astype(np.float32), weights, bias, best, scores, selected_on, sigma_ms)
+    return SmoothingGLMFit(rates, weights, bias, best, scores, selected_on, sigma_ms)
 
 
 def _mean_count(data: SpikeData, trials: np.ndarray, bins: slice) -> np.ndarray:
@@ -286,12 +310,18 @@ def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwa
     """Compute baselines on `data`; default: all of `BASELINES` but true_rates without ground truth.
     condition_average on data without conditions is skipped, with the reason logged as a warning (not
     an error: real recordings often lack them); `glm_kwargs` go to `fit_smoothing_glm`."""
+    return list(iter_baselines(data, names, **glm_kwargs))
+
+
+def iter_baselines(
+    data: SpikeData, names: Sequence[str] | None = None, **glm_kwargs
+) -> Iterator[BaselineRun]:
+    """`run_baselines` one baseline at a time (its rates can be dropped before the next is computed)."""
     if names is None:
         names = [n for n in BASELINES if n != "true_rates" or skip_reason(n, data) is None]
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ConfigError(f"unknown baseline(s) {unknown}; choose from {BASELINES}")
-    runs = []
     for name in names:
         if name == "condition_average" and skip_reason(name, data):
             log.warning("baseline condition_average skipped: %s", skip_reason(name, data))
@@ -315,22 +345,24 @@ def run_baselines(data: SpikeData, names: Sequence[str] | None = None, **glm_kwa
                 info["all_trial_mean_for_conditions"] = ca.unseen_conditions
         else:
             rates, latents, n_par = true_rates(data), data.latents, 0
-        runs.append(BaselineRun(name, rates, latents, time.perf_counter() - t0, int(n_par), info))
-    return runs
+        yield BaselineRun(name, rates, latents, time.perf_counter() - t0, int(n_par), info)
 
 
 __all__ = [
     "BASELINES",
+    "baseline_cache_dir",
     "baseline_rows",
     "BaselineRun",
     "ConditionAverageFit",
     "DEFAULT_PSTH_SIGMAS_MS",
     "condition_average",
+    "data_fingerprint",
     "fit_condition_average",
     "DEFAULT_GLM_ALPHAS",
     "SmoothingGLMFit",
     "fit_poisson_glm",
     "fit_smoothing_glm",
+    "iter_baselines",
     "mean_rates",
     "run_baselines",
     "skip_reason",
@@ -345,21 +377,151 @@ def baseline_rows(
     split: str = "test",
     names: Sequence[str] | None = None,
     data_label: str | None = None,
+    *,
+    cache: bool = True,
+    load_options: Mapping | None = None,
     **glm_kwargs,
 ) -> list[dict]:
     """Table rows (as in metrics.json: model, data, split, metrics, train_time_s, n_parameters, info)
-    for the baselines on `data`, each scored by `neuralnets.eval.evaluate` on `split`."""
-    rows = []
-    for run in run_baselines(data, names, **glm_kwargs):
-        rows.append(
-            {
-                "model": f"baseline/{run.name}",
-                "data": data_label or data.name,
-                "split": split,
-                "metrics": evaluate(run.rates, data, split, run.latents),
-                "train_time_s": run.train_time_s,
-                "n_parameters": run.n_parameters,
-                "info": run.info,
-            }
-        )
-    return rows
+    for the baselines on `data`, each scored by `neuralnets.eval.evaluate` on `split`.
+
+    `cache`: read the rows from the baseline cache when an entry for this data, split, baselines, GLM
+    options and `load_options` (the loader's keyword arguments, recorded in the key) is there, else compute
+    and store them (see the module docstring). `train_time_s` is the time the rows took when computed."""
+    key = _cache_key(data, split, names, glm_kwargs, load_options) if cache else None
+    rows = _read_cache(key) if key is not None else None
+    if rows is None:
+        rows = []
+        for run in iter_baselines(data, names, **glm_kwargs):  # one baseline's rates in memory at a time
+            rows.append(
+                {
+                    "model": f"baseline/{run.name}",
+                    "split": split,
+                    "metrics": evaluate(run.rates, data, split, run.latents),
+                    "train_time_s": run.train_time_s,
+                    "n_parameters": run.n_parameters,
+                    "info": run.info,
+                }
+            )
+        rows = json.loads(json.dumps(rows, default=_json_value))  # the types a cache hit gives back
+        if key is not None:
+            _write_cache(key, rows)
+    label = data_label or data.name
+    return [{"model": r.pop("model"), "data": label, **r} for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------- cache
+BASELINE_CACHE_ENV = "NEURALNETS_BASELINE_CACHE"  # the baseline cache's folder (tests point it to tmp)
+CACHE_ROOT_ENV = "NEURALNETS_CACHE_DIR"  # neuralnets' cache root (default: the user cache directory)
+CACHE_FORMAT = 1
+_DATA_ARRAYS = ("spikes", "observed", "split", "behavior", "condition", "rates", "latents", "inputs")
+_NOT_IN_KEY = ("device",)  # GLM options that do not change the numbers beyond float rounding
+
+
+def baseline_cache_dir() -> Path:
+    """The folder of the baseline cache: `$NEURALNETS_BASELINE_CACHE`, else `<root>/baselines` with root
+    `$NEURALNETS_CACHE_DIR`, else `$XDG_CACHE_HOME/neuralnets`, else `~/.cache/neuralnets`."""
+    if os.environ.get(BASELINE_CACHE_ENV):
+        return Path(os.environ[BASELINE_CACHE_ENV])
+    root = os.environ.get(CACHE_ROOT_ENV)
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neuralnets"
+    return Path(root) / "baselines"
+
+
+def data_fingerprint(data: SpikeData) -> str:
+    """sha256 of everything of `data` the baselines and the harness read: its arrays (dtype, shape,
+    bytes), bin size, held-in neurons, forward bins and `meta` (not its name or source)."""
+    h = hashlib.sha256(b"neuralnets SpikeData v1\n")
+    for name in _DATA_ARRAYS:
+        value = getattr(data, name)
+        if value is None:
+            h.update(f"{name}: none\n".encode())
+            continue
+        arr = np.ascontiguousarray(value)
+        if arr.dtype.kind in "OU":  # split labels, string conditions: hash their text
+            arr = np.ascontiguousarray(arr.astype(str)).astype("U")
+        h.update(f"{name}: {arr.dtype.str} {arr.shape}\n".encode())
+        h.update(arr.data if arr.dtype.kind in "biuf" else arr.tobytes())
+    settings = {"bin_size": float(data.bin_size), "n_heldin": int(data.n_heldin), "n_fwd": int(data.n_fwd)}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(json.dumps(data.meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    """sha256 of the evaluation code (`neuralnets/eval/*.py`, `data/spikedata.py`) and of the numeric
+    libraries' versions: any change to how baselines are fit or scored is a new key."""
+    import scipy
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256(f"torch {torch.__version__} numpy {np.__version__} scipy {scipy.__version__}".encode())
+    for path in [*sorted(root.glob("*.py")), root.parent / "data" / "spikedata.py"]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _json_value(value):
+    """Numpy scalars and arrays as plain JSON values (json.dumps `default`)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _canonical(value) -> bytes:
+    return json.dumps(value, sort_keys=True, default=_json_value, allow_nan=True).encode()
+
+
+def _cache_key(data, split, names, glm_kwargs, load_options) -> dict:
+    return {
+        "format": CACHE_FORMAT,
+        "data": data_fingerprint(data),
+        "split": split,
+        "names": None if names is None else list(names),
+        "glm": {k: v for k, v in sorted(glm_kwargs.items()) if k not in _NOT_IN_KEY},
+        "load_options": dict(load_options or {}),
+        "code": _code_fingerprint(),
+    }
+
+
+def _cache_path(key: dict) -> Path:
+    return baseline_cache_dir() / f"{hashlib.sha256(_canonical(key)).hexdigest()[:32]}.json"
+
+
+def _read_cache(key: dict) -> list[dict] | None:
+    """The cached rows of `key`, or None when absent; an unreadable, corrupt or foreign entry is logged
+    and treated as absent (it is recomputed and replaced)."""
+    path = _cache_path(key)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        log.warning("baseline cache %s unreadable (%s); recomputing", path, err)
+        return None
+    try:
+        entry = json.loads(text)
+        body = {"key": entry["key"], "rows": entry["rows"]}
+        ok = hashlib.sha256(_canonical(body)).hexdigest() == entry["sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("baseline cache %s is corrupt (%s); recomputing", path, err)
+        return None
+    if not ok or _canonical(entry["key"]) != _canonical(key) or not isinstance(entry["rows"], list):
+        log.warning("baseline cache %s does not match its digest or key; recomputing", path)
+        return None
+    log.info("baselines read from the cache (%s)", path)
+    return entry["rows"]
+
+
+def _write_cache(key: dict, rows: list[dict]) -> None:
+    """Store `rows` under `key` (atomically); a cache that cannot be written only logs a warning."""
+    body = {"key": key, "rows": rows}
+    entry = {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
+    path = _cache_path(key)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(entry, sort_keys=True, allow_nan=True))
+    except OSError as err:
+        log.warning("baseline cache %s not written (%s)", path, err)

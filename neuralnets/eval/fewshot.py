@@ -77,8 +77,10 @@ def fewshot_co_bps(
         w_t[idx].reshape(len(picks), -1, n_out),
         alpha,
     )  # (R, K, J), (R, J)
-    xe = (flatten_trials(ze)[None] - mu) / sd  # (R, trials_eval*T, K)
-    rates = torch.exp((xe @ weights + bias[:, None, :]).clamp(max=30.0)).clamp(min=GLM_FLOOR)
-    rates = rates.reshape(len(picks), *ye.shape)  # (R, trials_eval, T, N_out)
-    scores = [bits_per_spike(r, ye, mask_eval) for r in rates]
+    ze_flat = flatten_trials(ze)  # (trials_eval*T, K)
+    scores = []
+    for r in range(len(picks)):  # one resample's eval rates at a time: the memory of one, not of R
+        xe = (ze_flat - mu[r]) / sd[r]  # (trials_eval*T, K)
+        rates = torch.exp((xe @ weights[r] + bias[r]).clamp(max=30.0)).clamp(min=GLM_FLOOR)
+        scores.append(bits_per_spike(rates.reshape(ye.shape), ye, mask_eval))  # (trials_eval, T, N_out)
     return float(np.mean(scores))

@@ -1,11 +1,33 @@
-"""Poisson GLM (log link) fitted with L-BFGS in torch: the smoothing baseline's held-out readout and the
-few-shot co-bps readout (`fewshot.fewshot_co_bps`)."""
+"""Poisson GLM (log link) with an L2 penalty, fitted by damped Newton iterations in torch: the smoothing
+baseline's held-out readout (`baselines.fit_smoothing_glm`) and the few-shot co-bps readout
+(`fewshot.fewshot_co_bps`).
+
+Every output (held-out neuron) is its own strictly convex problem; all of them, and any leading batch of
+problems (e.g. resamples), are solved at once. Each iteration evaluates the exact float64 gradient of
+every problem with two matrix products shared by all outputs; the Newton direction uses each output's
+Hessian `X^T diag(w·exp(eta)/n) X + alpha·I`, formed in float32 on at most `HESSIAN_ROWS` evenly spaced
+samples and kept while it still shrinks the gradient tenfold per iteration (refreshed for the outputs
+where it does not). An inexact Hessian only changes the path: the iterations stop on the exact float64
+gradient (max |grad| <= `tol`), far tighter than the previous L-BFGS fit's 1e-6. A backtracking line
+search on the exact objective makes every step a descent step.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 GLM_FLOOR = 1e-9  # counts/bin; never predict exactly 0 from the GLM's exp link
+ETA_MAX = 30.0  # log-rates are clamped here, so exp stays finite
+HESSIAN_ROWS = 16384  # samples used to form the Hessians (the gradient always uses all of them)
+
+
+def _objective(x1: torch.Tensor, beta: torch.Tensor, y, w, n_per, alpha: float, pen) -> tuple:
+    """Per-output objective (..., J) and the clamped log-rates eta (..., S, J) at `beta (..., J, F+1)`."""
+    eta = (x1 @ beta.transpose(-1, -2)).clamp(max=ETA_MAX)  # (..., S, J)
+    nll = (w * (torch.exp(eta) - y * eta)).sum(-2) / n_per  # (..., J)
+    return nll + 0.5 * alpha * (beta.square() * pen).sum(-1), eta
 
 
 def fit_poisson_glm(
@@ -13,35 +35,78 @@ def fit_poisson_glm(
     y: torch.Tensor,
     w: torch.Tensor,
     alpha: float,
-    max_iter: int = 500,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint Poisson GLM for all outputs: y[..., :, j] ~ Poisson(exp(x @ W[..., :, j] + b[..., j])).
+    """Poisson GLMs for all outputs: y[..., :, j] ~ Poisson(exp(x @ W[..., :, j] + b[..., j])).
 
     x (..., S, F) features, y (..., S, J) counts, w (..., S, J) 0/1 weights (recorded entries); leading
     dims `...` are independent problems (e.g. resamples) fitted at once. Minimises, per output, the mean
     negative log-likelihood over its recorded samples + alpha/2 · ||W[..., :, j]||² (bias not
-    penalised), for all outputs at once with L-BFGS (the outputs are independent, so the sum of their
-    objectives has the same minimiser). Returns W (..., F, J), b (..., J).
+    penalised), log-rates clamped at 30. Stops when every output's gradient has max |.| <= `tol` (or after
+    `max_iter` iterations). `init`: (W, b) to start from (e.g. the fit at a neighbouring alpha), default
+    W = 0 and b = log of each output's mean count. Returns W (..., F, J), b (..., J) in x's dtype.
     """
-    n_per = w.sum(-2).clamp(min=1.0)  # (..., J)
-    mean_y = (w * y).sum(-2) / n_per
-    weights = torch.zeros(
-        *x.shape[:-2], x.shape[-1], y.shape[-1], dtype=x.dtype, device=x.device, requires_grad=True
-    )  # (..., F, J)
-    bias = torch.log(mean_y.clamp(min=GLM_FLOOR)).clone().requires_grad_(True)  # (..., J)
-    opt = torch.optim.LBFGS(
-        [weights, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-12,
-        history_size=20, line_search_fn="strong_wolfe",
-    )  # fmt: skip
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        eta = (x @ weights + bias.unsqueeze(-2)).clamp(max=30.0)  # (..., S, J) log-rates; exp stays finite
-        nll = ((w * (torch.exp(eta) - y * eta)).sum(-2) / n_per).sum()
-        loss = nll + 0.5 * alpha * (weights**2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():  # callers may sit inside torch.no_grad() (e.g. evaluation during training)
-        opt.step(closure)
-    return weights.detach(), bias.detach()
+    if not alpha >= 0:
+        raise ValueError(f"fit_poisson_glm: alpha must be >= 0; got {alpha!r}")
+    dtype, dev = x.dtype, x.device
+    n_feat, n_out = x.shape[-1], y.shape[-1]
+    n_per = w.sum(-2).clamp(min=1.0)  # (..., J) recorded samples per output
+    x1 = torch.cat([x, torch.ones_like(x[..., :1])], -1)  # (..., S, F+1): the bias as a last feature
+    stride = max(1, math.ceil(x.shape[-2] / HESSIAN_ROWS))
+    h_dtype = torch.float32 if x.shape[-2] > HESSIAN_ROWS else dtype
+    xh = x1[..., ::stride, :].to(h_dtype)  # (..., S_h, F+1) the Hessians' samples
+    pen = torch.ones(n_feat + 1, dtype=dtype, device=dev)  # (F+1,) penalised coordinates: not the bias
+    pen[-1] = 0.0
+    if init is None:
+        beta = torch.zeros(*y.shape[:-2], n_out, n_feat + 1, dtype=dtype, device=dev)  # (..., J, F+1)
+        beta[..., -1] = torch.log(((w * y).sum(-2) / n_per).clamp(min=GLM_FLOOR))
+    else:
+        beta = torch.cat([init[0].transpose(-1, -2), init[1][..., None]], -1).to(dtype).clone()
+    f, eta = _objective(x1, beta, y, w, n_per, alpha, pen)
+    hess = torch.zeros(*beta.shape, n_feat + 1, dtype=dtype, device=dev)  # (..., J, F+1, F+1)
+    ridge = torch.diag(alpha * pen)  # (F+1, F+1)
+    eye = torch.eye(n_feat + 1, dtype=dtype, device=dev)
+    g_prev = None  # (J,) max |grad| of each output at the previous iteration
+    stuck = torch.zeros(n_out, dtype=torch.bool, device=dev)  # outputs whose line search failed
+    for _ in range(max_iter):
+        inside = (eta < ETA_MAX).to(dtype)  # the clamp has zero gradient beyond ETA_MAX
+        mu = torch.exp(eta) * inside * w / n_per[..., None, :]  # (..., S, J) d(nll)/d(eta) + y-part below
+        grad = (mu - y * inside * w / n_per[..., None, :]).transpose(-1, -2) @ x1 + alpha * beta * pen
+        g_max = grad.abs().amax(-1)  # (..., J)
+        g_out = g_max.reshape(-1, n_out).amax(0)  # (J,) worst problem of each output
+        active = (g_out > tol) & ~stuck
+        if not bool(active.any()):
+            break
+        # Outputs whose kept Hessian no longer shrinks the gradient tenfold get a fresh one.
+        refresh = active if g_prev is None else active & (g_out > 0.1 * g_prev)
+        g_prev = g_out
+        if bool(refresh.any()):
+            d = mu[..., ::stride, :].to(h_dtype) * stride  # (..., S_h, J) curvature weights
+            for j in torch.nonzero(refresh).flatten().tolist():
+                h = (xh * d[..., :, j, None]).transpose(-1, -2) @ xh  # (..., F+1, F+1)
+                h = h.to(dtype) + ridge
+                # A tiny relative ridge keeps the solve defined for features that are all zero.
+                damp = 1e-12 * h.diagonal(dim1=-2, dim2=-1).amax(-1).clamp(min=1e-300)
+                hess[..., j, :, :] = h + damp[..., None, None] * eye
+        step = -torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)  # (..., J, F+1)
+        step = step * active[:, None].to(dtype)
+        slope = (grad * step).sum(-1)  # (..., J) directional derivative, < 0
+        # Steps whose predicted decrease is below float64 rounding of f are taken whole (near the optimum).
+        tiny = slope.abs() <= 1e-15 * f.abs().clamp(min=1.0)
+        t = torch.ones_like(f)
+        todo = active.expand_as(f).clone()
+        for _ in range(60):  # backtracking (Armijo) on the exact objective, per problem and output
+            cand = beta + t[..., None] * step
+            f_c, eta_c = _objective(x1, cand, y, w, n_per, alpha, pen)
+            ok = todo & ((f_c <= f + 1e-4 * t * slope) | tiny)
+            beta = torch.where(ok[..., None], cand, beta)
+            f = torch.where(ok, f_c, f)
+            eta = torch.where(ok[..., None, :], eta_c, eta)
+            todo = todo & ~ok
+            if not bool(todo.any()):
+                break
+            t = torch.where(todo, 0.5 * t, t)
+        stuck |= todo.reshape(-1, n_out).any(0)
+    return beta[..., :-1].transpose(-1, -2).contiguous(), beta[..., -1].contiguous()

@@ -304,6 +304,9 @@ def rate_r2(rates: ArrayLike, true_rates: ArrayLike, mask: ArrayLike | None = No
     return r2_score(rates, true_rates, mask)
 
 
+SMOOTH_TRIAL_CHUNK = 256  # trials smoothed at a time by `smooth_spikes`
+
+
 def smooth_spikes(
     spikes: np.ndarray, mask: np.ndarray | None, bin_size: float, sigma_ms: float
 ) -> np.ndarray:
@@ -316,11 +319,26 @@ def smooth_spikes(
     if not (np.isfinite(bin_size) and bin_size > 0 and np.isfinite(sigma_ms) and sigma_ms > 0):
         raise ConfigError(f"bin_size ({bin_size} s) and sigma_ms ({sigma_ms} ms) must be positive")
     sigma = sigma_ms / 1000.0 / bin_size  # in bins
-    y = np.asarray(spikes, dtype=np.float64)
-    w = np.ones(y.shape) if mask is None else np.asarray(mask, dtype=np.float64)
-    num = gaussian_filter1d(y * w, sigma, axis=1, mode="constant")
-    den = gaussian_filter1d(w, sigma, axis=1, mode="constant")
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
+    spikes = np.asarray(spikes)
+    if mask is not None and np.all(mask):
+        mask = None  # every bin recorded: the same numbers without the mask's float copies
+    out = np.zeros(spikes.shape, dtype=np.float64)
+    if mask is None:  # the normaliser then depends on the bin only: one (1, T, 1) line serves every trial
+        den = gaussian_filter1d(np.ones((1, spikes.shape[1], 1)), sigma, axis=1, mode="constant")
+    # Trials in chunks: float64 temporaries of SMOOTH_TRIAL_CHUNK trials, never of all of them (the
+    # filter runs along each trial's bins, so chunking changes no number).
+    for start in range(0, spikes.shape[0], SMOOTH_TRIAL_CHUNK):
+        sl = slice(start, start + SMOOTH_TRIAL_CHUNK)
+        y = np.asarray(spikes[sl], dtype=np.float64)  # (chunk, T, N)
+        if mask is None:
+            num = gaussian_filter1d(y, sigma, axis=1, mode="constant")
+            d = np.broadcast_to(den, num.shape)
+        else:
+            w = np.asarray(mask[sl], dtype=np.float64)
+            num = gaussian_filter1d(y * w, sigma, axis=1, mode="constant")
+            d = gaussian_filter1d(w, sigma, axis=1, mode="constant")
+        np.divide(num, d, out=out[sl], where=d > 1e-12)
+    return out
 
 
 def condition_means(x: Tensor, w: Tensor, cond: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:

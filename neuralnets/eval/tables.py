@@ -191,7 +191,7 @@ def format_table(
             done.add(key)
             try:
                 d = data if data is not None else load_run_data(r)
-                rows += baseline_rows(d, sp, data_label=r.get("data"))
+                rows += baseline_rows(d, sp, data_label=r.get("data"), load_options=r.get("data_kwargs"))
             except (DataError, FileNotFoundError, ValueError) as e:
                 notes.append(f"(no baseline rows for {key[0]!r}: {e})")
     return to_markdown(rows) + "".join(n + "\n" for n in notes)

@@ -16,6 +16,7 @@ comparable across epochs.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 
 import pytorch_lightning as pl
@@ -88,6 +89,8 @@ class TrainingModule(pl.LightningModule):
         self.skipped_steps = 0
         self.attempted_steps = 0  # training steps of this segment (skipped ones included)
         self._drop_step = False  # set by training_step under DDP: drop this step's gradients
+        self._loss_finite: Tensor | None = None  # () bool: this step's loss is finite (single device)
+        self._loss_parts: dict[str, Tensor] = {}
 
     @property
     def model_name(self) -> str:
@@ -170,18 +173,19 @@ class TrainingModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         self.attempted_steps += 1
         loss, parts = self._loss(batch, train=True)
-        finite = bool(torch.isfinite(loss))
         distributed = self._trainer is not None and self._trainer.world_size > 1
-        if distributed:
-            # Under DDP every rank must take the same decision, or the ranks fall out of step.
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
+        if not distributed:
+            # No host read here: whether the loss is finite is checked together with the gradients, in
+            # one device op read once before the optimiser step (`on_before_optimizer_step`). A
+            # non-finite loss back-propagates non-finite gradients, and the step is skipped there.
+            self._loss_finite = torch.isfinite(loss.detach())  # () bool, on the loss's device
+            self._loss_parts = {k: v.detach() for k, v in parts.items()}  # for the warning only
+        elif not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
+            # Under DDP every rank must take the same decision, or the ranks fall out of step. DDP cannot
+            # skip backward (every rank must join the gradient all-reduce, and Lightning refuses a None
+            # loss there): back-propagate a zeroed loss and let `on_before_optimizer_step` drop this
+            # step's gradients on every rank.
             self._skip_step(f"non-finite training loss ({parts})")
-            if not distributed:
-                return None  # skips backward and the optimiser step: the weights stay finite
-            # DDP cannot skip backward (every rank must join the gradient all-reduce, and Lightning
-            # refuses a None loss there): back-propagate a zeroed loss and let
-            # `on_before_optimizer_step` drop this step's gradients on every rank.
             self._drop_step = True
             return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
         bs = batch["spikes"].shape[0]
@@ -198,13 +202,24 @@ class TrainingModule(pl.LightningModule):
             for p in self.parameters():
                 p.grad = None
             return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
-            # A finite loss can still back-propagate inf/NaN; drop this step's gradients entirely.
-            # (Under DDP the gradients are already all-reduced, so every rank decides the same.)
+        loss_finite, self._loss_finite = self._loss_finite, None
+        grads = [p.grad for p in self.parameters() if p.grad is not None and p.grad.numel()]
+        if not grads and loss_finite is None:
+            return
+        # One device op and one host read per step (not one per parameter): the largest |g| of each
+        # gradient is inf or NaN exactly when that gradient has a non-finite entry (no overflow).
+        ok = torch.stack(torch._foreach_norm(grads, ord=math.inf)).isfinite().all() if grads else None
+        if loss_finite is not None:
+            ok = loss_finite if ok is None else ok & loss_finite
+        if not bool(ok):
+            # A non-finite loss, or a finite loss that back-propagated inf/NaN: drop this step's gradients
+            # entirely. (Under DDP the gradients are already all-reduced, so every rank decides the same.)
             for p in self.parameters():
                 p.grad = None
-            self._skip_step("non-finite gradient")
+            if loss_finite is not None and not bool(loss_finite):
+                self._skip_step(f"non-finite training loss ({self._loss_parts})")
+            else:
+                self._skip_step("non-finite gradient")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, parts = self._loss(batch, train=False)
