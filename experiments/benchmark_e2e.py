@@ -88,7 +88,7 @@ STEP_SHAPES = ((256, 264, 600), (256, 200, 600), (256, 600, 200))
 
 
 # ------------------------------------------------------------------------------------------- child
-def _vm_hwm_mb() -> float:
+def _vm_hwm_mb() -> float:  # own copy of benchmark._rss_peak_mb: this child runs inside old checkouts
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

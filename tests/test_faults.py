@@ -7,9 +7,13 @@ import errno
 import json
 import multiprocessing
 import os
+import shutil as _shutil
+import signal as _signal
 import subprocess
 import sys
+import time as _time
 from pathlib import Path
+from types import SimpleNamespace as _NS
 
 import numpy as np
 import pytest
@@ -22,9 +26,18 @@ from tiny import TINY_LFADS
 
 import neuralnets.training.build as build_mod
 import neuralnets.training.run as run_mod
+from neuralnets import load_pretrained as _load_pretrained
 from neuralnets.data.formats.lfads_h5 import save_lfads_h5
 from neuralnets.data.loaders import load
-from neuralnets.errors import ConfigError, DataError, DivergenceError, RunInterrupted
+from neuralnets.errors import (
+    EXIT_INTERRUPTED,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    RunInterrupted,
+    RunStatusError,
+)
 from neuralnets.eval.cli import compare_main, eval_main
 from neuralnets.runs import (
     atomic_path,
@@ -520,13 +533,6 @@ def test_a_saved_config_is_never_resolved_against_the_environment(tmp_path, monk
 # Issue 22 (helper `life`): checkpoint trust, kills between a checkpoint and its record, consumed runs
 # checked, signals and concurrent resumes. Each test below fails on the main of before this section.
 # =====================================================================================================
-import shutil as _shutil  # noqa: E402
-import signal as _signal  # noqa: E402
-import time as _time  # noqa: E402
-from types import SimpleNamespace as _NS  # noqa: E402
-
-from neuralnets import load_pretrained as _load_pretrained  # noqa: E402
-from neuralnets.errors import EXIT_INTERRUPTED, CheckpointError, RunStatusError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
