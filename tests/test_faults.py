@@ -360,7 +360,7 @@ def test_cli_run_makes_one_directory_with_its_log_and_refuses_to_reuse_it(tmp_pa
 
 
 # ==============================================================================================
-# ----- issue 22 (helper `trust`): planted native libraries, symlinks at output names, zero-length trials
+# ----- issue 22: planted native libraries, symlinks at output names, zero-length trials
 # =====================================================================================================
 def _c_compiler() -> str | None:
     import shutil
@@ -464,7 +464,7 @@ def test_a_zero_length_nwb_trial_is_named_with_its_index_and_both_times(tmp_path
 
 
 # ===================================================================================================
-# ----- issue 22 (helper cli): config files cannot write outside the run directory; a saved
+# ----- issue 22: config files cannot write outside the run directory; a saved
 # config.yaml is never resolved against the environment.
 # ===================================================================================================
 def test_logger_and_callback_paths_cannot_leave_the_run_directory(tmp_path):
@@ -530,7 +530,7 @@ def test_a_saved_config_is_never_resolved_against_the_environment(tmp_path, monk
 
 
 # =====================================================================================================
-# Issue 22 (helper `life`): checkpoint trust, kills between a checkpoint and its record, consumed runs
+# Issue 22: checkpoint trust, kills between a checkpoint and its record, consumed runs
 # checked, signals and concurrent resumes. Each test below fails on the main of before this section.
 # =====================================================================================================
 
