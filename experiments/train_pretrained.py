@@ -47,6 +47,12 @@ RECIPES: dict[str, Recipe] = {
         "built-in synthetic Lorenz data (configs/model/rnn.yaml defaults, 100 epochs).",
         ("data=lorenz", "model=rnn", "trainer.max_epochs=100"),
     ),
+    "lfads_mc_maze_small": Recipe(
+        "LFADS (16 factors, 2 inferred inputs) on NLB MC_Maze_Small (real monkey motor cortex, bundled), "
+        "with the settings a 48-member Optuna study chose on validation co-bps "
+        "(configs/experiment/lfads_mc_maze_small_tuned.yaml, experiments/results/mc_maze_small_study.md).",
+        ("experiment=lfads_mc_maze_small_tuned",),
+    ),
 }
 
 

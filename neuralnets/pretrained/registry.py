@@ -30,6 +30,7 @@ CARD_FORMAT = 1  # bump when the card layout changes incompatibly
 BUNDLED_SHA256 = {
     "lfads_lorenz": "781b30942ace73ee2cdaa8cc9ab9228aa5e81ff76d464889f29237536990dd2a",
     "rnn_lorenz": "dde5b317f12f81f4ad95ed1ed3ad132f4604d1202fdcf51e88eabac5f10188b3",
+    "lfads_mc_maze_small": "5e39e867aef9d096df831ac8a1744fdd29db3729944b76ad8ede014a4a9877be",
 }
 
 
