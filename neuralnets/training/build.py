@@ -90,7 +90,7 @@ MIN_PATIENCE, PATIENCE_STEPS = 30, 500
 # STEPS_PER_EPOCH steps per epoch; MC_Maze_Small 60, CA1 laps 29): `module.lr: auto` is LR_SMALL instead
 # of LR for the recurrent models (`has_recurrent_dynamics`: LFADS, RNN; the transformers and GPFA keep
 # LR, untried), and `module.lr_patience: auto` = max(MIN_LR_PATIENCE, ceil(LR_PATIENCE_STEPS / steps
-# per epoch)) epochs, so the plateau schedule waits as many steps as it does on larger data (10 epochs of 16 steps).
+# per epoch)) epochs, so the plateau schedule waits as many steps as on larger data (10 epochs of 16).
 # Larger data (Lorenz, chaotic_rnn) keep lr 3e-3 and patience 10. Chosen on validation co-bps
 # (experiments/results/defaults_real_data.md): with 4-8 steps per epoch, lr 3e-3 halved every 10 epochs
 # left the RNN on CA1 laps below the mean-rate model after 200 epochs.
