@@ -127,15 +127,16 @@ class _SetLearningRate(pl.Callback):
     """A member restarted from another's checkpoint inherits that optimiser state, learning rate
     included: set its own (perturbed) rate before training resumes."""
 
-    def __init__(self, lr: float):
-        self.lr = lr
+    def __init__(self, lr: float | str):
+        self.lr = lr  # `auto` (lr not searched): the rate the run resolved from the data (module hparams)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        lr = float(pl_module.hparams.lr if self.lr == "auto" else self.lr)
         for opt in trainer.optimizers:
             for group in opt.param_groups:
-                group["lr"] = self.lr
+                group["lr"] = lr
                 if "initial_lr" in group:
-                    group["initial_lr"] = self.lr
+                    group["initial_lr"] = lr
 
 
 class _ReportToTune(pl.Callback):
@@ -196,7 +197,8 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
     cfg.seed = int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1])
     trial_dir = Path(ctx.get_trial_dir())
     checkpoint = tune.get_checkpoint()
-    callbacks = [_SetLearningRate(float(cfg.module.lr)), _ReportToTune(interval)]
+    lr = cfg.module.lr
+    callbacks = [_SetLearningRate(lr if lr == "auto" else float(lr)), _ReportToTune(interval)]
     with contextlib.ExitStack() as stack:
         restore = None
         if checkpoint is not None:
