@@ -93,7 +93,8 @@ def search_bounds(cfg: DictConfig) -> dict[str, tuple[float, float, bool]]:
     bounds = {}
     for key, spec in flat.items():
         current = OmegaConf.select(cfg, key, default=None)
-        if isinstance(current, bool) or not isinstance(current, int | float):
+        numeric = isinstance(current, int | float) and not isinstance(current, bool)
+        if not numeric and current != "auto":  # `auto` (module.lr, ...): a number once resolved
             raise ConfigError(
                 f"pbt.search_space: {key!r} is not a numeric key of this config; got {current!r}"
             )
