@@ -13,12 +13,16 @@ from neuralnets.models import MODELS
 from neuralnets.models.base import READOUT_FLOOR
 from neuralnets.training.build import (
     auto_batch_size,
+    auto_coordinated_dropout,
+    auto_lr,
+    auto_lr_patience,
     auto_patience,
     build_datamodule,
     build_module,
     resolve_data_defaults,
     train_mean_counts,
 )
+from neuralnets.training.module import TrainingModule
 
 
 def _cfg(*overrides: str):
@@ -74,6 +78,58 @@ def test_auto_batch_size_and_patience_rules():
     assert auto_patience(8) == 63 and auto_patience(16) == 32 and auto_patience(100) == 30
 
 
+def test_auto_module_rules():
+    # LFADS/RNN below 128 training trials (the batch floor binds): lr 1e-2; otherwise, and for the
+    # non-recurrent models, 3e-3
+    assert [auto_lr(n) for n in (29, 60, 127, 128, 240, 600)] == [1e-2, 1e-2, 1e-2, 3e-3, 3e-3, 3e-3]
+    assert auto_lr(60, recurrent=False) == 3e-3
+    # the plateau patience waits ~160 steps, at least 10 epochs (CA1 laps 4 steps, MC_Maze_Small 8, Lorenz 17)
+    assert [auto_lr_patience(s) for s in (4, 8, 16, 17, 100)] == [40, 20, 10, 10, 10]
+    assert [auto_coordinated_dropout(m) for m in ("lfads", "rnn", "ndt", "stndt", "gpfa")] == [
+        0.3,
+        0,
+        0,
+        0,
+        0,
+    ]
+    assert auto_coordinated_dropout({"name": "lfads", "gen_dim": 8}) == 0.3
+    with pytest.raises(ConfigError, match="unknown model name='nope'"):
+        auto_coordinated_dropout("nope")
+
+
+@pytest.mark.parametrize(
+    ("model", "n_trials", "lr", "cd"),
+    [("lfads", 100, 1e-2, 0.3), ("rnn", 100, 1e-2, 0.0), ("ndt", 100, 3e-3, 0.0), ("lfads", 400, 3e-3, 0.3)],
+)
+def test_auto_module_settings_are_resolved_from_data_and_model(model, n_trials, lr, cd):
+    small = ("data.load_kwargs.n_bins=8", "data.load_kwargs.n_fwd=2", f"data.load_kwargs.n_trials={n_trials}")
+    cfg = _cfg("data=lorenz", f"model={model}", *small)
+    assert (cfg.module.lr, cfg.module.lr_patience, cfg.module.coordinated_dropout) == ("auto",) * 3
+    dm = build_datamodule(cfg)
+    steps = -(-dm.data.indices("train").size // cfg.data.batch_size)
+    assert (cfg.module.lr, cfg.module.coordinated_dropout) == (lr, cd)
+    assert cfg.module.lr_patience == auto_lr_patience(steps)
+    hp = build_module(cfg, dm.data.spec).hparams
+    assert (hp.lr, hp.lr_patience, hp.coordinated_dropout) == (lr, auto_lr_patience(steps), cd)
+
+
+def test_a_number_overrides_auto_and_recipes_keep_theirs(tiny_data):
+    cfg = _cfg("model=lfads", "data.source=x", "module.coordinated_dropout=0", "module.lr=1e-3")
+    module = build_module(cfg, tiny_data.spec)
+    assert (module.hparams.coordinated_dropout, module.hparams.lr) == (0, 1e-3)
+    assert module.hparams.lr_patience == 10  # left `auto` without data: the large-data rule
+    mc = _cfg("experiment=lfads_mc_maze_small").module
+    assert (mc.lr, mc.lr_patience, mc.coordinated_dropout) == (1e-2, 10, 0.3)
+    lorenz = _cfg("experiment=lfads_lorenz").module
+    assert (lorenz.lr, lorenz.coordinated_dropout) == (5e-3, 0.3)
+
+
+def test_training_module_refuses_an_unresolved_auto(tiny_data):
+    for key in ("lr", "lr_patience", "coordinated_dropout"):
+        with pytest.raises(ConfigError, match=f"module.{key}='auto': expected a number"):
+            TrainingModule({"name": "rnn"}, tiny_data.spec.to_dict(), **{key: "auto"})
+
+
 def test_auto_settings_are_resolved_into_the_config(tiny_data):
     small = ("data.load_kwargs.n_trials=100", "data.load_kwargs.n_bins=8", "data.load_kwargs.n_fwd=2")
     cfg = _cfg("data=lorenz", *small)
@@ -110,7 +166,7 @@ def test_runs_differing_only_in_batch_size_differ_in_the_hparams_table(tmp_path,
         train_mod.train(cfg, tmp_path / str(batch))
         tables[batch] = flatten_hparams(logged[-1])
     differ = {k for k in tables[8] if tables[8][k] != tables[16].get(k)}
-    assert differ == {"batch_size", "steps"}
+    assert differ == {"batch_size", "steps", "module.lr_patience"}  # the patience is counted in steps
     for key, value in {"seed": 0, "recipe": "lfads_lorenz", "max_epochs": 1, "epochs_trained": 1}.items():
         assert tables[8][key] == value, key
     assert tables[8]["data_kwargs.n_trials"] == 40 and tables[8]["data"] == "lorenz"

@@ -58,6 +58,7 @@ class SpikeModel(nn.Module):
       (`ModelOutput.recon_mask`), so the training module applies no coordinated dropout on top;
     - `accepts_coordinated_dropout`: False for a model that must see its input whole (GPFA fits the
       input's own likelihood): the training module refuses `coordinated_dropout > 0` for it;
+    - `default_coordinated_dropout`: the rate `module.coordinated_dropout: auto` gives the model;
     - `has_inferred_inputs`: forward returns `inputs` (LFADS with a controller);
     - `has_recurrent_dynamics`: the model's latents come from a recurrent state that evolves by itself
       when its inputs are zero (LFADS generator, RNN decoder, a stitched core), exposed for analysis
@@ -71,6 +72,7 @@ class SpikeModel(nn.Module):
 
     masks_input: bool = False
     accepts_coordinated_dropout: bool = True
+    default_coordinated_dropout: float = 0.0
     has_inferred_inputs: bool = False
     has_recurrent_dynamics: bool = False
     supports_fused_recurrence: bool = False

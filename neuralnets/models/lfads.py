@@ -46,6 +46,9 @@ class LFADS(SpikeModel):
 
     supports_fused_recurrence = True
     has_recurrent_dynamics = True  # the generator, run with zero inferred input
+    # Coordinated dropout (Keshtkaran & Pandarinath 2019) keeps the autoencoder from passing held-in
+    # spikes straight through to their own rates; every LFADS recipe uses 0.3.
+    default_coordinated_dropout = 0.3
 
     def __init__(
         self,

@@ -37,9 +37,9 @@ from neuralnets.data.datamodule import MultiSessionDataModule, SpikeDataModule
 from neuralnets.data.loaders import load
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
 from neuralnets.data.spikedata import DataSpec, SpikeData
-from neuralnets.errors import ConfigError
+from neuralnets.errors import ConfigError, ModelConfigError
 from neuralnets.eval.metrics import METRICS
-from neuralnets.models import check_plain
+from neuralnets.models import MODELS, check_plain, resolve_model_config
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import TrainingModule
@@ -86,6 +86,17 @@ STEPS_PER_EPOCH, MIN_BATCH, MAX_BATCH = 16, 8, 64
 # `callbacks.early_stopping_patience: auto` = max(MIN_PATIENCE, ceil(PATIENCE_STEPS / steps per epoch))
 # epochs: with few steps per epoch an epoch is little training, so patience is counted in steps.
 MIN_PATIENCE, PATIENCE_STEPS = 30, 500
+# Small data (fewer than SMALL_DATA_TRIALS training trials, where the batch floor leaves fewer than
+# STEPS_PER_EPOCH steps per epoch; MC_Maze_Small 60, CA1 laps 29): `module.lr: auto` is LR_SMALL instead
+# of LR for the recurrent models (`has_recurrent_dynamics`: LFADS, RNN; the transformers and GPFA keep
+# LR, untried), and `module.lr_patience: auto` = max(MIN_LR_PATIENCE, ceil(LR_PATIENCE_STEPS / steps
+# per epoch)) epochs, so the plateau schedule waits as many steps as on larger data (10 epochs of 16).
+# Larger data (Lorenz, chaotic_rnn) keep lr 3e-3 and patience 10. Chosen on validation co-bps
+# (experiments/results/defaults_real_data.md): with 4-8 steps per epoch, lr 3e-3 halved every 10 epochs
+# left the RNN on CA1 laps below the mean-rate model after 200 epochs.
+SMALL_DATA_TRIALS = STEPS_PER_EPOCH * MIN_BATCH  # 128
+LR, LR_SMALL = 3e-3, 1e-2
+MIN_LR_PATIENCE, LR_PATIENCE_STEPS = 10, 160
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -173,6 +184,48 @@ def auto_patience(steps_per_epoch: int) -> int:
     return max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / max(steps_per_epoch, 1)))
 
 
+def auto_lr(n_train: int, recurrent: bool = True) -> float:
+    """The learning rate of `module.lr: auto` for `n_train` training trials and a model that is
+    `recurrent` (`SpikeModel.has_recurrent_dynamics`) or not (rule above)."""
+    return LR_SMALL if recurrent and n_train < SMALL_DATA_TRIALS else LR
+
+
+def _model_class(model_cfg: Any) -> type:
+    """The registered class of the model config `model_cfg` (a name or `{name: ..., ...}`)."""
+    try:
+        name, _ = resolve_model_config(model_cfg)
+    except ModelConfigError as err:
+        raise ConfigError(str(err)) from None
+    return MODELS[name]
+
+
+def auto_lr_patience(steps_per_epoch: int) -> int:
+    """The plateau-schedule patience (epochs) of `module.lr_patience: auto` (rule above)."""
+    return max(MIN_LR_PATIENCE, math.ceil(LR_PATIENCE_STEPS / max(steps_per_epoch, 1)))
+
+
+def auto_coordinated_dropout(model_cfg: Any) -> float:
+    """`module.coordinated_dropout: auto`: the model's own default (`SpikeModel.default_coordinated_dropout`:
+    0.3 for LFADS, 0 for the others) for the model config `model_cfg` (a name or `{name: ..., ...}`)."""
+    return float(_model_class(model_cfg).default_coordinated_dropout)
+
+
+def resolve_module_defaults(cfg: DictConfig, n_train: int | None, steps_per_epoch: int | None) -> None:
+    """Replace `auto` in `cfg.module.lr`, `lr_patience` and `coordinated_dropout` (in place). Without the
+    data (`n_train`/`steps_per_epoch` None: a module built without `build_datamodule`) the rules of
+    large data apply (lr 3e-3, patience 10)."""
+    module = cfg.get("module")
+    if module is None:
+        return
+    if module.get("lr") == AUTO:
+        recurrent = bool(_model_class(cfg.model).has_recurrent_dynamics)
+        module.lr = LR if n_train is None else auto_lr(n_train, recurrent)
+    if module.get("lr_patience") == AUTO:
+        module.lr_patience = MIN_LR_PATIENCE if steps_per_epoch is None else auto_lr_patience(steps_per_epoch)
+    if module.get("coordinated_dropout") == AUTO:
+        module.coordinated_dropout = auto_coordinated_dropout(cfg.model)
+
+
 def _whole(value: Any, where: str, minimum: int) -> int:
     """`value` if it is an int >= `minimum`, else a ConfigError naming `where`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -181,8 +234,9 @@ def _whole(value: Any, where: str, minimum: int) -> int:
 
 
 def resolve_data_defaults(cfg: DictConfig, data: SpikeData | MultiSessionData) -> None:
-    """Replace `auto` in `cfg.data.batch_size` and `cfg.callbacks.early_stopping_patience` (in place,
-    so the run's saved config and hparams hold the numbers used) and log what was chosen. Several
+    """Replace `auto` in `cfg.data.batch_size`, `cfg.callbacks.early_stopping_patience` and `cfg.module`
+    (`resolve_module_defaults`) in place, so the run's saved config and hparams hold the numbers used,
+    and log what was chosen. Several
     sessions: from their training trials together (each batch holds one session's trials)."""
     sessions = [d for _, d in data] if isinstance(data, MultiSessionData) else [data]
     n_trains = [int(d.indices("train").size) for d in sessions]
@@ -197,13 +251,19 @@ def resolve_data_defaults(cfg: DictConfig, data: SpikeData | MultiSessionData) -
         callbacks.early_stopping_patience = auto_patience(steps)
     elif patience is not None:
         _whole(patience, "callbacks.early_stopping_patience", 0)
+    resolve_module_defaults(cfg, n_train, steps)
+    module = cfg.get("module") or {}
     log.info(
-        "%s: %d training trials, batch size %d (%d steps per epoch), early-stopping patience %s epochs",
+        "%s: %d training trials, batch size %d (%d steps per epoch), early-stopping patience %s epochs, "
+        "lr %s, lr patience %s epochs, coordinated dropout %s",
         cfg.data.name,
         n_train,
         batch,
         steps,
         callbacks.get("early_stopping_patience") if callbacks else None,
+        module.get("lr"),
+        module.get("lr_patience"),
+        module.get("coordinated_dropout"),
     )
 
 
@@ -246,6 +306,7 @@ def build_module(
     `init_data`: for a run that starts from scratch (never on resume or when loading weights), the
     data whose training split sets the model's read-out bias (`SpikeModel.init_readout_bias`; several
     sessions: `init_sessions_from_data`, which also sets the read-ins)."""
+    resolve_module_defaults(cfg, None, None)  # a run resolved them from the data (build_datamodule) already
     module = TrainingModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         spec=spec.to_dict(),

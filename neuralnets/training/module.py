@@ -63,6 +63,13 @@ class TrainingModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        numbers = {"lr": lr, "lr_patience": lr_patience, "coordinated_dropout": coordinated_dropout}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(
+                    f"module.{key}={value!r}: expected a number ('auto' is resolved from the data and model "
+                    "by neuralnets.training.build.resolve_data_defaults / build_module)"
+                )
         if lr_schedule not in ("plateau", "cosine", "none"):
             raise ConfigError(f"lr_schedule must be 'plateau', 'cosine' or 'none'; got {lr_schedule!r}")
         if not 0.0 <= coordinated_dropout < 1.0:

@@ -93,7 +93,8 @@ def search_bounds(cfg: DictConfig) -> dict[str, tuple[float, float, bool]]:
     bounds = {}
     for key, spec in flat.items():
         current = OmegaConf.select(cfg, key, default=None)
-        if isinstance(current, bool) or not isinstance(current, int | float):
+        numeric = isinstance(current, int | float) and not isinstance(current, bool)
+        if not numeric and current != "auto":  # `auto` (module.lr, ...): a number once resolved
             raise ConfigError(
                 f"pbt.search_space: {key!r} is not a numeric key of this config; got {current!r}"
             )
@@ -127,15 +128,16 @@ class _SetLearningRate(pl.Callback):
     """A member restarted from another's checkpoint inherits that optimiser state, learning rate
     included: set its own (perturbed) rate before training resumes."""
 
-    def __init__(self, lr: float):
-        self.lr = lr
+    def __init__(self, lr: float | str):
+        self.lr = lr  # `auto` (lr not searched): the rate the run resolved from the data (module hparams)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        lr = float(pl_module.hparams.lr if self.lr == "auto" else self.lr)
         for opt in trainer.optimizers:
             for group in opt.param_groups:
-                group["lr"] = self.lr
+                group["lr"] = lr
                 if "initial_lr" in group:
-                    group["initial_lr"] = self.lr
+                    group["initial_lr"] = lr
 
 
 class _ReportToTune(pl.Callback):
@@ -196,7 +198,8 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
     cfg.seed = int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1])
     trial_dir = Path(ctx.get_trial_dir())
     checkpoint = tune.get_checkpoint()
-    callbacks = [_SetLearningRate(float(cfg.module.lr)), _ReportToTune(interval)]
+    lr = cfg.module.lr
+    callbacks = [_SetLearningRate(lr if lr == "auto" else float(lr)), _ReportToTune(interval)]
     with contextlib.ExitStack() as stack:
         restore = None
         if checkpoint is not None:
