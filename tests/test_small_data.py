@@ -235,3 +235,17 @@ def test_refit_trains_on_train_and_val_and_scores_the_last_epoch(tmp_path):
     assert read_status(run)["epochs"] == 3  # early stopping is off in a refit
     with pytest.raises(ConfigError, match="max_epochs"):
         train(tiny_cfg("refit=true", "trainer.max_epochs=-1"), tmp_path / "other")
+
+
+@pytest.mark.parametrize("name", ["rnn", "ndt"])
+def test_sample_validation_and_shift_work_for_other_models_that_read_heldin(data, name):
+    module = TrainingModule(
+        model={"name": name}, spec=data.spec.to_dict(), sample_validation=0.1, augment_shift=1
+    )
+    batch = _batch(data, range(8))
+    loss, _ = module._loss(batch, train=True)
+    loss.backward()
+    assert torch.isfinite(loss)
+    module.eval()
+    total, n = module.sample_validation_nll(batch)
+    assert n > 0 and torch.isfinite(total) and total > 0
