@@ -116,7 +116,9 @@ class SpikeDataModule(pl.LightningDataModule):
     """Serves `SpikeData` splits as batches of device-resident tensors.
 
     `data` is a SpikeData, or a built-in name / file path given to `neuralnets.data.load`
-    together with `load_kwargs`.
+    together with `load_kwargs`. `train_splits`: the splits whose trials are trained on; `("train",
+    "val")` refits a chosen configuration on training and validation trials (`refit=true`), after which
+    the validation batches are training trials and score nothing honest.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class SpikeDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         seed: int = 0,
         load_kwargs: dict | None = None,
+        train_splits: tuple[str, ...] = ("train",),
     ):
         super().__init__()
         if isinstance(data, str):
@@ -135,7 +138,16 @@ class SpikeDataModule(pl.LightningDataModule):
         for split in ("train", "val"):
             if data.indices(split).size == 0:
                 raise DataError(f"{data.source}: split {split!r} has no trials; training needs train and val")
+        if not set(train_splits) <= {"train", "val"} or "train" not in train_splits:
+            raise DataError(f"train_splits must be ('train',) or ('train', 'val'); got {train_splits!r}")
+        self.train_splits = tuple(train_splits)
         self.tensors: dict[str, Tensor] | None = None
+
+    def indices(self, split: str) -> np.ndarray:
+        """The trials a split's batches hold: `train` is every split of `train_splits` (sorted)."""
+        if split == "train":
+            return np.sort(np.concatenate([self.data.indices(s) for s in self.train_splits]))
+        return self.data.indices(split)
 
     @property
     def spec(self):
@@ -146,18 +158,18 @@ class SpikeDataModule(pl.LightningDataModule):
         if self.tensors is None or self.tensors["spikes"].device != device:
             self.tensors = batch_tensors(self.data, device)
 
-    def _batches(self, split: str, shuffle: bool) -> TrialBatches:
+    def _batches(self, split: str, shuffle: bool, shard: bool = True) -> TrialBatches:
         if self.tensors is None:
             self.setup()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        if split != "train":
+        if split != "train" or not shard:
             # Evaluation is not sharded: each rank scores all trials, so a `sync_dist` mean over ranks
             # equals the single-process mean exactly and no trial is dropped or counted twice.
             rank, world = 0, 1
         return TrialBatches(
             self.tensors,
-            self.data.indices(split),
+            self.indices(split),
             self.batch_size,
             self.data.n_obs,
             self.data.n_heldin,
@@ -175,6 +187,11 @@ class SpikeDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> TrialBatches:
         return self._batches("test", shuffle=False)
+
+    def eval_batches(self, split: str) -> TrialBatches | SessionBatches:
+        """All trials of `split` in order, not sharded over DDP ranks (e.g. the training trials scored
+        by sample validation at each validation epoch)."""
+        return self._batches(split, shuffle=False, shard=False)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # already resident on the device
@@ -221,6 +238,7 @@ class MultiSessionDataModule(SpikeDataModule):
             raise DataError(f"batch_size must be >= 1; got {batch_size}")
         self.data, self.batch_size, self.seed = data, int(batch_size), seed
         self.first_session = int(first_session)
+        self.train_splits = ("train",)
         self.tensors: list[dict[str, Tensor]] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -228,12 +246,12 @@ class MultiSessionDataModule(SpikeDataModule):
         if self.tensors is None or self.tensors[0]["spikes"].device != device:
             self.tensors = [batch_tensors(s, device) for _, s in self.data]
 
-    def _batches(self, split: str, shuffle: bool) -> SessionBatches:
+    def _batches(self, split: str, shuffle: bool, shard: bool = True) -> SessionBatches:
         if self.tensors is None:
             self.setup()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        if split != "train":
+        if split != "train" or not shard:
             rank, world = 0, 1  # evaluation is not sharded (see SpikeDataModule._batches)
         per_session = [
             TrialBatches(

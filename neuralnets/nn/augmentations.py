@@ -19,6 +19,14 @@ the full per-trial summed NLL whatever fraction of entries the masks leave in.
 Spike augmentations (`augment_spikes`, for contrastive views of a trial as in STNDT, Le & Shlizerman
 2022): random dropping of spikes (binomial thinning), random adding of single spikes, and a small random
 shift of each trial in time (bins shifted in from outside the trial are empty).
+
+Small-data training options of the training module (all off by default; docs/training.md):
+- Sample validation (Keshtkaran & Pandarinath 2019): a fixed random share of each training trial's
+  held-in entries (`sample_validation_mask`, the same entries every epoch) is hidden from the input and
+  from the training loss, and the reconstruction likelihood of exactly those entries is a validation
+  score that, unlike the held-in likelihood, cannot be lowered by copying input spikes to rates.
+- Temporal augmentation of training trials: a random shift in time of each trial or each neuron
+  (`random_shifts`, `shift_trials`) and jitter of single spikes by a few bins (`jitter_spikes`).
 """
 
 from __future__ import annotations
@@ -124,9 +132,79 @@ def augment_spikes(heldin: Tensor, drop_rate: float, add_rate: float, max_shift:
     if add_rate > 0:
         x = x + (torch.rand_like(x) < add_rate).to(x.dtype)
     if max_shift > 0:
-        shift = torch.randint(-max_shift, max_shift + 1, (B, 1), device=x.device)  # (B, 1)
-        src = torch.arange(T_obs, device=x.device)[None, :] - shift  # (B, T_obs): source bin of each bin
-        inside = (src >= 0) & (src < T_obs)  # (B, T_obs)
-        x = torch.gather(x, 1, src.clamp(0, T_obs - 1)[..., None].expand_as(x))  # (B, T_obs, N_in)
-        x = torch.where(inside[..., None], x, torch.zeros_like(x))
+        x = shift_trials(x, random_shifts(B, 1, max_shift, device=x.device), 0)
     return x
+
+
+def sample_validation_mask(
+    index: Tensor, n_bins: int, n_neurons: int, share: float, seed: int = 0, session: int = 0
+) -> Tensor:
+    """The sample-validation entries of trials `index (B,)` -> `(B, n_bins, n_neurons)` bool.
+
+    Each entry is True with probability `share`, drawn from a generator seeded by (seed, session, trial
+    index) alone: a trial gets the same entries in every batch, epoch and run with the same `seed`,
+    whatever the batch order. `share` must be in [0, 1); 0 gives all False.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"sample_validation_mask: share must be in [0, 1); got {share!r}")
+    masks = []
+    for i in index.tolist():
+        # hash of a tuple of ints is the same in every process (no hash randomisation for ints)
+        g = torch.Generator().manual_seed(hash((int(seed), int(session), int(i))) % 2**63)
+        masks.append(torch.rand((n_bins, n_neurons), generator=g) < share)  # (n_bins, n_neurons)
+    if not masks:
+        return torch.zeros(0, n_bins, n_neurons, dtype=torch.bool, device=index.device)
+    return torch.stack(masks).to(index.device)
+
+
+def random_shifts(
+    n_trials: int, n_neurons: int, max_shift: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Uniform integer shifts in [-max_shift, max_shift] bins -> `(n_trials, n_neurons)` long
+    (`n_neurons=1`: one shift per trial, broadcast over neurons by `shift_trials`)."""
+    if max_shift < 0:
+        raise ValueError(f"random_shifts: max_shift must be >= 0; got {max_shift!r}")
+    return torch.randint(-max_shift, max_shift + 1, (n_trials, n_neurons), device=device)
+
+
+def shift_trials(x: Tensor, shift: Tensor, fill: float | bool) -> Tensor:
+    """`x (B, T, N)` moved later in time by `shift (B, 1)` (whole trials) or `(B, N)` (each neuron) bins
+    (negative: earlier) -> `(B, T, N)`; bins shifted in from outside the trial hold `fill`."""
+    B, T, N = x.shape
+    if shift.shape not in ((B, 1), (B, N)):
+        raise ValueError(
+            f"shift_trials: shift has shape {tuple(shift.shape)}; expected ({B}, 1) or ({B}, {N})"
+        )
+    src = torch.arange(T, device=x.device)[None, :, None] - shift.to(x.device)[:, None, :]  # (B, T, 1 or N)
+    inside = ((src >= 0) & (src < T)).expand(B, T, N)
+    moved = torch.gather(x, 1, src.clamp(0, T - 1).expand(B, T, N))  # (B, T, N)
+    return torch.where(inside, moved, torch.full_like(moved, fill))
+
+
+def jitter_spikes(counts: Tensor, max_jitter: int, generator: torch.Generator | None = None) -> Tensor:
+    """Move each spike of `counts (B, T, N)` by its own uniform integer in [-max_jitter, max_jitter] bins
+    -> `(B, T, N)`, same total per trial and neuron: a spike moved past either end of the trial is
+    reflected back into it (bin -1 -> 0, T -> T - 1). Counts must be whole numbers."""
+    B, T, N = counts.shape
+    if not 0 <= max_jitter < T:
+        raise ValueError(f"jitter_spikes: max_jitter must be in [0, {T - 1}] (T - 1); got {max_jitter!r}")
+    if max_jitter == 0:
+        return counts
+    offsets = range(-max_jitter, max_jitter + 1)
+    bins = torch.arange(T, device=counts.device)
+    out = torch.zeros_like(counts)
+    remaining = counts
+    # Split each count over the 2k + 1 offsets (a multinomial as a chain of binomials), then move each part.
+    for j, d in enumerate(offsets):
+        left = len(offsets) - j
+        if left == 1:
+            part = remaining
+        else:
+            prob = torch.full_like(remaining, 1.0 / left)
+            part = torch.binomial(remaining, prob, generator=generator)
+        remaining = remaining - part
+        target = bins + d  # (T,): where each bin's spikes go; reflected at the trial's ends
+        target = torch.where(target < 0, -target - 1, target)
+        target = torch.where(target >= T, 2 * T - target - 1, target)
+        out.index_add_(1, target, part)
+    return out

@@ -276,8 +276,13 @@ def build_datamodule(cfg: DictConfig) -> SpikeDataModule:
         data = MultiSessionData.of(data)
     resolve_data_defaults(cfg, data)
     if isinstance(data, MultiSessionData):
+        if cfg.get("refit"):
+            raise ConfigError(
+                "refit=true trains on one data set's train + val trials, not on several sessions"
+            )
         return MultiSessionDataModule(data, batch_size=cfg.data.batch_size, seed=cfg.seed)
-    return SpikeDataModule(data, batch_size=cfg.data.batch_size, seed=cfg.seed)
+    splits = ("train", "val") if cfg.get("refit") else ("train",)
+    return SpikeDataModule(data, batch_size=cfg.data.batch_size, seed=cfg.seed, train_splits=splits)
 
 
 def train_mean_counts(data: SpikeData) -> np.ndarray:
@@ -354,7 +359,7 @@ def check_monitor(cfg: DictConfig) -> None:
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.Callback]:
     """The callbacks of `cfg.callbacks`; checkpoints go to `<run_dir>/checkpoints`, the harness
-    evaluation scores `data`. An EarlyStopping with patience 0 is left out (0 disables it)."""
+    evaluation scores `data`. An EarlyStopping with patience 0, or in a refit, is left out."""
     check_monitor(cfg)
     callbacks = []
     for name, node in callback_configs(cfg).items():
@@ -365,8 +370,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.
             runtime["dirpath"] = Path(run_dir) / CHECKPOINT_DIR
         if issubclass(cls, HarnessEvaluation):
             runtime["data"] = data
-        if issubclass(cls, EarlyStopping) and not node.get("patience"):
-            continue
+        if issubclass(cls, EarlyStopping) and (not node.get("patience") or cfg.get("refit")):
+            continue  # refit: the validation trials are trained on; the run is exactly max_epochs long
         callbacks.append(instantiate_safe(node, where, pl.Callback, run_dir=run_dir, **runtime))
     return callbacks
 

@@ -11,6 +11,18 @@ NDT, STNDT) scores only the entries it never sees (held-out neurons, forward bin
 it copies its held-in input, which would otherwise dominate val/loss. Validation weighs the auxiliary
 losses at their full scales, so `val/loss` (the checkpoint, early-stopping and LR-plateau monitor) is
 comparable across epochs.
+
+Small-data options (all off by default; docs/training.md "Small-data options"), training batches only:
+- `sample_validation` (Keshtkaran & Pandarinath 2019): a fixed share of each training trial's held-in
+  entries (the same entries every epoch, `nn.augmentations.sample_validation_mask`) is zeroed in the
+  input (the rest scaled by 1/(1 - share), as coordinated dropout does) and left out of the training
+  loss; at the end of each validation epoch the model, in eval mode and fed the same hidden input, is
+  scored on exactly those entries: `val/sv_recon` (Poisson NLL in nats per hidden entry), a checkpoint
+  and early-stopping monitor (`callbacks.monitor=val/sv_recon`) that copying input to rates cannot fool.
+- `augment_shift`, `augment_shift_per`, `augment_jitter`: each training trial is shifted in time by a
+  random whole number of bins (per trial or per neuron; bins shifted in count as unobserved, so they
+  carry no loss) and/or each spike is moved by up to `augment_jitter` bins. Input and target move
+  together (the model sees and reconstructs the same new trial); validation and prediction never.
 """
 
 from __future__ import annotations
@@ -27,7 +39,16 @@ from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
 from neuralnets.errors import ConfigError, DivergenceError, ModelConfigError
 from neuralnets.models import create_model
 from neuralnets.models.base import ModelOutput, unseen_mask
-from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask, masked_trial_sum, sbtt_mask
+from neuralnets.nn.augmentations import (
+    coordinated_dropout,
+    expand_heldin_mask,
+    jitter_spikes,
+    masked_trial_sum,
+    random_shifts,
+    sample_validation_mask,
+    sbtt_mask,
+    shift_trials,
+)
 from neuralnets.nn.likelihoods import make_likelihood
 
 log = logging.getLogger(__name__)
@@ -60,6 +81,11 @@ class TrainingModule(pl.LightningModule):
         data_name: str = "",
         max_skipped_fraction: float = 0.5,
         divergence_min_steps: int = 20,
+        sample_validation: float = 0.0,
+        sample_validation_seed: int = 0,
+        augment_shift: int = 0,
+        augment_shift_per: str = "trial",
+        augment_jitter: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -89,6 +115,7 @@ class TrainingModule(pl.LightningModule):
                 f"{self.model_name} takes no coordinated dropout (it fits its whole input); "
                 f"set module.coordinated_dropout=0 (got {coordinated_dropout})"
             )
+        self._check_small_data_options()
         if isinstance(self.spec, MultiSessionSpec):  # per-neuron likelihood parameters: one set per session
             self.likelihood = nn.ModuleList(make_likelihood(likelihood, s.n_neurons) for s in self.spec.specs)
         else:
@@ -98,6 +125,31 @@ class TrainingModule(pl.LightningModule):
         self._drop_step = False  # set by training_step under DDP: drop this step's gradients
         self._loss_finite: Tensor | None = None  # () bool: this step's loss is finite (single device)
         self._loss_parts: dict[str, Tensor] = {}
+
+    def _check_small_data_options(self) -> None:
+        hp = self.hparams
+        if not 0.0 <= hp.sample_validation < 1.0:
+            raise ConfigError(f"module.sample_validation must be in [0, 1); got {hp.sample_validation}")
+        for key in ("augment_shift", "augment_jitter"):
+            value = hp[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"module.{key} must be a whole number of bins >= 0; got {value!r}")
+        if hp.augment_shift_per not in ("trial", "neuron"):
+            raise ConfigError(
+                f"module.augment_shift_per must be 'trial' or 'neuron'; got {hp.augment_shift_per!r}"
+            )
+        specs = self.spec.specs if isinstance(self.spec, MultiSessionSpec) else [self.spec]
+        shortest = min(s.n_bins for s in specs)
+        for key in ("augment_shift", "augment_jitter"):
+            if hp[key] >= shortest:
+                raise ConfigError(f"module.{key}={hp[key]} must be below the trial length ({shortest} bins)")
+        uses = hp.sample_validation > 0 or hp.augment_shift > 0 or hp.augment_jitter > 0
+        if uses and not self.model.accepts_coordinated_dropout:
+            raise ConfigError(
+                f"{self.model_name} fits its whole input: it takes no sample validation or spike "
+                "augmentation (set module.sample_validation=0 module.augment_shift=0 "
+                "module.augment_jitter=0)"
+            )
 
     @property
     def model_name(self) -> str:
@@ -113,12 +165,81 @@ class TrainingModule(pl.LightningModule):
         return self.likelihood
 
     # ------------------------------------------------------------------ loss
+    def _sample_validation_hidden(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, T, N) bool: the batch's sample-validation entries (held-in neurons, observed bins)."""
+        B, T, N = batch["spikes"].shape
+        _, T_obs, N_in = batch["heldin"].shape
+        hp = self.hparams
+        session = int(batch.get("session", 0))
+        sv = sample_validation_mask(
+            batch["index"], T_obs, N_in, hp.sample_validation, hp.sample_validation_seed, session
+        )  # (B, T_obs, N_in)
+        hidden = torch.zeros(B, T, N, dtype=torch.bool, device=batch["spikes"].device)  # (B, T, N)
+        hidden[:, :T_obs, :N_in] = sv.to(hidden.device)
+        return hidden
+
+    def _hide_input(self, batch: dict[str, Tensor], hidden: Tensor) -> dict[str, Tensor]:
+        """The batch with the held-in input zeroed at `hidden (B, T, N)` and the rest scaled by
+        1/(1 - share), so that the input's expected count matches an unhidden trial's."""
+        _, T_obs, N_in = batch["heldin"].shape
+        h = hidden[:, :T_obs, :N_in]  # (B, T_obs, N_in)
+        heldin = batch["heldin"]
+        heldin = torch.where(h, torch.zeros_like(heldin), heldin / (1.0 - self.hparams.sample_validation))
+        return {**batch, "heldin": heldin}
+
+    def training_view(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
+        """The training batch the small-data options make (sample validation, shift, jitter); returns
+        `(batch, changed)`. Unchanged (and no random numbers drawn) when they are all off. Changed: the
+        batch has `observed (B, T, N)` (hidden and shifted-in entries False) and matching `heldin`."""
+        hp = self.hparams
+        if not (hp.sample_validation > 0 or hp.augment_shift > 0 or hp.augment_jitter > 0):
+            return batch, False
+        spikes = batch["spikes"]  # (B, T, N)
+        B, T, N = spikes.shape
+        _, T_obs, N_in = batch["heldin"].shape
+        observed = sbtt_mask(batch.get("observed"), spikes)  # (B, T, N) bool
+        hidden = None
+        if hp.sample_validation > 0:
+            # In the trial's own bins, before any shift: the hidden spikes never reach input or loss.
+            hidden = self._sample_validation_hidden(batch)
+            spikes = spikes.masked_fill(hidden, 0.0)
+            observed = observed & ~hidden
+        extra = {}
+        if hp.augment_shift > 0:
+            per = N if hp.augment_shift_per == "neuron" else 1
+            shift = random_shifts(B, per, hp.augment_shift, spikes.device)  # (B, 1 or N)
+            spikes = shift_trials(spikes, shift, 0.0)
+            observed = shift_trials(observed, shift, False)  # bins shifted in are unknown, not silent
+            if hidden is not None:
+                hidden = shift_trials(hidden, shift, False)
+            if "inputs" in batch and shift.shape[1] == 1:  # external inputs move with their trial
+                extra["inputs"] = shift_trials(batch["inputs"], shift, 0.0)
+        if hp.augment_jitter > 0:
+            spikes = jitter_spikes(spikes, hp.augment_jitter)
+        batch = {**batch, **extra, "spikes": spikes, "observed": observed, "heldin": spikes[:, :T_obs, :N_in]}
+        if hidden is not None:
+            batch = self._hide_input(batch, hidden)
+        return batch, True
+
+    @torch.no_grad()
+    def sample_validation_nll(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The model (in its current mode) fed `batch` with its sample-validation entries hidden, scored on
+        exactly those entries: `(sum of NLL over them (), their number ())`."""
+        hidden = self._sample_validation_hidden(batch)  # (B, T, N)
+        spikes = batch["spikes"]
+        scored = hidden & sbtt_mask(batch.get("observed"), spikes)
+        out = self.model(self._hide_input(batch, hidden))
+        nll = -self.likelihood_of(batch).log_prob(out.rates.to(spikes.dtype), spikes)  # (B, T, N)
+        return torch.where(scored, nll, torch.zeros_like(nll)).sum(), scored.sum()
+
     def _loss(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        per_step_mask = False  # scored entries chosen per step (coordinated dropout, model masks)
+        if train:
+            batch, per_step_mask = self.training_view(batch)  # changed: log y! sums no longer apply
         spikes = batch["spikes"]  # (B, T, N)
         B, T, N = spikes.shape
         observed = batch.get("observed")
         scored = None if observed is None else sbtt_mask(observed, spikes)  # (B, T, N) bool; None: all
-        per_step_mask = False  # scored entries chosen per step (coordinated dropout, model masks)
         cd_rate = self.hparams.coordinated_dropout
         # A model that masks its own input (NDT) gets no coordinated dropout on top.
         if train and cd_rate > 0 and not self.model.masks_input:
@@ -234,6 +355,25 @@ class TrainingModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         for name, value in parts.items():
             self.log(f"val/{name}", value, batch_size=bs, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.sample_validation > 0:
+            self.log("val/sv_recon", self.sample_validation_score())
+
+    def sample_validation_score(self) -> Tensor:
+        """`val/sv_recon`: mean NLL (nats) of the training trials' sample-validation entries, the model
+        fed those trials with the entries hidden. Every DDP rank scores every training trial."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "eval_batches"):
+            raise ConfigError(
+                "module.sample_validation needs the neuralnets DataModule (its training trials are scored)"
+            )
+        total = torch.zeros((), device=self.device)
+        count = torch.zeros((), device=self.device)
+        for batch in dm.eval_batches("train"):
+            nll, n = self.sample_validation_nll(batch)
+            total, count = total + nll, count + n
+        return total / count.clamp(min=1)
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):

@@ -163,6 +163,12 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("max_epochs", "max_steps"):
         if cfg.trainer.get(key) == 0:
             raise ConfigError(f"trainer.{key}=0: the run would take no training step; give a positive number")
+    if cfg.get("refit") and (cfg.trainer.get("max_epochs") or -1) < 1:
+        raise ConfigError(
+            f"refit=true trains for exactly trainer.max_epochs epochs (got "
+            f"{cfg.trainer.get('max_epochs')!r}); give the chosen run's epochs up to its best checkpoint "
+            "(best-epoch=E.ckpt: E + 1)"
+        )
     options = set(inspect.signature(TrainingModule.__init__).parameters) - {"self", "model", "spec"}
     unknown = sorted(set(cfg.module) - options)
     if unknown:
@@ -406,6 +412,9 @@ def _fit_and_finish(
             best = (
                 (checkpoint.best_model_path or checkpoint.last_model_path) if checkpoint is not None else ""
             )
+            if cfg.get("refit"):  # validation trials were trained on: no choice by them, the last weights
+                best = checkpoint.last_model_path if checkpoint is not None else ""
+                monitor = None
             record = finish_run(
                 cfg, run_dir, data, module, best=Path(best) if best else None, monitor=monitor,
                 logger=trainer.logger, train_time=train_time, step=step, epochs=trainer.current_epoch,
@@ -438,10 +447,12 @@ def _fit_and_finish(
         if raise_on_failure or not isinstance(err, Exception):
             raise
         return _ended(run_dir, "failed", trainer, seconds(), _one_line(err))
+    refit = {"refit": "train+val, last epoch, no validation"} if cfg.get("refit") else {}
     write_status(
         run_dir,
         "finished",
         error=None,
+        **refit,
         epochs=trainer.current_epoch,
         train_time_s=record.get("train_time_s", seconds()),
         skipped_steps=module.skipped_steps,
@@ -537,6 +548,15 @@ def finish_run(
             for s in {"val", split} & set(present)
         }
         metrics, val_metrics = scores[split], scores.get("val", {})
+    refit = None
+    if cfg.get("refit"):
+        # The validation trials were training trials: their scores are in-sample, not a validation.
+        val_metrics = {}
+        refit = {
+            "train_splits": ["train", "val"],
+            "epochs": epochs,
+            "note": "refit on train + val: no validation score, no early stopping, the last epoch's weights",
+        }
     record = {
         "model": module.model_name,
         "data": cfg.data.name,
@@ -553,6 +573,8 @@ def finish_run(
         # The checkpoint monitor's best value (e.g. {"val/loss": ...}): a sweep objective too.
         "monitor": {cfg.callbacks.monitor: monitor},
     }
+    if refit is not None:
+        record["refit"] = refit
     if cfg.get("finetune_from"):
         record["finetune_from"] = str(cfg.finetune_from)
     write_metrics(metrics, run_dir, extra=record)
