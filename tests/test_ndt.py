@@ -116,6 +116,18 @@ def test_recon_mask_semantics() -> None:
     assert torch.allclose(out1.rates, out2.rates)
 
 
+def test_heldout_masked_only_scores_heldout_at_selected_bins() -> None:
+    torch.manual_seed(0)
+    model = NDT(SPEC, mask_ratio=0.25, heldout_masked_only=True).train()
+    mask = model(make_batch(n_trials=6)).recon_mask  # (B, T, N)
+    selected = mask[:, :T_OBS, 0]  # (B, T_obs): the masked bins
+    assert (selected.sum(1) == 4).all()
+    # Held-out neurons at observed bins follow the masked bins exactly; forward bins stay all scored.
+    assert torch.equal(mask[:, :T_OBS, N_IN:], selected[..., None].expand(-1, -1, N_OUT))
+    assert mask[:, T_OBS:, :].all()
+    assert mask.sum().item() == 6 * (4 * N + T_FWD * N)
+
+
 def test_mask_replacement_fractions() -> None:
     heldin = make_batch(n_trials=32)["heldin"]
     # No zeroing, no randomising: selected bins keep their counts.

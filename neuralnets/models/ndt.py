@@ -90,12 +90,18 @@ def mask_bins(
     return x, selected
 
 
-def bin_recon_mask(spec: DataSpec, selected: Tensor) -> Tensor:
-    """selected (B, T_obs) bool -> (B, T, N) bool: where the masked-modelling loss is scored."""
-    # Held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored;
-    # held-in neurons at observed bins only where their input was selected for masking.
+def bin_recon_mask(spec: DataSpec, selected: Tensor, heldout_masked_only: bool = False) -> Tensor:
+    """selected (B, T_obs) bool -> (B, T, N) bool: where the masked-modelling loss is scored.
+
+    Held-in neurons at observed bins are scored where their bin was selected for masking; forward bins
+    always. Held-out neurons at observed bins: at every bin, or with `heldout_masked_only` only at the
+    selected bins, so that their rates are learnt from the context and not from the bin's own spikes.
+    """
+    # Held-out neurons and forward bins are never inputs, so they may be scored anywhere.
     mask = unseen_mask(spec, selected.shape[0], selected.device)  # (B, T, N)
     mask[:, : spec.n_obs_bins, : spec.n_heldin] = selected[..., None]
+    if heldout_masked_only:
+        mask[:, : spec.n_obs_bins, spec.n_heldin :] = selected[..., None]
     return mask
 
 
@@ -123,6 +129,8 @@ class NDT(SpikeModel):
         mask_token_ratio: fraction of the selected bins that are zeroed.
         mask_random_ratio: fraction of the remaining selected bins whose counts are replaced by random
             counts (uniform integers in 0..max count in the batch); the rest stay unchanged.
+        heldout_masked_only: score the held-out neurons' training loss only at the selected (masked)
+            observed bins, not at every bin (see `bin_recon_mask`).
 
     forward(batch) -> ModelOutput with rates (B, T, N) in counts per bin, latents (B, T, d_model) = the
     final (layer-normed) transformer hidden states that the linear readout reads, and in train mode
@@ -147,6 +155,7 @@ class NDT(SpikeModel):
         mask_ratio: float = 0.25,
         mask_token_ratio: float = 0.8,
         mask_random_ratio: float = 0.5,
+        heldout_masked_only: bool = False,
     ):
         super().__init__(spec)
         s = self.spec
@@ -170,6 +179,7 @@ class NDT(SpikeModel):
         self.mask_ratio = mask_ratio
         self.mask_token_ratio = mask_token_ratio
         self.mask_random_ratio = mask_random_ratio
+        self.heldout_masked_only = heldout_masked_only
 
         self.embed = nn.Linear(s.n_heldin, d_model)
         self.pos = nn.Parameter(torch.randn(s.n_bins, d_model) * 0.02)  # (T, d_model) learned positions
@@ -197,7 +207,7 @@ class NDT(SpikeModel):
 
     def recon_mask(self, selected: Tensor) -> Tensor:
         """selected (B, T_obs) bool -> (B, T, N) bool: where the training loss is scored."""
-        return bin_recon_mask(self.spec, selected)
+        return bin_recon_mask(self.spec, selected, self.heldout_masked_only)
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         s = self.spec
