@@ -67,11 +67,16 @@ def check_transformer_options(
 
 
 def mask_bins(
-    heldin: Tensor, mask_ratio: float, mask_token_ratio: float, mask_random_ratio: float
-) -> tuple[Tensor, Tensor]:
+    heldin: Tensor,
+    mask_ratio: float,
+    mask_token_ratio: float,
+    mask_random_ratio: float,
+    return_zeroed: bool = False,
+) -> tuple[Tensor, ...]:
     """BERT-style masking of whole bins.
 
-    heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool.
+    heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool, and with
+    `return_zeroed` also the zeroed bins (B, T_obs) bool (a subset of the selected ones).
     """
     b, t_obs, _ = heldin.shape
     n_sel = max(1, round(mask_ratio * t_obs))
@@ -87,7 +92,7 @@ def mask_bins(
     random_counts = torch.floor(torch.rand_like(heldin) * (heldin.amax() + 1.0))  # (B, T_obs, N_in)
     x = torch.where(zeroed[..., None], torch.zeros_like(heldin), heldin)
     x = torch.where(randomised[..., None], random_counts, x)  # (B, T_obs, N_in)
-    return x, selected
+    return (x, selected, zeroed) if return_zeroed else (x, selected)
 
 
 def bin_recon_mask(spec: DataSpec, selected: Tensor, heldout_masked_only: bool = False) -> Tensor:
@@ -129,6 +134,9 @@ class NDT(SpikeModel):
         mask_token_ratio: fraction of the selected bins that are zeroed.
         mask_random_ratio: fraction of the remaining selected bins whose counts are replaced by random
             counts (uniform integers in 0..max count in the batch); the rest stay unchanged.
+        mask_token: replace the embedded tokens of the zeroed bins by a learned mask vector (BERT's
+            [MASK]) instead of the embedding of zero counts, which a bin without spikes also has: the
+            model can then tell a hidden bin from a silent one and learn to ignore it.
         heldout_masked_only: score the held-out neurons' training loss only at the selected (masked)
             observed bins, not at every bin (see `bin_recon_mask`).
 
@@ -155,6 +163,7 @@ class NDT(SpikeModel):
         mask_ratio: float = 0.25,
         mask_token_ratio: float = 0.8,
         mask_random_ratio: float = 0.5,
+        mask_token: bool = False,
         heldout_masked_only: bool = False,
     ):
         super().__init__(spec)
@@ -180,6 +189,8 @@ class NDT(SpikeModel):
         self.mask_token_ratio = mask_token_ratio
         self.mask_random_ratio = mask_random_ratio
         self.heldout_masked_only = heldout_masked_only
+        # (d_model,) learned [MASK] token, or None: zeroed bins embed as zero counts
+        self.mask_embedding = nn.Parameter(torch.zeros(d_model)) if mask_token else None
 
         self.embed = nn.Linear(s.n_heldin, d_model)
         self.pos = nn.Parameter(torch.randn(s.n_bins, d_model) * 0.02)  # (T, d_model) learned positions
@@ -203,7 +214,10 @@ class NDT(SpikeModel):
 
     def mask_bins(self, heldin: Tensor) -> tuple[Tensor, Tensor]:
         """heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool."""
-        return mask_bins(heldin, self.mask_ratio, self.mask_token_ratio, self.mask_random_ratio)
+        x, selected, _ = mask_bins(
+            heldin, self.mask_ratio, self.mask_token_ratio, self.mask_random_ratio, return_zeroed=True
+        )
+        return x, selected
 
     def recon_mask(self, selected: Tensor) -> Tensor:
         """selected (B, T_obs) bool -> (B, T, N) bool: where the training loss is scored."""
@@ -212,13 +226,19 @@ class NDT(SpikeModel):
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         s = self.spec
         heldin = get_heldin(self, batch)  # (B, T_obs, N_in)
-        recon_mask = None
+        recon_mask = zeroed = None
         if self.training:
-            heldin, selected = self.mask_bins(heldin)
+            heldin, selected, zeroed = mask_bins(
+                heldin, self.mask_ratio, self.mask_token_ratio, self.mask_random_ratio, return_zeroed=True
+            )  # (B, T_obs, N_in), (B, T_obs), (B, T_obs)
             recon_mask = self.recon_mask(selected)
         # Forward bins carry no data: pad with zeros to (B, T, N_in).
         x = nn.functional.pad(heldin, (0, 0, 0, s.n_fwd_bins))
-        tokens = self.embed(x) * self.input_scale + self.pos  # (B, T, d_model)
+        tokens = self.embed(x) * self.input_scale  # (B, T, d_model)
+        if zeroed is not None and self.mask_embedding is not None:
+            zeroed = nn.functional.pad(zeroed, (0, s.n_fwd_bins))[..., None]  # (B, T, 1)
+            tokens = torch.where(zeroed, self.mask_embedding.to(tokens.dtype), tokens)
+        tokens = tokens + self.pos  # (B, T, d_model)
         hidden = self.transformer(self.embed_dropout(tokens), mask=self.attn_mask)  # (B, T, d_model)
         log_rates = self.readout(self.readout_dropout(hidden))  # (B, T, N)
         return ModelOutput(rates=positive_rates(log_rates), latents=hidden, recon_mask=recon_mask)
