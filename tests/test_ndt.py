@@ -276,3 +276,14 @@ def test_small_data_recipes_compose_and_build(recipe: str, data: str) -> None:
     model = create_model(dict(cfg.model), SPEC)  # the composed options build an NDT
     assert isinstance(model, NDT) and model.attn_mask is not None
     assert model.attn_mask.shape == (T, T)
+
+
+def test_stndt_ca1_recipe_composes_and_builds() -> None:
+    from neuralnets.config import compose
+    from neuralnets.models import create_model
+    from neuralnets.models.stndt import STNDT
+
+    cfg = compose(["experiment=stndt_ca1"], config_name="train")
+    assert cfg.recipe == "stndt_ca1" and cfg.data.name == "ca1_linear_track" and cfg.model.name == "stndt"
+    assert cfg.model.context_forward == 10 and cfg.model.context_backward == 10
+    assert isinstance(create_model(dict(cfg.model), SPEC), STNDT)
