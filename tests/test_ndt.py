@@ -116,6 +116,44 @@ def test_recon_mask_semantics() -> None:
     assert torch.allclose(out1.rates, out2.rates)
 
 
+def test_heldout_masked_only_scores_heldout_at_selected_bins() -> None:
+    torch.manual_seed(0)
+    model = NDT(SPEC, mask_ratio=0.25, heldout_masked_only=True).train()
+    mask = model(make_batch(n_trials=6)).recon_mask  # (B, T, N)
+    selected = mask[:, :T_OBS, 0]  # (B, T_obs): the masked bins
+    assert (selected.sum(1) == 4).all()
+    # Held-out neurons at observed bins follow the masked bins exactly; forward bins stay all scored.
+    assert torch.equal(mask[:, :T_OBS, N_IN:], selected[..., None].expand(-1, -1, N_OUT))
+    assert mask[:, T_OBS:, :].all()
+    assert mask.sum().item() == 6 * (4 * N + T_FWD * N)
+
+
+def test_mask_token_replaces_only_the_zeroed_bins() -> None:
+    batch = make_batch(n_trials=6)
+    kw = dict(mask_token_ratio=1.0, dropout=0.0, dropout_embedding=0.0, dropout_attention=0.0)
+    torch.manual_seed(0)
+    model = NDT(SPEC, mask_token=True, **kw).train()
+    assert model.mask_embedding is not None and model.mask_embedding.shape == (model.d_model,)
+    # Vectors that differ in more than a constant (layer norm removes a constant shift).
+    v1, v2 = torch.randn(2, model.d_model, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.mask_embedding.copy_(v1)
+    torch.manual_seed(1)
+    out1 = model(batch)
+    # A different [MASK] vector changes the training output (it is used at the zeroed bins) ...
+    with torch.no_grad():
+        model.mask_embedding.copy_(v2)
+    torch.manual_seed(1)
+    assert not torch.allclose(out1.rates, model(batch).rates)
+    # ... and is never used in eval mode, where nothing is masked.
+    model.eval()
+    with torch.no_grad():
+        r1 = model(batch).rates
+        model.mask_embedding.copy_(v1)
+        assert torch.equal(r1, model(batch).rates)
+    assert NDT(SPEC).mask_embedding is None  # default: zeroed bins embed as zero counts
+
+
 def test_mask_replacement_fractions() -> None:
     heldin = make_batch(n_trials=32)["heldin"]
     # No zeroing, no randomising: selected bins keep their counts.
@@ -221,3 +259,31 @@ def test_validation_loss_scores_only_entries_never_in_the_input() -> None:
     unseen = torch.ones(T, N, dtype=torch.bool)
     unseen[:T_OBS, :N_IN] = False
     torch.testing.assert_close(val, nll[:, unseen].mean() * T * N)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "data"), [("ndt_mc_maze_small", "mc_maze_small"), ("ndt_ca1", "ca1_linear_track")]
+)
+def test_small_data_recipes_compose_and_build(recipe: str, data: str) -> None:
+    from neuralnets.config import compose
+    from neuralnets.models import create_model
+
+    cfg = compose([f"experiment={recipe}"], config_name="train")
+    assert cfg.recipe == recipe and cfg.data.name == data and cfg.model.name == "ndt"
+    # The recipe's point: attention limited to a window of bins (context), a small heavily regularised model.
+    assert cfg.model.context_forward is not None and cfg.model.context_backward is not None
+    assert cfg.model.dropout >= 0.3 and cfg.module.weight_decay > 0
+    model = create_model(dict(cfg.model), SPEC)  # the composed options build an NDT
+    assert isinstance(model, NDT) and model.attn_mask is not None
+    assert model.attn_mask.shape == (T, T)
+
+
+def test_stndt_ca1_recipe_composes_and_builds() -> None:
+    from neuralnets.config import compose
+    from neuralnets.models import create_model
+    from neuralnets.models.stndt import STNDT
+
+    cfg = compose(["experiment=stndt_ca1"], config_name="train")
+    assert cfg.recipe == "stndt_ca1" and cfg.data.name == "ca1_linear_track" and cfg.model.name == "stndt"
+    assert cfg.model.context_forward == 10 and cfg.model.context_backward == 10
+    assert isinstance(create_model(dict(cfg.model), SPEC), STNDT)

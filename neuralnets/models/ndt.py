@@ -67,11 +67,16 @@ def check_transformer_options(
 
 
 def mask_bins(
-    heldin: Tensor, mask_ratio: float, mask_token_ratio: float, mask_random_ratio: float
-) -> tuple[Tensor, Tensor]:
+    heldin: Tensor,
+    mask_ratio: float,
+    mask_token_ratio: float,
+    mask_random_ratio: float,
+    return_zeroed: bool = False,
+) -> tuple[Tensor, ...]:
     """BERT-style masking of whole bins.
 
-    heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool.
+    heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool, and with
+    `return_zeroed` also the zeroed bins (B, T_obs) bool (a subset of the selected ones).
     """
     b, t_obs, _ = heldin.shape
     n_sel = max(1, round(mask_ratio * t_obs))
@@ -87,15 +92,21 @@ def mask_bins(
     random_counts = torch.floor(torch.rand_like(heldin) * (heldin.amax() + 1.0))  # (B, T_obs, N_in)
     x = torch.where(zeroed[..., None], torch.zeros_like(heldin), heldin)
     x = torch.where(randomised[..., None], random_counts, x)  # (B, T_obs, N_in)
-    return x, selected
+    return (x, selected, zeroed) if return_zeroed else (x, selected)
 
 
-def bin_recon_mask(spec: DataSpec, selected: Tensor) -> Tensor:
-    """selected (B, T_obs) bool -> (B, T, N) bool: where the masked-modelling loss is scored."""
-    # Held-out neurons (all bins) and forward bins (all neurons) are never inputs, so always scored;
-    # held-in neurons at observed bins only where their input was selected for masking.
+def bin_recon_mask(spec: DataSpec, selected: Tensor, heldout_masked_only: bool = False) -> Tensor:
+    """selected (B, T_obs) bool -> (B, T, N) bool: where the masked-modelling loss is scored.
+
+    Held-in neurons at observed bins are scored where their bin was selected for masking; forward bins
+    always. Held-out neurons at observed bins: at every bin, or with `heldout_masked_only` only at the
+    selected bins, so that their rates are learnt from the context and not from the bin's own spikes.
+    """
+    # Held-out neurons and forward bins are never inputs, so they may be scored anywhere.
     mask = unseen_mask(spec, selected.shape[0], selected.device)  # (B, T, N)
     mask[:, : spec.n_obs_bins, : spec.n_heldin] = selected[..., None]
+    if heldout_masked_only:
+        mask[:, : spec.n_obs_bins, spec.n_heldin :] = selected[..., None]
     return mask
 
 
@@ -123,6 +134,11 @@ class NDT(SpikeModel):
         mask_token_ratio: fraction of the selected bins that are zeroed.
         mask_random_ratio: fraction of the remaining selected bins whose counts are replaced by random
             counts (uniform integers in 0..max count in the batch); the rest stay unchanged.
+        mask_token: replace the embedded tokens of the zeroed bins by a learned mask vector (BERT's
+            [MASK]) instead of the embedding of zero counts, which a bin without spikes also has: the
+            model can then tell a hidden bin from a silent one and learn to ignore it.
+        heldout_masked_only: score the held-out neurons' training loss only at the selected (masked)
+            observed bins, not at every bin (see `bin_recon_mask`).
 
     forward(batch) -> ModelOutput with rates (B, T, N) in counts per bin, latents (B, T, d_model) = the
     final (layer-normed) transformer hidden states that the linear readout reads, and in train mode
@@ -147,6 +163,8 @@ class NDT(SpikeModel):
         mask_ratio: float = 0.25,
         mask_token_ratio: float = 0.8,
         mask_random_ratio: float = 0.5,
+        mask_token: bool = False,
+        heldout_masked_only: bool = False,
     ):
         super().__init__(spec)
         s = self.spec
@@ -170,6 +188,9 @@ class NDT(SpikeModel):
         self.mask_ratio = mask_ratio
         self.mask_token_ratio = mask_token_ratio
         self.mask_random_ratio = mask_random_ratio
+        self.heldout_masked_only = heldout_masked_only
+        # (d_model,) learned [MASK] token, or None: zeroed bins embed as zero counts
+        self.mask_embedding = nn.Parameter(torch.zeros(d_model)) if mask_token else None
 
         self.embed = nn.Linear(s.n_heldin, d_model)
         self.pos = nn.Parameter(torch.randn(s.n_bins, d_model) * 0.02)  # (T, d_model) learned positions
@@ -193,22 +214,31 @@ class NDT(SpikeModel):
 
     def mask_bins(self, heldin: Tensor) -> tuple[Tensor, Tensor]:
         """heldin (B, T_obs, N_in) -> masked input (B, T_obs, N_in), selected bins (B, T_obs) bool."""
-        return mask_bins(heldin, self.mask_ratio, self.mask_token_ratio, self.mask_random_ratio)
+        x, selected, _ = mask_bins(
+            heldin, self.mask_ratio, self.mask_token_ratio, self.mask_random_ratio, return_zeroed=True
+        )
+        return x, selected
 
     def recon_mask(self, selected: Tensor) -> Tensor:
         """selected (B, T_obs) bool -> (B, T, N) bool: where the training loss is scored."""
-        return bin_recon_mask(self.spec, selected)
+        return bin_recon_mask(self.spec, selected, self.heldout_masked_only)
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         s = self.spec
         heldin = get_heldin(self, batch)  # (B, T_obs, N_in)
-        recon_mask = None
+        recon_mask = zeroed = None
         if self.training:
-            heldin, selected = self.mask_bins(heldin)
+            heldin, selected, zeroed = mask_bins(
+                heldin, self.mask_ratio, self.mask_token_ratio, self.mask_random_ratio, return_zeroed=True
+            )  # (B, T_obs, N_in), (B, T_obs), (B, T_obs)
             recon_mask = self.recon_mask(selected)
         # Forward bins carry no data: pad with zeros to (B, T, N_in).
         x = nn.functional.pad(heldin, (0, 0, 0, s.n_fwd_bins))
-        tokens = self.embed(x) * self.input_scale + self.pos  # (B, T, d_model)
+        tokens = self.embed(x) * self.input_scale  # (B, T, d_model)
+        if zeroed is not None and self.mask_embedding is not None:
+            zeroed = nn.functional.pad(zeroed, (0, s.n_fwd_bins))[..., None]  # (B, T, 1)
+            tokens = torch.where(zeroed, self.mask_embedding.to(tokens.dtype), tokens)
+        tokens = tokens + self.pos  # (B, T, d_model)
         hidden = self.transformer(self.embed_dropout(tokens), mask=self.attn_mask)  # (B, T, d_model)
         log_rates = self.readout(self.readout_dropout(hidden))  # (B, T, N)
         return ModelOutput(rates=positive_rates(log_rates), latents=hidden, recon_mask=recon_mask)
