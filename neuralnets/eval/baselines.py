@@ -245,22 +245,25 @@ def fit_condition_average(
     overall = M.condition_means(x, recorded, np.zeros(train.size, dtype=int), np.zeros(1, dtype=int))
     means = torch.cat([by_condition[0], overall[0]]).numpy()  # (C+1, T, N)
     counts = torch.cat([by_condition[1], overall[1]]).numpy()
+    del x, recorded, by_condition, overall  # float64 copies of the train trials: not needed any more
     row = {c: i for i, c in enumerate(labels.tolist())}
     which = np.array([row.get(c, len(labels)) for c in cond.tolist()])  # (trials,) PSTH row per trial
     unseen = sorted({c for c in cond.tolist() if c not in row})
 
-    def psth(sigma: float) -> np.ndarray:  # (trials, T, N); smooth(sum) / smooth(n) per condition
-        return smooth_spikes(means, counts, data.bin_size, sigma)[which]
+    def psth(sigma: float) -> np.ndarray:  # (C+1, T, N); smooth(sum) / smooth(n) per condition
+        return smooth_spikes(means, counts, data.bin_size, sigma)
 
     val = data.indices("val")
     val = val[(data.spikes[val] * mask[val]).sum(axis=(1, 2)) > 0]
     scores: dict[float, float] = {}
     if len(sigmas) > 1 and val.size > 0:
-        for x in sigmas:
-            scores[x] = M.bits_per_spike(psth(x)[val], data.spikes[val], mask[val])
+        for x in sigmas:  # the val trials' rows only, never all trials in float64
+            scores[x] = M.bits_per_spike(psth(x)[which[val]], data.spikes[val], mask[val])
     best = max(scores, key=lambda x: scores[x]) if scores else sigmas[0]
     selected_on = "val trials" if scores else "fixed"
-    return ConditionAverageFit(psth(best).astype(np.float32), best, scores, selected_on, unseen)
+    # Rounded to float32 per condition, then one row per trial: the same numbers as rounding per trial.
+    rates = psth(best).astype(np.float32)[which]  # (trials, T, N)
+    return ConditionAverageFit(rates, best, scores, selected_on, unseen)
 
 
 def mean_rates(data: SpikeData) -> np.ndarray:
