@@ -106,10 +106,8 @@ def fit_smoothing_glm(
     smoothed = smooth_spikes(
         data.heldin_obs, mask[:, :t_obs, :n_in], data.bin_size, sigma_ms
     )  # (trials, T_obs, N_in)
-    # float32 from the start: each float64 value is rounded once on assignment, as `.astype` did at the end.
-    rates = np.zeros(data.spikes.shape, dtype=np.float32)  # (trials, T, N)
-    rates[:, :t_obs, :n_in] = smoothed
     weights, bias = np.zeros((n_in, n_out)), np.zeros(n_out)
+    held_out = None  # (trials, T_obs, N_out) float32 GLM rates
     scores: dict[float, float] = {}
     selected_on = "fixed"
 
@@ -119,7 +117,9 @@ def fit_smoothing_glm(
         y_out = torch.as_tensor(
             data.spikes[:, :t_obs, n_in:], dtype=torch.float64, device=dev
         )  # (trials, T_obs, N_out)
-        w_out = torch.as_tensor(mask[:, :t_obs, n_in:], dtype=torch.float64, device=dev)
+
+        def w_out(idx: torch.Tensor) -> torch.Tensor:  # (len(idx), T_obs, N_out) float64 recorded entries
+            return torch.as_tensor(mask[idx.cpu().numpy(), :t_obs, n_in:], dtype=torch.float64, device=dev)
 
         def fit(
             trials: np.ndarray, a: float, init: tuple | None = None
@@ -129,7 +129,7 @@ def fit_smoothing_glm(
             mu, sd = x.mean(0), x.std(0)
             sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # silent held-in neurons: feature stays 0
             x = x.sub_(mu).div_(sd)
-            y, w = y_out[idx].reshape(-1, n_out), w_out[idx].reshape(-1, n_out)
+            y, w = y_out[idx].reshape(-1, n_out), w_out(idx).reshape(-1, n_out)
             start = None if init is None else init[:2]  # (W, b) of the previous alpha
             wts, b = fit_poisson_glm(x, y, w, a, max_iter, init=start)
             return wts, b, mu, sd
@@ -141,7 +141,7 @@ def fit_smoothing_glm(
 
         def heldout_bps(pred: torch.Tensor, trials: np.ndarray) -> float:
             idx = torch.as_tensor(trials, device=dev)
-            return M.bits_per_spike(pred, y_out[idx], w_out[idx].bool())
+            return M.bits_per_spike(pred, y_out[idx], w_out(idx).bool())
 
         val = data.indices("val")
         val = val[(data.spikes[val, :t_obs, n_in:] * mask[val, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
@@ -172,13 +172,20 @@ def fit_smoothing_glm(
         best = max(scores, key=lambda a: scores[a]) if scores else alphas[0]
         params = fits.get(best) or fit(train, best)
         all_trials = np.arange(data.n_trials)
+        held_out = np.empty((data.n_trials, t_obs, n_out), dtype=np.float32)
         for chunk in np.array_split(all_trials, max(1, len(all_trials) // 256)):  # ~256 trials at a time
-            rates[chunk, :t_obs, n_in:] = predict(params, chunk).cpu().numpy()
+            held_out[chunk] = predict(params, chunk).cpu().numpy()
         weights = (params[0] / params[3][:, None]).cpu().numpy()  # per unit of smoothed count
         bias = (params[1] - params[2] @ (params[0] / params[3][:, None])).cpu().numpy()
+        del feats, y_out, fits, params
     else:
         best = alphas[0]
 
+    # float32, made once the fits are done: each float64 value is rounded once on assignment.
+    rates = np.zeros(data.spikes.shape, dtype=np.float32)  # (trials, T, N)
+    rates[:, :t_obs, :n_in] = smoothed
+    if held_out is not None:
+        rates[:, :t_obs, n_in:] = held_out
     if data.n_fwd > 0:
         rates[:, t_obs:, :] = _mean_count(data, train, slice(t_obs, None))[None, None, :]
     return SmoothingGLMFit(rates, weights, bias, best, scores, selected_on, sigma_ms)

@@ -28,9 +28,17 @@ HESSIAN_ROWS = 16384  # samples used to form the Hessians (the gradient always u
 OUTPUT_BLOCK_ELEMENTS = 1 << 20
 
 
-def _objective(x1: torch.Tensor, beta: torch.Tensor, y, w, n_per, alpha: float, pen) -> tuple:
+def _objective(x: torch.Tensor, beta: torch.Tensor, y, w, n_per, alpha: float, pen) -> tuple:
     """Per-output objective (..., J) and the clamped log-rates eta (..., S, J) at `beta (..., J, F+1)`."""
-    eta = (x1 @ beta.transpose(-1, -2)).clamp(max=ETA_MAX)  # (..., S, J)
+    # x @ W + b (..., S, J) in one fused product, without a copy of x with a bias column
+    w_t, b = beta[..., :-1].transpose(-1, -2), beta[..., None, :, -1]  # (..., F, J), (..., 1, J)
+    if x.ndim == 2:
+        eta = torch.addmm(b, x, w_t)
+    elif x.ndim == 3:
+        eta = torch.baddbmm(b, x, w_t)
+    else:
+        eta = x @ w_t + b
+    eta = eta.clamp(max=ETA_MAX)
     nll = (w * (torch.exp(eta) - y * eta)).sum(-2) / n_per  # (..., J)
     return nll + 0.5 * alpha * (beta.square() * pen).sum(-1), eta
 
@@ -55,10 +63,10 @@ def fit_poisson_glm(
     """
     if not alpha >= 0:
         raise ValueError(f"fit_poisson_glm: alpha must be >= 0; got {alpha!r}")
-    x1 = torch.cat([x, torch.ones_like(x[..., :1])], -1)  # (..., S, F+1): the bias as a last feature
     stride = max(1, math.ceil(x.shape[-2] / HESSIAN_ROWS))
     h_dtype = torch.float32 if x.shape[-2] > HESSIAN_ROWS else x.dtype
-    xh = x1[..., ::stride, :].to(h_dtype)  # (..., S_h, F+1) the Hessians' samples
+    xs = x[..., ::stride, :]
+    xh = torch.cat([xs, torch.ones_like(xs[..., :1])], -1).to(h_dtype)  # (..., S_h, F+1) Hessians' samples
     # Outputs are independent problems: fitted a block at a time so that the (..., S, J) working arrays
     # (log-rates, gradient weights, line-search candidates) stay near OUTPUT_BLOCK_ELEMENTS each.
     n_out = y.shape[-1]
@@ -67,7 +75,7 @@ def fit_poisson_glm(
     for j0 in range(0, n_out, block):
         j = slice(j0, min(j0 + block, n_out))
         start = None if init is None else (init[0][..., j], init[1][..., j])
-        wj, bj = _fit_block(x1, xh, stride, y[..., j], w[..., j], alpha, max_iter, tol, start)
+        wj, bj = _fit_block(x, xh, stride, y[..., j], w[..., j], alpha, max_iter, tol, start)
         weights.append(wj)
         biases.append(bj)
     if len(weights) == 1:
@@ -76,7 +84,7 @@ def fit_poisson_glm(
 
 
 def _fit_block(
-    x1: torch.Tensor,
+    x: torch.Tensor,
     xh: torch.Tensor,
     stride: int,
     y: torch.Tensor,
@@ -86,10 +94,10 @@ def _fit_block(
     tol: float,
     init: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fit_poisson_glm` for a block of outputs: x1 (..., S, F+1) features with the bias column, xh
+    """`fit_poisson_glm` for a block of outputs: x (..., S, F) features (the bias is the last coefficient), xh
     (..., S_h, F+1) every `stride`-th of them (the Hessians' samples), y and w (..., S, J)."""
-    dtype, dev, h_dtype = x1.dtype, x1.device, xh.dtype
-    n_feat, n_out = x1.shape[-1] - 1, y.shape[-1]
+    dtype, dev, h_dtype = x.dtype, x.device, xh.dtype
+    n_feat, n_out = x.shape[-1], y.shape[-1]
     n_per = w.sum(-2).clamp(min=1.0)  # (..., J) recorded samples per output
     pen = torch.ones(n_feat + 1, dtype=dtype, device=dev)  # (F+1,) penalised coordinates: not the bias
     pen[-1] = 0.0
@@ -98,7 +106,7 @@ def _fit_block(
         beta[..., -1] = torch.log(((w * y).sum(-2) / n_per).clamp(min=GLM_FLOOR))
     else:
         beta = torch.cat([init[0].transpose(-1, -2), init[1][..., None]], -1).to(dtype).clone()
-    f, eta = _objective(x1, beta, y, w, n_per, alpha, pen)
+    f, eta = _objective(x, beta, y, w, n_per, alpha, pen)
     hess = torch.zeros(*beta.shape, n_feat + 1, dtype=dtype, device=dev)  # (..., J, F+1, F+1)
     # LU factors of hess (torch.linalg.lu_factor) and their 1-based pivots; identity (no row swaps)
     # until an output's first Hessian, so that outputs never refreshed (inactive) solve to a finite 0 step.
@@ -112,7 +120,9 @@ def _fit_block(
     for _ in range(max_iter):
         inside = (eta < ETA_MAX).to(dtype)  # the clamp has zero gradient beyond ETA_MAX
         mu = torch.exp(eta) * inside * w / n_per[..., None, :]  # (..., S, J) d(nll)/d(eta) + y-part below
-        grad = (mu - y * inside * w / n_per[..., None, :]).transpose(-1, -2) @ x1 + alpha * beta * pen
+        resid = (mu - y * inside * w / n_per[..., None, :]).transpose(-1, -2)  # (..., J, S)
+        grad = torch.cat([resid @ x, resid.sum(-1, keepdim=True)], -1) + alpha * beta * pen  # (..., J, F+1)
+        del resid
         g_max = grad.abs().amax(-1)  # (..., J)
         g_out = g_max.reshape(-1, n_out).amax(0)  # (J,) worst problem of each output
         active = (g_out > tol) & ~stuck
@@ -143,7 +153,7 @@ def _fit_block(
         todo = active.expand_as(f).clone()
         for _ in range(60):  # backtracking (Armijo) on the exact objective, per problem and output
             cand = beta + t[..., None] * step
-            f_c, eta_c = _objective(x1, cand, y, w, n_per, alpha, pen)
+            f_c, eta_c = _objective(x, cand, y, w, n_per, alpha, pen)
             ok = todo & ((f_c <= f + 1e-4 * t * slope) | tiny)
             beta = torch.where(ok[..., None], cand, beta)
             f = torch.where(ok, f_c, f)

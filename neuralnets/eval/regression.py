@@ -101,7 +101,7 @@ def ridge_cv(
         if xs.shape[0] < n_folds:
             raise DataError(f"ridge_cv needs at least n_folds={n_folds} samples; got {xs.shape[0]}")
         splits = np.array_split(np.arange(xs.shape[0]), n_folds)  # KFold(n_folds, shuffle=False)
-        folds = [torch.as_tensor(f, device=xt.device) for f in splits]
+        folds = [slice(int(f[0]), int(f[-1]) + 1) for f in splits]  # contiguous: views, not copies
         rows = [(xs[f], ys[f]) for f in folds]
         r2_fn = r2_columns_sklearn
     else:
