@@ -6,12 +6,12 @@ Every output (held-out neuron) is its own strictly convex problem; any leading b
 resamples) and a block of outputs are solved at once (blocks of at most `OUTPUT_BLOCK_ELEMENTS` per
 (..., samples, outputs) array, so that memory stays bounded on large data). Each iteration evaluates the
 exact float64 gradient of every problem with two matrix products shared by the block's outputs; the
-Newton direction uses each output's Hessian `X^T diag(w·exp(eta)/n) X + alpha·I`, formed in float32 on
-at most `HESSIAN_ROWS` evenly spaced samples and kept, with its LU factors, while it still shrinks the
-gradient tenfold per iteration (refreshed and refactorised for the outputs where it does not). An
-inexact Hessian only changes the path: the iterations stop on the exact float64 gradient (max |grad|
-<= `tol`), far tighter than the previous L-BFGS fit's 1e-6. A backtracking line search on the exact
-objective makes every step a descent step.
+Newton direction uses each output's Hessian `X^T diag(w·exp(eta)/n) X + alpha·I`, formed in float32 (on
+large data or with alpha > 0) on at most `HESSIAN_ROWS` evenly spaced samples and kept, with its LU
+factors, while it still shrinks the gradient tenfold per iteration (refreshed and refactorised for the
+outputs where it does not). An inexact Hessian only changes the path: the iterations stop on the exact
+float64 gradient (max |grad| <= `tol`), far tighter than the previous L-BFGS fit's 1e-6. A backtracking
+line search on the exact objective makes every step a descent step.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def fit_poisson_glm(
     if not alpha >= 0:
         raise ValueError(f"fit_poisson_glm: alpha must be >= 0; got {alpha!r}")
     stride = max(1, math.ceil(x.shape[-2] / HESSIAN_ROWS))
-    h_dtype = torch.float32 if x.shape[-2] > HESSIAN_ROWS else x.dtype
+    # float32 Hessians (they only steer; the exact float64 gradient decides convergence) on large data, and
+    # whenever the L2 penalty keeps them well conditioned; float64 for an unpenalised fit on few samples.
+    h_dtype = torch.float32 if x.shape[-2] > HESSIAN_ROWS or alpha > 0 else x.dtype
     xs = x[..., ::stride, :]
     xh = torch.cat([xs, torch.ones_like(xs[..., :1])], -1).to(h_dtype)  # (..., S_h, F+1) Hessians' samples
     # Outputs are independent problems: fitted a block at a time so that the (..., S, J) working arrays
@@ -107,11 +109,11 @@ def _fit_block(
     else:
         beta = torch.cat([init[0].transpose(-1, -2), init[1][..., None]], -1).to(dtype).clone()
     f, eta = _objective(x, beta, y, w, n_per, alpha, pen)
-    hess = torch.zeros(*beta.shape, n_feat + 1, dtype=dtype, device=dev)  # (..., J, F+1, F+1)
-    # LU factors of hess (torch.linalg.lu_factor) and their 1-based pivots; identity (no row swaps)
-    # until an output's first Hessian, so that outputs never refreshed (inactive) solve to a finite 0 step.
+    # LU factors of each output's Hessian (torch.linalg.lu_factor), kept column-major as LAPACK wants
+    # them (no copy per solve), and their 1-based pivots; identity (no row swaps) until an output's first
+    # Hessian, so that outputs never refreshed (inactive) solve to a finite 0 step.
     eye = torch.eye(n_feat + 1, dtype=dtype, device=dev)
-    lu = eye.expand_as(hess).clone()  # (..., J, F+1, F+1)
+    lu = eye.expand(*beta.shape, n_feat + 1).mT.contiguous().mT  # (..., J, F+1, F+1), column-major
     piv = torch.arange(1, n_feat + 2, dtype=torch.int32, device=dev)  # 1-based: no row swaps
     piv = piv.expand(beta.shape).clone()  # (..., J, F+1)
     ridge = torch.diag(alpha * pen)  # (F+1, F+1)
@@ -134,16 +136,18 @@ def _fit_block(
         if bool(refresh.any()):
             d = mu[..., ::stride, :].to(h_dtype) * stride  # (..., S_h, J) curvature weights
             fresh = torch.nonzero(refresh).flatten()
-            for j in fresh.tolist():
+            hess = torch.empty(*beta.shape[:-2], len(fresh), n_feat + 1, n_feat + 1, dtype=dtype, device=dev)
+            for i, j in enumerate(fresh.tolist()):
                 h = (xh * d[..., :, j, None]).transpose(-1, -2) @ xh  # (..., F+1, F+1)
                 h = h.to(dtype) + ridge
                 # A tiny relative ridge keeps the solve defined for features that are all zero.
                 damp = 1e-12 * h.diagonal(dim1=-2, dim2=-1).amax(-1).clamp(min=1e-300)
-                hess[..., j, :, :] = h + damp[..., None, None] * eye
+                hess[..., i, :, :] = h + damp[..., None, None] * eye
             # A kept Hessian keeps its LU factors: only the fresh ones are factorised (the solve with
             # the factors is what `torch.linalg.solve` does, without refactorising every iteration).
-            lu_j, piv_j = torch.linalg.lu_factor(hess[..., fresh, :, :])
+            lu_j, piv_j = torch.linalg.lu_factor(hess)
             lu[..., fresh, :, :], piv[..., fresh, :] = lu_j, piv_j
+            del hess, lu_j
         step = -torch.linalg.lu_solve(lu, piv, grad.unsqueeze(-1)).squeeze(-1)  # (..., J, F+1)
         step = step * active[:, None].to(dtype)
         slope = (grad * step).sum(-1)  # (..., J) directional derivative, < 0
