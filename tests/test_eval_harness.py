@@ -263,3 +263,16 @@ def test_fewshot_and_vel_halves_compose_to_the_metrics():
     w, b = R.fit_vel(x[tr], beh[tr])
     assert w.shape == (5, 2) and b.shape == (2,)
     assert R.vel_r2_score(w, b, x[te], beh[te]) == R.vel_r2(x[tr], beh[tr], x[te], beh[te])
+
+
+def test_psth_r2_reuses_the_smoothed_target_of_all_conditions():
+    data = make_data()
+    rates = np.random.default_rng(9).uniform(0.2, 2.0, size=data.spikes.shape)
+    cache: dict = {}
+    for split in ("val", "test"):
+        idx = data.indices(split)
+        args = (rates[idx], data.spikes[idx], data.condition[idx], data.bin_size)
+        target = dict(target_spikes=data.spikes, target_condition=data.condition)
+        want = M.psth_r2(*args, **target)
+        assert M.psth_r2(*args, **target, target_cache=cache) == pytest.approx(want, abs=1e-12)
+        assert cache["psth"][0].shape == (3, *data.spikes.shape[1:])  # every condition, smoothed once

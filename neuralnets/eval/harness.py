@@ -309,6 +309,7 @@ def _evaluate_split(
             psth_sigma_ms,
             None if m_e is None else m_e[sl],
             **target,
+            target_cache=shared.setdefault("psth", {}) if nlb else None,  # every split's target: all trials
         )
     if fewshot and "fewshot_co_bps" not in skip:
         tr = data.indices("train")
