@@ -304,3 +304,13 @@ def test_glm_fits_outputs_in_blocks_with_the_same_result(monkeypatch):
         assert got[0].shape == (2, 4, 5) and got[1].shape == (2, 5)
         torch.testing.assert_close(got[0], want[0], atol=1e-9, rtol=0)
         torch.testing.assert_close(got[1], want[1], atol=1e-9, rtol=0)
+
+
+def test_large_blocks_returned_is_a_safe_context(small_lorenz):
+    """Inside it, memory behaves as usual (it only tells glibc how to place large blocks): a baseline
+    computed inside gives the same rates as outside."""
+    want = B.mean_rates(small_lorenz)
+    with B.large_blocks_returned() as applied:
+        got = B.mean_rates(small_lorenz)
+    assert isinstance(applied, bool)
+    np.testing.assert_array_equal(got, want)

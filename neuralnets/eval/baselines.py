@@ -24,6 +24,9 @@ or its key is recomputed and replaced (never trusted; JSON only, nothing is unpi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -402,22 +405,52 @@ def baseline_rows(
     rows = _read_cache(key) if key is not None else None
     if rows is None:
         rows = []
-        for run in iter_baselines(data, names, **glm_kwargs):  # one baseline's rates in memory at a time
-            rows.append(
-                {
-                    "model": f"baseline/{run.name}",
-                    "split": split,
-                    "metrics": evaluate(run.rates, data, split, run.latents),
-                    "train_time_s": run.train_time_s,
-                    "n_parameters": run.n_parameters,
-                    "info": run.info,
-                }
-            )
+        with large_blocks_returned():
+            for run in iter_baselines(data, names, **glm_kwargs):  # one baseline's rates at a time
+                rows.append(
+                    {
+                        "model": f"baseline/{run.name}",
+                        "split": split,
+                        "metrics": evaluate(run.rates, data, split, run.latents),
+                        "train_time_s": run.train_time_s,
+                        "n_parameters": run.n_parameters,
+                        "info": run.info,
+                    }
+                )
         rows = json.loads(json.dumps(rows, default=_json_value))  # the types a cache hit gives back
         if key is not None:
             _write_cache(key, rows)
     label = data_label or data.name
     return [{"model": r.pop("model"), "data": label, **r} for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------ memory
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20  # while baselines are computed: blocks from 1 MiB up are mmapped
+MMAP_THRESHOLD_AFTER = 32 << 20  # afterwards: glibc's own upper limit for its dynamic threshold
+
+
+@contextlib.contextmanager
+def large_blocks_returned() -> Iterator[bool]:
+    """While inside, glibc gives large blocks (>= 1 MiB) their own mappings, returned to the system when
+    freed, and freed heap memory is returned on entry and exit. Yields whether it could (glibc only).
+
+    Why: the baselines' float64 temporaries (tens of MB each, allocated and freed many times) otherwise
+    come from the heap once glibc's dynamic mmap threshold has grown, and a run's peak RSS counts the holes
+    they leave (~300 MiB at the MC_Maze scale). A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        yield False
+        return
+    trim(0)
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    try:
+        yield True
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)
+        trim(0)
 
 
 # ------------------------------------------------------------------------------------------------- cache
