@@ -349,7 +349,8 @@ def iter_baselines(
         elif name == "mean_rates":
             rates, latents, n_par = mean_rates(data), None, data.n_neurons
         elif name == "condition_average":
-            ca = fit_condition_average(data)
+            with large_blocks_returned():  # float64 copies of all train trials
+                ca = fit_condition_average(data)
             rates, latents = ca.rates, None
             n_conditions = len(np.unique(data.condition[data.indices("train")]))
             n_par = n_conditions * data.n_bins * data.n_neurons
@@ -405,18 +406,19 @@ def baseline_rows(
     rows = _read_cache(key) if key is not None else None
     if rows is None:
         rows = []
-        with large_blocks_returned():
-            for run in iter_baselines(data, names, **glm_kwargs):  # one baseline's rates at a time
-                rows.append(
-                    {
-                        "model": f"baseline/{run.name}",
-                        "split": split,
-                        "metrics": evaluate(run.rates, data, split, run.latents),
-                        "train_time_s": run.train_time_s,
-                        "n_parameters": run.n_parameters,
-                        "info": run.info,
-                    }
-                )
+        for run in iter_baselines(data, names, **glm_kwargs):  # one baseline's rates in memory at a time
+            with large_blocks_returned():  # scoring: float64 temporaries of many sizes
+                metrics = evaluate(run.rates, data, split, run.latents)
+            rows.append(
+                {
+                    "model": f"baseline/{run.name}",
+                    "split": split,
+                    "metrics": metrics,
+                    "train_time_s": run.train_time_s,
+                    "n_parameters": run.n_parameters,
+                    "info": run.info,
+                }
+            )
         rows = json.loads(json.dumps(rows, default=_json_value))  # the types a cache hit gives back
         if key is not None:
             _write_cache(key, rows)
@@ -435,9 +437,11 @@ def large_blocks_returned() -> Iterator[bool]:
     """While inside, glibc gives large blocks (>= 1 MiB) their own mappings, returned to the system when
     freed, and freed heap memory is returned on entry and exit. Yields whether it could (glibc only).
 
-    Why: the baselines' float64 temporaries (tens of MB each, allocated and freed many times) otherwise
-    come from the heap once glibc's dynamic mmap threshold has grown, and a run's peak RSS counts the holes
-    they leave (~300 MiB at the MC_Maze scale). A no-op where the C library is not glibc."""
+    Why: the float64 temporaries of scoring and of the condition average (1 to 100 MB, many sizes)
+    otherwise come from the heap once glibc's dynamic mmap threshold has grown, and a run's peak RSS counts
+    the holes they leave (~300 MiB at the MC_Maze scale). Not used around the smoothing GLM's fit, whose
+    working arrays are of one size (reused by the heap) and allocated thousands of times (fresh mappings
+    would cost page faults: +50% CPU). A no-op where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt, trim = libc.mallopt, libc.malloc_trim
