@@ -23,9 +23,9 @@ import torch
 GLM_FLOOR = 1e-9  # counts/bin; never predict exactly 0 from the GLM's exp link
 ETA_MAX = 30.0  # log-rates are clamped here, so exp stays finite
 HESSIAN_ROWS = 16384  # samples used to form the Hessians (the gradient always uses all of them)
-# Elements of one (..., S, J) working array of a block of outputs (8 MiB in float64): bounds the fit's
+# Elements of one (..., S, J) working array of a block of outputs (16 MiB in float64): bounds the fit's
 # memory at large S (the smoothing baseline: 60k samples) without splitting small problems (few-shot).
-OUTPUT_BLOCK_ELEMENTS = 1 << 20
+OUTPUT_BLOCK_ELEMENTS = 1 << 21
 
 
 def _objective(x: torch.Tensor, beta: torch.Tensor, y, w, n_per, alpha: float, pen) -> tuple:
