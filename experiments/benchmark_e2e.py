@@ -24,15 +24,11 @@ What it does, per run (a fresh subprocess with `PYTHONPATH=CODE_DIR`, so peak RS
   same model), `data.batch_size=256 trainer.max_epochs=EPOCHS`, the configuration's overrides, and
   everything else as configured (callbacks, checkpoints, harness every 10 epochs, final evaluation,
   baseline rows printed at the end);
-- phases (wall seconds, and their share of the run's wall time):
-  startup = process start, imports and Hydra composition, until `train()` is entered;
-  data = reading the file and building the device-resident tensors (`load`, `SpikeDataModule`);
-  setup = the rest before `trainer.fit` starts (model, trainer, callbacks, run directory);
-  training = inside training steps (`on_train_batch_start` .. `on_train_batch_end`: forward, backward,
-  optimiser); validation = validation epochs (sanity check included) without the harness evaluation;
-  harness in training = the `HarnessEvaluation` callback; fit other = the rest of `trainer.fit`
-  (checkpoints, logging, epoch ends); final harness = `finish_run` (best checkpoint reloaded, predictions
-  written, val + test scored, TensorBoard); baselines = the baseline rows printed after the run;
+- phases (wall seconds, and their share of the run's wall time; `PHASE_INFO` says what is in each):
+  startup, data, setup, training, validation, harness in training, fit other, final harness, other,
+  baselines. The time is booked to a stack of phases (a data load inside `trainer.fit` is data, the
+  harness inside a validation epoch is the harness), so no phase is counted twice and the phases add up
+  to the wall time; the table gives their means over the runs of a configuration;
 - throughput: train trials / seconds of training steps per epoch (median over epochs after the first);
 - memory: peak RSS of the whole run (VmHWM; Linux) and of each phase (the counter restarted at each);
 - quality: the run's validation co-bps / fp-bps from its metrics.json;
@@ -69,18 +65,20 @@ BATCH = 256
 # configs/model/lfads_mc_maze.yaml, spelled out for checkouts older than that file.
 MODEL = dict(gen_dim=200, fac_dim=100, ic_enc_dim=64, ci_enc_dim=64, con_dim=64, co_dim=4)
 DEFAULT_CONFIGS = [f"main={REPO}"]
-PHASES = (
-    "startup",
-    "data",
-    "setup",
-    "training",
-    "validation",
-    "harness in training",
-    "fit other",
-    "final harness",
-    "baselines",
-    "other",
-)
+# Each phase's wall time is exclusive (the phases add up to the run's wall time): what is in it.
+PHASE_INFO = {
+    "startup": "process start, imports, Hydra composition, until `train()` is entered",
+    "data": "reading the file, building the tensors (`load`, `SpikeDataModule`, its `setup` in fit)",
+    "setup": "the rest of `train()` before `trainer.fit`: model, trainer, callbacks, run directory",
+    "training": "training steps (batch start to batch end: forward, backward, optimiser)",
+    "validation": "validation epochs (sanity check included), without the harness",
+    "harness in training": "the `HarnessEvaluation` callback (every `callbacks.eval_every_n_epochs`)",
+    "fit other": "the rest of `trainer.fit`: checkpoints (+ sha256), logging, epoch ends, loop overhead",
+    "final harness": "`finish_run`: best checkpoint reloaded, predictions written, val + test scored",
+    "other": "the rest of `train()` after `trainer.fit`, outside `finish_run` (status, locks)",
+    "baselines": "after `train()`: the results table with the baseline rows (cached or computed)",
+}
+PHASES = tuple(PHASE_INFO)
 # The matmul shapes of one LFADS step at MC_Maze sizes: (rows, inner, cols). The first is the generator's
 # fused input + recurrent product (B x (G + fac... ) ) the roofline is quoted at; 2048^3 is the machine's
 # large-matrix reference.
@@ -108,37 +106,61 @@ def _vm_hwm_reset() -> None:
 
 
 class _Recorder:
-    """Wall seconds per phase, the peak RSS of each, and the training steps of each epoch."""
+    """Wall seconds per phase, exclusive: a stack of the phases the run is in; the time between two
+    events is booked to the phase on top, so nested phases (a data load inside `trainer.fit`, the harness
+    inside a validation epoch) are never counted twice and the phases add up to the wall time exactly.
+    Also the peak RSS of each phase and the training steps of each epoch. `clock`: seconds (tests)."""
 
-    def __init__(self, spawned_at: float):
-        self.t0 = spawned_at
+    def __init__(self, spawned_at: float, clock=time.time):
+        self.clock = clock
+        self.t = spawned_at
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.rss = dict.fromkeys(PHASES, 0.0)
-        self.marks: dict[str, float] = {}
+        self.stack = ["startup"]
         self.epoch_steps: list[float] = []
-        self.depth = 0  # nested data phases (a loader called from the DataModule) count once
-        self.in_fit = 0.0  # data phases inside trainer.fit (the DataModule's setup)
+
+    def _book(self) -> float:
+        now = self.clock()
+        self.seconds[self.stack[-1]] += now - self.t
+        self.t = now
+        return now
+
+    def push(self, phase: str) -> float:
+        now = self._book()
+        self.stack.append(phase)
+        return now
+
+    def pop(self) -> float:
+        now = self._book()
+        if len(self.stack) > 1:
+            self.stack.pop()
+        return now
+
+    def replace(self, phase: str) -> None:
+        """The phase on top ends and `phase` starts (e.g. startup -> setup when `train()` is entered)."""
+        self._book()
+        self.stack[-1] = phase
+
+    def end(self) -> float:
+        """Book the time up to now; returns the wall time since the process was spawned."""
+        self._book()
+        return sum(self.seconds.values())
 
     def peak(self, phase: str) -> None:
         self.rss[phase] = max(self.rss[phase], _vm_hwm_mb())
 
-    def timed(self, phase: str, fn):
-        """`fn` wrapped to add its outermost calls' wall time to `phase`."""
+    def timed(self, phase: str, fn, inside: tuple[str, ...] = ()):
+        """`fn` wrapped so that its calls are booked to `phase`, except calls made while the run is in
+        one of the phases `inside` (e.g. the dataset reloaded by the baseline rows is theirs)."""
 
         def wrapper(*args, **kwargs):
-            # Nested calls count once; after training, a data load belongs to its phase (the baseline
-            # rows reload the dataset).
-            if self.depth or "final_start" in self.marks:
+            if any(p in self.stack for p in inside):
                 return fn(*args, **kwargs)
-            self.depth += 1
-            t = time.time()
+            self.push(phase)
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[phase] += time.time() - t
-                if "fit_start" in self.marks and "fit_end" not in self.marks:
-                    self.in_fit += time.time() - t
-                self.depth -= 1
+                self.pop()
 
         return wrapper
 
@@ -155,53 +177,56 @@ def run_child(argv: list[str], spawned_at: float, out: Path) -> None:
     rec = _Recorder(spawned_at)
 
     class PhaseTimer(pl.Callback):
+        # Appended to the Trainer's callbacks (Lightning moves ModelCheckpoint after it): the other
+        # callbacks' *_start hooks run before its own, their *_end hooks (checkpoint saving) after.
         def __init__(self):
-            self._t = self._v = 0.0
-
-        def on_fit_start(self, trainer, pl_module):
-            rec.marks["fit_start"] = time.time()
-            rec.peak("setup")
-            _vm_hwm_reset()
-
-        def on_fit_end(self, trainer, pl_module):
-            rec.marks["fit_end"] = time.time()
+            self._t = 0.0
 
         def on_train_epoch_start(self, trainer, pl_module):
             rec.epoch_steps.append(0.0)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self._t = time.time()
+            self._t = rec.push("training")
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            dt = time.time() - self._t
-            rec.epoch_steps[-1] += dt
-            rec.seconds["training"] += dt
+            rec.epoch_steps[-1] += rec.pop() - self._t
 
         def on_validation_start(self, trainer, pl_module):
-            self._v = time.time()
+            rec.push("validation")
 
         def on_validation_end(self, trainer, pl_module):
-            rec.seconds["validation"] += time.time() - self._v
+            rec.pop()
 
     # Observe the run from outside: a callback added to every Trainer, wrappers around functions that
     # every version has (looked up by name at call time in their modules).
-    trainer_init = pl.Trainer.__init__
+    trainer_init, trainer_fit = pl.Trainer.__init__, pl.Trainer.fit
 
     def init_with_timer(self, *args, callbacks=None, **kwargs):
         callbacks = [*(callbacks or []), PhaseTimer()]
         trainer_init(self, *args, callbacks=callbacks, **kwargs)
 
-    pl.Trainer.__init__ = init_with_timer
+    def fit(self, *args, **kwargs):
+        rec.peak("setup")
+        _vm_hwm_reset()
+        rec.push("fit other")
+        try:
+            return trainer_fit(self, *args, **kwargs)
+        finally:
+            rec.pop()
+            rec.replace("other")  # back in train(): what it does after fit, outside finish_run
+
+    pl.Trainer.__init__, pl.Trainer.fit = init_with_timer, fit
     harness = cb_mod.HarnessEvaluation.on_validation_epoch_end
     cb_mod.HarnessEvaluation.on_validation_epoch_end = rec.timed("harness in training", harness)
+    after = ("final harness", "baselines")
     dm_cls = dm_mod.SpikeDataModule
-    dm_cls.__init__ = rec.timed("data", dm_cls.__init__)
-    dm_cls.setup = rec.timed("data", dm_cls.setup)
-    loaders.load = rec.timed("data", loaders.load)
+    dm_cls.__init__ = rec.timed("data", dm_cls.__init__, after)
+    dm_cls.setup = rec.timed("data", dm_cls.setup, after)
+    loaders.load = rec.timed("data", loaders.load, after)
     try:
         import neuralnets.training.build as build_mod  # from the run-builder refactor on
 
-        build_mod.load = rec.timed("data", build_mod.load)
+        build_mod.load = rec.timed("data", build_mod.load, after)
     except ImportError:
         pass
     # finish_run lives in training/run.py since the one-lifecycle refactor, in train.py before it.
@@ -212,42 +237,36 @@ def run_child(argv: list[str], spawned_at: float, out: Path) -> None:
     train_fn, finish_fn = train_mod.train, finish_mod.finish_run
 
     def train(*args, **kwargs):
-        rec.marks["train_start"] = time.time()
         rec.peak("startup")
         _vm_hwm_reset()
-        return train_fn(*args, **kwargs)
+        rec.replace("setup")
+        try:
+            return train_fn(*args, **kwargs)
+        finally:
+            rec.replace("baselines")  # the table with the baseline rows, printed by main()
 
     def finish_run(*args, **kwargs):
-        rec.marks["final_start"] = time.time()
         rec.peak("training")
         _vm_hwm_reset()
+        rec.push("final harness")
         try:
             return finish_fn(*args, **kwargs)
         finally:
-            rec.marks["final_end"] = time.time()
+            rec.pop()
             rec.peak("final harness")
             _vm_hwm_reset()
 
     train_mod.train, finish_mod.finish_run = train, finish_run
     sys.argv = ["neuralnets-train", *argv]
     train_mod.main()
-    end = time.time()
+    wall = rec.end()
     rec.peak("baselines")
-    m, s = rec.marks, rec.seconds
-    s["startup"] = m["train_start"] - rec.t0
-    s["setup"] = m["fit_start"] - m["train_start"] - (s["data"] - rec.in_fit)
-    s["validation"] -= s["harness in training"]
-    fit = m["fit_end"] - m["fit_start"]
-    s["fit other"] = fit - s["training"] - s["validation"] - s["harness in training"] - rec.in_fit
-    s["final harness"] = m["final_end"] - m["final_start"]
-    s["baselines"] = end - m["final_end"]
-    s["other"] = (end - rec.t0) - sum(v for k, v in s.items() if k != "other")  # e.g. status writes
     for p in ("data", "setup"):
         rec.rss[p] = rec.rss["startup"] if p == "data" else rec.rss["setup"]
     for p in ("validation", "harness in training", "fit other", "other"):
         rec.rss[p] = rec.rss["training"]  # one counter over trainer.fit
     out.write_text(
-        json.dumps(dict(seconds=s, rss_mb=rec.rss, epoch_steps=rec.epoch_steps, wall=end - rec.t0))
+        json.dumps(dict(seconds=rec.seconds, rss_mb=rec.rss, epoch_steps=rec.epoch_steps, wall=wall))
     )
 
 
@@ -429,8 +448,9 @@ def summarise(runs: list[dict], train_trials: int, flops: float, peak: float) ->
     steps = [statistics.median(r["epoch_steps"][1:] or r["epoch_steps"]) for r in runs]
     rate = train_trials / _median(steps)
     return dict(
-        seconds={p: _median([r["seconds"][p] for r in runs]) for p in PHASES},
-        wall=_median([r["wall"] for r in runs]),
+        # Means, not medians: the mean phases add up to the mean wall time.
+        seconds={p: statistics.fmean(r["seconds"][p] for r in runs) for p in PHASES},
+        wall=statistics.fmean(r["wall"] for r in runs),
         rate=rate,
         rates=[train_trials / s for s in steps],
         mfu=rate * flops / (peak * 1e9),
@@ -446,16 +466,21 @@ def format_report(rows: dict[str, dict]) -> str:
     from neuralnets.eval.tables import markdown_table
 
     names = list(rows)
-    header = ["phase", *(f"{n}: {c}" for n in names for c in ("s", "share", "peak RSS (MiB)"))]
+    header = [
+        "phase",
+        *(f"{n}: {c}" for n in names for c in ("s", "share", "peak RSS (MiB)")),
+        "what is in it",
+    ]
     body = [
         [p, *(v for n in names for v in (
             f"{rows[n]['seconds'][p]:.2f}", f"{rows[n]['seconds'][p] / rows[n]['wall']:.0%}",
             f"{rows[n]['rss_phase'][p]:.0f}",
-        ))]
+        )), PHASE_INFO[p]]
         for p in PHASES
     ]  # fmt: skip
     body.append(["**whole run**", *(v for n in names for v in (f"**{rows[n]['wall']:.1f}**", "100%",
-                                                               f"**{rows[n]['rss']:.0f}**"))])  # fmt: skip
+                                                               f"**{rows[n]['rss']:.0f}**")),
+                 "wall time from spawning the process to its exit (the phases add up to it)"])  # fmt: skip
     summary = [
         [
             n, f"{r['rate']:.0f} [{', '.join(f'{x:.0f}' for x in r['rates'])}]", f"{r['mfu']:.0%}",

@@ -283,3 +283,34 @@ def test_smooth_spikes_in_trial_chunks_equals_the_whole_array_filter():
         den = gaussian_filter1d(w, 2.5, axis=1, mode="constant")
         expected = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
         np.testing.assert_array_equal(B.smooth_spikes(y, mask, 0.02, 50.0), expected)
+
+
+def test_glm_fits_outputs_in_blocks_with_the_same_result(monkeypatch):
+    """Outputs are independent problems: fitting them a block at a time (bounded memory on large data)
+    gives the all-at-once fit, with or without a warm start and leading batch dimensions."""
+    import neuralnets.eval.glm as G
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 400, 4, generator=gen, dtype=torch.float64)  # (R, S, F)
+    y = torch.poisson(torch.exp(0.4 * x[..., :1].repeat(1, 1, 5) - 0.5), generator=gen)  # (R, S, J=5)
+    w = (torch.rand(y.shape, generator=gen) > 0.1).to(torch.float64)
+    whole = G.fit_poisson_glm(x, y, w, 0.1)
+    start = G.fit_poisson_glm(x, y, w, 1.0)
+    monkeypatch.setattr(G, "OUTPUT_BLOCK_ELEMENTS", 2 * 400 * 2)  # blocks of 2 outputs: 2 + 2 + 1
+    for got, want in (
+        (G.fit_poisson_glm(x, y, w, 0.1), whole),
+        (G.fit_poisson_glm(x, y, w, 0.1, init=start), whole),
+    ):
+        assert got[0].shape == (2, 4, 5) and got[1].shape == (2, 5)
+        torch.testing.assert_close(got[0], want[0], atol=1e-9, rtol=0)
+        torch.testing.assert_close(got[1], want[1], atol=1e-9, rtol=0)
+
+
+def test_large_blocks_returned_is_a_safe_context(small_lorenz):
+    """Inside it, memory behaves as usual (it only tells glibc how to place large blocks): a baseline
+    computed inside gives the same rates as outside."""
+    want = B.mean_rates(small_lorenz)
+    with B.large_blocks_returned() as applied:
+        got = B.mean_rates(small_lorenz)
+    assert isinstance(applied, bool)
+    np.testing.assert_array_equal(got, want)

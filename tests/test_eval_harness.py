@@ -220,3 +220,59 @@ def test_evaluate_skips_fewshot_co_bps_on_request():
     assert quick == {k: v for k, v in full.items() if k != "fewshot_co_bps"}
     reason = H.skipped_metrics(data, "test", z, fewshot=False)["fewshot_co_bps"]
     assert reason == "skipped on request (fewshot=False)"
+
+
+def test_evaluate_splits_equals_evaluate_per_split_and_fits_the_train_side_once(monkeypatch):
+    """Scoring val and test in one call gives each split's `evaluate` numbers exactly, with the few-shot
+    read-outs and the velocity ridge fitted once (they only read the train trials)."""
+    data = make_data(observed=np.random.default_rng(5).uniform(size=(24, 11, 6)) > 0.1)
+    rates = np.random.default_rng(6).uniform(0.2, 2.0, size=data.spikes.shape)
+    z = np.random.default_rng(7).standard_normal((data.n_trials, data.n_bins, 3))
+    want = {s: H.evaluate(rates, data, s, latents=z) for s in ("val", "test")}
+    calls = {"fewshot": 0, "vel": 0}
+    fit_fewshot, fit_vel = H.fit_fewshot, H.fit_vel
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(H, "fit_fewshot", counted("fewshot", fit_fewshot))
+    monkeypatch.setattr(H, "fit_vel", counted("vel", fit_vel))
+    got = H.evaluate_splits(rates, data, ("val", "test"), z)
+    assert got == want and "fewshot_co_bps" in got["test"] and "vel_r2" in got["test"]
+    assert calls == {"fewshot": 1, "vel": 1}
+    with pytest.raises(ValueError, match="unknown split 'nope'"):
+        H.evaluate_splits(rates, data, ("val", "nope"), z)
+
+
+def test_fewshot_and_vel_halves_compose_to_the_metrics():
+    data = make_data()
+    rng = np.random.default_rng(8)
+    z, x = rng.standard_normal((24, 8, 3)), rng.standard_normal((24, 8, 5))
+    y = data.spikes[:, :8, 4:]
+    tr, te = data.indices("train"), data.indices("test")
+    readout = F.fit_fewshot(z[tr], y[tr], k=3, n_resamples=4)
+    assert readout.weights.shape == (4, 3, 2) and readout.mu.shape == (4, 1, 3)
+    assert readout.score(z[te], y[te]) == F.fewshot_co_bps(z[tr], y[tr], z[te], y[te], k=3, n_resamples=4)
+    with pytest.raises(ValueError, match="do not match the train ones"):
+        readout.score(z[te, :, :2], y[te])
+    beh = data.behavior
+    w, b = R.fit_vel(x[tr], beh[tr])
+    assert w.shape == (5, 2) and b.shape == (2,)
+    assert R.vel_r2_score(w, b, x[te], beh[te]) == R.vel_r2(x[tr], beh[tr], x[te], beh[te])
+
+
+def test_psth_r2_reuses_the_smoothed_target_of_all_conditions():
+    data = make_data()
+    rates = np.random.default_rng(9).uniform(0.2, 2.0, size=data.spikes.shape)
+    cache: dict = {}
+    for split in ("val", "test"):
+        idx = data.indices(split)
+        args = (rates[idx], data.spikes[idx], data.condition[idx], data.bin_size)
+        target = dict(target_spikes=data.spikes, target_condition=data.condition)
+        want = M.psth_r2(*args, **target)
+        assert M.psth_r2(*args, **target, target_cache=cache) == pytest.approx(want, abs=1e-12)
+        assert cache["psth"][0].shape == (3, *data.spikes.shape[1:])  # every condition, smoothed once

@@ -24,6 +24,9 @@ or its key is recomputed and replaced (never trusted; JSON only, nothing is unpi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -106,10 +109,8 @@ def fit_smoothing_glm(
     smoothed = smooth_spikes(
         data.heldin_obs, mask[:, :t_obs, :n_in], data.bin_size, sigma_ms
     )  # (trials, T_obs, N_in)
-    # float32 from the start: each float64 value is rounded once on assignment, as `.astype` did at the end.
-    rates = np.zeros(data.spikes.shape, dtype=np.float32)  # (trials, T, N)
-    rates[:, :t_obs, :n_in] = smoothed
     weights, bias = np.zeros((n_in, n_out)), np.zeros(n_out)
+    held_out = None  # (trials, T_obs, N_out) float32 GLM rates
     scores: dict[float, float] = {}
     selected_on = "fixed"
 
@@ -119,7 +120,9 @@ def fit_smoothing_glm(
         y_out = torch.as_tensor(
             data.spikes[:, :t_obs, n_in:], dtype=torch.float64, device=dev
         )  # (trials, T_obs, N_out)
-        w_out = torch.as_tensor(mask[:, :t_obs, n_in:], dtype=torch.float64, device=dev)
+
+        def w_out(idx: torch.Tensor) -> torch.Tensor:  # (len(idx), T_obs, N_out) float64 recorded entries
+            return torch.as_tensor(mask[idx.cpu().numpy(), :t_obs, n_in:], dtype=torch.float64, device=dev)
 
         def fit(
             trials: np.ndarray, a: float, init: tuple | None = None
@@ -129,7 +132,7 @@ def fit_smoothing_glm(
             mu, sd = x.mean(0), x.std(0)
             sd = torch.where(sd > 0, sd, torch.ones_like(sd))  # silent held-in neurons: feature stays 0
             x = x.sub_(mu).div_(sd)
-            y, w = y_out[idx].reshape(-1, n_out), w_out[idx].reshape(-1, n_out)
+            y, w = y_out[idx].reshape(-1, n_out), w_out(idx).reshape(-1, n_out)
             start = None if init is None else init[:2]  # (W, b) of the previous alpha
             wts, b = fit_poisson_glm(x, y, w, a, max_iter, init=start)
             return wts, b, mu, sd
@@ -141,7 +144,7 @@ def fit_smoothing_glm(
 
         def heldout_bps(pred: torch.Tensor, trials: np.ndarray) -> float:
             idx = torch.as_tensor(trials, device=dev)
-            return M.bits_per_spike(pred, y_out[idx], w_out[idx].bool())
+            return M.bits_per_spike(pred, y_out[idx], w_out(idx).bool())
 
         val = data.indices("val")
         val = val[(data.spikes[val, :t_obs, n_in:] * mask[val, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
@@ -172,13 +175,20 @@ def fit_smoothing_glm(
         best = max(scores, key=lambda a: scores[a]) if scores else alphas[0]
         params = fits.get(best) or fit(train, best)
         all_trials = np.arange(data.n_trials)
+        held_out = np.empty((data.n_trials, t_obs, n_out), dtype=np.float32)
         for chunk in np.array_split(all_trials, max(1, len(all_trials) // 256)):  # ~256 trials at a time
-            rates[chunk, :t_obs, n_in:] = predict(params, chunk).cpu().numpy()
+            held_out[chunk] = predict(params, chunk).cpu().numpy()
         weights = (params[0] / params[3][:, None]).cpu().numpy()  # per unit of smoothed count
         bias = (params[1] - params[2] @ (params[0] / params[3][:, None])).cpu().numpy()
+        del feats, y_out, fits, params
     else:
         best = alphas[0]
 
+    # float32, made once the fits are done: each float64 value is rounded once on assignment.
+    rates = np.zeros(data.spikes.shape, dtype=np.float32)  # (trials, T, N)
+    rates[:, :t_obs, :n_in] = smoothed
+    if held_out is not None:
+        rates[:, :t_obs, n_in:] = held_out
     if data.n_fwd > 0:
         rates[:, t_obs:, :] = _mean_count(data, train, slice(t_obs, None))[None, None, :]
     return SmoothingGLMFit(rates, weights, bias, best, scores, selected_on, sigma_ms)
@@ -245,22 +255,25 @@ def fit_condition_average(
     overall = M.condition_means(x, recorded, np.zeros(train.size, dtype=int), np.zeros(1, dtype=int))
     means = torch.cat([by_condition[0], overall[0]]).numpy()  # (C+1, T, N)
     counts = torch.cat([by_condition[1], overall[1]]).numpy()
+    del x, recorded, by_condition, overall  # float64 copies of the train trials: not needed any more
     row = {c: i for i, c in enumerate(labels.tolist())}
     which = np.array([row.get(c, len(labels)) for c in cond.tolist()])  # (trials,) PSTH row per trial
     unseen = sorted({c for c in cond.tolist() if c not in row})
 
-    def psth(sigma: float) -> np.ndarray:  # (trials, T, N); smooth(sum) / smooth(n) per condition
-        return smooth_spikes(means, counts, data.bin_size, sigma)[which]
+    def psth(sigma: float) -> np.ndarray:  # (C+1, T, N); smooth(sum) / smooth(n) per condition
+        return smooth_spikes(means, counts, data.bin_size, sigma)
 
     val = data.indices("val")
     val = val[(data.spikes[val] * mask[val]).sum(axis=(1, 2)) > 0]
     scores: dict[float, float] = {}
     if len(sigmas) > 1 and val.size > 0:
-        for x in sigmas:
-            scores[x] = M.bits_per_spike(psth(x)[val], data.spikes[val], mask[val])
+        for x in sigmas:  # the val trials' rows only, never all trials in float64
+            scores[x] = M.bits_per_spike(psth(x)[which[val]], data.spikes[val], mask[val])
     best = max(scores, key=lambda x: scores[x]) if scores else sigmas[0]
     selected_on = "val trials" if scores else "fixed"
-    return ConditionAverageFit(psth(best).astype(np.float32), best, scores, selected_on, unseen)
+    # Rounded to float32 per condition, then one row per trial: the same numbers as rounding per trial.
+    rates = psth(best).astype(np.float32)[which]  # (trials, T, N)
+    return ConditionAverageFit(rates, best, scores, selected_on, unseen)
 
 
 def mean_rates(data: SpikeData) -> np.ndarray:
@@ -336,7 +349,8 @@ def iter_baselines(
         elif name == "mean_rates":
             rates, latents, n_par = mean_rates(data), None, data.n_neurons
         elif name == "condition_average":
-            ca = fit_condition_average(data)
+            with large_blocks_returned():  # float64 copies of all train trials
+                ca = fit_condition_average(data)
             rates, latents = ca.rates, None
             n_conditions = len(np.unique(data.condition[data.indices("train")]))
             n_par = n_conditions * data.n_bins * data.n_neurons
@@ -393,11 +407,13 @@ def baseline_rows(
     if rows is None:
         rows = []
         for run in iter_baselines(data, names, **glm_kwargs):  # one baseline's rates in memory at a time
+            with large_blocks_returned():  # scoring: float64 temporaries of many sizes
+                metrics = evaluate(run.rates, data, split, run.latents)
             rows.append(
                 {
                     "model": f"baseline/{run.name}",
                     "split": split,
-                    "metrics": evaluate(run.rates, data, split, run.latents),
+                    "metrics": metrics,
                     "train_time_s": run.train_time_s,
                     "n_parameters": run.n_parameters,
                     "info": run.info,
@@ -408,6 +424,38 @@ def baseline_rows(
             _write_cache(key, rows)
     label = data_label or data.name
     return [{"model": r.pop("model"), "data": label, **r} for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------ memory
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20  # while baselines are computed: blocks from 1 MiB up are mmapped
+MMAP_THRESHOLD_AFTER = 32 << 20  # afterwards: glibc's own upper limit for its dynamic threshold
+
+
+@contextlib.contextmanager
+def large_blocks_returned() -> Iterator[bool]:
+    """While inside, glibc gives large blocks (>= 1 MiB) their own mappings, returned to the system when
+    freed, and freed heap memory is returned on entry and exit. Yields whether it could (glibc only).
+
+    Why: the float64 temporaries of scoring and of the condition average (1 to 100 MB, many sizes)
+    otherwise come from the heap once glibc's dynamic mmap threshold has grown, and a run's peak RSS counts
+    the holes they leave (~300 MiB at the MC_Maze scale). Not used around the smoothing GLM's fit, whose
+    working arrays are of one size (reused by the heap) and allocated thousands of times (fresh mappings
+    cost page faults: 43 instead of 29 CPU seconds for the MC_Maze-scale baseline rows, measured once on a
+    shared machine). A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        yield False
+        return
+    trim(0)
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    try:
+        yield True
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)
+        trim(0)
 
 
 # ------------------------------------------------------------------------------------------------- cache

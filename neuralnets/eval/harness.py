@@ -10,7 +10,7 @@ tables `neuralnets.eval.tables`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,9 +21,9 @@ from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import ConfigError, DataError
 from neuralnets.eval import metrics as M
-from neuralnets.eval.fewshot import fewshot_co_bps
+from neuralnets.eval.fewshot import fit_fewshot
 from neuralnets.eval.metrics import METRICS
-from neuralnets.eval.regression import latent_r2, vel_r2
+from neuralnets.eval.regression import fit_vel, latent_r2, vel_r2_score
 
 # `SpikeData.meta` key listing the splits whose behaviour is real data (set by
 # `neuralnets.data.formats.nlb_h5.load_nlb_h5` when only the NLB train trials have behaviour; the other
@@ -64,13 +64,14 @@ def skipped_metrics(
     (only their presence and shape are read)."""
     idx = data.indices(split)
     train = data.indices("train")
-    mask = data.observed_mask()[idx]  # (trials_eval, T, N)
+    # (trials_eval, T, N); None: every entry recorded (no all-True copy to multiply with)
+    mask = None if data.observed is None else data.observed[idx]
     spikes = data.spikes[idx]
     t_obs, n_in = data.n_obs, data.n_heldin
     reasons: dict[str, str] = {}
 
     def no_spikes(sl) -> bool:
-        return not (spikes[sl] * mask[sl]).any()
+        return not (spikes[sl].any() if mask is None else (spikes[sl] * mask[sl]).any())
 
     if data.n_heldout == 0:
         reasons["co_bps"] = "no held-out neurons"
@@ -78,7 +79,7 @@ def skipped_metrics(
         reasons["co_bps"] = f"no held-out spikes recorded in the {split!r} trials"
     if data.n_fwd == 0:
         reasons["fp_bps"] = "no forward-prediction bins"
-    elif not mask[:, t_obs:].any():
+    elif mask is not None and not mask[:, t_obs:].any():
         reasons["fp_bps"] = f"forward bins were not recorded for the {split!r} trials"
     elif no_spikes((slice(None), slice(t_obs, None), slice(None))):
         reasons["fp_bps"] = f"no spikes in the forward bins of the {split!r} trials"
@@ -107,8 +108,10 @@ def skipped_metrics(
             f"model latents of shape {tuple(np.shape(latents))} do not cover the {t_obs} observed bins"
         )
     else:
-        obs = data.observed_mask()[train][:, :t_obs, n_in:]
-        if not (data.spikes[train][:, :t_obs, n_in:] * obs).any():
+        held = data.spikes[train][:, :t_obs, n_in:]
+        if not (
+            held.any() if data.observed is None else (held * data.observed[train][:, :t_obs, n_in:]).any()
+        ):
             reasons["fewshot_co_bps"] = "no held-out spikes recorded in the train trials"
     if data.inputs is None:
         reasons["input_corr"] = "no known inputs in the data"
@@ -169,7 +172,7 @@ def evaluate(
     trials, compared with `data.inputs` on the split's first min(T_inf, T_obs) bins (`input_corr`).
     Entries with `data.observed == False` are never scored. Metrics that cannot be computed (see
     `skipped_metrics`) are left out of the dict. Keys and meanings: `METRICS`. `fewshot=False` skips
-    few-shot co-bps, the one costly metric (`fewshot_resamples` Poisson GLM fits by L-BFGS): the training
+    few-shot co-bps, the one costly metric (`fewshot_resamples` Poisson GLM fits): the training
     callback skips it, the final scoring of a run keeps it.
 
     The defaults are NLB's definitions. Earlier project variants, by name: `alphas=M.LEGACY_ALPHAS,
@@ -177,6 +180,42 @@ def evaluate(
     held-out neurons only, target averaged over the evaluated trials only, constant-target neurons left
     out).
     """
+    return evaluate_splits(
+        rates,
+        data,
+        (split,),
+        latents,
+        psth_sigma_ms=psth_sigma_ms,
+        alphas=alphas,
+        vel_cv=vel_cv,
+        psth_variant=psth_variant,
+        fewshot_k=fewshot_k,
+        fewshot_resamples=fewshot_resamples,
+        fewshot=fewshot,
+        inputs=inputs,
+    )[split]
+
+
+def evaluate_splits(
+    rates: np.ndarray | Tensor,
+    data: SpikeData,
+    splits: Sequence[str] = ("val", "test"),
+    latents: np.ndarray | Tensor | None = None,
+    *,
+    psth_sigma_ms: float = M.DEFAULT_PSTH_SIGMA_MS,
+    alphas: tuple[float, ...] = M.DEFAULT_ALPHAS,
+    vel_cv: str = "samples",
+    psth_variant: str = "nlb",
+    fewshot_k: int = M.FEWSHOT_K,
+    fewshot_resamples: int = M.FEWSHOT_RESAMPLES,
+    fewshot: bool = True,
+    inputs: np.ndarray | Tensor | None = None,
+) -> dict[str, dict[str, float]]:
+    """`evaluate` on several splits at once: {split: metrics}, each equal to `evaluate(..., split)`.
+
+    What only depends on the train trials is computed once for all splits: the rates' validation, the
+    velocity ridge fit (alpha by CV on the train trials) and the few-shot GLM read-outs (`fit_fewshot`,
+    the costly part of a run's final scoring)."""
     if psth_variant not in PSTH_VARIANTS:
         raise ConfigError(f"psth_variant must be one of {PSTH_VARIANTS}; got {psth_variant!r}")
     lam = M.as_tensor(rates, "rates", keep_float=True)  # no float64 copy of all trials
@@ -185,9 +224,9 @@ def evaluate(
             f"rates have shape {tuple(lam.shape)} but data {data.name!r} has spikes of shape "
             f"{data.spikes.shape} (trials, bins, neurons); rates must cover all trials, bins and neurons"
         )
-    idx = data.indices(split)
-    if idx.size == 0:
-        raise DataError(f"{data.source}: split {split!r} has no trials")
+    for split in splits:
+        if data.indices(split).size == 0:
+            raise DataError(f"{data.source}: split {split!r} has no trials")
     dev = lam.device
     # Validate once over all trials (the regressions also read the train trials), with global indices.
     M.check_values(
@@ -195,6 +234,36 @@ def evaluate(
     )
     z = None if latents is None else _all_trials(latents, "latents", "K", data)  # (trials, T, K)
     u = None if inputs is None else _all_trials(inputs, "inputs", "U", data)  # (trials, T, U)
+    shared: dict[str, Any] = {}  # train-side fits, computed for the first split that needs them
+    return {
+        split: _evaluate_split(
+            lam, data, split, z, u, shared, latents, inputs, psth_sigma_ms, alphas, vel_cv, psth_variant,
+            fewshot_k, fewshot_resamples, fewshot,
+        )
+        for split in splits
+    }  # fmt: skip
+
+
+def _evaluate_split(
+    lam: Tensor,
+    data: SpikeData,
+    split: str,
+    z: Tensor | None,
+    u: Tensor | None,
+    shared: dict[str, Any],
+    latents: Any,
+    inputs: Any,
+    psth_sigma_ms: float,
+    alphas: tuple[float, ...],
+    vel_cv: str,
+    psth_variant: str,
+    fewshot_k: int,
+    fewshot_resamples: int,
+    fewshot: bool,
+) -> dict[str, float]:
+    """The metrics of one split (`evaluate_splits`); `shared` keeps the train-side fits between splits."""
+    idx = data.indices(split)
+    dev = lam.device
     skip = skipped_metrics(data, split, latents, psth_variant, fewshot, inputs)
     idx_t = torch.as_tensor(idx, device=dev)
     lam_e = lam[idx_t]  # (trials_eval, T, N)
@@ -212,13 +281,10 @@ def evaluate(
         tr = data.indices("train")
         tr, ev = tr[has[tr]], idx[has[idx]]
         beh = data.behavior  # (trials, T_obs, D)
-        out["vel_r2"] = vel_r2(
-            lam[torch.as_tensor(tr, device=dev), :t_obs],
-            beh[tr],
-            lam[torch.as_tensor(ev, device=dev), :t_obs],
-            beh[ev],
-            alphas=alphas,
-            cv=vel_cv,
+        if "vel" not in shared:  # the ridge fit on the train trials serves every split
+            shared["vel"] = fit_vel(lam[torch.as_tensor(tr, device=dev), :t_obs], beh[tr], alphas, cv=vel_cv)
+        out["vel_r2"] = vel_r2_score(
+            *shared["vel"], lam[torch.as_tensor(ev, device=dev), :t_obs], beh[ev], vel_cv
         )
     if "psth_r2" not in skip:
         # NLB: all neurons, the target averages every trial of the dataset with that condition (recorded
@@ -243,21 +309,25 @@ def evaluate(
             psth_sigma_ms,
             None if m_e is None else m_e[sl],
             **target,
+            target_cache=shared.setdefault("psth", {}) if nlb else None,  # every split's target: all trials
         )
     if fewshot and "fewshot_co_bps" not in skip:
         tr = data.indices("train")
         obs = data.observed_mask()  # (trials, T, N)
         tr = tr[(data.spikes[tr, :t_obs, n_in:] * obs[tr, :t_obs, n_in:]).sum(axis=(1, 2)) > 0]
         sl = (slice(0, t_obs), slice(n_in, None))
-        out["fewshot_co_bps"] = fewshot_co_bps(
-            z[torch.as_tensor(tr, device=z.device), :t_obs],
-            data.spikes[tr][:, sl[0], sl[1]],
+        if "fewshot" not in shared:  # the k-trial read-outs, fit once for every split
+            shared["fewshot"] = fit_fewshot(
+                z[torch.as_tensor(tr, device=z.device), :t_obs],
+                data.spikes[tr][:, sl[0], sl[1]],
+                k=fewshot_k,
+                n_resamples=fewshot_resamples,
+                mask_train=obs[tr][:, sl[0], sl[1]],
+            )
+        out["fewshot_co_bps"] = shared["fewshot"].score(
             z[torch.as_tensor(idx, device=z.device), :t_obs],
             data.spikes[idx][:, sl[0], sl[1]],
-            k=fewshot_k,
-            n_resamples=fewshot_resamples,
-            mask_train=obs[tr][:, sl[0], sl[1]],
-            mask_eval=obs[idx][:, sl[0], sl[1]],
+            obs[idx][:, sl[0], sl[1]],
         )
     if "bps_heldin" not in skip:
         sl = (slice(None), slice(0, t_obs), slice(0, n_in))

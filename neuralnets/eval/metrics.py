@@ -398,6 +398,7 @@ def psth_r2(
     target_condition: ArrayLike | None = None,
     target_mask: ArrayLike | None = None,
     constant_target: str = "sklearn",
+    target_cache: dict | None = None,
 ) -> float:
     """PSTH R²: condition-averaged predicted rates vs condition-averaged smoothed true spikes.
 
@@ -418,6 +419,9 @@ def psth_r2(
     R² per neuron over (condition, bin) samples, uniform average over neurons. `constant_target`:
     "sklearn" (NLB; `r2_score` convention: a constant target scores 1 if matched exactly, else 0) or
     "drop" (the project's earlier rule: such neurons are left out of the average).
+    `target_cache`: a dict kept between calls with the same target (spikes, mask, conditions, bin size and
+    sigma; e.g. the val and test scores of one run): the target PSTHs of all its conditions are smoothed
+    once, in the first call, and reused.
     """
     lam, y, w = _prepare_counts(rates, spikes, mask)
     if lam.ndim != 3:
@@ -455,9 +459,19 @@ def psth_r2(
         name = "target_spikes"
     labels = np.unique(cond)  # the conditions of the evaluated trials
     psth_pred, n_pred = condition_means(lam, w, cond, labels)  # (C, T, N)
-    psth_true, n_true = _smoothed_condition_means(
-        target_spikes, target_mask, cond_t, labels, bin_size, sigma_ms, name
-    )
+    all_labels = np.unique(cond_t)
+    if target_cache is not None and name == "target_spikes" and np.isin(labels, all_labels).all():
+        # The target PSTH of every condition, smoothed once for all the calls sharing this target.
+        if "psth" not in target_cache:
+            target_cache["psth"] = _smoothed_condition_means(
+                target_spikes, target_mask, cond_t, all_labels, bin_size, sigma_ms, name
+            )
+        rows = torch.as_tensor(np.searchsorted(all_labels, labels))
+        psth_true, n_true = (t[rows] for t in target_cache["psth"])
+    else:
+        psth_true, n_true = _smoothed_condition_means(
+            target_spikes, target_mask, cond_t, labels, bin_size, sigma_ms, name
+        )
     psth_true, n_true = psth_true.to(lam.device), n_true.to(lam.device)
     n_neurons = lam.shape[2]
     valid = ((n_pred > 0) & (n_true > 0)).to(lam.dtype).reshape(-1, n_neurons)  # (C*T, N)

@@ -101,7 +101,7 @@ def ridge_cv(
         if xs.shape[0] < n_folds:
             raise DataError(f"ridge_cv needs at least n_folds={n_folds} samples; got {xs.shape[0]}")
         splits = np.array_split(np.arange(xs.shape[0]), n_folds)  # KFold(n_folds, shuffle=False)
-        folds = [torch.as_tensor(f, device=xt.device) for f in splits]
+        folds = [slice(int(f[0]), int(f[-1]) + 1) for f in splits]  # contiguous: views, not copies
         rows = [(xs[f], ys[f]) for f in folds]
         r2_fn = r2_columns_sklearn
     else:
@@ -143,9 +143,31 @@ def vel_r2(
     trials: R² per behaviour dimension over eval trials × bins, uniform average over dimensions.
     Default (NLB): alphas logspace(-4, 0, 9), 5-fold unshuffled CV over the samples, sklearn's R² (a
     constant dimension scores 1 or 0). `alphas=LEGACY_ALPHAS, cv="trials"` is the project's earlier
-    variant (CV over trials, constant dimensions left out).
+    variant (CV over trials, constant dimensions left out). Equal to `vel_r2_score(*fit_vel(rates_train,
+    behavior_train, alphas, n_folds, cv), rates_eval, behavior_eval, cv)` (one fit, several eval splits).
     """
+    w, b = fit_vel(rates_train, behavior_train, alphas, n_folds, cv)
+    return vel_r2_score(w, b, rates_eval, behavior_eval, cv)
+
+
+def fit_vel(
+    rates_train: ArrayLike,
+    behavior_train: ArrayLike,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    n_folds: int = 5,
+    cv: str = "samples",
+) -> tuple[Tensor, Tensor]:
+    """The train half of `vel_r2`: ridge weights (N, D) and intercept (D,) with alpha by `ridge_cv`."""
     w, b, _ = ridge_cv(rates_train, behavior_train, alphas, n_folds, cv=cv)
+    return w, b
+
+
+def vel_r2_score(
+    weights: Tensor, intercept: Tensor, rates_eval: ArrayLike, behavior_eval: ArrayLike, cv: str = "samples"
+) -> float:
+    """The eval half of `vel_r2`: R² of `rates_eval @ weights + intercept` against behavior_eval
+    (trials, T_obs, D), uniform average over dimensions (sklearn's R² for cv="samples")."""
+    w, b = weights, intercept
     xe, ye = check_regression_inputs(
         rates_eval, behavior_eval, "rates_eval", "behavior_eval", device=w.device
     )

@@ -43,8 +43,10 @@ def latent_trajectories(
     flat = lat.reshape(-1, lat.shape[-1])  # (trials*T, K)
     flat = flat - flat.mean(0)
     n_pc = min(3, flat.shape[1])
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    pcs = (flat @ vt[:n_pc].T).reshape(lat.shape[0], lat.shape[1], n_pc)  # (trials, T, n_pc)
+    # The top eigenvectors of the K x K covariance: the same axes as an SVD of the (trials*T, K) samples
+    # (up to sign), for a fraction of its cost.
+    _, evecs = np.linalg.eigh(flat.T.astype(np.float64) @ flat)  # ascending eigenvalues
+    pcs = (flat @ evecs[:, ::-1][:, :n_pc]).reshape(lat.shape[0], lat.shape[1], n_pc)  # (trials, T, n_pc)
     colors = _TAB10(np.asarray(condition[:n_trials]) % 10) if condition is not None else None
     fig = Figure(figsize=(5, 4.5))
     ax = fig.add_subplot(projection="3d" if n_pc == 3 else None)
@@ -70,7 +72,11 @@ def psth_fits(
     """Condition-averaged inferred rates (solid) vs smoothed spike PSTHs (dashed), in Hz, per neuron."""
     neurons = tuple(n for n in neurons if n < spikes.shape[2])
     conds = np.unique(condition)[:6]
-    smoothed = gaussian_filter1d(spikes.astype(np.float64), sigma_s / bin_size, axis=1)  # (trials, T, N)
+    # Only the plotted neurons are smoothed (the filter runs along time, each neuron on its own).
+    smoothed = np.zeros(spikes.shape[:2] + (max(neurons, default=-1) + 1,))  # (trials, T, max neuron + 1)
+    smoothed[:, :, list(neurons)] = gaussian_filter1d(
+        spikes[:, :, list(neurons)].astype(np.float64), sigma_s / bin_size, axis=1
+    )
     t = np.arange(spikes.shape[1]) * bin_size
     fig = Figure(figsize=(3 * len(neurons), 2.8))
     axes = fig.subplots(1, len(neurons), squeeze=False)

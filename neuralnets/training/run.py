@@ -49,7 +49,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from neuralnets.checkpoints import checkpoint_of, load_checkpoint
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
 from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
-from neuralnets.eval import evaluate
+from neuralnets.eval import evaluate_splits
 from neuralnets.eval.tblog import log_to_tensorboard
 from neuralnets.runs import (
     CHECKPOINT_DIR,
@@ -543,10 +543,11 @@ def finish_run(
         # on the last split there is; metrics.json and the table name it.
         present = [s for s in ("train", "val", "test") if len(data.indices(s))]
         split = present[-1]
-        scores = {
-            s: evaluate(pred["rates"], data, s, latents=pred["latents"], inputs=pred.get("inputs"))
-            for s in {"val", split} & set(present)
-        }
+        # Both splits in one call: the train-side fits (few-shot read-outs, velocity ridge) are made once.
+        splits = [s for s in ("val", split) if s in present]
+        scores = evaluate_splits(
+            pred["rates"], data, list(dict.fromkeys(splits)), pred["latents"], inputs=pred.get("inputs")
+        )
         metrics, val_metrics = scores[split], scores.get("val", {})
     refit = None
     if cfg.get("refit"):

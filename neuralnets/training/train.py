@@ -16,6 +16,7 @@ This module is the Hydra layer only: the run itself is `neuralnets.training.run.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import warnings
@@ -68,7 +69,11 @@ def prepare_config(cfg: DictConfig, run_dir: Path | None, overrides: list[str]) 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train and score one run (`neuralnets.training.run.run_training`); returns the contents of
     metrics.json plus "metrics" and "run_dir" ({} on DDP processes other than rank 0). Failures raise."""
-    return run_training(cfg, run_dir).record
+    record = run_training(cfg, run_dir).record
+    # The run's trainer, module and data hold reference cycles (Lightning's trainer <-> callbacks <->
+    # module): free them now, before anything else (the baseline rows) needs memory.
+    gc.collect()
+    return record
 
 
 def sweep_value(record: dict, metric: str) -> float:
