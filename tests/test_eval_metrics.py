@@ -573,3 +573,20 @@ def test_input_readout_r2_by_hand_and_bad_inputs():
         M.input_readout_r2(u[:1], z[:1], max_lag=3)
     with pytest.raises(ValueError, match="input_readout_r2 is undefined"):
         M.input_readout_r2(np.zeros_like(u), z, max_lag=3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), -1.0])
+def test_check_values_ignores_bad_entries_outside_the_mask_and_names_the_first_inside(bad):
+    x = torch.ones(3, 4, 2, dtype=torch.float64)
+    x[1, 2, 0] = bad
+    mask = torch.ones(3, 4, 2, dtype=torch.bool)
+    mask[1, 2, 0] = False
+    M.check_values(x, "rates", mask, nonneg=True)  # the bad entry is not scored
+    if bad == -1.0:
+        M.check_values(x, "rates", None, nonneg=False)  # negative is allowed when not nonneg
+        match = r"rates has negative values \(first -1\.0 at index \(1, 2, 0\)\)"
+    else:
+        match = r"rates has non-finite values \(first .* at index \(1, 2, 0\)\)"
+    with pytest.raises(ValueError, match=match):
+        M.check_values(x, "rates", None, nonneg=True)
+    M.check_values(torch.empty(0, 4), "empty", None, nonneg=True)

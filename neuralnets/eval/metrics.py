@@ -117,6 +117,13 @@ def _first_index(bad: Tensor) -> tuple[int, ...]:
 def check_values(x: Tensor, name: str, mask: Tensor | None, nonneg: bool) -> None:
     """Finite (and >= 0 if `nonneg`) where `mask` is True (everywhere if None), else ValueError with
     the first bad index."""
+    if x.numel() == 0:
+        return
+    # One reduction decides the common case (NaN propagates through min/max); the exact, masked search
+    # below runs only when some entry, maybe an unscored one, is non-finite or negative.
+    lo, hi = torch.aminmax(x)
+    if bool((lo >= 0) if nonneg else (lo > -math.inf)) and bool(hi < math.inf):
+        return
     bad = ~torch.isfinite(x)
     if mask is not None:
         bad &= mask
