@@ -273,6 +273,7 @@ def test_small_data_recipes_compose_and_build(recipe: str, data: str) -> None:
     # The recipe's point: attention limited to a window of bins (context), a small heavily regularised model.
     assert cfg.model.context_forward is not None and cfg.model.context_backward is not None
     assert cfg.model.dropout >= 0.3 and cfg.module.weight_decay > 0
+    assert cfg.module.augment_jitter == 1  # chosen on validation for both recordings
     model = create_model(dict(cfg.model), SPEC)  # the composed options build an NDT
     assert isinstance(model, NDT) and model.attn_mask is not None
     assert model.attn_mask.shape == (T, T)
