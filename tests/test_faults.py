@@ -682,7 +682,7 @@ def test_pbt_best_member_is_an_ordinary_run_with_a_verified_checkpoint(tmp_path,
     _shutil.copy(finished_run / "checkpoints" / "last.ckpt", donor / CKPT_NAME)
     write_digest(donor / CKPT_NAME)  # as a member's report writes it (neuralnets.checkpoints.save_checkpoint)
     best = _NS(  # what Ray's ResultGrid.get_best_result gives
-        config={"module.lr": float(cfg.module.lr)},
+        config={"module.lr": 3e-3},  # a searched value (module.lr itself may be `auto`)
         metrics={"val_recon": 1.5},
         checkpoint=_NS(as_directory=lambda: contextlib.nullcontext(str(donor))),
         path=str(donor),
