@@ -77,6 +77,28 @@ def test_losses_with_per_trial_log_factorials_equal_the_elementwise_ones(data, m
         torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("likelihood", ["poisson", "negative_binomial"])
+def test_loss_under_coordinated_dropout_sums_log_factorials_of_the_scored_entries(data, likelihood):
+    """With a per-step mask (coordinated dropout) log y! is summed over the scored entries where it is not
+    0; the recon is still the mean full NLL over the scored entries times T N."""
+    from neuralnets.nn.augmentations import coordinated_dropout, expand_heldin_mask
+
+    batch = _batch(data)
+    batch["spikes"][0, 0, :3] = torch.tensor([2.0, 3.0, 7.0])  # counts whose log y! is not 0
+    module = TrainingModule(
+        model=SMALL_LFADS, spec=data.spec.to_dict(), likelihood=likelihood, coordinated_dropout=0.3
+    )
+    module.model.eval()  # deterministic rates: the only random draw is the dropout mask
+    torch.manual_seed(0)
+    recon = module._loss(batch, train=True)[1]["recon"]
+    torch.manual_seed(0)
+    heldin, dropped = coordinated_dropout(batch["heldin"], 0.3)
+    rates = module.model({**batch, "heldin": heldin}).rates
+    nll = -module.likelihood.log_prob(rates, batch["spikes"])  # (B, T, N) with log y!
+    scored = expand_heldin_mask(dropped, data.n_bins, data.n_neurons)
+    torch.testing.assert_close(recon, nll[scored].mean() * data.n_bins * data.n_neurons, rtol=1e-5, atol=1e-3)
+
+
 # ------------------------------------------------------------------------------------------ precision
 def test_auto_precision_follows_the_cpu(monkeypatch):
     assert resolve_precision("32-true", "cpu")[0] == "32-true"
