@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tiny import TINY_DATA, TINY_LFADS, TINY_LORENZ
+from test_training import tiny_cfg
+from tiny import TINY_LORENZ
 
-from neuralnets.config import CONFIG_DIR
 from neuralnets.data.datamodule import SpikeDataModule, batch_tensors, make_batch
 from neuralnets.data.synthetic import lorenz
 from neuralnets.errors import ConfigError, DataError
@@ -35,23 +34,6 @@ def data():
 def _batch(data, trials):
     spec = data.spec
     return make_batch(batch_tensors(data), torch.as_tensor(trials), spec.n_obs_bins, spec.n_heldin)
-
-
-def tiny_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                *TINY_DATA,
-                "data.batch_size=16",
-                *TINY_LFADS,
-                "trainer.max_epochs=2",
-                "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false",
-                "callbacks.figures=false",
-                *overrides,
-            ],
-        )
 
 
 # ------------------------------------------------------------------ augmentation primitives
