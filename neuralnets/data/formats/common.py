@@ -62,6 +62,8 @@ def check_declared(obj, key: str, src: str, rank: int | None = 3, shape: tuple |
     if rank is not None and len(declared) != rank:
         want = "(trials, time, neurons)" if rank == 3 else f"rank {rank}"
         raise DataError(f"{src}: key {key!r} must have rank {rank} {want}; got shape {declared}")
+    if math.prod(declared) == 0:
+        raise DataError(f"{src}: key {key!r} is empty (shape {declared})")
     if shape is not None:
         expect_shape(obj, shape, key, src, "")  # the dataset's declared shape: nothing read
     nbytes = math.prod(declared) * obj.dtype.itemsize
@@ -83,8 +85,6 @@ def h5_array(
     obj = f[key]
     check_declared(obj, key, src, rank, shape)
     arr = np.asarray(obj[()])
-    if arr.size == 0:
-        raise DataError(f"{src}: key {key!r} is empty (shape {arr.shape})")
     if counts:
         check_counts(arr, f"{src}: key {key!r}")
     elif np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
