@@ -31,7 +31,9 @@ from neuralnets.training.train import train
 
 def _files(run: Path) -> dict[str, bytes]:
     """Every file of the run directory but its lock, by relative path."""
-    return {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"
+    }
 
 
 # ----- item 2: a resume that changes the model is refused before the run is touched; logs are kept
