@@ -406,7 +406,7 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
     torch.set_num_threads(threads)
     cfg = OmegaConf.merge(cfg, {"threads": threads})
     start, failures_in_row = time.monotonic(), 0
-    with WorkerLock(tune_dir) as me, contextlib.ExitStack() as stack:
+    with WorkerLock(tune_dir) as me, _signals_noted() as stop:
         study = optuna.load_study(study_name=study_name(cfg), storage=open_storage(cfg))
         # Each worker its own sampler seed: two workers never draw the same first members.
         seed = int(t.seed) + len(study.trials) + 1009 * (int(t.worker) * int(t.workers) + index)
@@ -415,7 +415,6 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
             min_resource=int(t.min_epochs), reduction_factor=int(t.reduction_factor)
         )
         log.info("worker %s (%d threads) joins study %s", me.name, threads, study.study_name)
-        stop = stack.enter_context(_signals_noted())
         while t.get("timeout_s") is None or time.monotonic() - start < float(t.timeout_s):
             if stop:  # SIGTERM/SIGINT while no member trained (training turns them into RunInterrupted)
                 raise RunInterrupted(
@@ -626,11 +625,13 @@ def _run_workers(cfg: DictConfig, n: int) -> list[str]:
         try:
             for p in procs:
                 p.start()
+            passed_on: set[int] = set()
             while any(p.is_alive() for p in procs):
                 for p in procs:
                     p.join(timeout=0.5)
-                    if stop and p.is_alive():
+                    if stop and p.is_alive() and p.pid not in passed_on:  # once: the worker saves and stops
                         os.kill(p.pid, signal.SIGTERM)
+                        passed_on.add(p.pid)
         finally:
             for p in procs:
                 if p.is_alive():
