@@ -37,11 +37,10 @@ def open_h5(path: Path) -> Iterator[h5py.File]:
         raise DataError(f"{path}: cannot read as an HDF5 file, damaged? ({type(e).__name__}: {e})") from e
 
 
-def available_memory() -> int | None:
-    """Bytes of memory free now (Linux, macOS: physical pages), or None where the OS does not say."""
-    for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
-        with contextlib.suppress(ValueError, OSError, AttributeError):
-            return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
+def machine_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where the OS does not say."""
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return None
 
 
@@ -52,8 +51,8 @@ def _gib(n: float) -> str:
 def check_declared(obj, key: str, src: str, rank: int | None = 3, shape: tuple | None = None) -> None:
     """Check dataset `obj`'s dtype, rank, `shape` (None marks a free axis) and size from the file's
     metadata, before anything is read: a DataError naming `key` for complex or non-numeric values,
-    another rank or shape, or more bytes declared than this machine has free (a damaged or hostile file
-    can declare terabytes in a few kilobytes)."""
+    another rank or shape, or more bytes declared than this machine's memory (a damaged or hostile
+    file can declare terabytes in a few kilobytes)."""
     if not hasattr(obj, "shape"):
         raise DataError(f"{src}: key {key!r} is a group, expected an array")
     if obj.dtype.kind not in "biuf":  # bool, integers, floats: complex parts are never dropped silently
@@ -67,11 +66,11 @@ def check_declared(obj, key: str, src: str, rank: int | None = 3, shape: tuple |
     if shape is not None:
         expect_shape(obj, shape, key, src, "")  # the dataset's declared shape: nothing read
     nbytes = math.prod(declared) * obj.dtype.itemsize
-    free = available_memory()
-    if free is not None and nbytes > free:
+    memory = machine_memory()
+    if memory is not None and nbytes > memory:
         raise DataError(
-            f"{src}: key {key!r} declares shape {declared} of {obj.dtype} ({_gib(nbytes)}), more than the "
-            f"{_gib(free)} of memory free; refusing to read it (a damaged file?)"
+            f"{src}: key {key!r} declares shape {declared} of {obj.dtype} ({_gib(nbytes)}), more than this "
+            f"machine's {_gib(memory)} of memory; refusing to read it (a damaged file?)"
         )
 
 
