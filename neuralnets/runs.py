@@ -511,7 +511,8 @@ def verify_predictions(path: str | Path, trust_unverified: bool = False) -> None
         if not trust_unverified:
             raise RunStatusError(
                 f"{path}: no sha256 record ({digest_path(path).name}); refusing unverified predictions "
-                f"(sha256 {digest}); pass --trust-unverified only if you trust where this file came from"
+                f"(sha256 {digest}); pass trust_unverified (neuralnets-eval, neuralnets-ensemble: "
+                "--trust-unverified) only if you trust where this file came from"
             )
         log.warning("trusting unverified predictions %s: sha256 %s", path, digest)
     elif digest not in expected:
