@@ -3,13 +3,15 @@ a damaged Optuna journal, an edited search-space file. Each test failed on ea816
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-from test_tune import TINY, _trials
+from test_tune import TINY, _start_cli, _trials
 
 import neuralnets.training.build as build_mod
 import neuralnets.training.tune as tune_mod
@@ -71,6 +73,32 @@ def test_sigterm_between_members_stops_the_tuner(tmp_path, monkeypatch):
         tune(cfg)
     assert [t.user_attrs["status"] for t in _trials(cfg)] == ["complete"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_to_the_tune_command_reaches_its_workers_and_exits_75(tmp_path):
+    """The issue's probe from the command line, with two worker processes: SIGTERM to the command
+    (not to its workers) is passed on; each member in training is interrupted; exit 75."""
+    study = tmp_path / "study"
+    proc = _start_cli(
+        [*TINY, f"tune.dir={study}", "tune.n_trials=4", "tune.workers=2", "tune.max_epochs=500"]
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(study.glob("members/*/checkpoints/last.ckpt"))) < 2:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the workers never saved a checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers too, had the signal not reached them
+    assert proc.returncode == EXIT_INTERRUPTED, out[-3000:]
+    assert "rerun the command" in out.strip().splitlines()[-1]
+    cfg = _cfg(tmp_path, "tune.n_trials=4", "tune.workers=2")
+    assert [t.user_attrs["status"] for t in _trials(cfg)] == ["interrupted", "interrupted"]
+    for member in study.glob("members/*"):
+        assert read_status(member)["status"] == "interrupted"
 
 
 # ----- item 3: a damaged journal is named at open, never appended to, and repaired on request
