@@ -20,7 +20,10 @@ The tune directory (`tune.dir`, default `runs/tune/<model>_<data>`) holds
 Rerunning the same command continues the study until it holds `tune.n_trials` members (over all
 workers; a member lost with its killed worker does not count). A member that diverges is recorded
 `diverged` (status.json) and pruned in the study, one that fails with a `NeuralnetsError` `failed`
-(a failed trial); the study goes on. Docs: docs/tuning.md.
+(a failed trial); the study goes on. SIGTERM/SIGINT stops the tuner (exit 75): a member in training
+keeps its last.ckpt and is recorded `interrupted`, not counted. The search space's content is recorded
+in study.yaml (`tune.space_params`): an edited space file is refused. The journal is checked when it is
+opened (`training.journal`; `tune.repair_journal=true` repairs it). Docs: docs/tuning.md.
 """
 
 from __future__ import annotations
