@@ -166,3 +166,16 @@ def test_an_edited_search_space_is_refused_naming_what_changed(tmp_path):
     with pytest.raises(ConfigError, match="search space"):  # a joining worker too
         tune(_cfg(tmp_path, f"tune.space={space}", "tune.join=true"))
     assert len(_trials(_cfg(tmp_path, f"tune.space={space}"))) == 1  # nothing trained on the new range
+
+
+def test_a_record_cut_short_while_the_study_runs_is_never_appended_to(tmp_path):
+    from neuralnets.training.journal import open_journal
+
+    journal = tmp_path / "journal.log"
+    study = optuna.create_study(study_name="s", storage=open_journal(journal))
+    study.set_user_attr("a", 1)
+    torn = journal.read_bytes() + b'{"op_code": 8, "study_id": 0, "us'  # another worker killed mid-append
+    journal.write_bytes(torn)
+    with pytest.raises(ConfigError, match="cut short"):
+        study.set_user_attr("b", 2)
+    assert journal.read_bytes() == torn
