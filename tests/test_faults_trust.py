@@ -13,14 +13,14 @@ import h5py
 import numpy as np
 import pytest
 from test_ensemble import KWARGS, _fake_run
-from test_faults import _resume
+from test_faults import _cli, _error_lines, _resume
 from test_training import tiny_cfg
 
 from neuralnets import load_pretrained
 from neuralnets.data.formats.lfads_h5 import load_lfads_h5
 from neuralnets.data.formats.nlb_h5 import load_nlb_h5
 from neuralnets.data.loaders import load
-from neuralnets.errors import CheckpointError, ConfigError, DataError, RunStatusError
+from neuralnets.errors import EXIT_USER_ERROR, CheckpointError, ConfigError, DataError, RunStatusError
 from neuralnets.eval.cli import eval_main
 from neuralnets.pretrained.registry import bundled_dir
 from neuralnets.runs import read_status, write_predictions
@@ -56,6 +56,17 @@ def test_a_resume_that_changes_the_model_is_refused_and_the_run_is_untouched(csv
     with pytest.raises(ConfigError, match=r"data\.load_kwargs\.n_bins"):
         _resume(cfg, run, "data.load_kwargs.n_bins=20", "trainer.max_epochs=2")
     assert _files(run) == before and read_status(run)["status"] == "finished"
+
+
+def test_the_resume_command_with_another_model_is_one_line_and_exit_2(csv_run, tmp_path):
+    run = Path(shutil.copytree(csv_run, tmp_path / "run"))
+    before = _files(run)
+    out = _cli(f"resume={run}", "model.gen_dim=32", "trainer.max_epochs=2")  # the probe
+    lines = _error_lines(out.stderr)
+    assert out.returncode == EXIT_USER_ERROR and len(lines) == 1 and "model.gen_dim=32" in lines[0], (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr and _files(run) == before
 
 
 def test_a_resume_appends_to_the_csv_log(csv_run, tmp_path):
