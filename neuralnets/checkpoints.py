@@ -16,19 +16,18 @@ accepted is logged. A recorded digest that does not match is always refused. Fil
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from neuralnets.digests import digest_path, file_sha256, record_text, recorded_digests
 from neuralnets.errors import CheckpointError, CheckpointNotFound
 from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, atomic_path, fsync_dir, read_json
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".sha256"  # the record of `x.ckpt` is `x.ckpt.sha256`
 BEST_GLOB = "best-*.ckpt"  # the checkpoint callback's best files (configs/callbacks/model_checkpoint.yaml)
 PARTIAL_SUFFIX = ".partial"  # a checkpoint being written: `.last.ckpt.partial`, never read
 TRUST_HINT = (
@@ -38,48 +37,15 @@ TRUST_HINT = (
 
 
 # ---------------------------------------------------------------------------------------------- records
-def digest_path(path: str | Path) -> Path:
-    """`<path>.sha256`, where the digest of checkpoint `path` is recorded."""
-    path = Path(path)
-    return path.with_name(path.name + SUFFIX)
-
-
 def partial_path(path: str | Path) -> Path:
     """The temporary name a checkpoint is written under before `commit_checkpoint` moves it to `path`."""
     path = Path(path)
     return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of the file `path`, read 1 MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _is_digest(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-def recorded_digests(path: str | Path) -> list[str]:
-    """The digests recorded for checkpoint `path` (one; two only while a new file is being moved into
-    place); [] when there is no record. A malformed record is a CheckpointError naming it."""
-    record = digest_path(path)
-    if not record.is_file():
-        return []
-    lines = [line.split() for line in record.read_text(errors="replace").splitlines() if line.strip()]
-    if not lines or not all(len(w) == 2 and _is_digest(w[0]) and w[1] == Path(path).name for w in lines):
-        raise CheckpointError(
-            f"{record}: not a sha256 record (expected '<64 hex digits>  {Path(path).name}' lines)"
-        )
-    return [w[0] for w in lines]
-
-
 def _write_record(path: Path, digests: list[str]) -> None:
     with atomic_path(digest_path(path)) as tmp:
-        tmp.write_text("".join(f"{d}  {path.name}\n" for d in digests))
+        tmp.write_text(record_text(path, digests))
 
 
 def write_digest(path: str | Path) -> str:

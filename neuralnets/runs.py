@@ -9,6 +9,7 @@
                           `.sha256` record (owned by `neuralnets.checkpoints`: writing, verifying, choosing)
       predictions.h5      PREDICTIONS_FILE: `rates (trials, T, N)` counts per bin for ALL trials of the
                           dataset, float32; optional `latents (trials, T', K)` and `inputs (trials, T_obs, U)`
+      predictions.h5.sha256   its digest (`write_predictions`), verified when a run's predictions are read
       metrics.json        METRICS_FILE: {"model": str, "data": str, "split": str, "metrics": {name: float},
                           "train_time_s": float, "n_parameters": int, ...anything else}; read back as a
                           validated `MetricsRecord` (`read_metrics`)
@@ -34,6 +35,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import math
 import os
 import tempfile
@@ -43,10 +45,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuralnets.errors import RunStatusError
+from neuralnets.digests import digest_path, file_sha256, record_text, recorded_digests
+from neuralnets.errors import CheckpointError, RunStatusError
 
 if TYPE_CHECKING:
     from neuralnets.data.spikedata import SpikeData
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -426,10 +431,9 @@ def write_predictions(
     trials, e.g. `predict_chunks(model, data)`, written chunk by chunk so that predictions for a large
     dataset never sit in memory whole; then `n_trials` (the dataset's trial count) is required.
     Refuses to overwrite an existing file unless `replace` (a resumed run's new predictions: the old
-    file stays whole until the new one is complete).
+    file stays whole until the new one is complete). Its sha256 is recorded beside it
+    (`predictions.h5.sha256`, as for checkpoints): a kill at any moment leaves a file that matches.
     """
-    import h5py
-
     path = Path(run_dir) / PREDICTIONS_FILE
     if path.exists() and not replace:
         raise FileExistsError(f"{path} exists; refusing to overwrite predictions")
@@ -443,7 +447,22 @@ def write_predictions(
         if n_trials is None:
             raise ValueError(f"{path}: writing predictions chunk by chunk needs n_trials")
         chunks = predictions
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    previous = _recorded_or_none(path)
+    with atomic_path(path) as tmp:
+        _write_prediction_chunks(tmp, path, chunks, n_trials)
+        digest = file_sha256(tmp)
+        _record_predictions(path, [digest, *previous])  # {new, old} while the new file is renamed
+    _record_predictions(path, [digest])
+    return path
+
+
+def _write_prediction_chunks(
+    tmp: Path, path: Path, chunks: Iterable[tuple[int, Mapping[str, Any]]], n_trials: int
+) -> None:
+    """The body of `write_predictions`: write `chunks` into the new HDF5 file `tmp` (errors name `path`)."""
+    import h5py
+
+    with h5py.File(tmp, "w") as f:
         for start, chunk in chunks:
             for key, value in chunk.items():
                 if key not in PREDICTION_KEYS:
@@ -467,14 +486,48 @@ def write_predictions(
         if "rates" not in f:
             raise ValueError(f"{path}: no 'rates' were written (empty predictions)")
         f.attrs["n_trials"] = n_trials
-    return path
 
 
-def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
+def _recorded_or_none(path: Path) -> list[str]:
+    """The digests recorded for `path` ([] without a record, or with a damaged one)."""
+    try:
+        return recorded_digests(path)[:1] if path.is_file() else []
+    except CheckpointError:
+        return []
+
+
+def _record_predictions(path: Path, digests: list[str]) -> None:
+    with atomic_path(digest_path(path)) as tmp:
+        tmp.write_text(record_text(path, list(dict.fromkeys(digests))))
+
+
+def verify_predictions(path: str | Path, trust_unverified: bool = False) -> None:
+    """Check predictions file `path` against its sha256 record (`write_predictions` writes it): a
+    RunStatusError naming the file when the digest differs, or when there is no record unless
+    `trust_unverified` (then the digest accepted is logged)."""
+    path = Path(path)
+    expected, digest = recorded_digests(path), file_sha256(path)
+    if not expected:
+        if not trust_unverified:
+            raise RunStatusError(
+                f"{path}: no sha256 record ({digest_path(path).name}); refusing unverified predictions "
+                f"(sha256 {digest}); pass trust_unverified (neuralnets-eval, neuralnets-ensemble: "
+                "--trust-unverified) only if you trust where this file came from"
+            )
+        log.warning("trusting unverified predictions %s: sha256 %s", path, digest)
+    elif digest not in expected:
+        raise RunStatusError(
+            f"{path}: sha256 {digest[:12]}... does not match its record {digest_path(path).name} "
+            f"({expected[0][:12]}...); the predictions were altered or damaged after they were written"
+        )
+
+
+def read_predictions(path: str | Path, trust_unverified: bool = False) -> dict[str, np.ndarray]:
     """{"rates": (trials, T, N), and "latents"/"inputs" when present} from a run directory or a file.
 
     Files: `.h5`/`.hdf5` (as `write_predictions` writes) or `.npz` with array `rates` and optional
-    `latents`, or a `.npy` holding the rates. A run directory is searched for `PREDICTIONS_FILES` in order.
+    `latents`, or a `.npy` holding the rates. A run directory is searched for `PREDICTIONS_FILES` in
+    order; its predictions.h5 is verified first (`verify_predictions`).
     """
     path = Path(path)
     if path.is_dir():
@@ -484,6 +537,8 @@ def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
                 f"{path} holds no predictions file (looked for {list(PREDICTIONS_FILES)})"
             )
         path = found[0]
+        if path.name == PREDICTIONS_FILE:  # a legacy .npz run has no record
+            verify_predictions(path, trust_unverified)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} not found")
     suffix = path.suffix.lower()

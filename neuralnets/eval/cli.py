@@ -69,6 +69,11 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="trials to score: train, val, test (default: the run's split, else test)")
     p.add_argument("--model", help="model name for the table (default: the run's, else the file name)")
     p.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="accept a run's predictions.h5 without a sha256 record (the digest is logged)",
+    )
+    p.add_argument(
         "--out", metavar="METRICS.json", help="write {model, data, split, metrics} to this JSON file"
     )
     p.add_argument(
@@ -177,7 +182,7 @@ def _eval(argv: list[str] | None) -> int:
     label = args.data or run.get("data") or data.name
     rows: list[dict[str, Any]] = []
     if target is not None:
-        pred = read_predictions(target)
+        pred = read_predictions(target, args.trust_unverified)  # a run's predictions.h5 verified first
         metrics = evaluate(
             _to_device(pred["rates"], args.device),
             data,

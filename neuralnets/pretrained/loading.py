@@ -277,6 +277,7 @@ def _load_folder(folder: Path, device: torch.device, name: str, trust_unverified
         expected, source = card["checkpoint"].get("sha256"), "its model card"
     ckpt = read_checkpoint(ckpt_path, expected, source, trust_unverified=trust_unverified)
     model = build_from_checkpoint(ckpt_path, device, ckpt)
+    check_card_matches(card, type(model).__name__, folder)
     return PretrainedModel(
         model,
         name=name,
@@ -285,6 +286,25 @@ def _load_folder(folder: Path, device: torch.device, name: str, trust_unverified
         metrics=dict(card["metrics"]),
         card=card,
     )
+
+
+def check_card_matches(card: Mapping[str, Any], model_class: str, folder: Path) -> None:
+    """A CheckpointError naming the card when its `model` or `config.model` names another model class
+    than `model_class`, the one its checkpoint rebuilds: the card's config and metrics describe that
+    model, so both must agree."""
+    where = folder / "model_card.json"
+    named = {"model": card.get("model")}
+    if isinstance(card["config"], Mapping) and card["config"].get("model") is not None:
+        try:
+            named["config.model"] = MODELS[resolve_model_config(card["config"]["model"])[0]].__name__
+        except ModelConfigError as e:
+            raise CheckpointError(f"{where}: config.model refused: {e}") from None
+    for key, value in named.items():
+        if value != model_class:
+            raise CheckpointError(
+                f"{where}: {key} names {value!r}, but the checkpoint {CHECKPOINT_FILE} holds {model_class}; "
+                "a model card must describe its own checkpoint"
+            )
 
 
 def _load_run_dir(run_dir: Path, device: torch.device, trust_unverified: bool) -> PretrainedModel:

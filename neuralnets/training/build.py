@@ -18,6 +18,7 @@ inside the run directory (`inside_run_dir`; the checkpoint folder, the logger's 
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -30,7 +31,8 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from neuralnets.config import compose
 from neuralnets.data.datamodule import MultiSessionDataModule, SpikeDataModule
@@ -376,9 +378,25 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, data: SpikeData) -> list[pl.
     return callbacks
 
 
+class AppendingCSVWriter(ExperimentWriter):
+    """Lightning's CSV metrics writer, except that a metrics.csv already in the run directory (a resumed
+    run's) is continued: Lightning's own writer deletes it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(header)  # a new column rewrites the header, every row kept
+
+
 def build_logger(cfg: DictConfig, run_dir: Path, **runtime: Any) -> Logger:
-    """The logger of `cfg.logger` (TensorBoard or CSV), writing into `run_dir`, with `runtime` options."""
-    return instantiate_safe(cfg.logger, "logger", Logger, run_dir=run_dir, save_dir=str(run_dir), **runtime)
+    """The logger of `cfg.logger` (TensorBoard or CSV), writing into `run_dir`, with `runtime` options.
+    A CSV logger appends to the run's metrics.csv (`AppendingCSVWriter`)."""
+    logger = instantiate_safe(cfg.logger, "logger", Logger, run_dir=run_dir, save_dir=str(run_dir), **runtime)
+    if isinstance(logger, CSVLogger):
+        os.makedirs(logger.log_dir, exist_ok=True)
+        logger._experiment = AppendingCSVWriter(logger.log_dir)  # what `logger.experiment` would create
+    return logger
 
 
 def native_bf16_cpu() -> bool:

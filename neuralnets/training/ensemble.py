@@ -93,13 +93,27 @@ def finished_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Path], list[dict
     return finished, skipped
 
 
+def check_finite_rates(rates: np.ndarray, run_dir: str | Path) -> None:
+    """A DataError naming `run_dir` and the first entry when its rates `(trials, T, N)` are not all finite."""
+    bad = ~np.isfinite(rates)
+    if bad.any():
+        trial, t, n = np.argwhere(bad)[0]
+        raise DataError(
+            f"{run_dir}: predicted rates are not finite ({int(bad.sum())} entries; the first at trial "
+            f"{trial}, bin {t}, neuron {n}: {rates[trial, t, n]}); an ensemble needs finite rates"
+        )
+
+
 def _mean(rates: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(rates), axis=0, dtype=np.float64).astype(np.float32)  # (trials, T, N)
 
 
-def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "auto") -> dict[str, Any]:
+def ensemble(
+    run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "auto", trust_unverified: bool = False
+) -> dict[str, Any]:
     """Average the rates of `run_dirs` (best `k` on val) into the new run directory `out`; returns
-    what metrics.json holds."""
+    what metrics.json holds. Each member's predictions.h5 is verified against its sha256 record (one
+    without a record only with `trust_unverified`)."""
     from neuralnets.eval.harness import evaluate
 
     out = Path(out)
@@ -120,7 +134,8 @@ def ensemble(run_dirs: Sequence[str | Path], out: str | Path, k: int | str = "au
     data = load_run_data(runs[0])
     rates = []
     for run in runs:
-        r = read_predictions(run["run_dir"])["rates"]
+        r = read_predictions(run["run_dir"], trust_unverified)["rates"]
+        check_finite_rates(r, run["run_dir"])
         if r.shape[0] != data.n_trials or (rates and r.shape != rates[0].shape):
             raise DataError(
                 f"{run['run_dir']}: predicted rates of shape {r.shape}; the dataset has {data.n_trials} "
@@ -193,6 +208,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN", help="finished run directories on the same data")
     p.add_argument("--out", required=True, metavar="DIR", help="new run directory for the ensemble")
     p.add_argument("--k", default="auto", help="'auto' (chosen on val co-bps) or how many best members")
+    p.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="accept members' predictions.h5 without a sha256 record (the digest is logged)",
+    )
     return p
 
 
@@ -201,7 +221,7 @@ def _main(argv: list[str] | None) -> int:
     from neuralnets.eval.tables import format_table
 
     k = args.k if args.k == "auto" else _int_k(args.k)
-    record = ensemble(args.run_dirs, args.out, k)
+    record = ensemble(args.run_dirs, args.out, k, trust_unverified=args.trust_unverified)
     for s in record["skipped"]:
         print(f"neuralnets-ensemble: skipped {s['run_dir']}: status {s['status']}", file=sys.stderr)
     print(format_table([record], baselines=False))

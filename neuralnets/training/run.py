@@ -47,12 +47,14 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuralnets.checkpoints import checkpoint_of, load_checkpoint
+from neuralnets.config import load_saved_config
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
 from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
 from neuralnets.eval import evaluate_splits
 from neuralnets.eval.tblog import log_to_tensorboard
 from neuralnets.runs import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     LAST_CHECKPOINT,
     STATUS_FILE,
     claim_run_dir,
@@ -192,6 +194,45 @@ def check_resumable(run_dir: Path, cfg: DictConfig, ckpt: dict) -> None:
     )
 
 
+# The groups a resume must keep: another model or data cannot continue the run's checkpoint (others, e.g.
+# trainer.max_epochs, threads, callbacks.figures, may change).
+RESUME_FIXED = ("model", "data", "module", "seed")
+
+
+def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
+    """A ConfigError naming the first key of RESUME_FIXED whose value in `cfg` differs from the run's
+    saved config.yaml: raised before anything in the run is read or written."""
+    if not (run_dir / CONFIG_FILE).is_file():  # a run without one cannot be resumed from the command line
+        return
+    saved = load_saved_config(run_dir / CONFIG_FILE)
+    for group in RESUME_FIXED:
+        mine, theirs = _flat_group(cfg, group), _flat_group(saved, group)
+        for key in sorted(set(mine) | set(theirs)):
+            new, old = mine.get(key, "(absent)"), theirs.get(key, "(absent)")
+            if new != old:
+                raise ConfigError(
+                    f"resume={cfg.resume}: {key}={new!r}, but the run was trained with {key}={old!r} "
+                    f"({run_dir / CONFIG_FILE}); a resume continues the same model on the same data "
+                    f"({', '.join(RESUME_FIXED)} fixed): start a new run instead"
+                )
+
+
+def _flat_group(cfg: DictConfig, group: str) -> dict[str, Any]:
+    """{"group.a.b": value} of `cfg[group]`, resolved (a scalar group: {"group": value})."""
+    node = OmegaConf.select(cfg, group)
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    out: dict[str, Any] = {}
+    stack = [(group, node)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{key}.{k}", v) for k, v in value.items()]
+        else:
+            out[key] = value
+    return out
+
+
 def _one_line(err: BaseException) -> str:
     """The error recorded in status.json."""
     return " ".join(f"{type(err).__name__}: {err}".split())
@@ -286,6 +327,7 @@ def run_training(
                 if not Path(run_dir).is_dir():
                     raise ConfigError(f"resume={cfg.resume!r}: no run directory {run_dir}")
                 stack.enter_context(run_lock(run_dir))
+                check_resume_config(Path(run_dir), cfg)  # before the run's checkpoint or logs are touched
         ckpt_path = resume_checkpoint(cfg.resume) if resuming else (Path(restore) if restore else None)
         ckpt = read_verified(ckpt_path, trust) if ckpt_path is not None else None
         if resuming:

@@ -20,7 +20,10 @@ The tune directory (`tune.dir`, default `runs/tune/<model>_<data>`) holds
 Rerunning the same command continues the study until it holds `tune.n_trials` members (over all
 workers; a member lost with its killed worker does not count). A member that diverges is recorded
 `diverged` (status.json) and pruned in the study, one that fails with a `NeuralnetsError` `failed`
-(a failed trial); the study goes on. Docs: docs/tuning.md.
+(a failed trial); the study goes on. SIGTERM/SIGINT stops the tuner (exit 75): a member in training
+keeps its last.ckpt and is recorded `interrupted`, not counted. The search space's content is recorded
+in study.yaml (`tune.space_params`): an edited space file is refused. The journal is checked when it is
+opened (`training.journal`; `tune.repair_journal=true` repairs it). Docs: docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ import multiprocessing
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +53,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR, compose
-from neuralnets.errors import EXIT_USER_ERROR, ConfigError, DivergenceError, NeuralnetsError
+from neuralnets.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    ConfigError,
+    DivergenceError,
+    NeuralnetsError,
+    RunInterrupted,
+)
 from neuralnets.eval.tables import write_rows
 from neuralnets.runs import STATUS_FILE, atomic_path, read_status, write_status
+from neuralnets.training.journal import check_journal, open_journal, repair_journal
 from neuralnets.training.run import run_training
 
 log = logging.getLogger(__name__)
@@ -64,12 +77,15 @@ WORKER_KEYS = (
     "tune.join",
     "tune.timeout_s",
     "tune.max_failures_in_row",
+    "tune.repair_journal",
     "threads",
 )
 RESOLVER = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${oc.env:...}, ${now:...}: plain ${key} references only
 # The member states of the leaderboard, best first; `lost`: its worker died (killed) during training
 # (a failed trial without a status of its own).
-STATES = ("complete", "pruned", "diverged", "failed", "lost", "running")
+# `interrupted`: stopped by SIGTERM/SIGINT with its last.ckpt (resumable), not counted in the budget.
+STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running")
+UNCOUNTED = ("interrupted", "lost")
 
 
 def _optuna():
@@ -80,10 +96,15 @@ def _optuna():
     return optuna
 
 
+def space_file(cfg: DictConfig) -> Path:
+    """The search-space file: `tune.space`, else `configs/tune/<model.name>.yaml`."""
+    return Path(cfg.tune.space) if cfg.tune.get("space") else CONFIG_DIR / "tune" / f"{cfg.model.name}.yaml"
+
+
 def search_space(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The `params` of the search-space file (`tune.space`, else `configs/tune/<model.name>.yaml`),
-    each `{key, low, high, log}` with `key` an existing config key."""
-    path = Path(cfg.tune.space) if cfg.tune.get("space") else CONFIG_DIR / "tune" / f"{cfg.model.name}.yaml"
+    """The `params` of the search-space file (`space_file`), each `{key, low, high, log}` with `key` an
+    existing config key."""
+    path = space_file(cfg)
     if not path.is_file():
         raise ConfigError(f"no search space {path} for model {cfg.model.name!r} (set tune.space=FILE)")
     space = (
@@ -100,6 +121,30 @@ def search_space(cfg: DictConfig) -> list[dict[str, Any]]:
         if p.get("log") and low <= 0:
             raise ConfigError(f"{path}: {key}: a log scale needs low > 0; got {low}")
     return params
+
+
+def study_space(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The study's search space: the one recorded when it started (`tune.space_params`, study.yaml),
+    which the space file must still hold (`check_space`); the file's for a config without a record."""
+    params = search_space(cfg)
+    recorded = cfg.tune.get("space_params")
+    if recorded is not None:
+        check_space(OmegaConf.to_container(recorded, resolve=True), params, space_file(cfg), cfg.tune.dir)
+    return params
+
+
+def check_space(recorded: list[dict[str, Any]], now: list[dict[str, Any]], path: Path, tune_dir: Any) -> None:
+    """A ConfigError saying what changed when the space file `path` no longer holds the `recorded`
+    space of the study in `tune_dir`: a study's members all come from one space."""
+    before = {p["key"]: {k: v for k, v in p.items() if k != "key"} for p in recorded}
+    after = {p["key"]: {k: v for k, v in p.items() if k != "key"} for p in now}
+    for key in [*before, *(k for k in after if k not in before)]:
+        if before.get(key) != after.get(key):
+            was, is_ = before.get(key, "(not searched)"), after.get(key, "(not searched)")
+            raise ConfigError(
+                f"{path}: the search space changed since study {tune_dir} started: {key}: {was} -> {is_}; "
+                "a study keeps its space (restore the file, or start a new study with another tune.dir)"
+            )
 
 
 def _maximised(metric: str, value: float) -> float:
@@ -182,9 +227,33 @@ def open_storage(cfg: DictConfig) -> Any:
             raise ConfigError(
                 f"tune.storage={target}: cannot open it ({type(err).__name__}: {err})"
             ) from None
-    path = Path(target) if target else Path(cfg.tune.dir) / JOURNAL
+    path = journal_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return open_journal(path)  # checked: a damaged journal is one line naming the file and line
+
+
+def journal_path(cfg: DictConfig) -> Path:
+    """The journal file of the study (`tune.storage`, else `<tune dir>/journal.log`)."""
+    target = cfg.tune.get("storage")
+    return Path(target) if target else Path(cfg.tune.dir) / JOURNAL
+
+
+def repair_study_journal(cfg: DictConfig, tune_dir: Path) -> None:
+    """`tune.repair_journal=true`: back the journal up and keep its complete records
+    (`training.journal.repair_journal`); refused while a worker of the study is alive. Call with the
+    study lock held."""
+    target = cfg.tune.get("storage")
+    if target and "://" in str(target):
+        raise ConfigError(
+            f"tune.repair_journal=true repairs a journal file; tune.storage={target} is a database"
+        )
+    path = journal_path(cfg)
+    alive = [p.stem for p in (tune_dir / WORKERS).glob("*.lock") if WorkerLock.alive(tune_dir, p.stem)]
+    if alive:
+        raise ConfigError(f"tune.repair_journal=true: workers {alive} are running on {path}; stop them first")
+    if path.is_file():
+        repair_journal(path)
+        check_journal(path)
 
 
 def study_name(cfg: DictConfig) -> str:
@@ -265,8 +334,8 @@ def member_state(trial: Any) -> str:
 
 
 def counted(study: Any) -> int:
-    """Members that use up `tune.n_trials`: all but those lost with a killed worker."""
-    return sum(member_state(t) != "lost" for t in study.get_trials(deepcopy=False))
+    """Members that use up `tune.n_trials`: all but those lost with a killed worker or interrupted."""
+    return sum(member_state(t) not in UNCOUNTED for t in study.get_trials(deepcopy=False))
 
 
 def record_study_config(cfg: DictConfig, tune_dir: Path) -> DictConfig:
@@ -284,6 +353,7 @@ def record_study_config(cfg: DictConfig, tune_dir: Path) -> DictConfig:
                 f"tune.join=true: {tune_dir} holds no study yet ({STUDY_CONFIG} missing); start it without "
                 "tune.join, or name its directory with tune.dir=..."
             )
+        cfg.tune.space_params = search_space(cfg)  # the space's content is part of the study's identity
         with atomic_path(path) as tmp:  # unresolved: members set keys that others interpolate
             OmegaConf.save(cfg, tmp, resolve=False)
         return cfg
@@ -292,15 +362,19 @@ def record_study_config(cfg: DictConfig, tune_dir: Path) -> DictConfig:
             f"{path}: a resolver interpolation (${{name:...}}) is not allowed in a study's config"
         )
     saved = OmegaConf.load(path)
+    if saved.tune.get("space_params") is not None:  # (a study of an older neuralnets-tune has none)
+        cfg.tune.space_params = saved.tune.space_params
     if cfg.tune.join:
         for key in (*WORKER_KEYS, "tune.dir", "tune.storage", "tune.study_name"):
             value = OmegaConf.select(cfg, key)
             if value is not None or key in WORKER_KEYS:  # a storage named here wins (a path seen from here)
                 OmegaConf.update(saved, key, value, force_add=True)
+        study_space(saved)
         return saved
+    study_space(cfg)
     mine, theirs = _flat(cfg), _flat(saved)
     for key in sorted(set(mine) | set(theirs)):
-        if key not in (*WORKER_KEYS, "tune.dir") and mine.get(key) != theirs.get(key):
+        if key not in (*WORKER_KEYS, "tune.dir", "tune.space_params") and mine.get(key) != theirs.get(key):
             raise ConfigError(
                 f"{tune_dir} holds a study with {key}={theirs.get(key)!r} ({path}), this command has "
                 f"{key}={mine.get(key)!r}; continue it with its settings (or tune.join=true), or use "
@@ -330,12 +404,12 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
     optuna = _optuna()
     t = cfg.tune
     tune_dir = Path(t.dir)
-    space = search_space(cfg)
+    space = study_space(cfg)
     threads = int(cfg.threads) if cfg.get("threads") else max(1, _cores() // int(t.workers))
     torch.set_num_threads(threads)
     cfg = OmegaConf.merge(cfg, {"threads": threads})
     start, failures_in_row = time.monotonic(), 0
-    with WorkerLock(tune_dir) as me:
+    with WorkerLock(tune_dir) as me, _signals_noted() as stop:
         study = optuna.load_study(study_name=study_name(cfg), storage=open_storage(cfg))
         # Each worker its own sampler seed: two workers never draw the same first members.
         seed = int(t.seed) + len(study.trials) + 1009 * (int(t.worker) * int(t.workers) + index)
@@ -345,6 +419,10 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
         )
         log.info("worker %s (%d threads) joins study %s", me.name, threads, study.study_name)
         while t.get("timeout_s") is None or time.monotonic() - start < float(t.timeout_s):
+            if stop:  # SIGTERM/SIGINT while no member trained (training turns them into RunInterrupted)
+                raise RunInterrupted(
+                    f"neuralnets-tune stopped by {stop[0]} between members; rerun the command to continue"
+                )
             # The budget check and the new trial, one worker at a time.
             with _locked(tune_dir / ".study.lock"):
                 fail_lost_trials(study, tune_dir)
@@ -360,6 +438,26 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
                     f"{failures_in_row} members in a row failed (last: member {trial.number:03d}: {error}); "
                     f"this worker stops (tune.max_failures_in_row={t.max_failures_in_row})"
                 )
+
+
+@contextlib.contextmanager
+def _signals_noted() -> Iterator[list[str]]:
+    """While the block runs, SIGTERM and SIGINT are noted in the yielded list (never raised mid-write
+    of the study's journal); the worker stops at its next member. Main thread only."""
+    noted: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        noted.append(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield noted
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _one_line(err: BaseException) -> str:
@@ -383,6 +481,14 @@ def _run_member(
         value = train_member(member_config(cfg, params, trial.number), run_dir, reporter)
     except optuna.TrialPruned:
         status, state = "pruned", optuna.trial.TrialState.PRUNED
+    except RunInterrupted as err:  # SIGTERM/SIGINT: the member keeps its last.ckpt; the worker stops
+        trial.set_user_attr("status", "interrupted")
+        trial.set_user_attr("error", _one_line(err))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise RunInterrupted(
+            f"member {trial.number:03d} {err}; neuralnets-tune stopped: rerun the command to continue the "
+            "study (the member is not counted)"
+        ) from None
     except (NeuralnetsError, OSError) as err:  # DivergenceError is one; OSError: e.g. a full disk
         # A diverged configuration is a bad one: pruned, so that TPE learns from the values it reported.
         diverged = isinstance(err, DivergenceError)
@@ -413,6 +519,9 @@ def _spawned_worker(container: dict[str, Any], index: int) -> None:
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}][%(name)s][%(levelname)s] - %(message)s")
     try:
         run_worker(OmegaConf.create(container), index)
+    except RunInterrupted as err:
+        log.error("%s", err)
+        sys.exit(EXIT_INTERRUPTED)
     except NeuralnetsError as err:
         log.error("%s", err)
         sys.exit(EXIT_USER_ERROR)
@@ -478,6 +587,8 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
     with _locked(tune_dir / ".study.lock"):
         cfg = record_study_config(cfg, tune_dir)
         check_settings(cfg.tune)
+        if cfg.tune.get("repair_journal"):
+            repair_study_journal(cfg, tune_dir)
         search_space(cfg)  # a bad space is refused before any worker starts
         study = optuna.create_study(
             study_name=study_name(cfg), storage=open_storage(cfg), direction="maximize", load_if_exists=True
@@ -513,16 +624,26 @@ def _run_workers(cfg: DictConfig, n: int) -> list[str]:
     procs = [
         spawn.Process(target=_spawned_worker, args=(container, i), name=f"tune-worker-{i}") for i in range(n)
     ]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join()
+    with _signals_noted() as stop:  # a SIGTERM/SIGINT here is passed on to every worker
+        try:
+            for p in procs:
+                p.start()
+            passed_on: set[int] = set()
+            while any(p.is_alive() for p in procs):
+                for p in procs:
+                    p.join(timeout=0.5)
+                    if stop and p.is_alive() and p.pid not in passed_on:  # once: the worker saves and stops
+                        os.kill(p.pid, signal.SIGTERM)
+                        passed_on.add(p.pid)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
+    if stop or any(p.exitcode == EXIT_INTERRUPTED for p in procs):
+        raise RunInterrupted(
+            "neuralnets-tune's workers were stopped; rerun the command to continue the study"
+        )
     return [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
 
 

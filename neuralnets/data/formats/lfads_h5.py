@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from neuralnets.data.formats.common import expect_shape, h5_array, open_h5, require_file
+from neuralnets.data.formats.common import check_declared, expect_shape, h5_array, open_h5, require_file
 from neuralnets.data.spikedata import SPLITS, SpikeData
 from neuralnets.errors import DataError
 
@@ -224,11 +224,13 @@ def _read_lfads_prefix(f, p: str, src: str) -> dict:
     )
     for key, rank in optional:
         if f"{p}_{key}" in f:
-            arr = h5_array(f, f"{p}_{key}", src, rank=rank)
-            if arr.shape[0] != d["n"]:
+            declared = f[f"{p}_{key}"]
+            check_declared(declared, f"{p}_{key}", src, rank)  # from metadata, before reading
+            if declared.shape[0] != d["n"]:
                 raise DataError(
-                    f"{src}: key '{p}_{key}' has {arr.shape[0]} trials but '{p}_encod_data' has {d['n']}"
+                    f"{src}: key '{p}_{key}' has {declared.shape[0]} trials but '{p}_encod_data' has {d['n']}"
                 )
+            arr = h5_array(f, f"{p}_{key}", src, rank=rank)
             if key == "truth" and (arr < 0).any():
                 raise DataError(f"{src}: key '{p}_truth' has negative rates (min {arr.min()})")
             d[key] = arr.astype(bool) if key == "observed" else arr

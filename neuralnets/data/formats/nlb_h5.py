@@ -5,9 +5,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from neuralnets.data.formats.common import expect_shape, h5_array, open_h5, require_file
+from neuralnets.data.formats.common import check_declared, expect_shape, h5_array, open_h5, require_file
 from neuralnets.data.spikedata import SpikeData, default_split
 from neuralnets.errors import DataError
 
@@ -23,6 +24,30 @@ _NLB_KEYS = {
     "eval_spikes_heldout_forward",
     "eval_behavior",
 }
+
+
+def _declared_shapes(f, src: str) -> dict[str, tuple]:
+    """The shape each NLB key must have (None: a free axis), from the declared shapes of the spike
+    keys that set trials, bins and neurons (`check_declared`: nothing is read)."""
+    for key in ("train_spikes_heldin", "train_spikes_heldout", "eval_spikes_heldin"):
+        if key in f:
+            check_declared(f[key], key, src)
+    n_train, t_obs, n_in = f["train_spikes_heldin"].shape
+    n_out = f["train_spikes_heldout"].shape[2]
+    fwd = f.get("train_spikes_heldin_forward")
+    t_fwd = fwd.shape[1] if isinstance(fwd, h5py.Dataset) and fwd.ndim == 3 else None
+    n_eval = f["eval_spikes_heldin"].shape[0] if "eval_spikes_heldin" in f else None
+    return {
+        "train_spikes_heldout": (n_train, t_obs, None),
+        "train_spikes_heldin_forward": (n_train, None, n_in),
+        "train_spikes_heldout_forward": (n_train, t_fwd, n_out),
+        "train_behavior": (n_train, t_obs, None),
+        "eval_spikes_heldin": (None, t_obs, n_in),
+        "eval_spikes_heldout": (n_eval, t_obs, n_out),
+        "eval_spikes_heldin_forward": (n_eval, t_fwd, n_in),
+        "eval_spikes_heldout_forward": (n_eval, t_fwd, n_out),
+        "eval_behavior": (n_eval, t_obs, None),
+    }
 
 
 def load_nlb_h5(
@@ -57,7 +82,8 @@ def load_nlb_h5(
         for key in ("train_spikes_heldin", "train_spikes_heldout"):
             if key not in f:
                 raise DataError(f"{src}: missing key {key!r} (NLB tensor layout); keys found: {keys}")
-        a = {k: h5_array(f, k, src, counts="spikes" in k) for k in keys if k in _NLB_KEYS}
+        want = _declared_shapes(f, src)  # from metadata: a key that does not fit is never read
+        a = {k: h5_array(f, k, src, counts="spikes" in k, shape=want.get(k)) for k in keys if k in _NLB_KEYS}
     ignored = [k for k in keys if k not in _NLB_KEYS]
     if ignored:
         warnings.warn(f"{src}: ignoring keys not in the NLB tensor layout: {ignored}", stacklevel=2)
