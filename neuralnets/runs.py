@@ -36,7 +36,6 @@ import datetime
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from neuralnets.errors import RunStatusError
+
+# atomic_path, fsync_dir: re-exported, they were defined here before neuralnets.files
+from neuralnets.files import atomic_path, exclusive_text, fsync_dir, held_lock  # noqa: F401
 
 if TYPE_CHECKING:
     from neuralnets.data.spikedata import SpikeData
@@ -63,55 +65,6 @@ RUN_STATES = ("running", "finished", "failed", "diverged", "interrupted")
 LOCK_FILE = ".lock"  # flock-ed by the process training the run (`run_lock`)
 PREDICTION_KEYS = ("rates", "latents", "inputs")  # the arrays predictions.h5 may hold
 CHUNK_BYTES = 8 << 20  # HDF5 chunks of at most ~8 MiB (whole trials; one trial if a trial is larger)
-
-
-# ---------------------------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_path(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
-    """Yield a temporary path in `path`'s directory; on success fsync it and rename it onto `path`.
-
-    On an exception the temporary file is removed and `path` is left as it was. A symbolic link at
-    `path` (dangling or not) is refused: an output never goes through, or over, a planted link.
-    `exclusive`: never replace anything at `path` (hard link into place: FileExistsError if it exists).
-    """
-    path = Path(path)
-    if path.is_symlink() or (exclusive and path.exists()):
-        what = f"is a symbolic link (to {os.readlink(path)})" if path.is_symlink() else "exists"
-        raise FileExistsError(f"{path} {what}; refusing to write it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a run file gets the usual mode
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp_path, path)  # EEXIST if anything (a file, a dangling link) appeared meanwhile
-            tmp_path.unlink()
-        else:
-            os.replace(tmp_path, path)  # renames over a link planted meanwhile, never through it
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: str | Path) -> None:
-    """Make the renames in `directory` durable (POSIX; silently skipped where it is not possible)."""
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------- run directory
@@ -163,18 +116,10 @@ def claim_run_dir(run_dir: str | Path) -> Path:
             f"{run_dir} already holds a run; refusing to overwrite it (use resume= to continue it)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATUS_FILE}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_status_text(_new_status()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.link(tmp, run_dir / STATUS_FILE)  # fails if it exists: an exclusive create with its whole content
+        exclusive_text(run_dir / STATUS_FILE, _status_text(_new_status()))
     except FileExistsError:
         raise FileExistsError(f"{run_dir} was just claimed by another run; refusing to share it") from None
-    finally:
-        os.unlink(tmp)
     return run_dir
 
 
@@ -184,28 +129,20 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     released when the process ends, however it ends). A second process asking for it gets a
     RunStatusError naming the holder (pid, host, since when) instead of training the run twice at once.
     flock works across processes of one machine and on network filesystems that support it (NFSv4)."""
-    import fcntl
     import socket
 
-    path = Path(run_dir) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_umask())
+    holder = f"pid {os.getpid()} on {socket.gethostname()} since {_now()}"
+    lock = held_lock(Path(run_dir) / LOCK_FILE, holder)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise RunStatusError(
-                f"{run_dir} is being trained by {holder}; refusing to train it twice at once "
-                "(wait for that process to end, or stop it)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
-        try:
-            yield path
-        finally:
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # releases the lock
+        path = lock.__enter__()
+    except BlockingIOError as err:
+        raise RunStatusError(
+            f"{run_dir} is being trained by {err.args[1] or 'another process'}; refusing to train it twice "
+            "at once (wait for that process to end, or stop it)"
+        ) from None
+    with contextlib.ExitStack() as stack:
+        stack.push(lock)  # entered above: released however the block ends
+        yield path
 
 
 def write_config(run_dir: str | Path, cfg: Any) -> Path:

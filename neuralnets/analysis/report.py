@@ -259,7 +259,7 @@ def write_report(sections: list[Section], out_dir: Path, text: str) -> Path:
     """`analysis.md` (atomically) and the figures and report text into TensorBoard in `out_dir`."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from neuralnets.runs import atomic_path
+    from neuralnets.files import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE

@@ -45,7 +45,7 @@ from neuralnets.eval import metrics as M
 from neuralnets.eval.glm import GLM_FLOOR, fit_poisson_glm
 from neuralnets.eval.harness import evaluate
 from neuralnets.eval.metrics import smooth_spikes
-from neuralnets.runs import atomic_path
+from neuralnets.files import atomic_path
 
 DEFAULT_GLM_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the GLM (standardised features)
 DEFAULT_PSTH_SIGMAS_MS = (10.0, 25.0, 50.0, 100.0)  # smoothing widths tried for the condition average

@@ -28,10 +28,10 @@ from neuralnets.cli import run_cli
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.errors import ConfigError, NeuralnetsError
+from neuralnets.files import atomic_path
 from neuralnets.runs import (
     METRICS_FILE,
     STATUS_FILE,
-    atomic_path,
     read_predictions,
     read_run,
     require_finished,

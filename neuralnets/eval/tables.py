@@ -25,7 +25,8 @@ from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.metrics import METRICS
-from neuralnets.runs import atomic_path, load_run_data
+from neuralnets.files import atomic_path
+from neuralnets.runs import load_run_data
 
 ID_COLUMNS = ("model", "data", "split")
 TAIL_COLUMNS = ("train_time_s", "n_parameters")

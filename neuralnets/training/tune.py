@@ -50,7 +50,8 @@ from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR, compose
 from neuralnets.errors import EXIT_USER_ERROR, ConfigError, DivergenceError, NeuralnetsError
 from neuralnets.eval.tables import write_rows
-from neuralnets.runs import STATUS_FILE, atomic_path, read_status, write_status
+from neuralnets.files import atomic_path
+from neuralnets.runs import STATUS_FILE, read_status, write_status
 from neuralnets.training.run import run_training
 
 log = logging.getLogger(__name__)
