@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "exclusive_text", "fsync_dir", "held_lock", "umask"]
+__all__ = ["atomic_path", "exclusive_text", "fsync_dir", "held_lock", "replace_symlink", "umask"]
 
 
 @contextlib.contextmanager
@@ -51,6 +51,23 @@ def atomic_path(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def replace_symlink(link: str | Path, target: str | Path) -> Path:
+    """Point the symbolic link `link` at `target`, atomically (a new link renamed over the old one:
+    a reader sees the old target or the new one, never no link). Returns `link`."""
+    link = Path(link)
+    fd, tmp = tempfile.mkstemp(dir=link.parent, prefix=f".{link.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)  # mkstemp reserved a unique name; the link takes it
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(link.parent)
+    return link
 
 
 def fsync_dir(directory: str | Path) -> None:

@@ -50,7 +50,7 @@ from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR, compose
 from neuralnets.errors import EXIT_USER_ERROR, ConfigError, DivergenceError, NeuralnetsError
 from neuralnets.eval.tables import write_rows
-from neuralnets.files import atomic_path
+from neuralnets.files import atomic_path, replace_symlink
 from neuralnets.runs import STATUS_FILE, read_status, write_status
 from neuralnets.training.run import run_training
 
@@ -449,12 +449,7 @@ def _link_best(tune_dir: Path, rows: list[dict[str, Any]]) -> Path | None:
     complete = [r for r in rows if r["status"] == "complete" and r["run_dir"]]
     if not complete:
         return None
-    link = tune_dir / "best"
-    tmp = tune_dir / f".best.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(complete[0]["run_dir"])
-    os.replace(tmp, link)
-    return link
+    return replace_symlink(tune_dir / "best", complete[0]["run_dir"])
 
 
 def check_settings(t: DictConfig) -> None:
