@@ -145,6 +145,38 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         yield path
 
 
+def error_line(err: BaseException) -> str:
+    """The one line status.json records for the error that ended a run: `Type: message`."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+@contextlib.contextmanager
+def recorded_run(run_dir: str | Path | tuple[str | Path, str], claim: bool = True) -> Iterator[Path]:
+    """The one way a command makes a run directory and records how it ended:
+
+        with recorded_run(out) as run_dir:      # claimed (refused if it holds a run) and locked
+            ...                                 # write config, train, score
+            write_status(run_dir, "finished")   # the block records success itself
+
+    `run_dir`: a directory to claim (`claim_run_dir`), or (parent, name) for a new unique one
+    (`create_run_dir`); `claim=False`: an existing run (a resume), locked only. If the block raises while
+    the status is still "running", status.json records "interrupted" (Ctrl-C, SIGTERM, a host's
+    SystemExit) or "failed", with `error_line(err)`; a status the block recorded itself is kept, and a
+    block that removed status.json (a start undone) records nothing."""
+    if isinstance(run_dir, tuple):
+        path = create_run_dir(*run_dir)
+    else:
+        path = claim_run_dir(run_dir) if claim else Path(run_dir)
+    with run_lock(path):
+        try:
+            yield path
+        except BaseException as err:
+            if (path / STATUS_FILE).is_file() and read_status(path)["status"] == "running":
+                state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+                write_status(path, state, error=error_line(err))
+            raise
+
+
 def write_config(run_dir: str | Path, cfg: Any) -> Path:
     """Write the run's config (an OmegaConf config) to run_dir/config.yaml, atomically; returns its path."""
     from omegaconf import OmegaConf

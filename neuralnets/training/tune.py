@@ -51,7 +51,7 @@ from neuralnets.config import CONFIG_DIR, compose
 from neuralnets.errors import EXIT_USER_ERROR, ConfigError, DivergenceError, NeuralnetsError
 from neuralnets.eval.tables import write_rows
 from neuralnets.files import atomic_path, replace_symlink
-from neuralnets.runs import STATUS_FILE, read_status, write_status
+from neuralnets.runs import STATUS_FILE, error_line, read_status, write_status
 from neuralnets.training.run import run_training
 
 log = logging.getLogger(__name__)
@@ -363,10 +363,6 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
                 )
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split())
-
-
 def _run_member(
     cfg: DictConfig, study: Any, trial: Any, space: list[dict[str, Any]]
 ) -> tuple[str, str | None]:
@@ -389,10 +385,10 @@ def _run_member(
         diverged = isinstance(err, DivergenceError)
         status = "diverged" if diverged else "failed"
         state = optuna.trial.TrialState.PRUNED if diverged else optuna.trial.TrialState.FAIL
-        error = _one_line(err)
+        error = error_line(err)
     except BaseException as err:  # a bug or an interruption: recorded, then the worker stops
         trial.set_user_attr("status", "failed")
-        trial.set_user_attr("error", _one_line(err))
+        trial.set_user_attr("error", error_line(err))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     else:
