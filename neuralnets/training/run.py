@@ -47,6 +47,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuralnets.checkpoints import checkpoint_of, load_checkpoint
+from neuralnets.config_schema import validate
 from neuralnets.data.sessions import MultiSessionData, spec_from_dict
 from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
 from neuralnets.eval import evaluate_splits
@@ -55,11 +56,10 @@ from neuralnets.runs import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     STATUS_FILE,
-    claim_run_dir,
-    create_run_dir,
+    error_line,
     predict_chunks,
     read_status,
-    run_lock,
+    recorded_run,
     write_config,
     write_metrics,
     write_predictions,
@@ -159,7 +159,9 @@ def is_launch_rank_zero() -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse, before anything is built, a run that cannot mean anything or a `module.` key that
-    `TrainingModule` does not take (e.g. a misspelt `+module.x=`)."""
+    `TrainingModule` does not take (e.g. a misspelt `+module.x=`), and any key or value the schema
+    refuses (`neuralnets.config_schema.validate`)."""
+    validate(cfg)
     for key in ("max_epochs", "max_steps"):
         if cfg.trainer.get(key) == 0:
             raise ConfigError(f"trainer.{key}=0: the run would take no training step; give a positive number")
@@ -190,11 +192,6 @@ def check_resumable(run_dir: Path, cfg: DictConfig, ckpt: dict) -> None:
         f"{run_dir} is a finished run ({trained} epochs); nothing to do (raise trainer.max_epochs above "
         f"{trained} to train it further)"
     )
-
-
-def _one_line(err: BaseException) -> str:
-    """The error recorded in status.json."""
-    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 # ---------------------------------------------------------------------------------------------- signals
@@ -285,7 +282,7 @@ def run_training(
             if rank_zero:  # before anything is read: a second resume of the same run stops here
                 if not Path(run_dir).is_dir():
                     raise ConfigError(f"resume={cfg.resume!r}: no run directory {run_dir}")
-                stack.enter_context(run_lock(run_dir))
+                stack.enter_context(recorded_run(run_dir, claim=False))
         ckpt_path = resume_checkpoint(cfg.resume) if resuming else (Path(restore) if restore else None)
         ckpt = read_verified(ckpt_path, trust) if ckpt_path is not None else None
         if resuming:
@@ -307,12 +304,8 @@ def run_training(
             saved_spec = spec_from_dict(ckpt["hyper_parameters"]["spec"])
             if saved_spec != module.spec:
                 raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {module.spec}")
-        if not resuming and rank_zero:
-            if run_dir is None or isinstance(run_dir, tuple):
-                run_dir = create_run_dir(*(run_dir or new_run_location(cfg)))
-            else:
-                run_dir = claim_run_dir(run_dir)
-            stack.enter_context(run_lock(run_dir))
+        if not resuming and rank_zero:  # claimed only now: a run that cannot be built leaves nothing
+            run_dir = stack.enter_context(recorded_run(run_dir or new_run_location(cfg)))
         elif run_dir is None:
             raise ConfigError(
                 "this process is not rank 0 of a distributed run and was given no run directory: name it "
@@ -443,10 +436,10 @@ def _fit_and_finish(
                 write_status(run_dir, "interrupted", error=message, train_time_s=seconds())
             raise
         if is_launch_rank_zero():
-            write_status(run_dir, "failed", error=_one_line(err), train_time_s=seconds())
+            write_status(run_dir, "failed", error=error_line(err), train_time_s=seconds())
         if raise_on_failure or not isinstance(err, Exception):
             raise
-        return _ended(run_dir, "failed", trainer, seconds(), _one_line(err))
+        return _ended(run_dir, "failed", trainer, seconds(), error_line(err))
     refit = {"refit": "train+val, last epoch, no validation"} if cfg.get("refit") else {}
     write_status(
         run_dir,
