@@ -11,12 +11,11 @@ Runs every analysis the model's capabilities allow, on the data it was trained o
 An analysis the model or data cannot support is listed with the one-line reason. The report goes to
 `analysis.md` in the run directory (written atomically; for a bundled model in `--out`, default
 `./analysis-<name>`) and the figures and report text into TensorBoard event files there (the run's
-own TensorBoard directory). `main(argv)` returns 0 and raises `NeuralnetsError`s for bad input.
+own TensorBoard directory). The command itself is `neuralnets.analysis.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from neuralnets.analysis.inputs import (
     trial_events,
 )
 from neuralnets.analysis.jpca import condition_average, jpca
-from neuralnets.cli import run_cli
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
 
 REPORT_FILE = "analysis.md"
@@ -329,49 +327,3 @@ def _load(target: str, out: str | None, session: str | None):
     elif session is not None:
         raise DataError(f"--session {session!r} given, but the data have one session")
     return pm, data, predictions, session, out_dir, about
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neuralnets-analyze", description=__doc__.split("\n")[0])
-    p.add_argument("target", metavar="RUN_DIR", help="a finished run directory or a bundled model name")
-    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
-    p.add_argument("--session", default=None, help="the session to analyse (multi-session data)")
-    p.add_argument("--n-initial", type=int, default=256, help="initial states of the fixed-point search")
-    p.add_argument("--n-iter", type=int, default=1000, help="gradient steps of the fixed-point search")
-    p.add_argument("--tolerance-bins", type=int, default=2, help="±bins for input-event precision/recall")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-def _analyze(argv: list[str] | None) -> int:
-    """Analyse one run or bundled model; print where the report went. Raises NeuralnetsErrors."""
-    args = _parser().parse_args(argv)
-    for name in ("n_initial", "n_iter"):
-        if getattr(args, name) < 1:
-            raise AnalysisError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.tolerance_bins < 0:
-        raise AnalysisError(f"--tolerance-bins must be >= 0; got {args.tolerance_bins}")
-    pm, data, predictions, session, out_dir, about = _load(args.target, args.out, args.session)
-    sections = analyze(
-        pm, data, predictions, session, n_initial=args.n_initial, n_iter=args.n_iter,
-        tolerance_bins=args.tolerance_bins, seed=args.seed,
-    )  # fmt: skip
-    caps = (
-        f"Model: {type(pm.model).__name__}; recurrent dynamics: "
-        f"{'yes' if getattr(pm.model, 'has_recurrent_dynamics', False) else 'no'}; inferred inputs: "
-        f"{'yes' if getattr(pm.model, 'has_inferred_inputs', False) else 'no'}. Data: {data.n_trials} trials "
-        f"of {data.n_bins} bins of {data.bin_size * 1e3:g} ms."
-    )
-    text = render(sections, "What the model found", [about, "", caps])
-    path = write_report(sections, out_dir, text)
-    print(f"report: {path}\nTensorBoard: tensorboard --logdir {out_dir}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `neuralnets-analyze` (errors and exit codes: `neuralnets.cli.run_cli`)."""
-    return run_cli("neuralnets-analyze", _analyze, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
