@@ -168,6 +168,21 @@ def instantiate_safe(node: Any, where: str, base: type, run_dir: Path | None = N
     return cls(**{k: _plain(v, f"{where}.{k}") for k, v in options.items()}, **runtime)
 
 
+def resolve_threads(cfg: DictConfig) -> int | None:
+    """Set torch's CPU threads from `cfg.threads` and record the number there: an int as given; `auto`:
+    1 on CPU (the project's models are small: a second thread saves little on a quiet machine and costs
+    up to 20x on a busy one, experiments/results/threads.md), torch's default with an accelerator; null:
+    torch's default. Returns the number set, or None."""
+    threads = cfg.get("threads")
+    if threads == AUTO:
+        on_cpu = str(cfg.trainer.get("accelerator", "cpu")) == "cpu"
+        threads = 1 if on_cpu else None
+        cfg.threads = threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    return threads
+
+
 def load_kwargs(cfg: DictConfig) -> dict:
     """The data loader's keyword arguments as a plain dict (`data.load_kwargs` may be absent or empty)."""
     kwargs = cfg.data.get("load_kwargs")

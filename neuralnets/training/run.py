@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -269,9 +268,8 @@ def run_training(
     trust = bool(trust_unverified or cfg.get("trust_unverified"))
     if "trust_unverified" in cfg:
         cfg.trust_unverified = False  # trusted once, for this process: never saved in config.yaml
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     check_config(cfg)
+    build.resolve_threads(cfg)
     rank_zero = is_launch_rank_zero()
     resuming = bool(cfg.get("resume"))
     if resuming and restore is not None:

@@ -332,7 +332,8 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
     t = cfg.tune
     tune_dir = Path(t.dir)
     space = search_space(cfg)
-    threads = int(cfg.threads) if cfg.get("threads") else max(1, _cores() // int(t.workers))
+    given = cfg.get("threads") not in (None, "auto")  # auto: this machine's cores shared by the workers
+    threads = int(cfg.threads) if given else max(1, _cores() // int(t.workers))
     torch.set_num_threads(threads)
     cfg = OmegaConf.merge(cfg, {"threads": threads})
     start, failures_in_row = time.monotonic(), 0
