@@ -123,6 +123,14 @@ def claim_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def abandon_run_dir(run_dir: str | Path) -> None:
+    """Undo a claim whose run could not start: remove its status and lock, and the directory if empty."""
+    for name in (STATUS_FILE, LOCK_FILE):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        Path(run_dir).rmdir()
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on `run_dir` while a process trains it (`fcntl.flock` on `run_dir/.lock`,

@@ -12,16 +12,18 @@ Hydra layer), tuning members, population-based-training members (`training/pbt.p
 best member with `finish_run`), stitching fine-tunes (`finetune_from=`). It
 
 1. refuses a config that cannot train (`check_config`) before anything is made;
-2. for a resume, locks the run (`neuralnets.runs.run_lock`: a second process training the same run is
+2. for a resume, locks the run (`neuralnets.runs.recorded_run`: a second process training the same run is
    refused with one line naming the holder) and reads `checkpoints/last.ckpt` verified
    (`neuralnets.checkpoints.load_checkpoint`: a file without a valid sha256 record is refused unless
    `trust_unverified`);
-3. seeds, builds data, module and trainer (`training.build`); only then claims a new run directory
-   (`neuralnets.runs.create_run_dir` / `claim_run_dir`), locks it and writes `config.yaml`;
+3. asks one assembly step (`training.assemble`) for everything: seed, data, module, then the run
+   directory claimed and locked (`neuralnets.runs.recorded_run`: a config that cannot be built leaves
+   nothing behind), callbacks, logger and trainer; writes `config.yaml`;
 4. fits, with SIGTERM/SIGINT turned into a saved `last.ckpt`, status `interrupted` and `RunInterrupted`
    (commands exit with `EXIT_INTERRUPTED`, 75, which a scheduler can requeue on);
-5. finishes (`finish_run`): reloads the best checkpoint, writes `predictions.h5` (streamed once, never
-   read back), scores it with the harness, writes `metrics.json`, logs the TensorBoard hparams row;
+5. finishes (`training.finish.finish_run`): reloads the best checkpoint, writes `predictions.h5`
+   (streamed once, never read back), scores it with the harness, writes `metrics.json`, logs the
+   TensorBoard hparams row;
 6. records how it ended in `status.json`: finished, failed, diverged or interrupted.
 """
 
@@ -38,17 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralnets.checkpoints import checkpoint_of
 from neuralnets.config_schema import validate
-from neuralnets.data.sessions import spec_from_dict
 from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
 from neuralnets.runs import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
-    STATUS_FILE,
     error_line,
     read_status,
     recorded_run,
@@ -57,16 +57,12 @@ from neuralnets.runs import (
     write_status,
 )
 from neuralnets.training import build
-from neuralnets.training.build import build_datamodule, build_module, build_trainer
-from neuralnets.training.callbacks import TrainingClock
+from neuralnets.training.assemble import RUN_DIR_ENV, Assembly, assemble  # noqa: F401 - RUN_DIR_ENV re-exported
 from neuralnets.training.finish import finish_run, read_verified
-from neuralnets.training.interrupts import _Interrupts
 from neuralnets.training.module import TrainingModule
-from neuralnets.training.stitching import finetune_module
 
 log = logging.getLogger(__name__)
 
-RUN_DIR_ENV = "NEURALNETS_RUN_DIR"  # rank 0's run directory, inherited by the DDP processes Lightning starts
 LOG_FILE = "train.log"
 
 
@@ -222,64 +218,31 @@ def run_training(
         ckpt = read_verified(ckpt_path, trust) if ckpt_path is not None else None
         if resuming:
             check_resumable(Path(run_dir), cfg, ckpt)
-        pl.seed_everything(cfg.seed, workers=True)
-        dm = build_datamodule(cfg)
-        data = dm.data
-        if cfg.get("finetune_from"):  # a trained stitched model plus read-in/out for data's sessions
-            module, dm.first_session = finetune_module(
-                cfg.finetune_from,
-                data,
-                data_name=cfg.data.name,
-                trust_unverified=trust,
-                **OmegaConf.to_container(cfg.module, resolve=True),
-            )
-        else:
-            module = build_module(cfg, data.spec, init_data=data if ckpt is None else None)
-        if ckpt is not None:
-            saved_spec = spec_from_dict(ckpt["hyper_parameters"]["spec"])
-            if saved_spec != module.spec:
-                raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {module.spec}")
-        if not resuming and rank_zero:  # claimed only now: a run that cannot be built leaves nothing
-            run_dir = stack.enter_context(recorded_run(run_dir or new_run_location(cfg)))
-        elif run_dir is None:
-            raise ConfigError(
-                "this process is not rank 0 of a distributed run and was given no run directory: name it "
-                "with hydra.run.dir=... so that every process agrees on it"
-            )
-        run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
-        os.environ[RUN_DIR_ENV] = str(run_dir)  # the DDP processes Lightning starts use the same directory
-        clock = TrainingClock()
-        if ckpt is not None:
-            clock.previous_s = float(
-                ckpt.get("callbacks", {}).get("TrainingClock", {}).get("train_time_s", 0)
-            )
-        interrupts = _Interrupts()
-        try:
-            # A resumed TensorBoard run purges the events it logged after its checkpoint: no duplicates.
-            tb = "TensorBoard" in str(cfg.logger._target_)
-            purge = {"purge_step": int(ckpt.get("global_step", 0))} if ckpt is not None and tb else {}
-            all_callbacks = [*build.build_callbacks(cfg, run_dir, data), clock, interrupts, *callbacks]
-            trainer = build_trainer(
-                cfg, run_dir, data, all_callbacks, build.build_logger(cfg, run_dir, **purge)
-            )
-        except BaseException:
-            if not resuming and rank_zero:  # a failed start leaves no run behind
-                for name in (STATUS_FILE, ".lock"):
-                    (run_dir / name).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()  # if empty
-            raise
+
+        def claim() -> Path:  # after data and model are built: a run that cannot be built leaves nothing
+            if resuming:
+                return Path(run_dir)
+            if rank_zero:
+                return stack.enter_context(recorded_run(run_dir or new_run_location(cfg)))
+            if run_dir is None:
+                raise ConfigError(
+                    "this process is not rank 0 of a distributed run and was given no run directory: name "
+                    "it with hydra.run.dir=... so that every process agrees on it"
+                )
+            return Path(run_dir)
+
+        undo = not resuming and rank_zero
+        a = assemble(
+            cfg, ckpt, claim=claim, trust=trust, callbacks=callbacks, undo_claim=undo, ckpt_path=ckpt_path
+        )
         if rank_zero:
             if not resuming:  # a new run: its config is written once model and trainer could be built
-                write_config(run_dir, cfg)
-            write_status(run_dir, "running", error=None)
-        handler = _log_to_file(run_dir / LOG_FILE) if rank_zero else None
-        if handler is not None:
+                write_config(a.run_dir, cfg)
+            write_status(a.run_dir, "running", error=None)
+            handler = _log_to_file(a.run_dir / LOG_FILE)
             stack.callback(_remove_handler, handler)
-        stack.enter_context(interrupts.installed())
-        return _fit_and_finish(
-            cfg, run_dir, dm, module, trainer, clock, interrupts, ckpt_path, trust, score, raise_on_failure
-        )
+        stack.enter_context(a.interrupts.installed())
+        return _fit_and_finish(cfg, a, ckpt_path, trust, score, raise_on_failure)
     raise AssertionError("unreachable")  # pragma: no cover - the ExitStack block returns or raises
 
 
@@ -297,19 +260,17 @@ def _remove_handler(handler: logging.Handler) -> None:
 
 
 def _fit_and_finish(
-    cfg: DictConfig,
-    run_dir: Path,
-    dm: Any,
-    module: TrainingModule,
-    trainer: pl.Trainer,
-    clock: TrainingClock,
-    interrupts: _Interrupts,
-    ckpt_path: Path | None,
-    trust: bool,
-    score: bool,
-    raise_on_failure: bool,
+    cfg: DictConfig, a: Assembly, ckpt_path: Path | None, trust: bool, score: bool, raise_on_failure: bool
 ) -> RunResult:
     """trainer.fit, then `finish_run` on rank 0; status.json records how it ended."""
+    run_dir, dm, module, trainer, clock, interrupts = (
+        a.run_dir,
+        a.dm,
+        a.module,
+        a.trainer,
+        a.clock,
+        a.interrupts,
+    )
     data = dm.data
     checkpoint = trainer.checkpoint_callback
     log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
@@ -322,7 +283,7 @@ def _fit_and_finish(
     try:
         with interrupts.fitting():
             # The checkpoint was verified above; Lightning reads it again, with weights_only.
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            trainer.fit(module, datamodule=a.dm, ckpt_path=ckpt_path, weights_only=True)
         if interrupts.signal is not None:  # a SIGTERM that arrived after the last batch
             raise KeyboardInterrupt
         if not trainer.is_global_zero:
