@@ -15,6 +15,7 @@ ROOT = Path(neuralnets.__file__).resolve().parent
 LAYERS = [
     "neuralnets.runs",
     "neuralnets.eval.glm",
+    "neuralnets.eval.primitives",
     "neuralnets.eval.metrics",
     "neuralnets.eval.regression",
     "neuralnets.eval.fewshot",
