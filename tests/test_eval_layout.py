@@ -21,6 +21,7 @@ LAYERS = [
     "neuralnets.eval.fewshot",
     "neuralnets.eval.harness",
     "neuralnets.eval.nlb",
+    "neuralnets.eval.baseline_cache",
     "neuralnets.eval.baselines",
     "neuralnets.eval.tblog",
     "neuralnets.eval.tables",
