@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -50,9 +49,18 @@ from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR, compose
 from neuralnets.errors import EXIT_USER_ERROR, ConfigError, DivergenceError, NeuralnetsError
 from neuralnets.eval.tables import write_rows
-from neuralnets.files import atomic_path, replace_symlink
+from neuralnets.files import atomic_path
 from neuralnets.runs import STATUS_FILE, error_line, read_status, write_status
 from neuralnets.training.run import run_training
+from neuralnets.training.tune_report import (  # noqa: F401 - re-exported: moved out of this module
+    STATES,
+    ReportAndPrune,
+    _link_best,
+    _maximised,
+    counted,
+    leaderboard_rows,
+    member_state,
+)
 
 log = logging.getLogger(__name__)
 STUDY_CONFIG, JOURNAL, LEADERBOARD = "study.yaml", "journal.log", "leaderboard"
@@ -68,9 +76,6 @@ WORKER_KEYS = (
     "threads",
 )
 RESOLVER = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${oc.env:...}, ${now:...}: plain ${key} references only
-# The member states of the leaderboard, best first; `lost`: its worker died (killed) during training
-# (a failed trial without a status of its own).
-STATES = ("complete", "pruned", "diverged", "failed", "lost", "running")
 
 
 def _optuna():
@@ -101,41 +106,6 @@ def search_space(cfg: DictConfig) -> list[dict[str, Any]]:
         if p.get("log") and low <= 0:
             raise ConfigError(f"{path}: {key}: a log scale needs low > 0; got {low}")
     return params
-
-
-def _maximised(metric: str, value: float) -> float:
-    """The study maximises: a loss is negated."""
-    return -value if metric.endswith("loss") else value
-
-
-class ReportAndPrune(pl.Callback):
-    """After each validation epoch: report `metric` (maximised; a loss is negated) to the Optuna trial
-    and stop training when the pruner says so, or when the value is still worse than `floor` (in the
-    metric's own units) after `floor_epochs` epochs."""
-
-    def __init__(self, trial: Any, metric: str, floor: float | None = None, floor_epochs: int = 1):
-        self.trial, self.metric, self.pruned = trial, metric, False
-        self.floor = None if floor is None else _maximised(metric, float(floor))
-        self.floor_epochs = floor_epochs
-        self.values: dict[int, float] = {}  # epoch -> maximised value
-
-    @property
-    def best(self) -> float:
-        """The best maximised value reported (-inf before any)."""
-        return max(self.values.values(), default=-math.inf)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
-            return
-        value = _maximised(self.metric, float(trainer.callback_metrics[self.metric]))
-        if not math.isfinite(value):
-            value = -math.inf
-        epoch = trainer.current_epoch
-        self.values[epoch] = value
-        self.trial.report(value, epoch)
-        below = self.floor is not None and epoch + 1 >= self.floor_epochs and value < self.floor
-        if below or self.trial.should_prune():
-            self.pruned, trainer.should_stop = True, True
 
 
 def member_config(cfg: DictConfig, params: dict[str, float], number: int) -> DictConfig:
@@ -258,16 +228,6 @@ def fail_lost_trials(study: Any, tune_dir: Path) -> list[int]:
         log.warning("member %03d: %s", trial.number, error)
         lost.append(trial.number)
     return lost
-
-
-def member_state(trial: Any) -> str:
-    """The member's state (one of STATES) from its trial."""
-    return trial.user_attrs.get("status") or ("running" if trial.state.name == "RUNNING" else "lost")
-
-
-def counted(study: Any) -> int:
-    """Members that use up `tune.n_trials`: all but those lost with a killed worker."""
-    return sum(member_state(t) != "lost" for t in study.get_trials(deepcopy=False))
 
 
 def record_study_config(cfg: DictConfig, tune_dir: Path) -> DictConfig:
@@ -414,39 +374,6 @@ def _spawned_worker(container: dict[str, Any], index: int) -> None:
     except NeuralnetsError as err:
         log.error("%s", err)
         sys.exit(EXIT_USER_ERROR)
-
-
-def leaderboard_rows(study: Any, metric: str) -> list[dict[str, Any]]:
-    """Members best first (complete, pruned, diverged, failed, lost, running), with their best
-    validation `metric` in its own units."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
-        best = max(values, default=None)  # a pruned trial's value is its last one
-        state = member_state(trial)
-        rows.append(
-            {
-                "member": f"{trial.number:03d}",
-                **trial.params,
-                metric: None if best is None or not math.isfinite(best) else _maximised(metric, best),
-                "epochs_trained": len(trial.intermediate_values),
-                "status": state,
-                "run_dir": trial.user_attrs.get("run_dir"),
-            }
-        )
-    sign = -1.0 if metric.endswith("loss") else 1.0
-    return sorted(
-        rows,
-        key=lambda r: (STATES.index(r["status"]), -(sign * r[metric]) if r[metric] is not None else math.inf),
-    )
-
-
-def _link_best(tune_dir: Path, rows: list[dict[str, Any]]) -> Path | None:
-    """Point `<tune dir>/best` at the best complete member's run directory."""
-    complete = [r for r in rows if r["status"] == "complete" and r["run_dir"]]
-    if not complete:
-        return None
-    return replace_symlink(tune_dir / "best", complete[0]["run_dir"])
 
 
 def check_settings(t: DictConfig) -> None:
