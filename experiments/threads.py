@@ -56,9 +56,7 @@ def run_once(threads: str, steps: int, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--steps", type=int, default=8, help="training steps per run (first N batches)"
-    )
+    p.add_argument("--steps", type=int, default=8, help="training steps per run (first N batches)")
     p.add_argument("--threads", nargs="+", default=["auto", "null"], help="values of threads= to compare")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     args = p.parse_args(argv)
