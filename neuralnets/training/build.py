@@ -43,6 +43,7 @@ from neuralnets.models import MODELS, check_plain, resolve_model_config
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import TrainingModule
+from neuralnets.training.terminal import EpochProgressBar, QuietModelSummary, quiet_device_lines
 
 AUTO = "auto"
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
@@ -441,9 +442,15 @@ def build_trainer(
     if "precision" in settings:
         settings["precision"], why = resolve_precision(settings["precision"], settings.get("accelerator"))
         log.info("trainer.precision: %s (%s)", settings["precision"], why)
+    callbacks = build_callbacks(cfg, run_dir, data) if callbacks is None else list(callbacks)
+    if settings.get("enable_model_summary", True):  # a quiet terminal: training/terminal.py
+        callbacks.append(QuietModelSummary())
+    if settings.get("enable_progress_bar", True):
+        callbacks.append(EpochProgressBar())
+    quiet_device_lines()
     return pl.Trainer(
         **settings,
         logger=build_logger(cfg, run_dir) if logger is None else logger,
-        callbacks=build_callbacks(cfg, run_dir, data) if callbacks is None else callbacks,
+        callbacks=callbacks,
         default_root_dir=str(run_dir),
     )
