@@ -126,6 +126,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, which, capsys):
     (tmp_path / "empty").mkdir()
     assert compare_main([str(tmp_path / "empty")]) == 2
     assert "metrics.json not found" in capsys.readouterr().err
+    # A folder that is not a run: eval says so, rather than asking for --data that would not help.
+    assert eval_main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a run directory" in err and "--data" not in err
 
 
 def test_eval_shape_mismatch_names_both_shapes(tmp_path, dataset, capsys):
