@@ -40,7 +40,7 @@ def run_once(threads: str, steps: int, out_dir: Path) -> dict:
     run_dir = out_dir / f"threads_{threads}_{time.monotonic_ns()}"
     cmd = [
         sys.executable, "-m", "neuralnets.training.train", "experiment=lfads_lorenz", f"threads={threads}",
-        "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
+        "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}", "+trainer.limit_val_batches=1",
         "trainer.enable_progress_bar=false", "callbacks.figures=false", "print_baselines=false",
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
