@@ -36,6 +36,7 @@ from neuralnets.analysis.inputs import (
 )
 from neuralnets.analysis.jpca import condition_average, jpca
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
+from neuralnets.eval.tables import markdown_table
 
 REPORT_FILE = "analysis.md"
 ALIGN_BINS = 10  # bins before and after a trial event in the event-aligned input magnitude
@@ -89,17 +90,26 @@ def fixed_points_section(
         "",
     ]
     if len(fp):
-        lines += [
-            "| point | fixed/slow | kind | q | growing modes | slowest modes: \\|λ\\| | τ (ms) | Hz |",
-            "|---|---|---|---|---|---|---|---|",
+        header = [
+            "point",
+            "fixed/slow",
+            "kind",
+            "q",
+            "growing modes",
+            "slowest modes: \\|λ\\|",
+            "τ (ms)",
+            "Hz",
         ]
-        for row in fp.table()[:MAX_TABLE_ROWS]:
-            lines.append(
-                f"| {row['point']} | {'fixed' if row['fixed'] else 'slow'} | {row['kind']} | "
-                f"{row['q']:.1e} | {row['n_unstable']} | {', '.join(f'{a:.3f}' for a in row['abs_eig'])} | "
-                f"{', '.join(_fmt(t * 1e3, '.0f') for t in row['tau_s'])} | "
-                f"{', '.join(f'{h:.2f}' for h in row['freq_hz'])} |"
-            )
+        rows = [
+            [
+                str(row["point"]), "fixed" if row["fixed"] else "slow", str(row["kind"]), f"{row['q']:.1e}",
+                str(row["n_unstable"]), ", ".join(f"{a:.3f}" for a in row["abs_eig"]),
+                ", ".join(_fmt(t * 1e3, ".0f") for t in row["tau_s"]),
+                ", ".join(f"{h:.2f}" for h in row["freq_hz"]),
+            ]
+            for row in fp.table()[:MAX_TABLE_ROWS]
+        ]  # fmt: skip
+        lines += markdown_table(header, rows).splitlines()
         if len(fp) > MAX_TABLE_ROWS:
             lines.append(f"\n({len(fp) - MAX_TABLE_ROWS} more slow points not listed.)")
     else:
@@ -119,9 +129,11 @@ def fixed_points_section(
             "harness fits for latent R² (train trials), against the system's own fixed points; distance "
             f"as a fraction of the attractor's diameter ({extent:.2f}):",
             "",
-            "| true fixed point | nearest found point | distance / diameter |",
-            "|---|---|---|",
-        ] + [f"| {r['true_point']} | {r['nearest']} | {r['relative']:.1%} |" for r in rows]
+            *markdown_table(
+                ["true fixed point", "nearest found point", "distance / diameter"],
+                [[str(r["true_point"]), str(r["nearest"]), f"{r['relative']:.1%}"] for r in rows],
+            ).splitlines(),
+        ]
     fig = fixed_points_figure(res.trajectory_latents, fp)
     return Section(title, "\n".join(lines), {"analysis/fixed_points": fig}, numbers)
 
@@ -147,11 +159,11 @@ def condition_section(data, latents: np.ndarray) -> Section:
         f"top {len(res.pc_variance)} PCs keep {res.pc_variance.sum():.1%} of the variance "
         f"({', '.join(f'{v:.1%}' for v in res.pc_variance)}).",
         "",
-        "| fit of dx/dt = M x | R² |",
-        "|---|---|",
-        f"| unconstrained M | {res.r2_full:.3f} |",
-        f"| skew-symmetric M (rotation) | {res.r2_skew:.3f} |",
-        f"| ratio skew / unconstrained | {res.rotational_ratio:.3f} |",
+        *markdown_table(["fit of dx/dt = M x", "R²"], [
+            ["unconstrained M", f"{res.r2_full:.3f}"],
+            ["skew-symmetric M (rotation)", f"{res.r2_skew:.3f}"],
+            ["ratio skew / unconstrained", f"{res.rotational_ratio:.3f}"],
+        ]).splitlines(),
         "",
         f"Rotation frequencies of the jPC planes (Hz, fastest first): {freqs}.",
     ])  # fmt: skip
