@@ -148,14 +148,13 @@ def precheck(config_name: str, args: list[str]) -> None:
 
     if any(arg.startswith("-") for arg in args):
         return
-    overrides = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    choices = [
-        a
-        for a in overrides
-        if "." not in a.partition("=")[0] and config_names(a.lstrip("+~").partition("=")[0])
-    ]
-    cfg = compose(overrides, config_name)
-    validate(cfg, compose(choices, config_name))
+
+    def sets_the_files(arg: str) -> bool:  # a group choice (model=ndt) or Hydra's own (its search path)
+        key = arg.lstrip("+~").partition("=")[0]
+        return key.startswith(("hydra.", "hydra/")) or ("." not in key and bool(config_names(key)))
+
+    cfg = compose(args, config_name)
+    validate(cfg, compose([a for a in args if sets_the_files(a)], config_name))  # reference: as in the files
     check_data_source(cfg)
 
 

@@ -109,3 +109,13 @@ def test_a_mistake_is_answered_without_importing_torch():
     )  # fmt: skip
     assert done.returncode == EXIT_USER_ERROR, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "trainer.bogus" in done.stderr
+
+
+def test_the_precheck_composes_with_hydras_search_path(tmp_path):
+    """Configs added through hydra.searchpath (docs/models.md) are found before the app is imported."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("name: lfads\ngen_dim: 8\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    cli.precheck("train", [search, "model=mine", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="model.gen_dim='big' has the wrong type"):
+        cli.precheck("train", [search, "model=mine", "model.gen_dim=big"])
