@@ -21,6 +21,7 @@ def test_a_cpu_run_prints_no_absent_accelerators_no_flops_and_counts_epochs_from
     def record(self, trainer, *args):
         real(self, trainer, *args)
         described.append(self.train_progress_bar.desc)
+        assert "v_num" not in self.get_metrics(trainer, args[0])
 
     monkeypatch.setattr(EpochProgressBar, "on_train_epoch_start", record)
     cfg = tiny_cfg(

@@ -3,7 +3,7 @@
 - `QuietModelSummary`: the model summary without a FLOPs column and total when nothing was counted
   (the models have no example input, so Lightning's column is all zeros);
 - `EpochProgressBar`: epochs counted as people count them, "Epoch 1/100" for the first of 100 (Lightning
-  says "Epoch 0" and counts to max_epochs - 1);
+  says "Epoch 0" and counts to max_epochs - 1), without Lightning's empty `v_num`;
 - `quiet_device_lines()`: Lightning's "GPU available: False" / "TPU available: False" lines dropped on a
   machine without such accelerators (lines that say True, i.e. one that exists, still print).
 `build.build_trainer` installs all three.
@@ -56,6 +56,12 @@ class EpochProgressBar(TQDMProgressBar):
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         epoch = trainer.current_epoch + 1
         self.train_progress_bar.set_description(f"Epoch {epoch}/{total}" if total else f"Epoch {epoch}")
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """The bar's numbers without Lightning's `v_num` (a run directory has no logger versions)."""
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 class _AbsentAccelerators(logging.Filter):
