@@ -147,10 +147,8 @@ def _kind_of_default(value: Any) -> str:
     if value is None:
         return "any"
     for kind in ("bool", "int", "float", "str", "mapping", "list"):
-        if _KINDS[kind](value):
-            return (
-                "int|float" if kind == "int" else kind
-            )  # an int default (a scale, a bound) takes a float too
+        if _KINDS[kind](value):  # an int default (a scale, a bound) takes a float too
+            return "int|float" if kind == "int" else kind
     return "any"
 
 
