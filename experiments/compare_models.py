@@ -37,7 +37,8 @@ import yaml
 
 from neuralnets.config import CONFIG_DIR, compose, config_names
 from neuralnets.eval.tables import cell, csv_table, markdown_table, save_tables
-from neuralnets.runs import CONFIG_FILE, METRICS_FILE, atomic_path, read_run, read_status
+from neuralnets.files import atomic_path
+from neuralnets.runs import CONFIG_FILE, METRICS_FILE, read_run, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("lfads", "rnn", "ndt")

@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 from neuralnets.digests import digest_path, file_sha256, record_text, recorded_digests
 from neuralnets.errors import CheckpointError, CheckpointNotFound
-from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, atomic_path, fsync_dir, read_json
+from neuralnets.files import atomic_path, fsync_dir
+from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, read_json
 
 log = logging.getLogger(__name__)
 

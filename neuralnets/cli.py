@@ -138,12 +138,35 @@ def hydra_help(config_name: str) -> str:
     return template.replace("$APP_CONFIG_GROUPS", groups)
 
 
+def precheck(config_name: str, args: list[str]) -> None:
+    """Compose `config_name` with the command line's overrides and validate it against the schema
+    (`neuralnets.config_schema`) before the app (PyTorch, Lightning) is imported: a config mistake is
+    answered in about a second. Command lines with Hydra flags (`-m`, `--cfg`, ...) are left to the app,
+    which validates the same way before a run directory is claimed."""
+    from neuralnets.config import compose, config_names
+    from neuralnets.config_schema import check_data_source, validate
+
+    if any(arg.startswith("-") for arg in args):
+        return
+
+    def sets_the_files(arg: str) -> bool:  # a group choice (model=ndt) or Hydra's own (its search path)
+        key = arg.lstrip("+~").partition("=")[0]
+        return key.startswith(("hydra.", "hydra/")) or ("." not in key and bool(config_names(key)))
+
+    cfg = compose(args, config_name)
+    validate(cfg, compose([a for a in args if sets_the_files(a)], config_name))  # reference: as in the files
+    check_data_source(cfg)
+
+
 def hydra_command(prog: str, module: str, config_name: str) -> int:
     """The console script of the Hydra app `module.main` (composing `config_name`): `--help` / `-h`
-    is answered without importing `module` (`hydra_help`); otherwise `run_cli(prog, module.main)`
-    (`--hydra-help`: Hydra's own options)."""
+    is answered without importing `module` (`hydra_help`), and a config mistake too (`precheck`);
+    otherwise `run_cli(prog, module.main)` (`--hydra-help`: Hydra's own options)."""
     if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
         return run_cli(prog, lambda: print(hydra_help(config_name)))
+    code = run_cli(prog, precheck, config_name, sys.argv[1:])
+    if code != EXIT_OK:
+        return code
     return run_cli(prog, importlib.import_module(module).main)
 
 

@@ -35,30 +35,38 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import logging
 import math
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuralnets.digests import digest_path, file_sha256, record_text, recorded_digests
-from neuralnets.errors import CheckpointError, RunStatusError
+from neuralnets.errors import RunStatusError
+
+# atomic_path, fsync_dir: re-exported, they were defined here before neuralnets.files
+from neuralnets.files import atomic_path, exclusive_text, fsync_dir, held_lock  # noqa: F401
+
+# predictions.h5: its reading and writing live in neuralnets.predictions, re-exported here.
+from neuralnets.predictions import (  # noqa: F401
+    CHUNK_BYTES,
+    LEGACY_PREDICTIONS_FILE,
+    PREDICTION_KEYS,
+    PREDICTIONS_FILE,
+    PREDICTIONS_FILES,
+    predict_chunks,
+    read_predictions,
+    write_predictions,
+)
 
 if TYPE_CHECKING:
     from neuralnets.data.spikedata import SpikeData
 
-log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-PREDICTIONS_FILE = "predictions.h5"
-LEGACY_PREDICTIONS_FILE = "predictions.npz"  # read, never written
-PREDICTIONS_FILES = (PREDICTIONS_FILE, LEGACY_PREDICTIONS_FILE)  # lookup order in a run directory
 METRICS_FILE = "metrics.json"
 STATUS_FILE = "status.json"
 # running: training now (or killed without a word: a stale lock tells, see `run_lock`); interrupted:
@@ -66,57 +74,6 @@ STATUS_FILE = "status.json"
 # an error / a non-finite loss; finished: trained and scored.
 RUN_STATES = ("running", "finished", "failed", "diverged", "interrupted")
 LOCK_FILE = ".lock"  # flock-ed by the process training the run (`run_lock`)
-PREDICTION_KEYS = ("rates", "latents", "inputs")  # the arrays predictions.h5 may hold
-CHUNK_BYTES = 8 << 20  # HDF5 chunks of at most ~8 MiB (whole trials; one trial if a trial is larger)
-
-
-# ---------------------------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_path(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
-    """Yield a temporary path in `path`'s directory; on success fsync it and rename it onto `path`.
-
-    On an exception the temporary file is removed and `path` is left as it was. A symbolic link at
-    `path` (dangling or not) is refused: an output never goes through, or over, a planted link.
-    `exclusive`: never replace anything at `path` (hard link into place: FileExistsError if it exists).
-    """
-    path = Path(path)
-    if path.is_symlink() or (exclusive and path.exists()):
-        what = f"is a symbolic link (to {os.readlink(path)})" if path.is_symlink() else "exists"
-        raise FileExistsError(f"{path} {what}; refusing to write it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a run file gets the usual mode
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp_path, path)  # EEXIST if anything (a file, a dangling link) appeared meanwhile
-            tmp_path.unlink()
-        else:
-            os.replace(tmp_path, path)  # renames over a link planted meanwhile, never through it
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: str | Path) -> None:
-    """Make the renames in `directory` durable (POSIX; silently skipped where it is not possible)."""
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------- run directory
@@ -168,19 +125,19 @@ def claim_run_dir(run_dir: str | Path) -> Path:
             f"{run_dir} already holds a run; refusing to overwrite it (use resume= to continue it)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATUS_FILE}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_status_text(_new_status()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.link(tmp, run_dir / STATUS_FILE)  # fails if it exists: an exclusive create with its whole content
+        exclusive_text(run_dir / STATUS_FILE, _status_text(_new_status()))
     except FileExistsError:
         raise FileExistsError(f"{run_dir} was just claimed by another run; refusing to share it") from None
-    finally:
-        os.unlink(tmp)
     return run_dir
+
+
+def abandon_run_dir(run_dir: str | Path) -> None:
+    """Undo a claim whose run could not start: remove its status and lock, and the directory if empty."""
+    for name in (STATUS_FILE, LOCK_FILE):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        Path(run_dir).rmdir()
 
 
 @contextlib.contextmanager
@@ -189,28 +146,52 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     released when the process ends, however it ends). A second process asking for it gets a
     RunStatusError naming the holder (pid, host, since when) instead of training the run twice at once.
     flock works across processes of one machine and on network filesystems that support it (NFSv4)."""
-    import fcntl
     import socket
 
-    path = Path(run_dir) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_umask())
+    holder = f"pid {os.getpid()} on {socket.gethostname()} since {_now()}"
+    lock = held_lock(Path(run_dir) / LOCK_FILE, holder)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise RunStatusError(
-                f"{run_dir} is being trained by {holder}; refusing to train it twice at once "
-                "(wait for that process to end, or stop it)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
+        path = lock.__enter__()
+    except BlockingIOError as err:
+        raise RunStatusError(
+            f"{run_dir} is being trained by {err.args[1] or 'another process'}; refusing to train it twice "
+            "at once (wait for that process to end, or stop it)"
+        ) from None
+    with contextlib.ExitStack() as stack:
+        stack.push(lock)  # entered above: released however the block ends
+        yield path
+
+
+def error_line(err: BaseException) -> str:
+    """The one line status.json records for the error that ended a run: `Type: message`."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+@contextlib.contextmanager
+def recorded_run(run_dir: str | Path | tuple[str | Path, str], claim: bool = True) -> Iterator[Path]:
+    """The one way a command makes a run directory and records how it ended:
+
+        with recorded_run(out) as run_dir:      # claimed (refused if it holds a run) and locked
+            ...                                 # write config, train, score
+            write_status(run_dir, "finished")   # the block records success itself
+
+    `run_dir`: a directory to claim (`claim_run_dir`), or (parent, name) for a new unique one
+    (`create_run_dir`); `claim=False`: an existing run (a resume), locked only. If the block raises while
+    the status is still "running", status.json records "interrupted" (Ctrl-C, SIGTERM, a host's
+    SystemExit) or "failed", with `error_line(err)`; a status the block recorded itself is kept, and a
+    block that removed status.json (a start undone) records nothing."""
+    if isinstance(run_dir, tuple):
+        path = create_run_dir(*run_dir)
+    else:
+        path = claim_run_dir(run_dir) if claim else Path(run_dir)
+    with run_lock(path):
         try:
             yield path
-        finally:
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # releases the lock
+        except BaseException as err:
+            if (path / STATUS_FILE).is_file() and read_status(path)["status"] == "running":
+                state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+                write_status(path, state, error=error_line(err))
+            raise
 
 
 def write_config(run_dir: str | Path, cfg: Any) -> Path:
@@ -394,171 +375,3 @@ def load_run_data(run: Mapping[str, Any]) -> SpikeData:
     if not isinstance(data, SpikeData):  # several sessions: scored per session, no single dataset
         raise DataError(f"{source!r} holds {len(data)} sessions; the run's metrics.json scores each one")
     return data
-
-
-# ---------------------------------------------------------------------------------------------- predictions
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor, on any device
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
-def predict_chunks(model: Any, data: SpikeData, batch_size: int = 512) -> Iterator[tuple[int, dict]]:
-    """(start trial, {"rates", "latents"[, "inputs"]: float32 arrays}) of `model` over all trials of `data`.
-
-    `model` is a `neuralnets.models.base.SpikeModel` (its `predict_batches`, eval mode, no grad); its
-    train/eval mode is restored once the chunks are exhausted. Feed this to `write_predictions`.
-    """
-    was_training = model.training
-    try:
-        for start, out in model.predict_batches(data.heldin_obs, batch_size):
-            chunk = {k: getattr(out, k) for k in PREDICTION_KEYS}
-            yield start, {k: _to_numpy(v) for k, v in chunk.items() if v is not None}
-    finally:
-        model.train(was_training)
-
-
-def write_predictions(
-    run_dir: str | Path,
-    predictions: Mapping[str, Any] | Iterable[tuple[int, Mapping[str, Any]]],
-    n_trials: int | None = None,
-    replace: bool = False,
-) -> Path:
-    """Write run_dir/predictions.h5 (float32 arrays, chunked by trials); returns its path. Atomic.
-
-    `predictions` is either a mapping of whole arrays {"rates": (trials, T, N), "latents": ...,
-    "inputs": ...} (numpy or torch; None values skipped), or an iterable of (start, {key: chunk}) over
-    trials, e.g. `predict_chunks(model, data)`, written chunk by chunk so that predictions for a large
-    dataset never sit in memory whole; then `n_trials` (the dataset's trial count) is required.
-    Refuses to overwrite an existing file unless `replace` (a resumed run's new predictions: the old
-    file stays whole until the new one is complete). Its sha256 is recorded beside it
-    (`predictions.h5.sha256`, as for checkpoints): a kill at any moment leaves a file that matches.
-    """
-    path = Path(run_dir) / PREDICTIONS_FILE
-    if path.exists() and not replace:
-        raise FileExistsError(f"{path} exists; refusing to overwrite predictions")
-    if isinstance(predictions, Mapping):
-        arrays = {k: v for k, v in predictions.items() if v is not None}
-        if "rates" not in arrays:
-            raise ValueError(f"{path}: predictions need 'rates'; got keys {sorted(arrays)}")
-        n_trials = len(arrays["rates"]) if n_trials is None else n_trials
-        chunks: Iterable[tuple[int, Mapping[str, Any]]] = [(0, arrays)]
-    else:
-        if n_trials is None:
-            raise ValueError(f"{path}: writing predictions chunk by chunk needs n_trials")
-        chunks = predictions
-    previous = _recorded_or_none(path)
-    with atomic_path(path) as tmp:
-        _write_prediction_chunks(tmp, path, chunks, n_trials)
-        digest = file_sha256(tmp)
-        _record_predictions(path, [digest, *previous])  # {new, old} while the new file is renamed
-    _record_predictions(path, [digest])
-    return path
-
-
-def _write_prediction_chunks(
-    tmp: Path, path: Path, chunks: Iterable[tuple[int, Mapping[str, Any]]], n_trials: int
-) -> None:
-    """The body of `write_predictions`: write `chunks` into the new HDF5 file `tmp` (errors name `path`)."""
-    import h5py
-
-    with h5py.File(tmp, "w") as f:
-        for start, chunk in chunks:
-            for key, value in chunk.items():
-                if key not in PREDICTION_KEYS:
-                    raise ValueError(f"{path}: unknown prediction {key!r}; expected one of {PREDICTION_KEYS}")
-                arr = _to_numpy(value)
-                if arr.ndim < 1 or start + len(arr) > n_trials:
-                    raise ValueError(
-                        f"{path}: {key!r} chunk of shape {arr.shape} at trial {start} does not fit "
-                        f"{n_trials} trials"
-                    )
-                if key not in f:
-                    per_trial = 4 * max(1, math.prod(arr.shape[1:]))  # bytes
-                    rows = max(1, min(len(arr), n_trials, CHUNK_BYTES // per_trial))
-                    f.create_dataset(
-                        key,
-                        shape=(n_trials, *arr.shape[1:]),
-                        dtype=np.float32,
-                        chunks=(rows, *arr.shape[1:]) if arr.size else None,
-                    )
-                f[key][start : start + len(arr)] = arr
-        if "rates" not in f:
-            raise ValueError(f"{path}: no 'rates' were written (empty predictions)")
-        f.attrs["n_trials"] = n_trials
-
-
-def _recorded_or_none(path: Path) -> list[str]:
-    """The digests recorded for `path` ([] without a record, or with a damaged one)."""
-    try:
-        return recorded_digests(path)[:1] if path.is_file() else []
-    except CheckpointError:
-        return []
-
-
-def _record_predictions(path: Path, digests: list[str]) -> None:
-    with atomic_path(digest_path(path)) as tmp:
-        tmp.write_text(record_text(path, list(dict.fromkeys(digests))))
-
-
-def verify_predictions(path: str | Path, trust_unverified: bool = False) -> None:
-    """Check predictions file `path` against its sha256 record (`write_predictions` writes it): a
-    RunStatusError naming the file when the digest differs, or when there is no record unless
-    `trust_unverified` (then the digest accepted is logged)."""
-    path = Path(path)
-    expected, digest = recorded_digests(path), file_sha256(path)
-    if not expected:
-        if not trust_unverified:
-            raise RunStatusError(
-                f"{path}: no sha256 record ({digest_path(path).name}); refusing unverified predictions "
-                f"(sha256 {digest}); pass trust_unverified (neuralnets-eval, neuralnets-ensemble: "
-                "--trust-unverified) only if you trust where this file came from"
-            )
-        log.warning("trusting unverified predictions %s: sha256 %s", path, digest)
-    elif digest not in expected:
-        raise RunStatusError(
-            f"{path}: sha256 {digest[:12]}... does not match its record {digest_path(path).name} "
-            f"({expected[0][:12]}...); the predictions were altered or damaged after they were written"
-        )
-
-
-def read_predictions(path: str | Path, trust_unverified: bool = False) -> dict[str, np.ndarray]:
-    """{"rates": (trials, T, N), and "latents"/"inputs" when present} from a run directory or a file.
-
-    Files: `.h5`/`.hdf5` (as `write_predictions` writes) or `.npz` with array `rates` and optional
-    `latents`, or a `.npy` holding the rates. A run directory is searched for `PREDICTIONS_FILES` in
-    order; its predictions.h5 is verified first (`verify_predictions`).
-    """
-    path = Path(path)
-    if path.is_dir():
-        found = [path / name for name in PREDICTIONS_FILES if (path / name).is_file()]
-        if not found:
-            raise FileNotFoundError(
-                f"{path} holds no predictions file (looked for {list(PREDICTIONS_FILES)})"
-            )
-        path = found[0]
-        if path.name == PREDICTIONS_FILE:  # a legacy .npz run has no record
-            verify_predictions(path, trust_unverified)
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return {"rates": np.load(path, allow_pickle=False)}
-    if suffix in (".h5", ".hdf5"):
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                if "rates" not in f:
-                    raise RunStatusError(f"{path} has no dataset 'rates' (found {sorted(f.keys())})")
-                return {k: f[k][()] for k in PREDICTION_KEYS if k in f}
-        except OSError as e:
-            raise RunStatusError(f"{path}: cannot read as HDF5 ({e})") from None
-    if suffix != ".npz":
-        raise RunStatusError(
-            f"{path}: a predictions file must be .h5/.hdf5/.npz (array 'rates', optional 'latents') or .npy"
-        )
-    with np.load(path, allow_pickle=False) as f:
-        if "rates" not in f.files:
-            raise RunStatusError(f"{path} has no array 'rates' (found {sorted(f.files)})")
-        return {k: f[k] for k in PREDICTION_KEYS if k in f.files}

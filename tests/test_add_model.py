@@ -19,6 +19,7 @@ from neuralnets.data import load
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models import MODELS
 from neuralnets.models.base import ModelOutput, SpikeModel, get_heldin, positive_rates
+from neuralnets.runs import read_metrics
 from neuralnets.training.train import train
 
 
@@ -81,3 +82,53 @@ def test_a_model_added_by_the_recipe_trains_scores_checkpoints_and_loads(tmp_pat
     assert loaded.predict(np.zeros((3, 12, 8)))["rates"].shape == (3, 16, 12)  # held-in in, all out
     data = load("lorenz", seed=0, **TINY_LORENZ)
     np.testing.assert_allclose(loaded.predict(data)["rates"], saved, rtol=1e-5, atol=1e-7)
+
+
+TOY_TUNE = """params:
+  - {key: module.lr, low: 1.0e-3, high: 1.0e-2, log: true}
+  - {key: module.weight_decay, low: 1.0e-6, high: 1.0e-3, log: true}
+"""
+
+
+def test_a_model_added_by_the_recipe_is_tuned_and_analysed(tmp_path, toy_config_dir, capsys):
+    """The rest of the recipe: its search space (configs/tune/<name>.yaml, here given by tune.space=)
+    makes it tunable, and `neuralnets-analyze` reports on it by its capabilities."""
+    from neuralnets.analysis.cli import main as analyze_main
+    from neuralnets.config import compose as compose_config
+    from neuralnets.training.tune import tune
+
+    space = toy_config_dir / "tune" / "linear_latents.yaml"
+    space.parent.mkdir()
+    space.write_text(TOY_TUNE)
+    cfg = compose_config(
+        [
+            f"hydra.searchpath=[file://{toy_config_dir}]", "model=linear_latents", *TINY_DATA,
+            "data.batch_size=16", "threads=1", "tune.n_trials=1", "tune.max_epochs=1", "tune.min_epochs=1",
+            f"tune.space={space}", f"tune.dir={tmp_path / 'study'}",
+        ],
+        config_name="tune",
+    )  # fmt: skip
+    rows = tune(cfg)
+    assert len(rows) == 1 and rows[0]["status"] in {"complete", "pruned"}
+    member = tmp_path / "study" / rows[0]["run_dir"]
+    assert read_metrics(member).model == "LinearLatents"
+
+    assert analyze_main([str(member)]) == 0
+    report = (member / "analysis.md").read_text()
+    assert "no recurrent dynamics" in report.lower() or "has_recurrent_dynamics" in report
+
+
+def test_the_recipe_names_every_capability_and_every_file_a_model_provides():
+    """docs/models.md's recipe lists each capability flag (the ones SpikeModel declares, no more) and the
+    tune search space; each registered family that is tuned has its search space file."""
+    from pathlib import Path
+
+    recipe = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    recipe = recipe.split("## Adding a model")[1].split("\n## ")[0]
+    declared = {
+        k for k, v in vars(SpikeModel).items() if isinstance(v, bool | float) and not k.startswith("_")
+    }
+    assert declared == set(SpikeModel.CAPABILITIES)
+    assert all(f"`{flag}`" in recipe for flag in SpikeModel.CAPABILITIES)
+    assert "configs/tune/mymodel.yaml" in recipe and "pbt.search_space" in recipe
+    assert {"lfads", "ndt", "rnn"} <= {p.stem for p in (CONFIG_DIR / "tune").glob("*.yaml")}

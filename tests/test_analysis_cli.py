@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from tiny import TINY_DATA, TINY_LFADS, TINY_LORENZ
 
-from neuralnets.analysis.report import REPORT_FILE, analyze, main
+from neuralnets.analysis.cli import main
+from neuralnets.analysis.report import REPORT_FILE, analyze
 from neuralnets.data import load
 from neuralnets.errors import EXIT_OK, EXIT_USER_ERROR, AnalysisError, NeuralnetsError
 from neuralnets.pretrained import list_pretrained, load_pretrained, model_card
@@ -146,3 +147,19 @@ def test_analyze_an_exported_model_folder_writes_next_to_it(tmp_path):
     shutil.copytree(CHECKPOINTS_DIR / "rnn_lorenz", folder)
     assert main([str(folder), *FAST]) == EXIT_OK
     assert "Bundled model" in (folder / REPORT_FILE).read_text()
+
+
+def test_help_is_answered_without_importing_torch():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from neuralnets.analysis.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as done:\n"
+        "    assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(done.code)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "RUN_DIR" in done.stdout

@@ -155,12 +155,12 @@ def test_runs_differing_only_in_batch_size_differ_in_the_hparams_table(tmp_path,
     from test_training import tiny_cfg
 
     from neuralnets.eval.tblog import flatten_hparams
-    from neuralnets.training import run as run_mod
+    from neuralnets.training import finish as finish_mod
     from neuralnets.training import train as train_mod
 
     tables = {}
     logged = []
-    monkeypatch.setattr(run_mod, "log_to_tensorboard", lambda logger, h, m: logged.append(h))
+    monkeypatch.setattr(finish_mod, "log_to_tensorboard", lambda logger, h, m: logged.append(h))
     for batch in (8, 16):
         cfg = tiny_cfg("trainer.max_epochs=1", "experiment=lfads_lorenz", f"data.batch_size={batch}")
         train_mod.train(cfg, tmp_path / str(batch))

@@ -110,7 +110,9 @@ def test_compare_makes_one_table_with_baseline_rows(tmp_path, dataset, capsys):
     )
     assert float(rows[0]["co_bps"]) == pytest.approx(float(rows[5]["co_bps"]))  # model_a = true rates
     md = md_path.read_text().splitlines()
-    assert md[0].startswith("| model | data | split | co_bps") and len(md) == 2 + len(rows)
+    table = [line for line in md if line.startswith("|")]
+    assert md[0].startswith("| model | data | split | co_bps") and len(table) == 2 + len(rows)
+    assert any(line.startswith("Note: bps_heldin of baseline/ rows") for line in md)
     assert len(list(tb.iterdir())) == len(rows)  # one TensorBoard run per row
     assert "model_b" in capsys.readouterr().out
     assert compare_main([str(runs[0]), "--no-baselines", "--csv", str(csv_path)]) == 0
@@ -126,6 +128,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, which, capsys):
     (tmp_path / "empty").mkdir()
     assert compare_main([str(tmp_path / "empty")]) == 2
     assert "metrics.json not found" in capsys.readouterr().err
+    # A folder that is not a run: eval says so, rather than asking for --data that would not help.
+    assert eval_main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a run directory" in err and "--data" not in err
 
 
 def test_eval_shape_mismatch_names_both_shapes(tmp_path, dataset, capsys):

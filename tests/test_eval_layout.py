@@ -15,11 +15,13 @@ ROOT = Path(neuralnets.__file__).resolve().parent
 LAYERS = [
     "neuralnets.runs",
     "neuralnets.eval.glm",
+    "neuralnets.eval.primitives",
     "neuralnets.eval.metrics",
     "neuralnets.eval.regression",
     "neuralnets.eval.fewshot",
     "neuralnets.eval.harness",
     "neuralnets.eval.nlb",
+    "neuralnets.eval.baseline_cache",
     "neuralnets.eval.baselines",
     "neuralnets.eval.tblog",
     "neuralnets.eval.tables",

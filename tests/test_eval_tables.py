@@ -16,13 +16,16 @@ def test_format_table_adds_baseline_rows_and_notes_missing_data():
     record.update(train_time_s=2.0, n_parameters=7)
     lines = format_table([record], baselines=True, data=data).splitlines()
     assert lines[0].startswith("| model | data | split | co_bps |")
-    assert [line.split(" | ")[0] for line in lines[2:]] == [
+    table = [line for line in lines if line.startswith("|")]
+    assert [line.split(" | ")[0] for line in table[2:]] == [
         "| m",
         "| baseline/smoothing_glm",
         "| baseline/mean_rates",
         "| baseline/condition_average",  # the data have conditions
         "| baseline/true_rates",
     ]
+    # The held-in column means something else for the baselines: the table says so under it.
+    assert any(line.startswith("Note: bps_heldin of baseline/ rows") for line in lines)
     text = format_table([dict(record, data_source="/no/such/file.npz")], baselines=True)
     assert "no baseline rows for '/no/such/file.npz'" in text
 
@@ -72,3 +75,13 @@ def test_log_to_tensorboard_with_lightning_logger(tmp_path):
 def test_log_to_tensorboard_rejects_other_objects():
     with pytest.raises(TypeError, match="SummaryWriter"):
         log_to_tensorboard(object(), {}, {"co_bps": 0.1})
+
+
+def test_compare_prints_the_same_markdown_table_as_train(capsys):
+    from neuralnets.eval.tables import print_table, to_markdown
+
+    rows = [{"model": "m", "data": "d", "split": "test", "metrics": {"co_bps": 0.25}, "train_time_s": 1.0}]
+    print_table(rows)
+    out = capsys.readouterr().out
+    assert out == to_markdown(rows) and out.startswith("| model | data | split | co_bps |")
+    assert "Note" not in out  # no baseline rows: nothing to note

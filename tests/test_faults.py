@@ -25,6 +25,7 @@ from test_training import TINY_DATA, lorenz_tiny, tiny_cfg
 from tiny import TINY_LFADS
 
 import neuralnets.training.build as build_mod
+import neuralnets.training.finish as finish_mod
 import neuralnets.training.run as run_mod
 from neuralnets import load_pretrained as _load_pretrained
 from neuralnets.data.formats.lfads_h5 import save_lfads_h5
@@ -258,14 +259,14 @@ def test_run_files_get_the_usual_mode(tmp_path):
 
 
 def test_disk_full_while_writing_predictions_leaves_no_partial_file(tmp_path, monkeypatch):
-    real = run_mod.predict_chunks
+    real = finish_mod.predict_chunks
 
     def full_disk(model, data):
         chunks = real(model, data, batch_size=8)
         yield next(chunks)
         raise OSError(errno.ENOSPC, "No space left on device", "predictions.h5")
 
-    monkeypatch.setattr(run_mod, "predict_chunks", full_disk)
+    monkeypatch.setattr(finish_mod, "predict_chunks", full_disk)
     run = tmp_path / "run"
     with pytest.raises(OSError, match="No space left"):
         train(tiny_cfg("trainer.max_epochs=1"), run)

@@ -147,7 +147,7 @@ def test_native_off_by_environment(monkeypatch):
     assert not native.use_native(torch.zeros(1))
 
 
-def test_native_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
+def test_native_build_failure_warns_and_falls_back(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(native, "_state", {})  # decide afresh (the loaded kernels come back after)
     monkeypatch.setattr(native, "BUILD_DIR", tmp_path / "build")
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
@@ -156,6 +156,9 @@ def test_native_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
         assert native.native_ops() is None
     message = " ".join(str(c.message) for c in caught)
     assert "no-such-compiler" in message and "pure-PyTorch" in message
+    # The build says what takes the time, on one line, however it ends.
+    err = capsys.readouterr().err
+    assert "compiling the native CPU GRU kernels" in err and "failed after" in err
     assert list((tmp_path / "build").iterdir()) == []  # no half-written library left behind
     # The fused recurrence still runs, on the pure-PyTorch kernels.
     xp, hp, h = _inputs((3,), 4)

@@ -1,8 +1,28 @@
 """What a trained model found: fixed points and linearised dynamics, rotational structure (jPCA),
 inferred-input events; `neuralnets-analyze RUN_DIR` writes them as a report and TensorBoard figures
-(`neuralnets.analysis.report`). See docs/analysis.md."""
+(`neuralnets.analysis.report`). See docs/analysis.md.
 
-from neuralnets.analysis.fixed_points import FixedPoints, find_fixed_points, model_fixed_points
-from neuralnets.analysis.jpca import JPCA, condition_average, jpca
+The names below are imported when first used: `neuralnets.analysis.cli` (the command) must not pull in
+PyTorch before it has read its options."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "FixedPoints": "fixed_points",
+    "find_fixed_points": "fixed_points",
+    "model_fixed_points": "fixed_points",
+    "JPCA": "jpca",
+    "condition_average": "jpca",
+    "jpca": "jpca",
+}
 
 __all__ = ["JPCA", "FixedPoints", "condition_average", "find_fixed_points", "jpca", "model_fixed_points"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'neuralnets.analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"neuralnets.analysis.{_WHERE[name]}"), name)

@@ -11,12 +11,11 @@ Runs every analysis the model's capabilities allow, on the data it was trained o
 An analysis the model or data cannot support is listed with the one-line reason. The report goes to
 `analysis.md` in the run directory (written atomically; for a bundled model in `--out`, default
 `./analysis-<name>`) and the figures and report text into TensorBoard event files there (the run's
-own TensorBoard directory). `main(argv)` returns 0 and raises `NeuralnetsError`s for bad input.
+own TensorBoard directory). The command itself is `neuralnets.analysis.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ from neuralnets.analysis.inputs import (
     trial_events,
 )
 from neuralnets.analysis.jpca import condition_average, jpca
-from neuralnets.cli import run_cli
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
+from neuralnets.eval.tables import markdown_table
 
 REPORT_FILE = "analysis.md"
 ALIGN_BINS = 10  # bins before and after a trial event in the event-aligned input magnitude
@@ -91,17 +90,26 @@ def fixed_points_section(
         "",
     ]
     if len(fp):
-        lines += [
-            "| point | fixed/slow | kind | q | growing modes | slowest modes: \\|λ\\| | τ (ms) | Hz |",
-            "|---|---|---|---|---|---|---|---|",
+        header = [
+            "point",
+            "fixed/slow",
+            "kind",
+            "q",
+            "growing modes",
+            "slowest modes: \\|λ\\|",
+            "τ (ms)",
+            "Hz",
         ]
-        for row in fp.table()[:MAX_TABLE_ROWS]:
-            lines.append(
-                f"| {row['point']} | {'fixed' if row['fixed'] else 'slow'} | {row['kind']} | "
-                f"{row['q']:.1e} | {row['n_unstable']} | {', '.join(f'{a:.3f}' for a in row['abs_eig'])} | "
-                f"{', '.join(_fmt(t * 1e3, '.0f') for t in row['tau_s'])} | "
-                f"{', '.join(f'{h:.2f}' for h in row['freq_hz'])} |"
-            )
+        rows = [
+            [
+                str(row["point"]), "fixed" if row["fixed"] else "slow", str(row["kind"]), f"{row['q']:.1e}",
+                str(row["n_unstable"]), ", ".join(f"{a:.3f}" for a in row["abs_eig"]),
+                ", ".join(_fmt(t * 1e3, ".0f") for t in row["tau_s"]),
+                ", ".join(f"{h:.2f}" for h in row["freq_hz"]),
+            ]
+            for row in fp.table()[:MAX_TABLE_ROWS]
+        ]  # fmt: skip
+        lines += markdown_table(header, rows).splitlines()
         if len(fp) > MAX_TABLE_ROWS:
             lines.append(f"\n({len(fp) - MAX_TABLE_ROWS} more slow points not listed.)")
     else:
@@ -121,9 +129,11 @@ def fixed_points_section(
             "harness fits for latent R² (train trials), against the system's own fixed points; distance "
             f"as a fraction of the attractor's diameter ({extent:.2f}):",
             "",
-            "| true fixed point | nearest found point | distance / diameter |",
-            "|---|---|---|",
-        ] + [f"| {r['true_point']} | {r['nearest']} | {r['relative']:.1%} |" for r in rows]
+            *markdown_table(
+                ["true fixed point", "nearest found point", "distance / diameter"],
+                [[str(r["true_point"]), str(r["nearest"]), f"{r['relative']:.1%}"] for r in rows],
+            ).splitlines(),
+        ]
     fig = fixed_points_figure(res.trajectory_latents, fp)
     return Section(title, "\n".join(lines), {"analysis/fixed_points": fig}, numbers)
 
@@ -149,11 +159,11 @@ def condition_section(data, latents: np.ndarray) -> Section:
         f"top {len(res.pc_variance)} PCs keep {res.pc_variance.sum():.1%} of the variance "
         f"({', '.join(f'{v:.1%}' for v in res.pc_variance)}).",
         "",
-        "| fit of dx/dt = M x | R² |",
-        "|---|---|",
-        f"| unconstrained M | {res.r2_full:.3f} |",
-        f"| skew-symmetric M (rotation) | {res.r2_skew:.3f} |",
-        f"| ratio skew / unconstrained | {res.rotational_ratio:.3f} |",
+        *markdown_table(["fit of dx/dt = M x", "R²"], [
+            ["unconstrained M", f"{res.r2_full:.3f}"],
+            ["skew-symmetric M (rotation)", f"{res.r2_skew:.3f}"],
+            ["ratio skew / unconstrained", f"{res.rotational_ratio:.3f}"],
+        ]).splitlines(),
         "",
         f"Rotation frequencies of the jPC planes (Hz, fastest first): {freqs}.",
     ])  # fmt: skip
@@ -259,7 +269,7 @@ def write_report(sections: list[Section], out_dir: Path, text: str) -> Path:
     """`analysis.md` (atomically) and the figures and report text into TensorBoard in `out_dir`."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from neuralnets.runs import atomic_path
+    from neuralnets.files import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
@@ -329,49 +339,3 @@ def _load(target: str, out: str | None, session: str | None):
     elif session is not None:
         raise DataError(f"--session {session!r} given, but the data have one session")
     return pm, data, predictions, session, out_dir, about
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neuralnets-analyze", description=__doc__.split("\n")[0])
-    p.add_argument("target", metavar="RUN_DIR", help="a finished run directory or a bundled model name")
-    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
-    p.add_argument("--session", default=None, help="the session to analyse (multi-session data)")
-    p.add_argument("--n-initial", type=int, default=256, help="initial states of the fixed-point search")
-    p.add_argument("--n-iter", type=int, default=1000, help="gradient steps of the fixed-point search")
-    p.add_argument("--tolerance-bins", type=int, default=2, help="±bins for input-event precision/recall")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-def _analyze(argv: list[str] | None) -> int:
-    """Analyse one run or bundled model; print where the report went. Raises NeuralnetsErrors."""
-    args = _parser().parse_args(argv)
-    for name in ("n_initial", "n_iter"):
-        if getattr(args, name) < 1:
-            raise AnalysisError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.tolerance_bins < 0:
-        raise AnalysisError(f"--tolerance-bins must be >= 0; got {args.tolerance_bins}")
-    pm, data, predictions, session, out_dir, about = _load(args.target, args.out, args.session)
-    sections = analyze(
-        pm, data, predictions, session, n_initial=args.n_initial, n_iter=args.n_iter,
-        tolerance_bins=args.tolerance_bins, seed=args.seed,
-    )  # fmt: skip
-    caps = (
-        f"Model: {type(pm.model).__name__}; recurrent dynamics: "
-        f"{'yes' if getattr(pm.model, 'has_recurrent_dynamics', False) else 'no'}; inferred inputs: "
-        f"{'yes' if getattr(pm.model, 'has_inferred_inputs', False) else 'no'}. Data: {data.n_trials} trials "
-        f"of {data.n_bins} bins of {data.bin_size * 1e3:g} ms."
-    )
-    text = render(sections, "What the model found", [about, "", caps])
-    path = write_report(sections, out_dir, text)
-    print(f"report: {path}\nTensorBoard: tensorboard --logdir {out_dir}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `neuralnets-analyze` (errors and exit codes: `neuralnets.cli.run_cli`)."""
-    return run_cli("neuralnets-analyze", _analyze, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

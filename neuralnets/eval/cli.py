@@ -27,11 +27,12 @@ import numpy as np
 from neuralnets.cli import run_cli
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
-from neuralnets.errors import ConfigError, NeuralnetsError
+from neuralnets.errors import ConfigError, NeuralnetsError, RunStatusError
+from neuralnets.files import atomic_path
 from neuralnets.runs import (
     METRICS_FILE,
     STATUS_FILE,
-    atomic_path,
+    holds_run,
     read_predictions,
     read_run,
     require_finished,
@@ -170,6 +171,11 @@ def _eval(argv: list[str] | None) -> int:
     if target is not None:
         if not target.exists():
             raise FileNotFoundError(f"{target}: no such run directory or rates file")
+        if target.is_dir() and not holds_run(target):  # --data would not help: there is nothing to score
+            raise RunStatusError(
+                f"{target} is not a run directory (no {STATUS_FILE}, {METRICS_FILE} or predictions file): "
+                "give a finished run's directory or a rates file (.h5, .npz, .npy)"
+            )
         if (target / STATUS_FILE).is_file():
             require_finished(target)  # a running, failed or diverged run has nothing final to score
         if target.is_dir() and (target / METRICS_FILE).is_file():

@@ -25,7 +25,8 @@ from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.metrics import METRICS
-from neuralnets.runs import atomic_path, load_run_data
+from neuralnets.files import atomic_path
+from neuralnets.runs import load_run_data
 
 ID_COLUMNS = ("model", "data", "split")
 TAIL_COLUMNS = ("train_time_s", "n_parameters")
@@ -91,8 +92,29 @@ def table_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list
     return header, cells
 
 
+BASELINE_PREFIX = "baseline/"  # the model name of a harness baseline row (`baselines.baseline_rows`)
+
+
+def table_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Notes under a table where a column means something else for some rows than for others."""
+    baselines = [r for r in rows if str(r.get("model", "")).startswith(BASELINE_PREFIX)]
+    notes = []
+    if baselines and any("bps_heldin" in r.get("metrics", {}) for r in baselines):
+        notes.append(
+            "bps_heldin of baseline/ rows is scored on the held-in spikes they smoothed or averaged "
+            "(in-sample): not comparable with a model's, which predicts its own input"
+        )
+    if baselines and any(r.get("train_time_s") is not None for r in baselines):
+        notes.append(
+            "train_time_s of baseline/ rows: the seconds they took when first computed (cached since)"
+        )
+    return notes
+
+
 def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    return markdown_table(*table_cells(rows))
+    """The comparison table in Markdown, with its notes (`table_notes`) under it."""
+    notes = "".join(f"\nNote: {n}\n" for n in table_notes(rows))
+    return markdown_table(*table_cells(rows)) + notes
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -122,16 +144,9 @@ def to_rich(rows: Sequence[Mapping[str, Any]], title: str | None = None):
 
 
 def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> None:
-    """Print the table to stdout, widening the console past the terminal rather than cutting cells."""
-    from rich.console import Console
-
-    header, cells = table_cells(rows)
-    widths = [max(len(c) for c in col) for col in zip(header, *cells, strict=True)]
-    needed = sum(widths) + 3 * len(widths) + 1  # cell padding and borders
-    console = Console()
-    if needed > console.width:
-        console = Console(width=needed)
-    console.print(to_rich(rows, title))
+    """Print the table to stdout in Markdown, the one table style of every command (`neuralnets-train`
+    prints its results the same way, `format_table`)."""
+    print((f"{title}\n\n" if title else "") + to_markdown(rows), end="")
 
 
 def write_table(

@@ -70,6 +70,16 @@ class SpikeModel(nn.Module):
     `(..., N)` of all neurons, whose bias `init_readout_bias` sets from the data.
     """
 
+    # Every capability flag a model family declares (docs/models.md "Adding a model" explains each).
+    CAPABILITIES = (
+        "masks_input",
+        "accepts_coordinated_dropout",
+        "default_coordinated_dropout",
+        "has_inferred_inputs",
+        "has_recurrent_dynamics",
+        "supports_fused_recurrence",
+        "multi_session",
+    )
     masks_input: bool = False
     accepts_coordinated_dropout: bool = True
     default_coordinated_dropout: float = 0.0

@@ -34,13 +34,16 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
 from neuralnets.errors import UntrustedLibrary
+from neuralnets.files import atomic_path
 
 SOURCE = Path(__file__).parent / "csrc" / "gru_cell.cpp"
 BUILD_DIR = Path(__file__).parent / "csrc" / "build"  # kept libraries: beside the code that loads them
@@ -101,18 +104,23 @@ def compiler() -> str | None:
 
 def build(path: Path) -> None:
     """Compile the kernels into `path` (a temporary file in its folder, renamed into place, so concurrent
-    processes such as DDP ranks never see a half-written library and a killed build leaves nothing)."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
+    processes such as DDP ranks never see a half-written library and a killed build leaves nothing).
+    Says so on stderr, with its time: the first training otherwise sits silent for it."""
+    print("neuralnets: compiling the native CPU GRU kernels (once; kept for later runs) ...", file=sys.stderr,
+          end=" ", flush=True)  # fmt: skip
+    start = time.perf_counter()
     try:
-        done = subprocess.run(
-            _compile_command(tmp), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"compiler exit status {done.returncode}: {done.stderr.strip()[-800:]}")
-        tmp.chmod(0o700)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            done = subprocess.run(
+                _compile_command(tmp), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"compiler exit status {done.returncode}: {done.stderr.strip()[-800:]}")
+            tmp.chmod(0o700)
+    except BaseException:
+        print(f"failed after {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        raise
+    print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def _kept_library() -> Path | None:

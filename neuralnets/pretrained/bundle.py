@@ -25,6 +25,7 @@ from neuralnets.checkpoints import run_checkpoint
 from neuralnets.config import load_saved_config
 from neuralnets.errors import CheckpointError, RunStatusError
 from neuralnets.eval.tables import markdown_table
+from neuralnets.files import atomic_path
 from neuralnets.pretrained.loading import RUN_CONFIG, load_pretrained, read_checkpoint
 from neuralnets.pretrained.registry import CARD_FILE, CARD_FORMAT, CARD_README, CHECKPOINT_FILE
 
@@ -49,7 +50,8 @@ def slim_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
     }
     if "pytorch-lightning_version" in ckpt:  # Lightning's loader reads it to migrate old checkpoints
         slim["pytorch-lightning_version"] = ckpt["pytorch-lightning_version"]
-    torch.save(slim, dst)
+    with atomic_path(dst) as tmp:  # a reader never sees half a checkpoint
+        torch.save(slim, tmp)
     return slim
 
 

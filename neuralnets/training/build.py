@@ -45,6 +45,7 @@ from neuralnets.models import MODELS, check_plain, resolve_model_config
 from neuralnets.runs import CHECKPOINT_DIR
 from neuralnets.training.callbacks import HarnessEvaluation
 from neuralnets.training.module import TrainingModule
+from neuralnets.training.terminal import EpochProgressBar, QuietModelSummary, quiet_device_lines
 
 AUTO = "auto"
 ALLOWED_PREFIXES = ("pytorch_lightning.callbacks.", "pytorch_lightning.loggers.", "neuralnets.training.")
@@ -168,6 +169,21 @@ def instantiate_safe(node: Any, where: str, base: type, run_dir: Path | None = N
     if run_dir is not None:
         options = _confine(options, where, Path(run_dir), runtime)
     return cls(**{k: _plain(v, f"{where}.{k}") for k, v in options.items()}, **runtime)
+
+
+def resolve_threads(cfg: DictConfig) -> int | None:
+    """Set torch's CPU threads from `cfg.threads` and record the number there: an int as given; `auto`:
+    1 on CPU (the project's models are small: a second thread saves little on a quiet machine and costs
+    up to 20x on a busy one, experiments/results/threads.md), torch's default with an accelerator; null:
+    torch's default. Returns the number set, or None."""
+    threads = cfg.get("threads")
+    if threads == AUTO:
+        on_cpu = str(cfg.trainer.get("accelerator", "cpu")) == "cpu"
+        threads = 1 if on_cpu else None
+        cfg.threads = threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    return threads
 
 
 def load_kwargs(cfg: DictConfig) -> dict:
@@ -444,9 +460,15 @@ def build_trainer(
     if "precision" in settings:
         settings["precision"], why = resolve_precision(settings["precision"], settings.get("accelerator"))
         log.info("trainer.precision: %s (%s)", settings["precision"], why)
+    callbacks = build_callbacks(cfg, run_dir, data) if callbacks is None else list(callbacks)
+    if settings.get("enable_model_summary", True):  # a quiet terminal: training/terminal.py
+        callbacks.append(QuietModelSummary())
+    if settings.get("enable_progress_bar", True):
+        callbacks.append(EpochProgressBar())
+    quiet_device_lines()
     return pl.Trainer(
         **settings,
         logger=build_logger(cfg, run_dir) if logger is None else logger,
-        callbacks=build_callbacks(cfg, run_dir, data) if callbacks is None else callbacks,
+        callbacks=callbacks,
         default_root_dir=str(run_dir),
     )

@@ -27,12 +27,11 @@ from neuralnets.cli import run_cli
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import ConfigError, DataError, RunStatusError
 from neuralnets.runs import (
-    claim_run_dir,
     load_run_data,
     read_predictions,
     read_run,
     read_status,
-    run_lock,
+    recorded_run,
     write_metrics,
     write_predictions,
     write_status,
@@ -144,43 +143,38 @@ def ensemble(
         rates.append(r)
     chosen, scores, curve = choose_members(rates, data, k)
     mean = _mean([rates[i] for i in chosen])
-    claim_run_dir(out)
-    with run_lock(out):
-        try:
-            write_predictions(out, {"rates": mean})
-            val = evaluate(mean, data, "val")
-            test = evaluate(mean, data, "test")
-            members = [
-                {
-                    "run_dir": run["run_dir"],
-                    "model": run["model"],
-                    f"val_{SELECT_METRIC}": s,
-                    "chosen": i in chosen,
-                }
-                for i, (run, s) in enumerate(zip(runs, scores, strict=True))
-            ]
-            models = sorted({runs[i]["model"] for i in chosen})
-            record = {
-                "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
-                "data": runs[0]["data"],
-                "data_source": runs[0].get("data_source"),
-                "data_kwargs": runs[0].get("data_kwargs") or {},
-                "split": "test",
-                "val_metrics": val,
-                "train_time_s": None,
-                "n_parameters": None,
-                "k": len(chosen),
-                "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
-                f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
-                "members": members,
-                "skipped": skipped,
+    with recorded_run(out):
+        write_predictions(out, {"rates": mean})
+        val = evaluate(mean, data, "val")
+        test = evaluate(mean, data, "test")
+        members = [
+            {
+                "run_dir": run["run_dir"],
+                "model": run["model"],
+                f"val_{SELECT_METRIC}": s,
+                "chosen": i in chosen,
             }
-            write_metrics(test, out, extra=record)
-            write_status(out, "finished")
-            _log_hparams(out, record, test)
-        except BaseException as err:
-            write_status(out, "failed", error=" ".join(f"{type(err).__name__}: {err}".split()))
-            raise
+            for i, (run, s) in enumerate(zip(runs, scores, strict=True))
+        ]
+        models = sorted({runs[i]["model"] for i in chosen})
+        record = {
+            "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
+            "data": runs[0]["data"],
+            "data_source": runs[0].get("data_source"),
+            "data_kwargs": runs[0].get("data_kwargs") or {},
+            "split": "test",
+            "val_metrics": val,
+            "train_time_s": None,
+            "n_parameters": None,
+            "k": len(chosen),
+            "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
+            f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
+            "members": members,
+            "skipped": skipped,
+        }
+        write_metrics(test, out, extra=record)
+        _log_hparams(out, record, test)
+        write_status(out, "finished")
     return {**record, "metrics": test, "run_dir": str(out)}
 
 

@@ -48,13 +48,7 @@ from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR
 from neuralnets.errors import ConfigError
 from neuralnets.eval.tables import format_table
-from neuralnets.runs import (
-    claim_run_dir,
-    run_lock,
-    write_config,
-    write_metrics,
-    write_status,
-)
+from neuralnets.runs import recorded_run, write_config, write_metrics, write_status
 from neuralnets.training.build import build_datamodule
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.run import finish_run, run_training
@@ -272,7 +266,6 @@ def run_pbt(
     trust = bool(cfg.get("trust_unverified"))
     if "trust_unverified" in cfg:
         cfg.trust_unverified = False  # never saved: it holds for this command only
-    claim_run_dir(run_dir)  # the study's own directory: refused if it holds a run or an earlier study
     base = OmegaConf.to_container(cfg, resolve=True)
     base["trust_unverified"] = trust
     base.pop("hydra", None)
@@ -297,14 +290,10 @@ def run_pbt(
         tune.with_parameters(pbt_trial, base=base, interval=interval),
         {"cpu": float(p.cpus_per_trial), "gpu": float(p.gpus_per_trial)},
     )
-    with run_lock(run_dir):
+    # The study's own directory: refused if it holds a run or an earlier study.
+    with recorded_run(run_dir):
         write_config(run_dir, cfg)
-        try:
-            record = _run_population(cfg, base, trainable, scheduler, space, run_dir, metric)
-        except BaseException as err:
-            state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
-            write_status(run_dir, state, error=" ".join(f"{type(err).__name__}: {err}".split()))
-            raise
+        record = _run_population(cfg, base, trainable, scheduler, space, run_dir, metric)
         write_status(run_dir, "finished", error=None, train_time_s=record["train_time_s"])
     return record
 
@@ -360,28 +349,21 @@ def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: f
     hparams = {k: best.config[k] for k in search_bounds(cfg)}
     best_cfg = apply_hparams(base, hparams)
     best_cfg.callbacks.monitor, best_cfg.callbacks.mode = cfg.pbt.metric, cfg.pbt.mode
-    claim_run_dir(best_dir)
     value = float(best.metrics[metric])
-    with run_lock(best_dir):
+    with recorded_run(best_dir):
         write_config(best_dir, best_cfg)
-        try:
-            ckpt = last_checkpoint(best_dir)
-            with best.checkpoint.as_directory() as src:
-                copy_checkpoint(
-                    Path(src) / CKPT_NAME, ckpt, trust_unverified=bool(base.get("trust_unverified"))
-                )
-            state = load_checkpoint(ckpt)
-            module = TrainingModule(**state["hyper_parameters"])
-            module.load_state_dict(state["state_dict"])
-            data = build_datamodule(best_cfg).data
-            logger = TensorBoardLogger(save_dir=str(best_dir), name="", version="", default_hp_metric=False)
-            record = finish_run(
-                best_cfg, best_dir, data, module, best=ckpt, monitor=value, logger=logger,
-                train_time=train_time, step=int(state["global_step"]), epochs=int(state["epoch"]) + 1,
-            )  # fmt: skip
-        except BaseException as err:
-            write_status(best_dir, "failed", error=" ".join(f"{type(err).__name__}: {err}".split()))
-            raise
+        ckpt = last_checkpoint(best_dir)
+        with best.checkpoint.as_directory() as src:
+            copy_checkpoint(Path(src) / CKPT_NAME, ckpt, trust_unverified=bool(base.get("trust_unverified")))
+        state = load_checkpoint(ckpt)
+        module = TrainingModule(**state["hyper_parameters"])
+        module.load_state_dict(state["state_dict"])
+        data = build_datamodule(best_cfg).data
+        logger = TensorBoardLogger(save_dir=str(best_dir), name="", version="", default_hp_metric=False)
+        record = finish_run(
+            best_cfg, best_dir, data, module, best=ckpt, monitor=value, logger=logger,
+            train_time=train_time, step=int(state["global_step"]), epochs=int(state["epoch"]) + 1,
+        )  # fmt: skip
         record["pbt"] = {"hparams": hparams, cfg.pbt.metric: value, "trial_dir": str(best.path)}
         write_metrics(record["metrics"], best_dir, extra={"pbt": record["pbt"]})
         write_status(

@@ -12,16 +12,18 @@ Hydra layer), tuning members, population-based-training members (`training/pbt.p
 best member with `finish_run`), stitching fine-tunes (`finetune_from=`). It
 
 1. refuses a config that cannot train (`check_config`) before anything is made;
-2. for a resume, locks the run (`neuralnets.runs.run_lock`: a second process training the same run is
+2. for a resume, locks the run (`neuralnets.runs.recorded_run`: a second process training the same run is
    refused with one line naming the holder) and reads `checkpoints/last.ckpt` verified
    (`neuralnets.checkpoints.load_checkpoint`: a file without a valid sha256 record is refused unless
    `trust_unverified`);
-3. seeds, builds data, module and trainer (`training.build`); only then claims a new run directory
-   (`neuralnets.runs.create_run_dir` / `claim_run_dir`), locks it and writes `config.yaml`;
+3. asks one assembly step (`training.assemble`) for everything: seed, data, module, then the run
+   directory claimed and locked (`neuralnets.runs.recorded_run`: a config that cannot be built leaves
+   nothing behind), callbacks, logger and trainer; writes `config.yaml`;
 4. fits, with SIGTERM/SIGINT turned into a saved `last.ckpt`, status `interrupted` and `RunInterrupted`
    (commands exit with `EXIT_INTERRUPTED`, 75, which a scheduler can requeue on);
-5. finishes (`finish_run`): reloads the best checkpoint, writes `predictions.h5` (streamed once, never
-   read back), scores it with the harness, writes `metrics.json`, logs the TensorBoard hparams row;
+5. finishes (`training.finish.finish_run`): reloads the best checkpoint, writes `predictions.h5`
+   (streamed once, never read back), scores it with the harness, writes `metrics.json`, logs the
+   TensorBoard hparams row;
 6. records how it ended in `status.json`: finished, failed, diverged or interrupted.
 """
 
@@ -32,50 +34,37 @@ import dataclasses
 import inspect
 import logging
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from neuralnets.checkpoints import checkpoint_of, load_checkpoint
+from neuralnets.checkpoints import checkpoint_of
 from neuralnets.config import load_saved_config
-from neuralnets.data.sessions import MultiSessionData, spec_from_dict
+from neuralnets.config_schema import validate
 from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
-from neuralnets.eval import evaluate_splits
-from neuralnets.eval.tblog import log_to_tensorboard
 from neuralnets.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     LAST_CHECKPOINT,
-    STATUS_FILE,
-    claim_run_dir,
-    create_run_dir,
-    predict_chunks,
+    error_line,
     read_status,
-    run_lock,
+    recorded_run,
     write_config,
     write_metrics,
-    write_predictions,
     write_status,
 )
 from neuralnets.training import build
-from neuralnets.training.build import build_datamodule, build_module, build_trainer, load_kwargs
-from neuralnets.training.callbacks import TrainingClock, log_figures
+from neuralnets.training.assemble import RUN_DIR_ENV, Assembly, assemble  # noqa: F401 - RUN_DIR_ENV re-exported
+from neuralnets.training.finish import finish_run, read_verified
 from neuralnets.training.module import TrainingModule
-from neuralnets.training.stitching import finetune_module, score_sessions
 
 log = logging.getLogger(__name__)
 
-RUN_DIR_ENV = "NEURALNETS_RUN_DIR"  # rank 0's run directory, inherited by the DDP processes Lightning starts
 LOG_FILE = "train.log"
 
 
@@ -143,15 +132,6 @@ def resume_checkpoint(resume: str | Path) -> Path:
         raise ConfigError(f"resume={str(resume)!r}: {err}") from None
 
 
-def read_verified(path: str | Path, trust_unverified: bool = False) -> dict:
-    """A training checkpoint's contents, verified (`neuralnets.checkpoints.load_checkpoint`); a
-    ConfigError naming the file if it cannot be."""
-    try:
-        return load_checkpoint(path, trust_unverified=trust_unverified)
-    except CheckpointError as err:
-        raise ConfigError(f"refusing to load checkpoint: {err}") from None
-
-
 def is_launch_rank_zero() -> bool:
     """False in the extra processes of a distributed run (Lightning's DDP relaunch of the command,
     torchrun, srun), known from the launcher's environment before any Trainer exists. Those processes
@@ -161,7 +141,9 @@ def is_launch_rank_zero() -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse, before anything is built, a run that cannot mean anything or a `module.` key that
-    `TrainingModule` does not take (e.g. a misspelt `+module.x=`)."""
+    `TrainingModule` does not take (e.g. a misspelt `+module.x=`), and any key or value the schema
+    refuses (`neuralnets.config_schema.validate`)."""
+    validate(cfg)
     for key in ("max_epochs", "max_steps"):
         if cfg.trainer.get(key) == 0:
             raise ConfigError(f"trainer.{key}=0: the run would take no training step; give a positive number")
@@ -233,59 +215,6 @@ def _flat_group(cfg: DictConfig, group: str) -> dict[str, Any]:
     return out
 
 
-def _one_line(err: BaseException) -> str:
-    """The error recorded in status.json."""
-    return " ".join(f"{type(err).__name__}: {err}".split())
-
-
-# ---------------------------------------------------------------------------------------------- signals
-class _Interrupts(pl.Callback):
-    """Knows whether the run was stopped by SIGTERM/SIGINT (Ctrl-C): Lightning turns both into other
-    exceptions (SystemExit) by the time `trainer.fit` returns. Outside `trainer.fit` a SIGTERM raises
-    KeyboardInterrupt (Lightning handles it inside fit: it stops at the next batch and the checkpoint
-    callback saves last.ckpt; its handler calls this one too, which then only takes note)."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self.in_fit = False
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        if isinstance(exception, KeyboardInterrupt | SIGTERMException) and self.signal is None:
-            self.signal = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.signal = signal.Signals(signum).name
-        if not self.in_fit:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_Interrupts]:
-        """SIGTERM handled while the block runs (main thread only: e.g. not in a Ray worker thread)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = signal.signal(signal.SIGTERM, self._handler)
-        previous_int = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
-
-    @contextlib.contextmanager
-    def fitting(self) -> Iterator[None]:
-        self.in_fit = True
-        try:
-            yield
-        finally:
-            self.in_fit = False
-
-    def caused(self, err: BaseException) -> bool:
-        return self.signal is not None or isinstance(err, KeyboardInterrupt | SIGTERMException)
-
-
 # ---------------------------------------------------------------------------------------------- lifecycle
 def run_training(
     cfg: DictConfig,
@@ -313,9 +242,8 @@ def run_training(
     trust = bool(trust_unverified or cfg.get("trust_unverified"))
     if "trust_unverified" in cfg:
         cfg.trust_unverified = False  # trusted once, for this process: never saved in config.yaml
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     check_config(cfg)
+    build.resolve_threads(cfg)
     rank_zero = is_launch_rank_zero()
     resuming = bool(cfg.get("resume"))
     if resuming and restore is not None:
@@ -326,74 +254,37 @@ def run_training(
             if rank_zero:  # before anything is read: a second resume of the same run stops here
                 if not Path(run_dir).is_dir():
                     raise ConfigError(f"resume={cfg.resume!r}: no run directory {run_dir}")
-                stack.enter_context(run_lock(run_dir))
+                stack.enter_context(recorded_run(run_dir, claim=False))
                 check_resume_config(Path(run_dir), cfg)  # before the run's checkpoint or logs are touched
         ckpt_path = resume_checkpoint(cfg.resume) if resuming else (Path(restore) if restore else None)
         ckpt = read_verified(ckpt_path, trust) if ckpt_path is not None else None
         if resuming:
             check_resumable(Path(run_dir), cfg, ckpt)
-        pl.seed_everything(cfg.seed, workers=True)
-        dm = build_datamodule(cfg)
-        data = dm.data
-        if cfg.get("finetune_from"):  # a trained stitched model plus read-in/out for data's sessions
-            module, dm.first_session = finetune_module(
-                cfg.finetune_from,
-                data,
-                data_name=cfg.data.name,
-                trust_unverified=trust,
-                **OmegaConf.to_container(cfg.module, resolve=True),
-            )
-        else:
-            module = build_module(cfg, data.spec, init_data=data if ckpt is None else None)
-        if ckpt is not None:
-            saved_spec = spec_from_dict(ckpt["hyper_parameters"]["spec"])
-            if saved_spec != module.spec:
-                raise ConfigError(f"{ckpt_path} was trained on data {saved_spec}, but data is {module.spec}")
-        if not resuming and rank_zero:
-            if run_dir is None or isinstance(run_dir, tuple):
-                run_dir = create_run_dir(*(run_dir or new_run_location(cfg)))
-            else:
-                run_dir = claim_run_dir(run_dir)
-            stack.enter_context(run_lock(run_dir))
-        elif run_dir is None:
-            raise ConfigError(
-                "this process is not rank 0 of a distributed run and was given no run directory: name it "
-                "with hydra.run.dir=... so that every process agrees on it"
-            )
-        run_dir = Path(run_dir).resolve()  # Lightning makes checkpoint paths absolute
-        os.environ[RUN_DIR_ENV] = str(run_dir)  # the DDP processes Lightning starts use the same directory
-        clock = TrainingClock()
-        if ckpt is not None:
-            clock.previous_s = float(
-                ckpt.get("callbacks", {}).get("TrainingClock", {}).get("train_time_s", 0)
-            )
-        interrupts = _Interrupts()
-        try:
-            # A resumed TensorBoard run purges the events it logged after its checkpoint: no duplicates.
-            tb = "TensorBoard" in str(cfg.logger._target_)
-            purge = {"purge_step": int(ckpt.get("global_step", 0))} if ckpt is not None and tb else {}
-            all_callbacks = [*build.build_callbacks(cfg, run_dir, data), clock, interrupts, *callbacks]
-            trainer = build_trainer(
-                cfg, run_dir, data, all_callbacks, build.build_logger(cfg, run_dir, **purge)
-            )
-        except BaseException:
-            if not resuming and rank_zero:  # a failed start leaves no run behind
-                for name in (STATUS_FILE, ".lock"):
-                    (run_dir / name).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()  # if empty
-            raise
+
+        def claim() -> Path:  # after data and model are built: a run that cannot be built leaves nothing
+            if resuming:
+                return Path(run_dir)
+            if rank_zero:
+                return stack.enter_context(recorded_run(run_dir or new_run_location(cfg)))
+            if run_dir is None:
+                raise ConfigError(
+                    "this process is not rank 0 of a distributed run and was given no run directory: name "
+                    "it with hydra.run.dir=... so that every process agrees on it"
+                )
+            return Path(run_dir)
+
+        undo = not resuming and rank_zero
+        a = assemble(
+            cfg, ckpt, claim=claim, trust=trust, callbacks=callbacks, undo_claim=undo, ckpt_path=ckpt_path
+        )
         if rank_zero:
             if not resuming:  # a new run: its config is written once model and trainer could be built
-                write_config(run_dir, cfg)
-            write_status(run_dir, "running", error=None)
-        handler = _log_to_file(run_dir / LOG_FILE) if rank_zero else None
-        if handler is not None:
+                write_config(a.run_dir, cfg)
+            write_status(a.run_dir, "running", error=None)
+            handler = _log_to_file(a.run_dir / LOG_FILE)
             stack.callback(_remove_handler, handler)
-        stack.enter_context(interrupts.installed())
-        return _fit_and_finish(
-            cfg, run_dir, dm, module, trainer, clock, interrupts, ckpt_path, trust, score, raise_on_failure
-        )
+        stack.enter_context(a.interrupts.installed())
+        return _fit_and_finish(cfg, a, ckpt_path, trust, score, raise_on_failure)
     raise AssertionError("unreachable")  # pragma: no cover - the ExitStack block returns or raises
 
 
@@ -411,19 +302,17 @@ def _remove_handler(handler: logging.Handler) -> None:
 
 
 def _fit_and_finish(
-    cfg: DictConfig,
-    run_dir: Path,
-    dm: Any,
-    module: TrainingModule,
-    trainer: pl.Trainer,
-    clock: TrainingClock,
-    interrupts: _Interrupts,
-    ckpt_path: Path | None,
-    trust: bool,
-    score: bool,
-    raise_on_failure: bool,
+    cfg: DictConfig, a: Assembly, ckpt_path: Path | None, trust: bool, score: bool, raise_on_failure: bool
 ) -> RunResult:
     """trainer.fit, then `finish_run` on rank 0; status.json records how it ended."""
+    run_dir, dm, module, trainer, clock, interrupts = (
+        a.run_dir,
+        a.dm,
+        a.module,
+        a.trainer,
+        a.clock,
+        a.interrupts,
+    )
     data = dm.data
     checkpoint = trainer.checkpoint_callback
     log.info("%s: %s (%d parameters) on %s", run_dir, module.model_name, module.model.n_parameters, data.name)
@@ -436,7 +325,7 @@ def _fit_and_finish(
     try:
         with interrupts.fitting():
             # The checkpoint was verified above; Lightning reads it again, with weights_only.
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            trainer.fit(module, datamodule=a.dm, ckpt_path=ckpt_path, weights_only=True)
         if interrupts.signal is not None:  # a SIGTERM that arrived after the last batch
             raise KeyboardInterrupt
         if not trainer.is_global_zero:
@@ -485,10 +374,10 @@ def _fit_and_finish(
                 write_status(run_dir, "interrupted", error=message, train_time_s=seconds())
             raise
         if is_launch_rank_zero():
-            write_status(run_dir, "failed", error=_one_line(err), train_time_s=seconds())
+            write_status(run_dir, "failed", error=error_line(err), train_time_s=seconds())
         if raise_on_failure or not isinstance(err, Exception):
             raise
-        return _ended(run_dir, "failed", trainer, seconds(), _one_line(err))
+        return _ended(run_dir, "failed", trainer, seconds(), error_line(err))
     refit = {"refit": "train+val, last epoch, no validation"} if cfg.get("refit") else {}
     write_status(
         run_dir,
@@ -530,123 +419,6 @@ def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path, trust: bo
             if key.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None:
                 checkpoint.best_model_score = cb_state["best_model_score"]
     return int(step)
-
-
-# ---------------------------------------------------------------------------------------------- finishing
-def _collect(
-    chunks: Iterable[tuple[int, Mapping[str, np.ndarray]]], n_trials: int, into: dict[str, np.ndarray]
-) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
-    """Pass `chunks` through (to `write_predictions`) while copying them into whole arrays in `into`
-    {"rates": (trials, T, N), ...}: predictions are computed once and never read back from disk."""
-    for start, chunk in chunks:
-        for key, value in chunk.items():
-            if key not in into:
-                into[key] = np.empty((n_trials, *value.shape[1:]), dtype=np.float32)
-            into[key][start : start + len(value)] = value
-        yield start, chunk
-
-
-def finish_run(
-    cfg: DictConfig,
-    run_dir: Path,
-    data: Any,
-    module: TrainingModule,
-    *,
-    best: Path | None,
-    monitor: float | None,
-    logger: Any,
-    train_time: float,
-    step: int,
-    epochs: int | None,
-) -> dict[str, Any]:
-    """Score a trained run: reload the `best` checkpoint (verified: training wrote its record), write
-    predictions for all trials, score them, write metrics.json, log the hparams table. Several sessions:
-    each session scored (`training.stitching.score_sessions`), no predictions.h5. Returns the record
-    (metrics.json's contents plus "metrics" and "run_dir")."""
-    if best is not None:
-        ckpt = read_verified(best)
-        device = module.device
-        module = TrainingModule(**ckpt["hyper_parameters"])
-        module.load_state_dict(ckpt["state_dict"])
-        module.to(device)
-    pred: dict[str, np.ndarray] | None = None
-    extra: dict[str, Any] = {}
-    tb_extra: dict[str, float] = {}
-    if isinstance(data, MultiSessionData):
-        split, metrics, val_metrics, sessions = score_sessions(module.model, data)
-        extra = {"sessions": sessions}
-        tb_extra = {f"{name}/{k}": v for name, m in sessions.items() for k, v in m.items()}
-    else:
-        # A resumed run re-scores its final weights: the new file replaces the old one only once complete.
-        pred = {}
-        chunks = _collect(predict_chunks(module.model, data), data.n_trials, pred)
-        write_predictions(run_dir, chunks, data.n_trials, replace=True)
-        # Scored on the test trials, or (data without them, e.g. an LFADS file of train and valid only)
-        # on the last split there is; metrics.json and the table name it.
-        present = [s for s in ("train", "val", "test") if len(data.indices(s))]
-        split = present[-1]
-        # Both splits in one call: the train-side fits (few-shot read-outs, velocity ridge) are made once.
-        splits = [s for s in ("val", split) if s in present]
-        scores = evaluate_splits(
-            pred["rates"], data, list(dict.fromkeys(splits)), pred["latents"], inputs=pred.get("inputs")
-        )
-        metrics, val_metrics = scores[split], scores.get("val", {})
-    refit = None
-    if cfg.get("refit"):
-        # The validation trials were training trials: their scores are in-sample, not a validation.
-        val_metrics = {}
-        refit = {
-            "train_splits": ["train", "val"],
-            "epochs": epochs,
-            "note": "refit on train + val: no validation score, no early stopping, the last epoch's weights",
-        }
-    record = {
-        "model": module.model_name,
-        "data": cfg.data.name,
-        "data_source": str(cfg.data.source),
-        "data_kwargs": load_kwargs(cfg),
-        "split": split,
-        "val_metrics": val_metrics,
-        **extra,
-        "train_time_s": round(train_time, 2),
-        "n_parameters": module.model.n_parameters,
-        "steps": step,
-        "skipped_steps": module.skipped_steps,
-        "checkpoint": str(best.relative_to(run_dir)) if best is not None else None,
-        # The checkpoint monitor's best value (e.g. {"val/loss": ...}): a sweep objective too.
-        "monitor": {cfg.callbacks.monitor: monitor},
-    }
-    if refit is not None:
-        record["refit"] = refit
-    if cfg.get("finetune_from"):
-        record["finetune_from"] = str(cfg.finetune_from)
-    write_metrics(metrics, run_dir, extra=record)
-    record["metrics"] = metrics
-    record["run_dir"] = str(run_dir)
-    # Every setting that tells runs apart, so that TensorBoard's hparams table shows it.
-    hparams = {
-        "model": module.model_name,
-        "data": cfg.data.name,
-        "data_source": str(cfg.data.source),
-        "data_kwargs": load_kwargs(cfg),
-        "recipe": str(cfg.get("recipe")),  # configs/experiment/<recipe>.yaml, "None" without one
-        "seed": cfg.seed,
-        "batch_size": cfg.data.batch_size,  # the resolved number (`auto` is resolved at start)
-        "max_epochs": cfg.trainer.get("max_epochs"),
-        "epochs_trained": epochs,
-        "steps": step,
-        "model_cfg": OmegaConf.to_container(cfg.model),
-        "module": OmegaConf.to_container(cfg.module),
-    }
-    if cfg.get("tune_member"):  # a member of a `neuralnets-tune` study
-        hparams["tune_member"] = OmegaConf.to_container(cfg.tune_member, resolve=True)
-    if cfg.get("finetune_from"):
-        hparams["finetune_from"] = str(cfg.finetune_from)
-    log_to_tensorboard(logger, hparams, {**metrics, **tb_extra})
-    if pred is not None:
-        log_figures(logger, data, pred, split, step)
-    logger.finalize("success")
-    return record
 
 
 def _float_or_none(x: Any) -> float | None:

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -62,9 +61,19 @@ from neuralnets.errors import (
     RunInterrupted,
 )
 from neuralnets.eval.tables import write_rows
-from neuralnets.runs import STATUS_FILE, atomic_path, read_status, write_status
+from neuralnets.files import atomic_path
+from neuralnets.runs import STATUS_FILE, error_line, read_status, write_status
 from neuralnets.training.journal import check_journal, open_journal, repair_journal
 from neuralnets.training.run import run_training
+from neuralnets.training.tune_report import (  # noqa: F401 - re-exported: moved out of this module
+    STATES,
+    ReportAndPrune,
+    _link_best,
+    _maximised,
+    counted,
+    leaderboard_rows,
+    member_state,
+)
 
 log = logging.getLogger(__name__)
 STUDY_CONFIG, JOURNAL, LEADERBOARD = "study.yaml", "journal.log", "leaderboard"
@@ -81,11 +90,6 @@ WORKER_KEYS = (
     "threads",
 )
 RESOLVER = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${oc.env:...}, ${now:...}: plain ${key} references only
-# The member states of the leaderboard, best first; `lost`: its worker died (killed) during training
-# (a failed trial without a status of its own).
-# `interrupted`: stopped by SIGTERM/SIGINT with its last.ckpt (resumable), not counted in the budget.
-STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running")
-UNCOUNTED = ("interrupted", "lost")
 
 
 def _optuna():
@@ -145,41 +149,6 @@ def check_space(recorded: list[dict[str, Any]], now: list[dict[str, Any]], path:
                 f"{path}: the search space changed since study {tune_dir} started: {key}: {was} -> {is_}; "
                 "a study keeps its space (restore the file, or start a new study with another tune.dir)"
             )
-
-
-def _maximised(metric: str, value: float) -> float:
-    """The study maximises: a loss is negated."""
-    return -value if metric.endswith("loss") else value
-
-
-class ReportAndPrune(pl.Callback):
-    """After each validation epoch: report `metric` (maximised; a loss is negated) to the Optuna trial
-    and stop training when the pruner says so, or when the value is still worse than `floor` (in the
-    metric's own units) after `floor_epochs` epochs."""
-
-    def __init__(self, trial: Any, metric: str, floor: float | None = None, floor_epochs: int = 1):
-        self.trial, self.metric, self.pruned = trial, metric, False
-        self.floor = None if floor is None else _maximised(metric, float(floor))
-        self.floor_epochs = floor_epochs
-        self.values: dict[int, float] = {}  # epoch -> maximised value
-
-    @property
-    def best(self) -> float:
-        """The best maximised value reported (-inf before any)."""
-        return max(self.values.values(), default=-math.inf)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
-            return
-        value = _maximised(self.metric, float(trainer.callback_metrics[self.metric]))
-        if not math.isfinite(value):
-            value = -math.inf
-        epoch = trainer.current_epoch
-        self.values[epoch] = value
-        self.trial.report(value, epoch)
-        below = self.floor is not None and epoch + 1 >= self.floor_epochs and value < self.floor
-        if below or self.trial.should_prune():
-            self.pruned, trainer.should_stop = True, True
 
 
 def member_config(cfg: DictConfig, params: dict[str, float], number: int) -> DictConfig:
@@ -328,16 +297,6 @@ def fail_lost_trials(study: Any, tune_dir: Path) -> list[int]:
     return lost
 
 
-def member_state(trial: Any) -> str:
-    """The member's state (one of STATES) from its trial."""
-    return trial.user_attrs.get("status") or ("running" if trial.state.name == "RUNNING" else "lost")
-
-
-def counted(study: Any) -> int:
-    """Members that use up `tune.n_trials`: all but those lost with a killed worker or interrupted."""
-    return sum(member_state(t) not in UNCOUNTED for t in study.get_trials(deepcopy=False))
-
-
 def record_study_config(cfg: DictConfig, tune_dir: Path) -> DictConfig:
     """Write the study's config (`study.yaml`) on the study's first start; on a later start compare: a
     study continues only with the same settings (the WORKER_KEYS aside). With `tune.join`, take the
@@ -405,7 +364,8 @@ def run_worker(cfg: DictConfig, index: int = 0) -> None:
     t = cfg.tune
     tune_dir = Path(t.dir)
     space = study_space(cfg)
-    threads = int(cfg.threads) if cfg.get("threads") else max(1, _cores() // int(t.workers))
+    given = cfg.get("threads") not in (None, "auto")  # auto: this machine's cores shared by the workers
+    threads = int(cfg.threads) if given else max(1, _cores() // int(t.workers))
     torch.set_num_threads(threads)
     cfg = OmegaConf.merge(cfg, {"threads": threads})
     start, failures_in_row = time.monotonic(), 0
@@ -460,10 +420,6 @@ def _signals_noted() -> Iterator[list[str]]:
             signal.signal(s, handler)
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split())
-
-
 def _run_member(
     cfg: DictConfig, study: Any, trial: Any, space: list[dict[str, Any]]
 ) -> tuple[str, str | None]:
@@ -483,7 +439,7 @@ def _run_member(
         status, state = "pruned", optuna.trial.TrialState.PRUNED
     except RunInterrupted as err:  # SIGTERM/SIGINT: the member keeps its last.ckpt; the worker stops
         trial.set_user_attr("status", "interrupted")
-        trial.set_user_attr("error", _one_line(err))
+        trial.set_user_attr("error", error_line(err))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise RunInterrupted(
             f"member {trial.number:03d} {err}; neuralnets-tune stopped: rerun the command to continue the "
@@ -494,10 +450,10 @@ def _run_member(
         diverged = isinstance(err, DivergenceError)
         status = "diverged" if diverged else "failed"
         state = optuna.trial.TrialState.PRUNED if diverged else optuna.trial.TrialState.FAIL
-        error = _one_line(err)
+        error = error_line(err)
     except BaseException as err:  # a bug or an interruption: recorded, then the worker stops
         trial.set_user_attr("status", "failed")
-        trial.set_user_attr("error", _one_line(err))
+        trial.set_user_attr("error", error_line(err))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     else:
@@ -525,44 +481,6 @@ def _spawned_worker(container: dict[str, Any], index: int) -> None:
     except NeuralnetsError as err:
         log.error("%s", err)
         sys.exit(EXIT_USER_ERROR)
-
-
-def leaderboard_rows(study: Any, metric: str) -> list[dict[str, Any]]:
-    """Members best first (complete, pruned, diverged, failed, lost, running), with their best
-    validation `metric` in its own units."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
-        best = max(values, default=None)  # a pruned trial's value is its last one
-        state = member_state(trial)
-        rows.append(
-            {
-                "member": f"{trial.number:03d}",
-                **trial.params,
-                metric: None if best is None or not math.isfinite(best) else _maximised(metric, best),
-                "epochs_trained": len(trial.intermediate_values),
-                "status": state,
-                "run_dir": trial.user_attrs.get("run_dir"),
-            }
-        )
-    sign = -1.0 if metric.endswith("loss") else 1.0
-    return sorted(
-        rows,
-        key=lambda r: (STATES.index(r["status"]), -(sign * r[metric]) if r[metric] is not None else math.inf),
-    )
-
-
-def _link_best(tune_dir: Path, rows: list[dict[str, Any]]) -> Path | None:
-    """Point `<tune dir>/best` at the best complete member's run directory."""
-    complete = [r for r in rows if r["status"] == "complete" and r["run_dir"]]
-    if not complete:
-        return None
-    link = tune_dir / "best"
-    tmp = tune_dir / f".best.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(complete[0]["run_dir"])
-    os.replace(tmp, link)
-    return link
 
 
 def check_settings(t: DictConfig) -> None:

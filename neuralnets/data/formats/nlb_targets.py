@@ -30,7 +30,7 @@ import numpy as np
 from neuralnets.data.formats.common import expect_shape, h5_array, open_h5, require_file
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import DataError
-from neuralnets.runs import atomic_path
+from neuralnets.files import atomic_path
 
 COUNT_KEYS = ("eval_spikes_heldout", "eval_spikes_heldin_forward", "eval_spikes_heldout_forward")
 ARRAY_KEYS = ("train_behavior", "eval_behavior", "psth")
@@ -153,7 +153,7 @@ def check_targets(t: Mapping, src: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- write
 def write_nlb_h5(path: str | Path, groups: Mapping[str, Mapping], overwrite: bool = False) -> Path:
-    """Write {group: {key: array or list of index arrays}} atomically (`runs.atomic_path`: a temporary
+    """Write {group: {key: array or list of index arrays}} atomically (`files.atomic_path`: a temporary
     file in the same folder, fsync, then into place), refusing to replace an existing file unless
     `overwrite` and never writing through a symbolic link at `path`."""
     path = Path(path)

@@ -16,7 +16,7 @@ import numpy as np
 from neuralnets.data.formats.common import require_file
 from neuralnets.data.spikedata import PER_TRIAL_FIELDS, SpikeData, check_counts
 from neuralnets.errors import DataError
-from neuralnets.runs import atomic_path
+from neuralnets.files import atomic_path
 
 _NPZ_ARRAYS = PER_TRIAL_FIELDS
 _NPZ_SCALARS = ("bin_size", "n_heldin", "n_fwd", "name")
@@ -84,7 +84,7 @@ def load_npz(path: str | Path) -> SpikeData:
 
 
 def save_npz(data: SpikeData, path: str | Path) -> Path:
-    """Write every field of `data` to one compressed `.npz` file, atomically (`runs.atomic_path`); never
+    """Write every field of `data` to one compressed `.npz` file, atomically (`files.atomic_path`); never
     replaces an existing file nor writes through a symbolic link at `path`. Returns the path.
 
     `.npz` is appended to `path` when it has another suffix or none. Read it back with `load_npz`.

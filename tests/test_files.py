@@ -1,0 +1,35 @@
+"""neuralnets.files: the one place that writes files (exclusive create, lock, link replacement)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from neuralnets.files import exclusive_text, held_lock, replace_symlink
+
+
+def test_exclusive_text_creates_once_and_leaves_no_temporary_file(tmp_path):
+    exclusive_text(tmp_path / "a.json", "first")
+    with pytest.raises(FileExistsError):
+        exclusive_text(tmp_path / "a.json", "second")
+    assert (tmp_path / "a.json").read_text() == "first"
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_held_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    with held_lock(tmp_path / ".lock", "pid 1 on here"):
+        with pytest.raises(BlockingIOError) as err, held_lock(tmp_path / ".lock", "pid 2"):
+            pass
+        assert err.value.args[1] == "pid 1 on here"
+    with held_lock(tmp_path / ".lock", "pid 3"):  # released when the block ended
+        pass
+
+
+def test_replace_symlink_points_at_the_new_target_with_nothing_left_over(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    replace_symlink(tmp_path / "best", tmp_path / "a")
+    replace_symlink(tmp_path / "best", tmp_path / "b")
+    assert (tmp_path / "best").resolve() == tmp_path / "b"
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "best"]
