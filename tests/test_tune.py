@@ -20,15 +20,8 @@ from tiny import TINY_DATA, TINY_LFADS
 from neuralnets.config import compose
 from neuralnets.errors import ConfigError, NeuralnetsError
 from neuralnets.runs import read_run, read_status
-from neuralnets.training.tune import (
-    ReportAndPrune,
-    WorkerLock,
-    _join_overrides_ok,
-    open_storage,
-    search_space,
-    study_name,
-    tune,
-)
+from neuralnets.training.study import WorkerLock, open_storage, search_space, study_name
+from neuralnets.training.tune import ReportAndPrune, _join_overrides_ok, tune
 
 optuna = pytest.importorskip("optuna")
 REPO = Path(__file__).resolve().parents[1]
