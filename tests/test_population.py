@@ -1,0 +1,165 @@
+"""Population training (#30): member k of a population equals the same configuration trained alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from tiny import TINY_DATA, TINY_LFADS
+
+from neuralnets.config import compose
+from neuralnets.errors import ConfigError
+from neuralnets.training.population import Population, resume_population, train_population
+from neuralnets.training.population_optim import MemberAdamW
+from neuralnets.training.run import run_training
+
+BASE = [
+    *TINY_DATA,
+    *TINY_LFADS,
+    "data.batch_size=8",
+    "model.kl_ramp_steps=10",
+    "model.l2_ramp_steps=10",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.eval_every_n_epochs=100",
+    "callbacks.early_stopping_patience=0",
+    "threads=1",
+]
+# Members with different lr, dropout, coordinated dropout, KL / L2 scales and seeds.
+MEMBERS = [
+    ["seed=0", "module.lr=0.01", "model.dropout=0.1", "module.coordinated_dropout=0.3"],
+    [
+        "seed=1",
+        "module.lr=0.003",
+        "model.dropout=0.0",
+        "module.coordinated_dropout=0.0",
+        "model.kl_ic_scale=0.3",
+    ],
+    [
+        "seed=2",
+        "module.lr=0.02",
+        "model.dropout=0.25",
+        "module.coordinated_dropout=0.45",
+        "model.l2_gen_scale=5",
+    ],
+]
+
+
+def member_cfgs(epochs: int, members=MEMBERS):
+    return [compose([*BASE, f"trainer.max_epochs={epochs}", *m]) for m in members]
+
+
+class _Losses(pl.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def solo(cfg, tmp_path, name):
+    """A solo run through the one lifecycle: (its training losses per step, its result)."""
+    cb = _Losses()
+    result = run_training(cfg, tmp_path / name, callbacks=[cb])
+    return cb.losses, result
+
+
+def test_initial_weights_equal_the_solo_models():
+    cfgs = member_cfgs(1)
+    pop = Population(cfgs)
+    from neuralnets.training.population import build_member
+
+    for k, cfg in enumerate(cfgs):
+        alone = build_member(cfg).module.model  # the seed, data and module of `run_training`
+        theirs = dict(alone.named_parameters())
+        for name, value in pop.model.member_state_dict(k).items():
+            assert torch.equal(value, theirs[name]), (k, name)
+
+
+def test_training_losses_match_solo_runs_over_20_steps(tmp_path):
+    cfgs = member_cfgs(4)  # 4 epochs x 5 steps (40 trials, 24 train, batch 8: 3 steps/epoch) >= 20 steps
+    cfgs = member_cfgs(7)
+    pop = Population(cfgs)
+    pop_losses = []
+    while len(pop_losses) < 20:
+        for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
+            pop_losses.append(pop.training_step(batches))
+        pop.end_epoch(pop.validate())
+    pop_losses = torch.stack(pop_losses[:20])  # (20, K)
+    for k, cfg in enumerate(member_cfgs(7)):
+        losses, _ = solo(cfg, tmp_path, f"solo{k}")
+        ref = torch.tensor(losses[:20], dtype=torch.float64)
+        np.testing.assert_allclose(pop_losses[:, k].double(), ref, rtol=1e-5, err_msg=f"member {k}")
+
+
+def test_adam_matches_torch_adamw_per_member():
+    torch.manual_seed(0)
+    K = 3
+    w = torch.randn(K, 4, 5)
+    lr, eps, wd = (
+        torch.tensor([1e-2, 3e-3, 0.1]),
+        torch.tensor([1e-8, 1e-6, 1e-8]),
+        torch.tensor([0.0, 0.01, 0.1]),
+    )
+    stacked = w.clone().requires_grad_(True)
+    opt = MemberAdamW([stacked], lr, eps, wd)
+    solos = [w[k].clone().requires_grad_(True) for k in range(K)]
+    torch_opts = [
+        torch.optim.AdamW([solos[k]], lr=float(lr[k]), eps=float(eps[k]), weight_decay=float(wd[k]))
+        for k in range(K)
+    ]
+    active = torch.tensor([True, True, True])
+    for step in range(6):
+        grads = torch.randn(K, 4, 5)
+        if step == 3:
+            active = torch.tensor([True, False, True])  # member 1 frozen from here
+        stacked.grad = grads.clone()
+        opt.step(active)
+        for k in range(K):
+            if active[k]:
+                solos[k].grad = grads[k].clone()
+                torch_opts[k].step()
+    for k in range(K):
+        torch.testing.assert_close(stacked[k].detach(), solos[k].detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_short_run_scores_match_solo_and_runs_are_ordinary(tmp_path):
+    members = MEMBERS[:2]
+    records = train_population(member_cfgs(3, members), tmp_path / "pop")
+    for k, cfg in enumerate(member_cfgs(3, members)):
+        _, result = solo(cfg, tmp_path, f"solo{k}")
+        assert abs(records[k]["val_metrics"]["co_bps"] - result.record["val_metrics"]["co_bps"]) < 0.002
+        run = tmp_path / "pop"
+        member_dir = records[k]["run_dir"]
+        status = json.loads(open(f"{member_dir}/status.json").read())
+        assert status["status"] == "finished"
+        assert list(run.rglob("events.out.tfevents.*"))
+    from neuralnets import load_pretrained
+
+    model = load_pretrained(records[0]["run_dir"])
+    assert model is not None
+
+
+def test_a_killed_population_resumes_every_member(tmp_path):
+    cfgs = member_cfgs(2, MEMBERS[:2])
+    pop = Population(cfgs)
+    pop_dir = pop.open_runs(tmp_path / "pop")
+    # one epoch, then "killed": the state on disk is the epoch's
+    for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
+        pop.training_step(batches)
+    pop.end_epoch(pop.validate())
+    pop.save_state()
+    resumed = resume_population(pop_dir)
+    straight = train_population(member_cfgs(2, MEMBERS[:2]), tmp_path / "straight")
+    for a, b in zip(resumed, straight, strict=True):
+        assert a["steps"] == b["steps"]
+        assert a["val_metrics"]["co_bps"] == pytest.approx(b["val_metrics"]["co_bps"], abs=1e-5)
+
+
+def test_members_of_different_architecture_are_refused():
+    cfgs = [compose([*BASE, "seed=0"]), compose([*BASE, "seed=1", "model.gen_dim=20"])]
+    with pytest.raises(ConfigError, match="model.gen_dim"):
+        Population(cfgs)
