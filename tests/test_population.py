@@ -80,8 +80,7 @@ def test_initial_weights_equal_the_solo_models():
 
 
 def test_training_losses_match_solo_runs_over_20_steps(tmp_path):
-    cfgs = member_cfgs(4)  # 4 epochs x 5 steps (40 trials, 24 train, batch 8: 3 steps/epoch) >= 20 steps
-    cfgs = member_cfgs(7)
+    cfgs = member_cfgs(7)  # 24 training trials, batch 8: 3 steps per epoch, 7 epochs >= 20 steps
     pop = Population(cfgs)
     pop_losses = []
     while len(pop_losses) < 20:
@@ -163,3 +162,33 @@ def test_members_of_different_architecture_are_refused():
     cfgs = [compose([*BASE, "seed=0"]), compose([*BASE, "seed=1", "model.gen_dim=20"])]
     with pytest.raises(ConfigError, match="model.gen_dim"):
         Population(cfgs)
+
+
+@pytest.mark.parametrize("co_dim", [1, 0])
+def test_fused_member_unroll_matches_the_plain_reference(co_dim):
+    cfgs = [compose([*BASE, f"model.co_dim={co_dim}", *m]) for m in MEMBERS]
+    pop = Population(cfgs)
+    batches = [next(iter(m.batches)) for m in pop.members]
+    results = {}
+    for recurrence in ("plain", "fused"):
+        pop.model.recurrence = recurrence
+        for m, rng in zip(
+            pop.members, [torch.manual_seed(k).get_state() for k in range(len(cfgs))], strict=True
+        ):
+            m.rng = rng  # the same draws for both paths
+        for p in pop.params:
+            p.grad = None
+        pop.model.train()
+        from neuralnets.models.lfads_population import draw_member_noise, stack_noise
+
+        drawn = []
+        for m in pop.members:
+            torch.set_rng_state(m.rng)
+            drawn.append(draw_member_noise(m.module.model, 8, float(m.module.hparams.coordinated_dropout)))
+        loss = pop.loss(batches, stack_noise([n for _, n in drawn], pop.device), [c for c, _ in drawn], True)
+        loss.sum().backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in pop.params]
+        results[recurrence] = (loss.detach(), grads)
+    torch.testing.assert_close(results["fused"][0], results["plain"][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results["fused"][1], results["plain"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -24,7 +24,7 @@ from torch.func import functional_call, vmap
 
 from neuralnets.models.base import positive_rates
 from neuralnets.models.lfads import LFADS
-from neuralnets.models.lfads_population_unroll import population_unroll
+from neuralnets.models.lfads_population_unroll import population_unroll, population_unroll_fused
 from neuralnets.nn.fast import stacked_gru
 
 # Model options that may differ between members; every other option is architecture and must agree.
@@ -60,8 +60,11 @@ class PopulationLFADS(nn.Module):
     `member_state_dict(k)` gives member k's weights under the solo model's names.
     """
 
-    def __init__(self, members: Sequence[LFADS]):
+    def __init__(self, members: Sequence[LFADS], recurrence: str = "fused"):
         super().__init__()
+        if recurrence not in ("plain", "fused"):
+            raise ValueError(f"PopulationLFADS: recurrence must be 'plain' or 'fused'; got {recurrence!r}")
+        self.recurrence = recurrence  # 'plain': the per-step autograd reference (population_unroll)
         if not members:
             raise ValueError("PopulationLFADS: no members")
         first = members[0]
@@ -145,9 +148,8 @@ class PopulationLFADS(nn.Module):
             ci = _mul(encoded["ci_encoder"][0], noise.get("ci_mask"))  # (K, B, T_obs, 2 CI)
             if t.ci_lag:
                 ci = F.pad(ci, (0, 0, t.ci_lag, 0))[:, :, :T_obs]
-        factors, co_mean, co_logvar, co_u = population_unroll(
-            self, g0, ci, noise.get("eps"), noise.get("gen_mask")
-        )
+        unroll = population_unroll if self.recurrence == "plain" else population_unroll_fused
+        factors, co_mean, co_logvar, co_u = unroll(self, g0, ci, noise.get("eps"), noise.get("gen_mask"))
         rates = positive_rates(
             _linear(factors, self.p("readout.weight"), self.p("readout.bias"))
         )  # (K, B, T, N)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from neuralnets.models.lfads_unroll import lfads_unroll
+
 if TYPE_CHECKING:
     from neuralnets.models.lfads_population import PopulationLFADS
 
@@ -95,3 +97,58 @@ def population_unroll(
         factors = torch.cat([factors, facs_fwd], dim=2)  # (K, B, T, F)
     st = lambda xs: torch.stack(xs, dim=2)  # noqa: E731  list of (K, B, U) -> (K, B, T_obs, U)
     return factors, st(means), st(logvars), st(us)
+
+
+def population_unroll_fused(
+    pop: PopulationLFADS, g0: Tensor, ci: Tensor | None, eps: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Same inputs, outputs and numbers as `population_unroll` (up to float rounding), through the
+    hand-written BPTT of `neuralnets.models.lfads_unroll.lfads_unroll` run with a leading member dim
+    (every per-step matmul one `baddbmm` for all members; the gate math one native call)."""
+    t = pop.template
+    p = pop.p
+    K, B, G = g0.shape
+    w_fac = p("factors.weight")  # (K, F, G)
+    w_fac = w_fac / w_fac.norm(dim=2, keepdim=True).clamp(min=1e-12)  # unit-norm rows
+    mask_t = None if mask is None else mask.transpose(0, 1)  # (T + 1, K, B, G) time-major view
+    kwargs = {}
+    if ci is not None:
+        C, ci_dim = t.controller.hidden_size, t.ci_dim
+        T_obs = ci.shape[2]
+        w_ci = p("controller.weight_ih")  # (K, 3C, CI + F)
+        ci_proj = torch.baddbmm(
+            p("controller.bias_ih").unsqueeze(1),
+            ci.transpose(1, 2).reshape(K, -1, ci_dim),
+            w_ci[:, :, :ci_dim].transpose(1, 2),
+        ).view(K, T_obs, B, 3 * C)  # (K, T_obs B, 3C) time-major within each member
+        kwargs = dict(
+            ci_proj=ci_proj.transpose(0, 1),  # (T_obs, K, B, 3C)
+            c0=p("con_h0").unsqueeze(1).expand(K, B, C).contiguous(),  # (K, B, C)
+            w_fb=torch.bmm(w_ci[:, :, ci_dim:], w_fac),  # (K, 3C, G): factor read-in folded in
+            w_ch=p("controller.weight_hh"),
+            b_ch=p("controller.bias_hh"),
+            w_co=p("co_linear.weight"),
+            b_co=p("co_linear.bias"),
+            eps=None if eps is None else eps.transpose(0, 1),  # (T_obs, K, B, U)
+        )
+    states, mean, logvar, u = lfads_unroll(
+        g0,
+        pop.spec.n_bins,
+        p("generator.weight_hh"),
+        p("generator.bias_hh"),
+        p("generator.bias_ih"),
+        w_gi=p("generator.weight_ih"),
+        mask=mask_t,
+        clip=t.generator.clip_value,
+        log_var_min=t.log_co_var_min,
+        **kwargs,
+    )  # fmt: skip  states (T, K, B, G)
+    if mask_t is not None:
+        states = states * mask_t[1:]  # dropout of the states read by the factors
+    T = states.shape[0]
+    flat = states.transpose(0, 1).reshape(K, T * B, G)  # (K, T B, G)
+    factors = torch.bmm(flat, w_fac.transpose(1, 2)).view(K, T, B, -1).transpose(1, 2)  # (K, B, T, F)
+    if ci is None:
+        return factors, None, None, None
+    km = lambda x: x.permute(1, 2, 0, 3)  # noqa: E731  (T_obs, K, B, U) -> (K, B, T_obs, U)
+    return factors, km(mean), km(logvar), km(u)
