@@ -83,6 +83,8 @@ def _lfads_forward(a: UnrollArgs, save: bool):
     hp_g, ru_g, n_g = new(n_keep, *lead, 3 * G), new(n_keep, *lead, 2 * G), new(n_keep, *lead, G)
     keep_g = new(n_keep, *lead, G) if save and clip is not None else None
     w_gh_t = _t(w_gh)
+    if w_gh.ndim == 3:  # members: contiguous transposed weights (~1.4x faster baddbmm on CPU at K = 32)
+        w_gh_t = w_gh_t.contiguous()
     c_state = None
     if T_obs:
         C, U = c0.shape[-1], w_gi.shape[-1]
@@ -94,6 +96,8 @@ def _lfads_forward(a: UnrollArgs, save: bool):
         logvar, us = new(T_obs, *lead, U), new(T_obs, *lead, U)
         lv_floor = torch.full((*lead, U), lv_min, dtype=g0.dtype, device=g0.device)
         w_fb_t, w_ch_t, w_co_t, w_gi_t = _t(w_fb), _t(w_ch), _t(w_co), _t(w_gi)
+        if w_gh.ndim == 3:
+            w_fb_t, w_ch_t, w_co_t, w_gi_t = (w.contiguous() for w in (w_fb_t, w_ch_t, w_co_t, w_gi_t))
         c_state = c0
     g = g0
     for t in range(T):

@@ -174,6 +174,8 @@ class Population:
         )
         self.cd = torch.tensor([float(m.module.hparams.coordinated_dropout) for m in self.members])  # (K,)
         self.clip = [m.cfg.trainer.get("gradient_clip_val") for m in self.members]
+        # -log y! of every trial, once: (trials, T, N) (lgamma is slow; the loss gathers it by trial index)
+        self.log_fact = torch.lgamma(self.members[0].batches.tensors["spikes"] + 1.0).to(self.device)
         self.dir: Path | None = None
         self.train_time = 0.0
 
@@ -244,7 +246,8 @@ class Population:
             cd_scored[:, :, : heldin.shape[2], : heldin.shape[3]] = dropped | ~has_cd
             scored = scored & cd_scored
         rates, _, aux = self.model(heldin, noise)  # (K, B, T, N)
-        nll = -(torch.xlogy(spikes, rates) - rates - torch.lgamma(spikes + 1.0))  # Poisson NLL (K, B, T, N)
+        log_fact = torch.stack([self.log_fact[b["index"]] for b in batches])  # (K, B, T, N)
+        nll = rates - torch.xlogy(spikes, rates) + log_fact  # Poisson NLL (K, B, T, N)
         total = torch.where(scored, nll, torch.zeros_like(nll)).sum(dim=(1, 2, 3))
         recon = total / scored.sum(dim=(1, 2, 3)).clamp(min=1) * (T * N)  # (K,) nats per trial
         steps = [m.step for m in self.members] if train else None
