@@ -185,7 +185,9 @@ def test_fused_member_unroll_matches_the_plain_reference(co_dim):
         for m in pop.members:
             torch.set_rng_state(m.rng)
             drawn.append(draw_member_noise(m.module.model, 8, float(m.module.hparams.coordinated_dropout)))
-        loss = pop.loss(batches, stack_noise([n for _, n in drawn], pop.device), [c for c, _ in drawn], True)
+        loss, _ = pop.loss(
+            batches, stack_noise([n for _, n in drawn], pop.device), [c for c, _ in drawn], True
+        )
         loss.sum().backward()
         grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in pop.params]
         results[recurrence] = (loss.detach(), grads)

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuralnets.checkpoints import save_checkpoint
 from neuralnets.data.datamodule import TrialBatches
 from neuralnets.errors import ConfigError
+from neuralnets.eval.metrics import co_bps
 from neuralnets.models.lfads import LFADS
 from neuralnets.models.lfads_population import MEMBER_OPTIONS, PopulationLFADS, draw_member_noise, stack_noise
 from neuralnets.runs import (
@@ -80,7 +81,7 @@ class Member:
     logger: Any = None
     step: int = 0
     epoch: int = 0  # epochs completed
-    best: float = math.inf  # best val/loss
+    best: float | None = None  # best value of the checkpoint monitor (callbacks.monitor)
     best_path: str | None = None
     wait: int = 0  # epochs without improvement (early stopping)
     stopped: bool = False
@@ -119,10 +120,10 @@ def _check_members(cfgs: Sequence[DictConfig]) -> None:
             raise ConfigError(
                 f"population member {i}: module.likelihood={hp.likelihood}; populations use poisson"
             )
-        if cfg.callbacks.monitor != "val/loss" or cfg.callbacks.mode != "min":
+        if (cfg.callbacks.monitor, cfg.callbacks.mode) not in (("val/loss", "min"), ("val/co_bps", "max")):
             raise ConfigError(
                 f"population member {i}: callbacks.monitor={cfg.callbacks.monitor}; "
-                "populations monitor val/loss"
+                "populations monitor val/loss (min) or val/co_bps (max)"
             )
         if cfg.get("resume") or cfg.get("finetune_from") or cfg.get("refit"):
             raise ConfigError(f"population member {i}: resume/finetune_from/refit are single-run options")
@@ -198,7 +199,7 @@ class Population:
             noises.append(noise)
             cds.append(cd)
         self.model.train()
-        loss = self.loss(batches, stack_noise(noises, self.device), cds, train=True)  # (K,)
+        loss, _ = self.loss(batches, stack_noise(noises, self.device), cds, train=True)  # (K,)
         for p in self.params:
             p.grad = None
         active = self.active()
@@ -224,9 +225,9 @@ class Population:
             if active[k]:
                 m.step += 1  # the solo trainer's global_step counts skipped steps too
 
-    def loss(self, batches, noise, cd_uniforms, train: bool) -> torch.Tensor:
+    def loss(self, batches, noise, cd_uniforms, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Each member's loss (K,) as `TrainingModule._loss` computes it (recon in nats per trial plus
-        the ramped auxiliary losses; validation: full weights)."""
+        the ramped auxiliary losses; validation: full weights), and the rates (K, B, T, N)."""
         spikes = torch.stack([b["spikes"] for b in batches]).to(self.device)  # (K, B, T, N)
         K, B, T, N = spikes.shape
         heldin = spikes[:, :, : self.model.spec.n_obs_bins, : self.model.spec.n_heldin]  # (K, B, T_obs, N_in)
@@ -255,21 +256,31 @@ class Population:
         loss = recon
         for name, value in aux.items():
             loss = loss + weights[name].to(self.device) * value
-        return loss
+        return loss, rates
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
-    def validate(self) -> torch.Tensor:
-        """(K,) each member's val/loss: the mean over validation batches weighted by their size."""
+    def validate(self) -> dict[str, list[float]]:
+        """Each member's `val/loss` (the mean over validation batches weighted by their size, as Lightning
+        averages it) and `val/co_bps` (the harness's co-smoothing bits/spike on the validation trials)."""
         self.model.eval()
         dm = self.members[0].dm
         total, count = torch.zeros(self.K, dtype=torch.float64), 0
+        rates, spikes, observed = [], [], []
         for batch in dm.val_dataloader():
             B = batch["spikes"].shape[0]
-            loss = self.loss([batch] * self.K, {"g0_eps": None}, [None] * self.K, train=False)
+            loss, r = self.loss([batch] * self.K, {"g0_eps": None}, [None] * self.K, train=False)
             total += loss.double().cpu() * B
             count += B
-        return (total / max(count, 1)).float()
+            rates.append(r.cpu())  # (K, B, T, N)
+            spikes.append(batch["spikes"].cpu())
+            observed.append(batch.get("observed"))
+        spec = self.model.spec
+        y = torch.cat(spikes)  # (n_val, T, N)
+        obs = None if observed[0] is None else torch.cat(observed).cpu()
+        lam = torch.cat(rates, dim=1)  # (K, n_val, T, N)
+        cobps = [co_bps(lam[k], y, spec.n_heldin, spec.n_fwd_bins, obs) for k in range(self.K)]
+        return {"val/loss": (total / max(count, 1)).tolist(), "val/co_bps": cobps}
 
     # ------------------------------------------------------------------ run directories
     def open_runs(self, parent: str | Path | None = None) -> Path:
@@ -307,20 +318,23 @@ class Population:
             "population": {"dir": str(self.dir), "member": k},
         }
 
-    def end_epoch(self, val: torch.Tensor) -> None:
+    def end_epoch(self, val: dict[str, list[float]]) -> None:
         """After an epoch: log, checkpoint (best and last), LR schedule and early stopping per member."""
         for k, m in enumerate(self.members):
             if m.stopped:
                 continue
             m.epoch += 1
-            value = float(val[k])
+            value = float(val[m.cfg.callbacks.monitor][k])
             if m.logger is not None:
-                m.logger.log_metrics(
-                    {"val/loss": value, "lr-AdamW": float(self.optim.lr[k]), "epoch": m.epoch - 1},
-                    step=m.step,
-                )
+                scalars = {name: float(v[k]) for name, v in val.items()}
+                scalars.update({"lr-AdamW": float(self.optim.lr[k]), "epoch": m.epoch - 1})
+                m.logger.log_metrics(scalars, step=m.step)
             ckpt = self._member_checkpoint(k) if m.run_dir is not None else None
-            if value < m.best:  # strictly better, as ModelCheckpoint / EarlyStopping compare
+            if m.best is None:
+                better = math.isfinite(value)
+            else:  # strictly better, as ModelCheckpoint and EarlyStopping compare
+                better = value < m.best if m.cfg.callbacks.mode == "min" else value > m.best
+            if better:
                 m.best, m.wait = value, 0
                 if ckpt is not None:
                     best = m.run_dir / CHECKPOINT_DIR / f"best-epoch={m.epoch - 1}.ckpt"
@@ -335,7 +349,7 @@ class Population:
                 save_checkpoint(m.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, ckpt)
             hp = m.module.hparams
             if m.plateau is not None:
-                self.optim.lr[k] = m.plateau.update(value, float(self.optim.lr[k]))
+                self.optim.lr[k] = m.plateau.update(float(val["val/loss"][k]), float(self.optim.lr[k]))
             elif hp.lr_schedule == "cosine":
                 self.optim.lr[k] = cosine_lr(
                     float(self.lr0[k]), float(hp.lr_min), m.epoch, int(m.cfg.trainer.max_epochs)
@@ -345,20 +359,25 @@ class Population:
                 m.stopped = True
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, log_every: int = 5) -> None:
+    def run_epoch(self, log_every: int = 5) -> dict[str, list[float]]:
+        """One epoch of every active member, its validation and `end_epoch`; returns the validation."""
+        start = time.perf_counter()
+        iters = [iter(m.batches) for m in self.members]  # each member's own order this epoch
+        for batches in zip(*iters, strict=True):
+            loss = self.training_step(batches)
+            for k, m in enumerate(self.members):
+                if m.logger is not None and not m.stopped and m.step % log_every == 0:
+                    m.logger.log_metrics({"train/loss": float(loss[k])}, step=m.step - 1)
+        val = self.validate()
+        self.train_time += time.perf_counter() - start
+        self.end_epoch(val)
+        return val
+
+    def fit(self) -> None:
         """Train until every member stopped (max_epochs or early stopping); the population state is
         saved after every epoch (`population.pt`), so a killed population resumes every member."""
         while not all(m.stopped for m in self.members):
-            start = time.perf_counter()
-            iters = [iter(m.batches) for m in self.members]  # each member's own order this epoch
-            for batches in zip(*iters, strict=True):
-                loss = self.training_step(batches)
-                for k, m in enumerate(self.members):
-                    if m.logger is not None and not m.stopped and m.step % log_every == 0:
-                        m.logger.log_metrics({"train/loss": float(loss[k])}, step=m.step - 1)
-            val = self.validate()
-            self.train_time += time.perf_counter() - start
-            self.end_epoch(val)
+            self.run_epoch()
             if self.dir is not None:
                 self.save_state()
 
