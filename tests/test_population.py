@@ -194,3 +194,25 @@ def test_fused_member_unroll_matches_the_plain_reference(co_dim):
     torch.testing.assert_close(results["fused"][0], results["plain"][0], rtol=1e-5, atol=1e-5)
     for a, b in zip(results["fused"][1], results["plain"][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_tune_population_refills_slots_until_the_budget_is_spent(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from neuralnets.runs import read_run, read_status
+    from neuralnets.training.tune import open_storage, study_name, tune
+
+    overrides = [*BASE, "tune.max_epochs=2", "tune.min_epochs=1", f"tune.dir={tmp_path / 'study'}"]
+    cfg = compose([*overrides, "tune.n_trials=3", "tune.population=2"], config_name="tune")
+    rows = tune(cfg)
+    assert len(rows) == 3  # 2 slots, one refilled as a member finishes or is pruned
+    study = optuna.load_study(study_name=study_name(cfg), storage=open_storage(cfg))
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert [t.number for t in trials] == [0, 1, 2]
+    for t in trials:
+        run_dir = tmp_path / "study" / t.user_attrs["run_dir"]
+        assert t.state.is_finished() and t.user_attrs["status"] in ("complete", "pruned"), t.user_attrs
+        assert read_status(run_dir)["status"] == "finished"
+        assert t.intermediate_values  # val co-bps reported every epoch
+        run = read_run(run_dir)
+        assert max(t.intermediate_values.values()) == pytest.approx(run["monitor"]["val/co_bps"])
+        assert f"lr: {t.params['module.lr']}" in (run_dir / "config.yaml").read_text()

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from neuralnets.runs import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     atomic_path,
+    claim_run_dir,
     create_run_dir,
     write_config,
     write_status,
@@ -283,24 +285,55 @@ class Population:
         return {"val/loss": (total / max(count, 1)).tolist(), "val/co_bps": cobps}
 
     # ------------------------------------------------------------------ run directories
-    def open_runs(self, parent: str | Path | None = None) -> Path:
+    def open_runs(self, parent: str | Path | None = None, run_dirs: Sequence[Path] | None = None) -> Path:
         """Create the population directory (`<out_dir>/population/<time>_K<k>`, unique) and one ordinary
-        run directory per member inside it (`member_<k>`), each with its config, status and logger."""
+        run directory per member: `member_<k>` inside it, or the given `run_dirs` (claimed: refused if
+        one holds a run), each with its config, status and logger."""
         from neuralnets.training.run import _timestamp
 
         cfg0 = self.members[0].cfg
         parent = Path(parent) if parent is not None else Path(cfg0.out_dir) / "population"
         self.dir = create_run_dir(parent, f"{_timestamp()}_K{self.K}")  # exclusive mkdir: never shared
         (self.dir / "status.json").unlink(missing_ok=True)  # the population itself is not a run
-        for k, m in enumerate(self.members):
-            m.run_dir = create_run_dir(self.dir, f"member_{k:03d}")
-            write_config(m.run_dir, m.cfg)
-            write_status(m.run_dir, "running", error=None, population=str(self.dir), member=k)
-            m.logger = build.build_logger(m.cfg, m.run_dir)
-        record = {"members": [str(m.run_dir.relative_to(self.dir)) for m in self.members], "K": self.K}
+        for k in range(self.K):
+            self._open_member(k, None if run_dirs is None else run_dirs[k])
+        self._write_record()
+        return self.dir
+
+    def _open_member(self, k: int, run_dir: Path | None) -> None:
+        m = self.members[k]
+        m.run_dir = create_run_dir(self.dir, f"member_{k:03d}") if run_dir is None else claim_run_dir(run_dir)
+        write_config(m.run_dir, m.cfg)
+        write_status(m.run_dir, "running", error=None, population=str(self.dir), member=k)
+        m.logger = build.build_logger(m.cfg, m.run_dir)
+
+    def _write_record(self) -> None:
+        record = {"members": [os.path.relpath(m.run_dir, self.dir) for m in self.members], "K": self.K}
         with atomic_path(self.dir / POPULATION_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
-        return self.dir
+
+    def replace_member(self, k: int, cfg: DictConfig, run_dir: Path | None = None) -> None:
+        """Put a new member (built from `cfg` as its solo run would start) into slot k, whose member has
+        finished: its weights, optimiser state, schedule and settings replace the old ones."""
+        _check_members([self.members[0].cfg, cfg])
+        new = build_member(cfg)
+        self.members[k] = new
+        self.model.load_member(k, {n: p.detach() for n, p in new.module.model.named_parameters()})
+        self.model.dropout_p[k] = float(new.module.model.dropout.p)
+        for name, ramps in self.model.aux_ramps.items():
+            ramps[k] = new.module.model.aux_weights[name]
+        hp = new.module.hparams
+        opt = self.optim
+        with torch.no_grad():
+            for m_, v_ in zip(opt.exp_avg, opt.exp_avg_sq, strict=True):
+                m_[k].zero_()
+                v_[k].zero_()
+        opt.steps[k], opt.lr[k], self.lr0[k] = 0, float(hp.lr), float(hp.lr)
+        opt.eps[k], opt.weight_decay[k] = float(hp.adam_eps), float(hp.weight_decay)
+        self.cd[k] = float(hp.coordinated_dropout)
+        if self.dir is not None:
+            self._open_member(k, run_dir)
+            self._write_record()
 
     def _member_checkpoint(self, k: int) -> dict[str, Any]:
         """Member k as a solo checkpoint (the TrainingModule's hparams and state dict)."""
@@ -415,21 +448,25 @@ class Population:
                 setattr(m, key, value)
 
     def finish(self) -> list[dict[str, Any]]:
-        """Score every member through the one lifecycle's `finish_run` (best checkpoint, predictions,
-        metrics.json, hparams row) and mark it finished; returns their records."""
+        """Score every member (`finish_member`); returns their records."""
+        return [self.finish_member(k) for k in range(self.K)]
+
+    def finish_member(self, k: int, **status: Any) -> dict[str, Any]:
+        """Score member k through the one lifecycle's `finish_run` (best checkpoint, predictions,
+        metrics.json, hparams row) and mark it finished (with `status` fields, e.g. pruned=True)."""
         from neuralnets.training.run import finish_run
 
-        records = []
-        for m in self.members:
-            best = Path(m.best_path) if m.best_path else None
-            record = finish_run(
-                m.cfg, m.run_dir, m.dm.data, m.module, best=best, monitor=m.best, logger=m.logger,
-                train_time=self.train_time / self.K, step=m.step, epochs=m.epoch,
-            )  # fmt: skip
-            write_status(m.run_dir, "finished", error=None, epochs=m.epoch, skipped_steps=m.skipped,
-                         train_time_s=record["train_time_s"])  # fmt: skip
-            records.append(record)
-        return records
+        m = self.members[k]
+        m.stopped = True
+        if m.step == 0 or m.best_path is None:
+            raise ConfigError(f"{m.run_dir}: member {k} took no step or never had a finite validation value")
+        record = finish_run(
+            m.cfg, m.run_dir, m.dm.data, m.module, best=Path(m.best_path), monitor=m.best, logger=m.logger,
+            train_time=self.train_time / self.K, step=m.step, epochs=m.epoch,
+        )  # fmt: skip
+        write_status(m.run_dir, "finished", error=None, epochs=m.epoch, skipped_steps=m.skipped,
+                     train_time_s=record["train_time_s"], **status)  # fmt: skip
+        return record
 
 
 def train_population(cfgs: Sequence[DictConfig], parent: str | Path | None = None) -> list[dict[str, Any]]:

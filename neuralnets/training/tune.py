@@ -64,6 +64,7 @@ WORKER_KEYS = (
     "tune.join",
     "tune.timeout_s",
     "tune.max_failures_in_row",
+    "tune.population",
     "threads",
 )
 RESOLVER = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${oc.env:...}, ${now:...}: plain ${key} references only
@@ -326,7 +327,11 @@ def _cores() -> int:
 
 def run_worker(cfg: DictConfig, index: int = 0) -> None:
     """One worker: take members from the study until it holds `tune.n_trials` (or `tune.timeout_s`
-    passes), training each in this process."""
+    passes), training each in this process (`tune.population=K`: K at a time, as one population)."""
+    if int(cfg.tune.get("population") or 0) > 0:
+        from neuralnets.training.tune_population import run_population_worker
+
+        return run_population_worker(cfg, index)
     optuna = _optuna()
     t = cfg.tune
     tune_dir = Path(t.dir)
@@ -464,6 +469,11 @@ def check_settings(t: DictConfig) -> None:
         raise ConfigError(f"tune.worker={t.worker!r}: expected a whole number >= 0")
     if t.get("timeout_s") is not None and not t.timeout_s > 0:
         raise ConfigError(f"tune.timeout_s={t.timeout_s!r}: expected seconds > 0 or null")
+    population = t.get("population", 0)
+    if not isinstance(population, int) or isinstance(population, bool) or population < 0:
+        raise ConfigError(
+            f"tune.population={population!r}: expected a whole number >= 0 (0: one member at a time)"
+        )
 
 
 def tune(cfg: DictConfig) -> list[dict[str, Any]]:
