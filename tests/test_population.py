@@ -216,3 +216,31 @@ def test_tune_population_refills_slots_until_the_budget_is_spent(tmp_path):
         run = read_run(run_dir)
         assert max(t.intermediate_values.values()) == pytest.approx(run["monitor"]["val/co_bps"])
         assert f"lr: {t.params['module.lr']}" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_population_on_cuda_matches_cpu():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfgs = member_cfgs(1)
+    losses = {}
+    for device in ("cpu", "cuda"):
+        pop = Population(cfgs, device=device)
+        batches = [next(iter(m.batches)) for m in pop.members]
+        losses[device] = torch.stack([pop.training_step(batches) for _ in range(3)])
+    torch.testing.assert_close(losses["cuda"], losses["cpu"], rtol=1e-4, atol=1e-4)
+
+
+def test_population_command_refuses_members_of_different_architecture(capsys):
+    from neuralnets.training.population_cli import main, member_overrides
+
+    assert member_overrides(["a=1"], ["b=2", "b=3"], 2) == [
+        ["a=1", "b=2", "seed=0"],
+        ["a=1", "b=2", "seed=1"],
+        ["a=1", "b=3", "seed=0"],
+        ["a=1", "b=3", "seed=1"],
+    ]
+    code = main([*BASE, "--member", "model.gen_dim=20", "--member", "model.gen_dim=24"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.gen_dim" in err[0]

@@ -18,8 +18,8 @@ from torch import Tensor
 
 
 def _lead(x: Tensor, like: Tensor) -> Tensor:
-    """(K,) -> (K, 1, ..., 1) broadcastable against `like (K, ...)`."""
-    return x.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+    """(K,) -> (K, 1, ..., 1) broadcastable against `like (K, ...)`, on its device and in its dtype."""
+    return x.view(-1, *([1] * (like.ndim - 1))).to(device=like.device, dtype=like.dtype)
 
 
 class MemberAdamW:
@@ -40,7 +40,9 @@ class MemberAdamW:
 
     @torch.no_grad()
     def step(self, active: Tensor) -> None:
-        """One update of the members where `active (K,) bool`; the gradients are the params' `.grad`."""
+        """One update of the members where `active (K,) bool`; the gradients are the params' `.grad`.
+        The per-member settings live on the CPU (K numbers); the update runs on the params' device."""
+        active = active.cpu()
         if not bool(active.any()):
             return
         steps = self.steps + active.double()
