@@ -70,7 +70,7 @@ def solo(cfg, tmp_path, name):
 def test_initial_weights_equal_the_solo_models():
     cfgs = member_cfgs(1)
     pop = Population(cfgs)
-    from neuralnets.training.population import build_member
+    from neuralnets.training.population_members import build_member
 
     for k, cfg in enumerate(cfgs):
         alone = build_member(cfg).module.model  # the seed, data and module of `run_training`

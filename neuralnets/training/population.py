@@ -35,11 +35,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.checkpoints import save_checkpoint
-from neuralnets.data.datamodule import TrialBatches
 from neuralnets.errors import ConfigError
 from neuralnets.eval.metrics import co_bps
-from neuralnets.models.lfads import LFADS
-from neuralnets.models.lfads_population import MEMBER_OPTIONS, PopulationLFADS, draw_member_noise, stack_noise
+from neuralnets.models.lfads_population import PopulationLFADS, draw_member_noise, stack_noise
 from neuralnets.runs import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -50,8 +48,7 @@ from neuralnets.runs import (
     write_status,
 )
 from neuralnets.training import build
-from neuralnets.training.build import build_datamodule, build_module
-from neuralnets.training.module import TrainingModule
+from neuralnets.training.population_members import build_member, check_members
 from neuralnets.training.population_optim import (
     MemberAdamW,
     Plateau,
@@ -64,97 +61,6 @@ log = logging.getLogger(__name__)
 
 POPULATION_FILE = "population.json"
 STATE_FILE = "population.pt"
-# module options each member may set for itself; the others must agree (e.g. the likelihood)
-MEMBER_MODULE_OPTIONS = frozenset(
-    {"lr", "lr_min", "lr_patience", "lr_factor", "weight_decay", "adam_eps", "coordinated_dropout"}
-)
-
-
-@dataclasses.dataclass
-class Member:
-    """One member: its config, its solo module (the template and hparams), data, RNG and schedule."""
-
-    cfg: DictConfig
-    module: TrainingModule
-    batches: TrialBatches  # its own training batches (batch order from its seed)
-    rng: torch.Tensor  # its CPU RNG state between steps
-    plateau: Plateau | None
-    run_dir: Path | None = None
-    logger: Any = None
-    step: int = 0
-    epoch: int = 0  # epochs completed
-    best: float | None = None  # best value of the checkpoint monitor (callbacks.monitor)
-    best_path: str | None = None
-    wait: int = 0  # epochs without improvement (early stopping)
-    stopped: bool = False
-    skipped: int = 0
-
-
-def _check_members(cfgs: Sequence[DictConfig]) -> None:
-    """Members must share architecture, data and batch size: one line naming the first difference."""
-    first = cfgs[0]
-    for i, cfg in enumerate(cfgs):
-        if cfg.model.name != "lfads":
-            raise ConfigError(f"population member {i}: model={cfg.model.name}; populations train LFADS only")
-        for key in set(first.model) | set(cfg.model):
-            if key not in MEMBER_OPTIONS and first.model.get(key) != cfg.model.get(key):
-                raise ConfigError(
-                    f"population member {i}: model.{key}={cfg.model.get(key)!r} differs from member 0's "
-                    f"{first.model.get(key)!r}; members may differ only in {sorted(MEMBER_OPTIONS)}"
-                )
-        for key in set(first.module) | set(cfg.module):
-            if key not in MEMBER_MODULE_OPTIONS and first.module.get(key) != cfg.module.get(key):
-                raise ConfigError(
-                    f"population member {i}: module.{key}={cfg.module.get(key)!r} differs from member 0's "
-                    f"{first.module.get(key)!r}; members may differ in {sorted(MEMBER_MODULE_OPTIONS)}"
-                )
-        for key in ("data", "logger"):
-            if OmegaConf.to_container(cfg[key]) != OmegaConf.to_container(first[key]):
-                raise ConfigError(
-                    f"population member {i}: {key} differs from member 0's (one data set per population)"
-                )
-        hp = cfg.module
-        if hp.get("sample_validation") or hp.get("augment_shift") or hp.get("augment_jitter"):
-            raise ConfigError(
-                f"population member {i}: sample validation and spike augmentation are not batched yet"
-            )
-        if hp.get("likelihood", "poisson") != "poisson":
-            raise ConfigError(
-                f"population member {i}: module.likelihood={hp.likelihood}; populations use poisson"
-            )
-        if (cfg.callbacks.monitor, cfg.callbacks.mode) not in (("val/loss", "min"), ("val/co_bps", "max")):
-            raise ConfigError(
-                f"population member {i}: callbacks.monitor={cfg.callbacks.monitor}; "
-                "populations monitor val/loss (min) or val/co_bps (max)"
-            )
-        if cfg.get("resume") or cfg.get("finetune_from") or cfg.get("refit"):
-            raise ConfigError(f"population member {i}: resume/finetune_from/refit are single-run options")
-        if str(cfg.trainer.get("precision", "32-true")) not in ("32-true", "32", "auto"):
-            raise ConfigError(
-                f"population member {i}: trainer.precision={cfg.trainer.precision}; populations run fp32"
-            )
-
-
-def build_member(cfg: DictConfig) -> Member:
-    """Member state exactly as `run_training` builds it: seed, data module, module (initial weights),
-    then the RNG state its first training step starts from."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm.data.spec, init_data=dm.data)
-    if not isinstance(module.model, LFADS):
-        raise ConfigError(f"population: {module.model_name} is not LFADS")
-    dm.setup("fit")
-    hp = module.hparams
-    plateau = (
-        Plateau(int(hp.lr_patience), float(hp.lr_factor), float(hp.lr_min))
-        if hp.lr_schedule == "plateau"
-        else None
-    )
-    member = Member(cfg, module, dm.train_dataloader(), torch.get_rng_state(), plateau)
-    member.dm = dm  # type: ignore[attr-defined]  # the validation batches and the data for scoring
-    return member
 
 
 class Population:
@@ -163,7 +69,7 @@ class Population:
     def __init__(self, cfgs: Sequence[DictConfig], device: str | torch.device = "cpu"):
         if not cfgs:
             raise ConfigError("population: no members")
-        _check_members(cfgs)
+        check_members(cfgs)
         self.members = [build_member(cfg) for cfg in cfgs]
         self.device = torch.device(device)
         self.model = PopulationLFADS([m.module.model for m in self.members]).to(self.device)
@@ -315,7 +221,7 @@ class Population:
     def replace_member(self, k: int, cfg: DictConfig, run_dir: Path | None = None) -> None:
         """Put a new member (built from `cfg` as its solo run would start) into slot k, whose member has
         finished: its weights, optimiser state, schedule and settings replace the old ones."""
-        _check_members([self.members[0].cfg, cfg])
+        check_members([self.members[0].cfg, cfg])
         new = build_member(cfg)
         self.members[k] = new
         self.model.load_member(k, {n: p.detach() for n, p in new.module.model.named_parameters()})
