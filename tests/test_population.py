@@ -185,7 +185,7 @@ def test_fused_member_unroll_matches_the_plain_reference(co_dim):
         for m in pop.members:
             torch.set_rng_state(m.rng)
             drawn.append(draw_member_noise(m.module.model, 8, float(m.module.hparams.coordinated_dropout)))
-        loss, _ = pop.loss(
+        loss, _, _ = pop.loss(
             batches, stack_noise([n for _, n in drawn], pop.device), [c for c, _ in drawn], True
         )
         loss.sum().backward()
@@ -244,3 +244,24 @@ def test_population_command_refuses_members_of_different_architecture(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.gen_dim" in err[0]
+
+
+def test_pbt_population_mode_copies_member_slices_and_finishes_every_member(tmp_path):
+    from neuralnets.training.pbt_population import HISTORY_FILE, copy_member, run_population_pbt
+
+    cfg = compose([*BASE, "trainer.max_epochs=2", "pbt.num_samples=4", "pbt.perturbation_interval=1",
+                   "pbt.population=true", "pbt.quantile_fraction=0.25"], config_name="pbt")  # fmt: skip
+    records = run_population_pbt(cfg, tmp_path / "pbt")
+    assert len(records) == 4 and all(r["metrics"]["co_bps"] is not None for r in records)
+    (pop_dir,) = (tmp_path / "pbt").iterdir()
+    history = json.loads((pop_dir / HISTORY_FILE).read_text())
+    assert (
+        len(history) == 1 and history[0]["member"] != history[0]["copied"]
+    )  # one generation, 1 of 4 exploited
+    # the copy itself: weights and optimiser moments of the destination slice equal the source's
+    pop = Population(member_cfgs(1, MEMBERS[:2]))
+    batches = [next(iter(m.batches)) for m in pop.members]
+    pop.training_step(batches)
+    copy_member(pop, 0, 1)
+    for p, m in zip(pop.params, pop.optim.exp_avg, strict=True):
+        assert torch.equal(p[1], p[0]) and torch.equal(m[1], m[0])

@@ -107,7 +107,7 @@ class Population:
             noises.append(noise)
             cds.append(cd)
         self.model.train()
-        loss, _ = self.loss(batches, stack_noise(noises, self.device), cds, train=True)  # (K,)
+        loss, _, _ = self.loss(batches, stack_noise(noises, self.device), cds, train=True)  # (K,)
         for p in self.params:
             p.grad = None
         active = self.active()
@@ -133,9 +133,9 @@ class Population:
             if active[k]:
                 m.step += 1  # the solo trainer's global_step counts skipped steps too
 
-    def loss(self, batches, noise, cd_uniforms, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, batches, noise, cd_uniforms, train: bool) -> tuple[torch.Tensor, ...]:
         """Each member's loss (K,) as `TrainingModule._loss` computes it (recon in nats per trial plus
-        the ramped auxiliary losses; validation: full weights), and the rates (K, B, T, N)."""
+        the ramped auxiliary losses; validation: full weights), the rates (K, B, T, N) and recon (K,)."""
         spikes = torch.stack([b["spikes"] for b in batches]).to(self.device)  # (K, B, T, N)
         K, B, T, N = spikes.shape
         heldin = spikes[:, :, : self.model.spec.n_obs_bins, : self.model.spec.n_heldin]  # (K, B, T_obs, N_in)
@@ -164,21 +164,27 @@ class Population:
         loss = recon
         for name, value in aux.items():
             loss = loss + weights[name].to(self.device) * value
-        return loss, rates
+        return loss, rates, recon
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, list[float]]:
         """Each member's `val/loss` (the mean over validation batches weighted by their size, as Lightning
-        averages it) and `val/co_bps` (the harness's co-smoothing bits/spike on the validation trials)."""
+        averages it), `val/recon` (its reconstruction part) and `val/co_bps` (the harness's co-smoothing
+        bits/spike on the validation trials)."""
         self.model.eval()
         dm = self.members[0].dm
-        total, count = torch.zeros(self.K, dtype=torch.float64), 0
+        total, recon_total, count = (
+            torch.zeros(self.K, dtype=torch.float64),
+            torch.zeros(self.K, dtype=torch.float64),
+            0,
+        )
         rates, spikes, observed = [], [], []
         for batch in dm.val_dataloader():
             B = batch["spikes"].shape[0]
-            loss, r = self.loss([batch] * self.K, {"g0_eps": None}, [None] * self.K, train=False)
+            loss, r, recon = self.loss([batch] * self.K, {"g0_eps": None}, [None] * self.K, train=False)
             total += loss.double().cpu() * B
+            recon_total += recon.double().cpu() * B
             count += B
             rates.append(r.cpu())  # (K, B, T, N)
             spikes.append(batch["spikes"].cpu())
@@ -188,7 +194,12 @@ class Population:
         obs = None if observed[0] is None else torch.cat(observed).cpu()
         lam = torch.cat(rates, dim=1)  # (K, n_val, T, N)
         cobps = [co_bps(lam[k], y, spec.n_heldin, spec.n_fwd_bins, obs) for k in range(self.K)]
-        return {"val/loss": (total / max(count, 1)).tolist(), "val/co_bps": cobps}
+        n = max(count, 1)
+        return {
+            "val/loss": (total / n).tolist(),
+            "val/recon": (recon_total / n).tolist(),
+            "val/co_bps": cobps,
+        }
 
     # ------------------------------------------------------------------ run directories
     def open_runs(self, parent: str | Path | None = None, run_dirs: Sequence[Path] | None = None) -> Path:
