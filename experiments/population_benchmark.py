@@ -42,13 +42,13 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def child_population(k: int, steps: int) -> dict:
+def child_population(k: int, steps: int, threads: int = 1) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from neuralnets.training.population import Population
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)  # >1: threads across the members' batched calls
     pop = Population(_cfgs(k))
     batches = [next(iter(m.batches)) for m in pop.members]
     pop.training_step(batches)  # warm-up
@@ -68,7 +68,8 @@ def child_population(k: int, steps: int) -> dict:
     for _ in range(n):
         torch.baddbmm(b, h, w, out=out)
     mm_gflops = 2 * k * BATCH * 64 * 192 * n / (time.perf_counter() - t) / 1e9
-    return dict(k=k, steps=steps, wall=wall, cpu=cpu, flops=flops, mm_gflops=mm_gflops, peak_mib=_peak_mib())
+    res = dict(k=k, steps=steps, wall=wall, cpu=cpu, flops=flops, mm_gflops=mm_gflops, peak_mib=_peak_mib())
+    return {**res, "threads": threads}
 
 
 def child_solo(steps: int, seed: int) -> dict:
@@ -103,8 +104,8 @@ def child_solo(steps: int, seed: int) -> dict:
     )
 
 
-def _run(args: list[str], wait: bool = True):
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
+def _run(args: list[str], wait: bool = True, threads: int = 1):
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, env=env, text=True)
     return _result(proc) if wait else proc
 
@@ -148,14 +149,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         kind, *rest = args.child
-        res = (
-            child_population(int(rest[0]), int(rest[1]))
-            if kind == "pop"
-            else child_solo(int(rest[0]), int(rest[1]))
-        )
+        if kind == "pop":
+            res = child_population(int(rest[0]), int(rest[1]), int(rest[2]))
+        else:
+            res = child_solo(int(rest[0]), int(rest[1]))
         print(json.dumps(res))
         return
-    ks, steps = ((1, 8), 3) if args.quick else ((1, 8, 32, 64), 8)
+    # (K, threads of the population process): one thread each, then threads across members at 2
+    quick, full = [(1, 1), (8, 1), (8, 2)], [(1, 1), (8, 1), (32, 1), (64, 1), (32, 2), (64, 2)]
+    runs, steps = (quick, 3) if args.quick else (full, 8)
     lines = [
         "# Population throughput (tuned MC_Maze_Small recipe, batch 8, one thread per process)",
         "",
@@ -164,19 +166,20 @@ def main() -> None:
         f"{steps} timed steps after one warm-up, every measurement a fresh process, baseline and population "
         "interleaved.",
         "",
-        "| K | 2 workers: member-trials/s | population: member-trials/s | ratio | CPU ms per member-step "
-        "(solo / population) | peak MiB (solo / population) | GFLOP/s of the step | baddbmm GFLOP/s | "
+        "| K | threads | 2 workers: member-trials/s | population: member-trials/s | ratio | "
+        "CPU ms per member-step (solo / population) | peak MiB (solo / population) | GFLOP/s of the step | "
+        "baddbmm GFLOP/s | "
         "utilisation |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
-    for k in ks:
+    for k, threads in runs:
         base = baseline(steps)
-        pop = _run(["--child", "pop", str(k), str(steps)])
+        pop = _run(["--child", "pop", str(k), str(steps), str(threads)], threads=threads)
         rate = k * BATCH * steps / pop["wall"]
         gflops = pop["flops"] / (pop["wall"] / steps) / 1e9
         row = (
-            f"| {k} | {base['rate']:.1f} | {rate:.1f} | {rate / base['rate']:.2f}x | "
+            f"| {k} | {threads} | {base['rate']:.1f} | {rate:.1f} | {rate / base['rate']:.2f}x | "
             f"{1e3 * base['cpu_step']:.0f} / {1e3 * pop['cpu'] / (steps * k):.0f} | "
             f"{base['peak_mib']:.0f} / {pop['peak_mib']:.0f} | {gflops:.2f} | {pop['mm_gflops']:.1f} | "
             f"{gflops / pop['mm_gflops']:.0%} |"
