@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,12 @@ def test_pbt_population_mode_copies_member_slices_and_finishes_every_member(tmp_
     copy_member(pop, 0, 1)
     for p, m in zip(pop.params, pop.optim.exp_avg, strict=True):
         assert torch.equal(p[1], p[0]) and torch.equal(m[1], m[0])
+
+
+def test_a_diverging_member_is_recorded_and_the_others_finish(tmp_path):
+    cfgs = member_cfgs(2, [MEMBERS[0], ["seed=1", "module.lr=1e6", "module.divergence_min_steps=1"]])
+    records = train_population(cfgs, tmp_path / "pop")
+    assert records[1]["status"] == "diverged"
+    status = json.loads((Path(records[1]["run_dir"]) / "status.json").read_text())
+    assert status["status"] == "diverged" and "non-finite" in status["error"]
+    assert np.isfinite(records[0]["metrics"]["co_bps"])

@@ -274,6 +274,13 @@ class Population:
             if m.stopped:
                 continue
             m.epoch += 1
+            hp = m.module.hparams
+            if m.step >= int(hp.divergence_min_steps) and m.skipped > float(hp.max_skipped_fraction) * m.step:
+                m.stopped = m.diverged = True  # as the solo run's DivergenceError: recorded, not scored
+                error = f"training diverged: {m.skipped} of {m.step} steps had a non-finite loss or gradient"
+                if m.run_dir is not None:
+                    write_status(m.run_dir, "diverged", error=error, skipped_steps=m.skipped)
+                continue
             value = float(val[m.cfg.callbacks.monitor][k])
             if m.logger is not None:
                 scalars = {name: float(v[k]) for name, v in val.items()}
@@ -297,7 +304,6 @@ class Population:
                 m.wait += 1
             if ckpt is not None:
                 save_checkpoint(m.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, ckpt)
-            hp = m.module.hparams
             if m.plateau is not None:
                 self.optim.lr[k] = m.plateau.update(float(val["val/loss"][k]), float(self.optim.lr[k]))
             elif hp.lr_schedule == "cosine":
@@ -375,6 +381,8 @@ class Population:
 
         m = self.members[k]
         m.stopped = True
+        if m.diverged:
+            return {"run_dir": str(m.run_dir), "status": "diverged", "metrics": {}, "val_metrics": {}}
         if m.step == 0 or m.best_path is None:
             raise ConfigError(f"{m.run_dir}: member {k} took no step or never had a finite validation value")
         record = finish_run(

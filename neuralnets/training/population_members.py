@@ -22,7 +22,17 @@ from neuralnets.training.population_optim import Plateau
 
 # module options each member may set for itself; the others must agree (e.g. the likelihood)
 MEMBER_MODULE_OPTIONS = frozenset(
-    {"lr", "lr_min", "lr_patience", "lr_factor", "weight_decay", "adam_eps", "coordinated_dropout"}
+    {
+        "lr",
+        "lr_min",
+        "lr_patience",
+        "lr_factor",
+        "weight_decay",
+        "adam_eps",
+        "coordinated_dropout",
+        "max_skipped_fraction",
+        "divergence_min_steps",
+    }
 )
 
 
@@ -44,6 +54,7 @@ class Member:
     wait: int = 0  # epochs without improvement (early stopping)
     stopped: bool = False
     skipped: int = 0
+    diverged: bool = False  # too many non-finite steps (module.max_skipped_fraction): stopped, not scored
 
 
 def check_members(cfgs: Sequence[DictConfig]) -> None:

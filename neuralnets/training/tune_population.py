@@ -132,11 +132,10 @@ def run_population_worker(cfg: DictConfig, index: int = 0) -> None:
 def _finish_slot(pop: Population, k: int, slot: _Slot, study: Any, pruned: bool) -> None:
     """Score the member of slot k and tell the study how it ended."""
     m = pop.members[k]
-    if m.skipped > float(m.module.hparams.max_skipped_fraction) * max(m.step, 1):
-        m.stopped = True
-        error = f"diverged: {m.skipped} of {m.step} steps had a non-finite loss or gradient"
-        tuning.write_status(m.run_dir, "diverged", error=error)
-        _tell(study, slot, "diverged", None, error)
+    if m.diverged:  # status.json already says so (Population.end_epoch)
+        _tell(
+            study, slot, "diverged", None, f"{m.skipped} of {m.step} steps had a non-finite loss or gradient"
+        )
         return
     try:
         pop.finish_member(k, **({"pruned": True} if pruned else {}))
