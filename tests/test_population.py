@@ -275,3 +275,40 @@ def test_a_diverging_member_is_recorded_and_the_others_finish(tmp_path):
     status = json.loads((Path(records[1]["run_dir"]) / "status.json").read_text())
     assert status["status"] == "diverged" and "non-finite" in status["error"]
     assert np.isfinite(records[0]["metrics"]["co_bps"])
+
+
+RNN_SIZES = ["model=rnn", "model.enc_dim=8", "model.latent_dim=4", "model.dec_dim=8", "model.fac_dim=4"]
+RNN = [*TINY_DATA, *RNN_SIZES, "model.variational=true", "model.kl_ramp_steps=10", "data.batch_size=4",
+       "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+       "callbacks.eval_every_n_epochs=100", "callbacks.early_stopping_patience=0", "threads=1"]  # fmt: skip
+RNN_MEMBERS = [
+    ["seed=0", "module.lr=0.01", "model.dropout=0.1"],
+    [
+        "seed=3",
+        "module.lr=0.003",
+        "model.dropout=0.0",
+        "model.kl_scale=0.3",
+        "module.coordinated_dropout=0.2",
+    ],
+]
+
+
+def test_rnn_members_match_solo_runs_over_20_steps(tmp_path):
+    cfgs = [compose([*RNN, *m]) for m in RNN_MEMBERS]  # 24 training trials, batch 4: 6 steps per epoch
+    pop = Population(cfgs)
+    for k, cfg in enumerate(cfgs):  # the same initial weights
+        from neuralnets.training.population_members import build_member
+
+        theirs = dict(build_member(cfg).module.model.named_parameters())
+        for name, value in pop.model.member_state_dict(k).items():
+            assert torch.equal(value, theirs[name]), (k, name)
+    pop_losses = []
+    while len(pop_losses) < 20:
+        for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
+            pop_losses.append(pop.training_step(batches))
+        pop.end_epoch(pop.validate())
+    pop_losses = torch.stack(pop_losses[:20])  # (20, K)
+    for k, m in enumerate(RNN_MEMBERS):
+        losses, _ = solo(compose([*RNN, *m]), tmp_path, f"solo{k}")
+        ref = torch.tensor(losses[:20], dtype=torch.float64)
+        np.testing.assert_allclose(pop_losses[:, k].double(), ref, rtol=1e-5, err_msg=f"member {k}")

@@ -25,6 +25,7 @@ from torch.func import functional_call, vmap
 from neuralnets.models.base import positive_rates
 from neuralnets.models.lfads import LFADS
 from neuralnets.models.lfads_population_unroll import population_unroll, population_unroll_fused
+from neuralnets.models.population import PopulationModel, linear
 from neuralnets.nn.fast import stacked_gru
 
 # Model options that may differ between members; every other option is architecture and must agree.
@@ -47,12 +48,7 @@ MEMBER_OPTIONS = frozenset(
 )
 
 
-def _key(name: str) -> str:
-    """A state-dict name as a ParameterDict key ('.' is not allowed there)."""
-    return name.replace(".", "__")
-
-
-class PopulationLFADS(nn.Module):
+class PopulationLFADS(PopulationModel):
     """K LFADS members stacked: built from K solo models of one architecture (their weights copied).
 
     `forward(heldin (K, B, T_obs, N_in), noise)` -> `(rates (K, B, T, N), factors (K, B, T, F),
@@ -60,39 +56,14 @@ class PopulationLFADS(nn.Module):
     `member_state_dict(k)` gives member k's weights under the solo model's names.
     """
 
+    member_class = LFADS
+
     def __init__(self, members: Sequence[LFADS], recurrence: str = "fused"):
-        super().__init__()
+        super().__init__(members)
         if recurrence not in ("plain", "fused"):
             raise ValueError(f"PopulationLFADS: recurrence must be 'plain' or 'fused'; got {recurrence!r}")
         self.recurrence = recurrence  # 'plain': the per-step autograd reference (population_unroll)
-        if not members:
-            raise ValueError("PopulationLFADS: no members")
         first = members[0]
-        for m in members:
-            if not isinstance(m, LFADS):
-                raise TypeError(f"PopulationLFADS: members must be LFADS models; got {type(m).__name__}")
-            if m.spec != first.spec:
-                raise ValueError(f"PopulationLFADS: members see different data ({m.spec} vs {first.spec})")
-            if any(p.dtype != torch.float32 for p in m.parameters()):
-                raise ValueError("PopulationLFADS: members must be float32")
-        self.template = first  # the solo layout: sizes, spec, submodules whose math is reused
-        self.K = len(members)
-        self.spec = first.spec
-        names = [n for n, _ in first.named_parameters()]
-        for m in members[1:]:
-            shapes = {n: p.shape for n, p in m.named_parameters()}
-            if list(shapes) != names or any(shapes[n] != p.shape for n, p in first.named_parameters()):
-                raise ValueError("PopulationLFADS: members differ in architecture (parameter shapes)")
-        self.names = names
-        self.params = nn.ParameterDict(
-            {
-                _key(n): nn.Parameter(torch.stack([dict(m.named_parameters())[n].detach() for m in members]))
-                for n in names
-            }
-        )
-        # Per-member settings as (K,) tensors: dropout rates and the aux-loss ramps.
-        self.dropout_p = [float(m.dropout.p) for m in members]
-        self.aux_ramps = {k: [m.aux_weights[k] for m in members] for k in first.aux_weights}
         for m in members:
             for a in (m.generator, *([m.controller] if m.co_dim else [])):
                 if not a.reset_after or a.clip_value != first.generator.clip_value:
@@ -102,30 +73,10 @@ class PopulationLFADS(nn.Module):
                     "PopulationLFADS: ic/co_post_var_min are architecture: equal for all members"
                 )
 
-    def p(self, name: str) -> Tensor:
-        """The stacked parameter `(K, ...)` of the solo parameter `name`."""
-        return self.params[_key(name)]
-
-    def member_state_dict(self, k: int) -> dict[str, Tensor]:
-        """Member k's weights under the solo model's parameter names (copies, detached)."""
-        return {n: self.p(n)[k].detach().clone() for n in self.names}
-
-    @torch.no_grad()
-    def load_member(self, k: int, state: dict[str, Tensor]) -> None:
-        """Write a solo model's weights (`state`, its parameter names) into member slot k."""
-        for n in self.names:
-            self.p(n)[k].copy_(state[n])
-
-    def aux_weights(self, step: Sequence[int] | None) -> dict[str, Tensor]:
-        """{aux name: (K,) weight}: each member's ramp at its own step, or its full scale (step None)."""
-        out = {}
-        for name, ramps in self.aux_ramps.items():
-            w = [
-                r.scale if step is None else r(int(s))
-                for r, s in zip(ramps, step or [0] * self.K, strict=True)
-            ]
-            out[name] = torch.tensor(w, dtype=torch.float32)
-        return out
+    @staticmethod
+    def draw_noise(model: LFADS, B: int, coordinated_dropout: float):
+        """`draw_member_noise`: one training step's random numbers of one member."""
+        return draw_member_noise(model, B, coordinated_dropout)
 
     # ------------------------------------------------------------------ forward
     def forward(self, heldin: Tensor, noise: dict[str, Tensor | None]) -> tuple[Tensor, Tensor, dict]:
@@ -137,12 +88,12 @@ class PopulationLFADS(nn.Module):
         enc_names = ["ic_encoder"] + (["ci_encoder"] if t.co_dim > 0 else [])
         encoded = {name: self._encode_bidirectional(name, x) for name in enc_names}
         ic_final = _mul(encoded["ic_encoder"][1], noise.get("ic_mask"))  # (K, B, 2E)
-        ic_params = _linear(ic_final, self.p("ic_linear.weight"), self.p("ic_linear.bias"))  # (K, B, 2 ic)
+        ic_params = linear(ic_final, self.p("ic_linear.weight"), self.p("ic_linear.bias"))  # (K, B, 2 ic)
         ic_mean, ic_raw = ic_params.chunk(2, dim=-1)  # (K, B, ic_dim) each
         ic_logvar = torch.logaddexp(ic_raw, torch.full_like(ic_raw, t.log_ic_var_min))
         g0 = ic_mean + torch.exp(0.5 * ic_logvar) * noise["g0_eps"] if sample else ic_mean
         if t.ic_to_g0 is not None:
-            g0 = _linear(g0, self.p("ic_to_g0.weight"), self.p("ic_to_g0.bias"))  # (K, B, G)
+            g0 = linear(g0, self.p("ic_to_g0.weight"), self.p("ic_to_g0.bias"))  # (K, B, G)
         ci = None
         if t.co_dim > 0:
             ci = _mul(encoded["ci_encoder"][0], noise.get("ci_mask"))  # (K, B, T_obs, 2 CI)
@@ -151,7 +102,7 @@ class PopulationLFADS(nn.Module):
         unroll = population_unroll if self.recurrence == "plain" else population_unroll_fused
         factors, co_mean, co_logvar, co_u = unroll(self, g0, ci, noise.get("eps"), noise.get("gen_mask"))
         rates = positive_rates(
-            _linear(factors, self.p("readout.weight"), self.p("readout.bias"))
+            linear(factors, self.p("readout.weight"), self.p("readout.bias"))
         )  # (K, B, T, N)
         aux = {
             "kl_ic": self._vmap(t.ic_prior, "ic_prior", "kl", ic_mean, ic_logvar).mean(-1),  # (K,)
@@ -214,18 +165,6 @@ def _call(module: nn.Module, params: dict[str, Tensor], method: str, args: tuple
             return getattr(self.m, method)(*a)
 
     return functional_call(_Method(), {f"m.{k}": v for k, v in params.items()}, args, strict=True)
-
-
-def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """Per-member linear map: x (K, ..., I), w (K, O, I), b (K, O) -> (K, ..., O), one batched matmul."""
-    K, n_in = x.shape[0], x.shape[-1]
-    flat = x.reshape(K, -1, n_in)  # (K, M, I)
-    out = (
-        torch.bmm(flat, w.transpose(1, 2))
-        if b is None
-        else torch.baddbmm(b.unsqueeze(1), flat, w.transpose(1, 2))
-    )
-    return out.view(*x.shape[:-1], w.shape[1])
 
 
 def _mul(x: Tensor, mask: Tensor | None) -> Tensor:

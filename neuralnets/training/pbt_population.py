@@ -37,6 +37,7 @@ AUX_SCALES = {
     "kl_co_scale": "kl_co",
     "l2_gen_scale": "l2_gen",
     "l2_con_scale": "l2_con",
+    "kl_scale": "kl",  # RNNSeq2Seq (variational)
 }
 
 

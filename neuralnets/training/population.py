@@ -15,7 +15,8 @@ patience). Member k:
   analyze / load_pretrained work on it unchanged.
 The population's own directory holds `population.json` (its members) and `population.pt` (the
 stacked state, written atomically after every epoch): `resume_population(dir)` continues every member.
-LFADS only for now (`PopulationLFADS`); tests/test_population.py checks the equivalence with solo runs.
+LFADS (`PopulationLFADS`) and the GRU `RNNSeq2Seq` (`PopulationRNN`); tests/test_population.py checks the
+equivalence with solo runs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuralnets.checkpoints import save_checkpoint
 from neuralnets.errors import ConfigError
 from neuralnets.eval.metrics import co_bps
-from neuralnets.models.lfads_population import PopulationLFADS, draw_member_noise, stack_noise
+from neuralnets.models.lfads_population import stack_noise
 from neuralnets.runs import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -48,7 +49,7 @@ from neuralnets.runs import (
     write_status,
 )
 from neuralnets.training import build
-from neuralnets.training.population_members import build_member, check_members
+from neuralnets.training.population_members import POPULATION_MODELS, build_member, check_members
 from neuralnets.training.population_optim import (
     MemberAdamW,
     Plateau,
@@ -64,7 +65,7 @@ STATE_FILE = "population.pt"
 
 
 class Population:
-    """K members trained as one `PopulationLFADS`; see the module docstring."""
+    """K members trained as one batched model (`POPULATION_MODELS`); see the module docstring."""
 
     def __init__(self, cfgs: Sequence[DictConfig], device: str | torch.device = "cpu"):
         if not cfgs:
@@ -72,7 +73,8 @@ class Population:
         check_members(cfgs)
         self.members = [build_member(cfg) for cfg in cfgs]
         self.device = torch.device(device)
-        self.model = PopulationLFADS([m.module.model for m in self.members]).to(self.device)
+        population_class, _ = POPULATION_MODELS[cfgs[0].model.name]
+        self.model = population_class([m.module.model for m in self.members]).to(self.device)
         self.params = list(self.model.params.values())
         self.lr0 = torch.tensor([float(m.module.hparams.lr) for m in self.members], dtype=torch.float64)
         self.optim = MemberAdamW(
@@ -102,7 +104,7 @@ class Population:
         for m, batch in zip(self.members, batches, strict=True):
             torch.set_rng_state(m.rng)  # the member's own stream, as its solo run draws it
             B = batch["spikes"].shape[0]
-            cd, noise = draw_member_noise(m.module.model, B, float(m.module.hparams.coordinated_dropout))
+            cd, noise = self.model.draw_noise(m.module.model, B, float(m.module.hparams.coordinated_dropout))
             m.rng = torch.get_rng_state()
             noises.append(noise)
             cds.append(cd)

@@ -14,12 +14,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.data.datamodule import TrialBatches
 from neuralnets.errors import ConfigError
-from neuralnets.models.lfads import LFADS
-from neuralnets.models.lfads_population import MEMBER_OPTIONS
+from neuralnets.models.lfads_population import MEMBER_OPTIONS, PopulationLFADS
+from neuralnets.models.population import PopulationModel
+from neuralnets.models.rnn_population import RNN_MEMBER_OPTIONS, PopulationRNN
 from neuralnets.training.build import build_datamodule, build_module
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.population_optim import Plateau
 
+# The batched model of each model name, and the model options its members may set for themselves.
+POPULATION_MODELS: dict[str, tuple[type[PopulationModel], frozenset[str]]] = {
+    "lfads": (PopulationLFADS, MEMBER_OPTIONS),
+    "rnn": (PopulationRNN, RNN_MEMBER_OPTIONS),
+}
 # module options each member may set for itself; the others must agree (e.g. the likelihood)
 MEMBER_MODULE_OPTIONS = frozenset(
     {
@@ -61,13 +67,17 @@ def check_members(cfgs: Sequence[DictConfig]) -> None:
     """Members must share architecture, data and batch size: one line naming the first difference."""
     first = cfgs[0]
     for i, cfg in enumerate(cfgs):
-        if cfg.model.name != "lfads":
-            raise ConfigError(f"population member {i}: model={cfg.model.name}; populations train LFADS only")
+        if cfg.model.name not in POPULATION_MODELS:
+            raise ConfigError(
+                f"population member {i}: model={cfg.model.name}; "
+                f"populations train {sorted(POPULATION_MODELS)}"
+            )
+        _, options = POPULATION_MODELS[cfg.model.name]
         for key in set(first.model) | set(cfg.model):
-            if key not in MEMBER_OPTIONS and first.model.get(key) != cfg.model.get(key):
+            if key not in options and first.model.get(key) != cfg.model.get(key):
                 raise ConfigError(
                     f"population member {i}: model.{key}={cfg.model.get(key)!r} differs from member 0's "
-                    f"{first.model.get(key)!r}; members may differ only in {sorted(MEMBER_OPTIONS)}"
+                    f"{first.model.get(key)!r}; members may differ only in {sorted(options)}"
                 )
         for key in set(first.module) | set(cfg.module):
             if key not in MEMBER_MODULE_OPTIONS and first.module.get(key) != cfg.module.get(key):
@@ -110,8 +120,9 @@ def build_member(cfg: DictConfig) -> Member:
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.data.spec, init_data=dm.data)
-    if not isinstance(module.model, LFADS):
-        raise ConfigError(f"population: {module.model_name} is not LFADS")
+    population_class, _ = POPULATION_MODELS[cfg.model.name]
+    if not isinstance(module.model, population_class.member_class):
+        raise ConfigError(f"population: {module.model_name} is not {population_class.member_class.__name__}")
     dm.setup("fit")
     hp = module.hparams
     plateau = (

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuralnets.errors import ConfigError, NeuralnetsError
 from neuralnets.training import tune as tuning
 from neuralnets.training.population import Population
+from neuralnets.training.population_members import POPULATION_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ def run_population_worker(cfg: DictConfig, index: int = 0) -> None:
     optuna = tuning._optuna()
     t = cfg.tune
     K = int(t.population)
-    if cfg.model.name != "lfads":
-        raise ConfigError(f"tune.population={K}: populations train LFADS only (model={cfg.model.name})")
+    if cfg.model.name not in POPULATION_MODELS:
+        raise ConfigError(
+            f"tune.population={K}: populations train {sorted(POPULATION_MODELS)} (model={cfg.model.name})"
+        )
     space = tuning.search_space(cfg)
     threads = int(cfg.threads) if cfg.get("threads") else max(1, tuning._cores() // int(t.workers))
     torch.set_num_threads(threads)
