@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # --help answers here, before PyTorch is imported
     from neuralnets.training.population import resume_population, train_population
 
-    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] - %(message)s")
     if args.resume:
         records = resume_population(args.resume)
