@@ -173,6 +173,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
+    ratios = {}
     for k, threads in runs:
         base = baseline(steps)
         pop = _run(["--child", "pop", str(k), str(steps), str(threads)], threads=threads)
@@ -185,8 +186,21 @@ def main() -> None:
             f"{gflops / pop['mm_gflops']:.0%} |"
         )
         lines.append(row)
+        ratios[(k, threads)] = rate / base["rate"]
         print(row, flush=True)
     lines += ["", f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+    goal = [f"{r:.2f}x with {t} thread(s)" for (k, t), r in ratios.items() if k == 32]
+    if goal:
+        met = "met" if max(ratios[key] for key in ratios if key[0] == 32) >= 8 else "NOT met"
+        lines += ["", f"Goal of #30, K = 32 at >= 8x the two workers' aggregate: {met} ({', '.join(goal)})."]
+    lines += [
+        "",
+        "Columns: member-trials/s = members x trials per step x steps / wall seconds (2 workers: over",
+        "the longer of the two processes); ratio = population / 2 workers; CPU ms per member-step from",
+        "`time.process_time` (all threads); GFLOP/s of the step = matmul FLOPs counted by",
+        "`torch.utils.flop_counter` per second of the timed steps; utilisation = that / the measured",
+        "`baddbmm` GFLOP/s at (K, 8, 64) x (K, 64, 192).",
+    ]
     print(lines[-1])
     if not args.no_write:
         args.out.write_text("\n".join(lines) + "\n")
