@@ -82,7 +82,6 @@ class PopulationLFADS(PopulationModel):
     def forward(self, heldin: Tensor, noise: dict[str, Tensor | None]) -> tuple[Tensor, Tensor, dict]:
         t = self.template
         K, B, T_obs, _ = heldin.shape
-        T = self.spec.n_bins
         sample = noise.get("g0_eps") is not None
         x = _mul(heldin, noise.get("x_mask"))  # (K, B, T_obs, N_in) dropped-out input
         enc_names = ["ic_encoder"] + (["ci_encoder"] if t.co_dim > 0 else [])
@@ -115,7 +114,6 @@ class PopulationLFADS(PopulationModel):
                 kl_co = self._vmap(t.co_prior, "co_prior", "kl_analytic", co_mean, co_logvar)
             aux["kl_co"] = kl_co.mean(-1)
             aux["l2_con"] = 0.5 * self.p("controller.weight_hh").pow(2).mean(dim=(1, 2))
-        del T
         return rates, factors, aux
 
     def _vmap(self, module: nn.Module, prefix: str, method: str, *args: Tensor) -> Tensor:
@@ -123,11 +121,7 @@ class PopulationLFADS(PopulationModel):
         params = {n.split(".", 1)[1]: self.p(n) for n in self.names if n.startswith(prefix + ".")}
 
         def one(p: dict[str, Tensor], *a: Tensor) -> Tensor:
-            return (
-                functional_call(module, p, a, strict=True)
-                if method == "forward"
-                else _call(module, p, method, a)
-            )
+            return _call(module, p, method, a)
 
         return vmap(one)(params, *args)
 
