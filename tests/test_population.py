@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from tiny import TINY_DATA, TINY_LFADS
 
 from neuralnets.config import compose
@@ -312,3 +313,16 @@ def test_rnn_members_match_solo_runs_over_20_steps(tmp_path):
         losses, _ = solo(compose([*RNN, *m]), tmp_path, f"solo{k}")
         ref = torch.tensor(losses[:20], dtype=torch.float64)
         np.testing.assert_allclose(pop_losses[:, k].double(), ref, rtol=1e-5, err_msg=f"member {k}")
+
+
+def test_population_command_trains_seeds_as_ordinary_runs(tmp_path, capsys):
+    from neuralnets.training.population_cli import main
+
+    code = main([*BASE, "trainer.max_epochs=1", "--seeds", "2", "--out", str(tmp_path / "pops")])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("val co-bps" in line for line in lines)
+    (pop_dir,) = (tmp_path / "pops").iterdir()
+    members = json.loads((pop_dir / "population.json").read_text())["members"]
+    seeds = [OmegaConf.load(pop_dir / m / "config.yaml").seed for m in members]
+    assert seeds == [0, 1]
