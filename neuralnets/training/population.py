@@ -227,11 +227,10 @@ class Population:
         """Create the population directory (`<out_dir>/population/<time>_K<k>`, unique) and one ordinary
         run directory per member: `member_<k>` inside it, or the given `run_dirs` (claimed: refused if
         one holds a run), each with its config, status and logger."""
-        from neuralnets.training.run import _timestamp
-
         cfg0 = self.members[0].cfg
         parent = Path(parent) if parent is not None else Path(cfg0.out_dir) / "population"
-        self.dir = create_run_dir(parent, f"{_timestamp()}_K{self.K}")  # exclusive mkdir: never shared
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        self.dir = create_run_dir(parent, f"{stamp}_K{self.K}")  # exclusive mkdir: never shared
         (self.dir / "status.json").unlink(missing_ok=True)  # the population itself is not a run
         for k in range(self.K):
             self._open_member(k, None if run_dirs is None else run_dirs[k])
