@@ -18,6 +18,33 @@ from torch.autograd.function import once_differentiable
 from neuralnets.nn.fast import _cell_backward, _cell_forward, _full_precision, _sum_lead
 
 
+def _addmm(bias: Tensor, x: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
+    """`bias + x @ w`: `torch.addmm` for one model (x (B, P), w (P, Q)); with a leading member dim
+    (x (K, B, P), w (K, P, Q), bias (K, Q) or (K, B, Q)) one `baddbmm` for all members."""
+    if x.ndim == 2:
+        return torch.addmm(bias, x, w, out=out)
+    if bias.ndim == 2:
+        bias = bias.unsqueeze(1)  # (K, 1, Q)
+    return torch.baddbmm(bias, x, w, out=out)
+
+
+def _flat(x: Tensor) -> Tensor:
+    """Steps and trials as one dim: (T, B, P) -> (T B, P); (T, K, B, P) -> (K, T B, P) (a copy)."""
+    return (
+        x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[-1])
+    )
+
+
+def _t(x: Tensor) -> Tensor:
+    """Transpose of the last two dims: a matrix, or each member's."""
+    return x.transpose(-1, -2)
+
+
+def _sum_steps(x: Tensor) -> Tensor:
+    """Bias gradient: sum over steps and trials, (T, B, P) -> (P,); (T, K, B, P) -> (K, P)."""
+    return _sum_lead(x) if x.ndim == 3 else x.sum(dim=(0, 2))
+
+
 class UnrollArgs(NamedTuple):
     """The arguments of the unroll, in the order `_LFADSUnroll.apply` takes them (see `lfads_unroll`)."""
 
@@ -48,25 +75,29 @@ def _lfads_forward(a: UnrollArgs, save: bool):
     w_fb, w_ch, b_ch, w_co, b_co = a.w_fb, a.w_ch, a.b_ch, a.w_co, a.b_co
     w_gi, b_gi, w_gh, b_gh = a.w_gi, a.b_gi, a.w_gh, a.b_gh
     n_bins, clip, lv_min = a.n_bins, a.clip, a.lv_min
-    T, (B, G) = n_bins, g0.shape
+    T, G, lead = n_bins, g0.shape[-1], g0.shape[:-1]  # lead: (B,), or (K, B) for K members
     T_obs = 0 if ci_proj is None else ci_proj.shape[0]
     new = g0.new_empty
-    gs = new(T, B, G)
+    gs = new(T, *lead, G)
     n_keep = T if save else 1
-    hp_g, ru_g, n_g = new(n_keep, B, 3 * G), new(n_keep, B, 2 * G), new(n_keep, B, G)
-    keep_g = new(n_keep, B, G) if save and clip is not None else None
-    w_gh_t = w_gh.t()
+    hp_g, ru_g, n_g = new(n_keep, *lead, 3 * G), new(n_keep, *lead, 2 * G), new(n_keep, *lead, G)
+    keep_g = new(n_keep, *lead, G) if save and clip is not None else None
+    w_gh_t = _t(w_gh)
+    if w_gh.ndim == 3:  # members: contiguous transposed weights (~1.4x faster baddbmm on CPU at K = 32)
+        w_gh_t = w_gh_t.contiguous()
     c_state = None
     if T_obs:
-        C, U = c0.shape[1], w_gi.shape[1]
+        C, U = c0.shape[-1], w_gi.shape[-1]
         n_c = T_obs if save else 1
-        cs = new(T_obs, B, C)
-        hp_c, ru_c, n_cand = new(n_c, B, 3 * C), new(n_c, B, 2 * C), new(n_c, B, C)
-        keep_c = new(n_c, B, C) if save and clip is not None else None
-        out_co = new(T_obs, B, 2 * U)  # [mean, raw log-variance] of the inferred inputs
-        logvar, us = new(T_obs, B, U), new(T_obs, B, U)
-        lv_floor = torch.full((B, U), lv_min, dtype=g0.dtype, device=g0.device)
-        w_fb_t, w_ch_t, w_co_t, w_gi_t = w_fb.t(), w_ch.t(), w_co.t(), w_gi.t()
+        cs = new(T_obs, *lead, C)
+        hp_c, ru_c, n_cand = new(n_c, *lead, 3 * C), new(n_c, *lead, 2 * C), new(n_c, *lead, C)
+        keep_c = new(n_c, *lead, C) if save and clip is not None else None
+        out_co = new(T_obs, *lead, 2 * U)  # [mean, raw log-variance] of the inferred inputs
+        logvar, us = new(T_obs, *lead, U), new(T_obs, *lead, U)
+        lv_floor = torch.full((*lead, U), lv_min, dtype=g0.dtype, device=g0.device)
+        w_fb_t, w_ch_t, w_co_t, w_gi_t = _t(w_fb), _t(w_ch), _t(w_co), _t(w_gi)
+        if w_gh.ndim == 3:
+            w_fb_t, w_ch_t, w_co_t, w_gi_t = (w.contiguous() for w in (w_fb_t, w_ch_t, w_co_t, w_gi_t))
         c_state = c0
     g = g0
     for t in range(T):
@@ -74,22 +105,23 @@ def _lfads_forward(a: UnrollArgs, save: bool):
         if t < T_obs:
             # Controller: input [ci_t, factors_{t-1}] with the factor read-in folded into w_fb (3C, G).
             d = g if mask is None else g * mask[t]  # (B, G) dropped-out generator state
-            xc = torch.addmm(ci_proj[t], d, w_fb_t)  # (B, 3C)
-            torch.addmm(b_ch, c_state, w_ch_t, out=hp_c[i])
+            xc = _addmm(ci_proj[t], d, w_fb_t)  # (B, 3C)
+            _addmm(b_ch, c_state, w_ch_t, out=hp_c[i])
             _cell_forward(
                 xc, hp_c[i], c_state, clip, cs[t], ru_c[i], n_cand[i], None if keep_c is None else keep_c[i]
             )
             c_state = cs[t]
-            torch.addmm(b_co, c_state, w_co_t, out=out_co[t])
-            torch.logaddexp(out_co[t, :, U:], lv_floor, out=logvar[t])  # floored log-variance
+            _addmm(b_co, c_state, w_co_t, out=out_co[t])
+            torch.logaddexp(out_co[t][..., U:], lv_floor, out=logvar[t])  # floored log-variance
             if eps is None:
-                us[t].copy_(out_co[t, :, :U])
+                us[t].copy_(out_co[t][..., :U])
             else:
-                torch.addcmul(out_co[t, :, :U], torch.exp(0.5 * logvar[t]), eps[t], out=us[t])
-            xg = torch.addmm(b_gi, us[t], w_gi_t)  # (B, 3G)
+                torch.addcmul(out_co[t][..., :U], torch.exp(0.5 * logvar[t]), eps[t], out=us[t])
+            xg = _addmm(b_gi, us[t], w_gi_t)  # (B, 3G)
         else:
-            xg = b_gi  # no inferred input: the input projection of zeros is the bias
-        torch.addmm(b_gh, g, w_gh_t, out=hp_g[i])
+            # no inferred input: the input projection of zeros is the bias ((K, 1, 3G) for members)
+            xg = b_gi if b_gi.ndim == 1 else b_gi.unsqueeze(1)
+        _addmm(b_gh, g, w_gh_t, out=hp_g[i])
         _cell_forward(xg, hp_g[i], g, clip, gs[t], ru_g[i], n_g[i], None if keep_g is None else keep_g[i])
         g = gs[t]
     saved = None
@@ -125,14 +157,14 @@ class _LFADSUnroll(torch.autograd.Function):
     def backward(ctx, d_gs, d_mean_ext, d_logvar, d_us):
         c0, g0, w_fb, w_ch, w_co, w_gi, w_gh, eps, mask, gs, *rest = ctx.saved_tensors
         hp_g, ru_g, n_g, keep_g, cs, hp_c, ru_c, n_cand, keep_c, out_co, logvar, us = rest
-        T, B, G = gs.shape
+        T, G, lead = gs.shape[0], gs.shape[-1], gs.shape[1:-1]  # lead: (B,), or (K, B) for K members
         T_obs = 0 if cs is None else cs.shape[0]
         new = gs.new_empty
-        dhh_g, dan_g = new(T, B, 3 * G), new(T, B, G)
+        dhh_g, dan_g = new(T, *lead, 3 * G), new(T, *lead, G)
         if T_obs:
-            C, U = cs.shape[2], us.shape[2]
-            dhh_c, dx_c = new(T_obs, B, 3 * C), new(T_obs, B, 3 * C)
-            d_out = new(T_obs, B, 2 * U)  # gradient w.r.t. [mean, raw log-variance]
+            C, U = cs.shape[-1], us.shape[-1]
+            dhh_c, dx_c = new(T_obs, *lead, 3 * C), new(T_obs, *lead, 3 * C)
+            d_out = new(T_obs, *lead, 2 * U)  # gradient w.r.t. [mean, raw log-variance]
             # d logaddexp(raw, floor) / d raw = exp(raw - logvar); the sample's std is exp(logvar / 2).
             dlv_draw = torch.exp(out_co[..., U:] - logvar)  # (T_obs, B, U)
             half_std_eps = None if eps is None else 0.5 * torch.exp(0.5 * logvar) * eps
@@ -144,16 +176,18 @@ class _LFADSUnroll(torch.autograd.Function):
             g_prev = g0 if t == 0 else gs[t - 1]
             keep = None if keep_g is None else keep_g[t]
             d_direct = _cell_backward(
-                dg, g_prev, ru_g[t], n_g[t], hp_g[t, :, 2 * G :], keep, dhh_g[t], dan_g[t]
+                dg, g_prev, ru_g[t], n_g[t], hp_g[t][..., 2 * G :], keep, dhh_g[t], dan_g[t]
             )
-            dg = torch.addmm(d_direct, dhh_g[t], w_gh)  # (B, G) gradient w.r.t. g_{t-1}
+            dg = _addmm(d_direct, dhh_g[t], w_gh)  # (B, G) gradient w.r.t. g_{t-1}
             if t >= T_obs:
                 continue
             # Generator input u_t: d u = d x_g @ W_gi with d x_g = [dr, du, dn_pre].
-            du = torch.addmm(dan_g[t] @ w_gi[2 * G :], dhh_g[t, :, : 2 * G], w_gi[: 2 * G])  # (B, U)
+            du = _addmm(
+                dan_g[t] @ w_gi[..., 2 * G :, :], dhh_g[t][..., : 2 * G], w_gi[..., : 2 * G, :]
+            )  # (B, U)
             if d_us is not None:
                 du += d_us[t]
-            d_mean, d_raw = d_out[t, :, :U], d_out[t, :, U:]
+            d_mean, d_raw = d_out[t][..., :U], d_out[t][..., U:]
             # u = mean + exp(logvar / 2) eps  ->  d mean = d u, d logvar = d u eps exp(logvar / 2) / 2
             if d_mean_ext is None:
                 d_mean.copy_(du)
@@ -166,43 +200,43 @@ class _LFADSUnroll(torch.autograd.Function):
                 d_raw.zero_()
             else:
                 torch.mul(d_lv, dlv_draw[t], out=d_raw)
-            dc = torch.addmm(dc, d_out[t], w_co)  # (B, C) gradient w.r.t. c_t
+            dc = _addmm(dc, d_out[t], w_co)  # (B, C) gradient w.r.t. c_t
             c_prev = c0 if t == 0 else cs[t - 1]
             keep = None if keep_c is None else keep_c[t]
             d_direct = _cell_backward(
-                dc, c_prev, ru_c[t], n_cand[t], hp_c[t, :, 2 * C :], keep, dhh_c[t], dx_c[t, :, 2 * C :]
+                dc, c_prev, ru_c[t], n_cand[t], hp_c[t][..., 2 * C :], keep, dhh_c[t], dx_c[t][..., 2 * C :]
             )
-            dx_c[t, :, : 2 * C].copy_(dhh_c[t, :, : 2 * C])
-            dc = torch.addmm(d_direct, dhh_c[t], w_ch)  # (B, C) gradient w.r.t. c_{t-1}
+            dx_c[t][..., : 2 * C].copy_(dhh_c[t][..., : 2 * C])
+            dc = _addmm(d_direct, dhh_c[t], w_ch)  # (B, C) gradient w.r.t. c_{t-1}
             d_fb = dx_c[t] @ w_fb  # (B, G) through the factor feedback into the controller
             if mask is None:
                 dg += d_fb
             else:
                 dg.addcmul_(d_fb, mask[t])
         # All weight and bias gradients at once, over every step (h_{t-1} is the initial state at t = 0).
-        d_w_gh = dhh_g[0].t() @ g0
+        d_w_gh = _t(dhh_g[0]) @ g0
         if T > 1:
-            d_w_gh.addmm_(dhh_g[1:].reshape(-1, 3 * G).t(), gs[:-1].reshape(-1, G))
-        d_b_gh = _sum_lead(dhh_g)
-        d_b_gi = torch.cat([d_b_gh[: 2 * G], _sum_lead(dan_g)])  # r, u parts: the same sums as d_b_gh
+            d_w_gh = _addmm(d_w_gh, _t(_flat(dhh_g[1:])), _flat(gs[:-1]))
+        d_b_gh = _sum_steps(dhh_g)
+        d_b_gi = torch.cat([d_b_gh[..., : 2 * G], _sum_steps(dan_g)], dim=-1)  # r, u: the same sums as d_b_gh
         if not T_obs:
             needs_w_gi = ctx.needs_input_grad[UnrollArgs._fields.index("w_gi")]
             d_w_gi = torch.zeros_like(w_gi) if needs_w_gi else None  # (3G, 0): no input
             return _grad_tuple(g0=dg, w_gi=d_w_gi, b_gi=d_b_gi, w_gh=d_w_gh, b_gh=d_b_gh)
-        us2 = us.reshape(-1, U)  # (T_obs B, U)
+        us2 = _flat(us)  # (T_obs B, U)
         d_w_gi = torch.cat(
-            [dhh_g[:T_obs, :, : 2 * G].reshape(-1, 2 * G).t() @ us2, dan_g[:T_obs].reshape(-1, G).t() @ us2]
+            [_t(_flat(dhh_g[:T_obs][..., : 2 * G])) @ us2, _t(_flat(dan_g[:T_obs])) @ us2], dim=-2
         )  # (3G, U)
-        d_w_ch = dhh_c[0].t() @ c0
+        d_w_ch = _t(dhh_c[0]) @ c0
         fb_in = g0 if mask is None else g0 * mask[0]  # the controller's feedback input at t = 0
-        d_w_fb = dx_c[0].t() @ fb_in
+        d_w_fb = _t(dx_c[0]) @ fb_in
         if T_obs > 1:
-            d_w_ch.addmm_(dhh_c[1:].reshape(-1, 3 * C).t(), cs[:-1].reshape(-1, C))
+            d_w_ch = _addmm(d_w_ch, _t(_flat(dhh_c[1:])), _flat(cs[:-1]))
             fb_in = gs[: T_obs - 1] if mask is None else gs[: T_obs - 1] * mask[1:T_obs]
-            d_w_fb.addmm_(dx_c[1:].reshape(-1, 3 * C).t(), fb_in.reshape(-1, G))
-        d_b_ch = _sum_lead(dhh_c)
-        d_w_co = d_out.reshape(-1, 2 * U).t() @ cs.reshape(-1, C)
-        d_b_co = _sum_lead(d_out)
+            d_w_fb = _addmm(d_w_fb, _t(_flat(dx_c[1:])), _flat(fb_in))
+        d_b_ch = _sum_steps(dhh_c)
+        d_w_co = _t(_flat(d_out)) @ _flat(cs)
+        d_b_co = _sum_steps(d_out)
         return _grad_tuple(
             ci_proj=dx_c, c0=dc, g0=dg, w_fb=d_w_fb, w_ch=d_w_ch, b_ch=d_b_ch, w_co=d_w_co, b_co=d_b_co,
             w_gi=d_w_gi, b_gi=d_b_gi, w_gh=d_w_gh, b_gh=d_b_gh,

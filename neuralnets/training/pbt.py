@@ -376,6 +376,13 @@ def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: f
 @hydra_task("neuralnets-pbt")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.pbt.get("population"):  # one batched population in this process, no Ray
+        from neuralnets.training.pbt_population import run_population_pbt
+
+        records = run_population_pbt(cfg, run_dir)
+        print(format_table(records, baselines=cfg.print_baselines))
+        print(f"members, best first: {', '.join(r['run_dir'] for r in records)}")
+        return records[0]["pbt"][cfg.pbt.metric]
     record = run_pbt(cfg, run_dir)
     print(format_table([record], baselines=cfg.print_baselines))
     print(f"best member: {run_dir / BEST_DIR}   (all members: tensorboard --logdir {run_dir / TUNE_DIR})")

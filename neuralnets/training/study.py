@@ -35,6 +35,7 @@ WORKER_KEYS = (
     "tune.join",
     "tune.timeout_s",
     "tune.max_failures_in_row",
+    "tune.population",
     "tune.repair_journal",
     "threads",
 )

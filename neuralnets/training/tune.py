@@ -126,17 +126,27 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def worker_threads(cfg: DictConfig) -> tuple[DictConfig, int]:
+    """Set torch's threads for one worker: `threads` as given, or (null, auto) this machine's cores
+    shared by the workers; returns the config with the number recorded, and the number."""
+    given = cfg.get("threads") not in (None, "auto")
+    threads = int(cfg.threads) if given else max(1, _cores() // int(cfg.tune.workers))
+    torch.set_num_threads(threads)
+    return OmegaConf.merge(cfg, {"threads": threads}), threads
+
+
 def run_worker(cfg: DictConfig, index: int = 0) -> None:
     """One worker: take members from the study until it holds `tune.n_trials` (or `tune.timeout_s`
-    passes), training each in this process."""
+    passes), training each in this process (`tune.population=K`: K at a time, as one population)."""
+    if int(cfg.tune.get("population") or 0) > 0:
+        from neuralnets.training.tune_population import run_population_worker
+
+        return run_population_worker(cfg, index)
     optuna = _optuna()
     t = cfg.tune
     tune_dir = Path(t.dir)
     space = study_space(cfg)
-    given = cfg.get("threads") not in (None, "auto")  # auto: this machine's cores shared by the workers
-    threads = int(cfg.threads) if given else max(1, _cores() // int(t.workers))
-    torch.set_num_threads(threads)
-    cfg = OmegaConf.merge(cfg, {"threads": threads})
+    cfg, threads = worker_threads(cfg)
     start, failures_in_row = time.monotonic(), 0
     with WorkerLock(tune_dir) as me, _signals_noted() as stop:
         study = optuna.load_study(study_name=study_name(cfg), storage=open_storage(cfg))
@@ -260,6 +270,11 @@ def check_settings(t: DictConfig) -> None:
         raise ConfigError(f"tune.worker={t.worker!r}: expected a whole number >= 0")
     if t.get("timeout_s") is not None and not t.timeout_s > 0:
         raise ConfigError(f"tune.timeout_s={t.timeout_s!r}: expected seconds > 0 or null")
+    population = t.get("population", 0)
+    if not isinstance(population, int) or isinstance(population, bool) or population < 0:
+        raise ConfigError(
+            f"tune.population={population!r}: expected a whole number >= 0 (0: one member at a time)"
+        )
 
 
 def tune(cfg: DictConfig) -> list[dict[str, Any]]:
