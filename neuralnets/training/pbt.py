@@ -51,6 +51,7 @@ from neuralnets.eval.tables import format_table
 from neuralnets.runs import recorded_run, write_config, write_metrics, write_status
 from neuralnets.training.build import build_datamodule
 from neuralnets.training.module import TrainingModule
+from neuralnets.training.pbt_space import check_config, clip_to_bounds, search_bounds  # noqa: F401 - re-exported
 from neuralnets.training.run import finish_run, run_training
 
 log = logging.getLogger(__name__)
@@ -64,50 +65,6 @@ SEGMENT = "segment"  # each start or restart of a member: a run directory <trial
 def tune_metric(name: str) -> str:
     """Tune treats '/' in result keys as nesting: `val/recon` is reported as `val_recon`."""
     return name.replace("/", "_")
-
-
-def _flatten_space(node: Any, prefix: str = "") -> dict[str, Any]:
-    """The nested `pbt.search_space` {module: {lr: {low, high, log}}} as {"module.lr": {...}}."""
-    if not OmegaConf.is_dict(node):
-        raise ConfigError(f"pbt.search_space.{prefix.rstrip('.')} must be {{low, high, log}}; got {node}")
-    if "low" in node or "high" in node:
-        return {prefix.rstrip("."): node}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(_flatten_space(value, f"{prefix}{key}."))
-    return out
-
-
-def search_bounds(cfg: DictConfig) -> dict[str, tuple[float, float, bool]]:
-    """`pbt.search_space` as {dotted config key: (low, high, log)}, checked against the config."""
-    space = cfg.pbt.get("search_space")
-    flat = _flatten_space(space) if space else {}
-    if not flat:
-        raise ConfigError("pbt.search_space is empty: name at least one config key to search")
-    bounds = {}
-    for key, spec in flat.items():
-        current = OmegaConf.select(cfg, key, default=None)
-        numeric = isinstance(current, int | float) and not isinstance(current, bool)
-        if not numeric and current != "auto":  # `auto` (module.lr, ...): a number once resolved
-            raise ConfigError(
-                f"pbt.search_space: {key!r} is not a numeric key of this config; got {current!r}"
-            )
-        try:
-            low, high, use_log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"pbt.search_space.{key} must be {{low, high, log}}; got {spec}") from None
-        if not low < high or (use_log and low <= 0):
-            raise ConfigError(f"pbt.search_space.{key}: need low < high (and low > 0 with log); got {spec}")
-        bounds[key] = (low, high, use_log)
-    return bounds
-
-
-def clip_to_bounds(config: dict[str, Any], bounds: dict[str, tuple[float, float, bool]]) -> dict[str, Any]:
-    """PBT perturbs by a factor with no regard for the range: keep each searched value inside it."""
-    for key, (low, high, _) in bounds.items():
-        if key in config:
-            config[key] = min(max(float(config[key]), low), high)
-    return config
 
 
 def apply_hparams(base: dict, hparams: dict[str, Any]) -> DictConfig:
@@ -205,36 +162,6 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
                     Path(src) / CKPT_NAME, restore, trust_unverified=bool(base.get("trust_unverified"))
                 )
         run_training(cfg, (trial_dir, SEGMENT), callbacks=callbacks, restore=restore, score=False)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse settings PBT cannot run with, before any Ray process starts."""
-    p = cfg.pbt
-    if int(p.num_samples) < 2:
-        raise ConfigError(f"pbt.num_samples={p.num_samples}: a population needs at least 2 members")
-    interval, epochs = int(p.perturbation_interval), int(cfg.trainer.max_epochs)
-    if interval < 1 or epochs % interval:
-        raise ConfigError(
-            f"trainer.max_epochs={epochs} must be a multiple of pbt.perturbation_interval={interval} "
-            "(every generation ends with a report)"
-        )
-    if p.mode not in ("min", "max"):
-        raise ConfigError(f"pbt.mode must be 'min' or 'max'; got {p.mode!r}")
-    if not 0 < float(p.quantile_fraction) <= 0.5:
-        raise ConfigError(f"pbt.quantile_fraction must be in (0, 0.5]; got {p.quantile_fraction}")
-    if str(cfg.trainer.get("devices", 1)) != "1" or int(cfg.trainer.get("num_nodes", 1)) != 1:
-        raise ConfigError("PBT trains each member in one process: use trainer.devices=1 (no DDP)")
-    gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
-    if gpu != (float(p.gpus_per_trial) > 0):
-        raise ConfigError(
-            f"trainer.accelerator={cfg.trainer.accelerator} with pbt.gpus_per_trial={p.gpus_per_trial}: "
-            "use trainer=gpu with gpus_per_trial > 0 (e.g. 0.25), or trainer=cpu with 0"
-        )
-    if not (p.metric.startswith("val/")):
-        raise ConfigError(
-            f"pbt.metric must be a validation metric (val/recon, val/co_bps, ...); got {p.metric}"
-        )
-    search_bounds(cfg)
 
 
 def run_pbt(

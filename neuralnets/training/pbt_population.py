@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuralnets.errors import ConfigError
 from neuralnets.models.base import Ramp
 from neuralnets.runs import atomic_path
-from neuralnets.training.pbt import check_config, search_bounds
+from neuralnets.training.pbt_space import check_config, search_bounds
 from neuralnets.training.population import Population
 
 log = logging.getLogger(__name__)

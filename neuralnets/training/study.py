@@ -269,3 +269,37 @@ def _flat(cfg: DictConfig, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def member_config(cfg: DictConfig, params: dict[str, float], number: int) -> DictConfig:
+    """The training config of member `number`: `cfg` with `params` set, `tune.max_epochs` epochs,
+    the harness metric every epoch and the checkpoint on `tune.metric` (no early stopping: the pruner)."""
+    member = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # callbacks read the keys below
+    member.pop("tune")
+    for key, value in params.items():
+        OmegaConf.update(member, key, value)
+    metric = cfg.tune.metric
+    member.trainer.max_epochs = int(cfg.tune.max_epochs)
+    member.callbacks.monitor = metric
+    member.callbacks.mode = "min" if metric.endswith("loss") else "max"
+    member.callbacks.eval_every_n_epochs = 1
+    member.callbacks.early_stopping_patience = 0
+    member.callbacks.figures = False
+    member.print_baselines = False
+    member.tune_member = {"study": str(cfg.tune.dir), "number": number, **params}
+    return member
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_threads(cfg: DictConfig) -> tuple[DictConfig, int]:
+    """Set torch's threads for one worker: `threads` as given, or (null, auto) this machine's cores
+    shared by the workers; returns the config with the number recorded, and the number."""
+    import torch
+
+    given = cfg.get("threads") not in (None, "auto")
+    threads = int(cfg.threads) if given else max(1, _cores() // int(cfg.tune.workers))
+    torch.set_num_threads(threads)
+    return OmegaConf.merge(cfg, {"threads": threads}), threads

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -68,12 +67,14 @@ from neuralnets.training.study import (
     _locked,
     _optuna,
     fail_lost_trials,
+    member_config,
     open_storage,
     record_study_config,
     repair_study_journal,
     search_space,
     study_name,
     study_space,
+    worker_threads,
 )
 from neuralnets.training.tune_report import (  # noqa: F401 - re-exported: moved out of this module
     STATES,
@@ -86,25 +87,6 @@ from neuralnets.training.tune_report import (  # noqa: F401 - re-exported: moved
 )
 
 log = logging.getLogger(__name__)
-
-
-def member_config(cfg: DictConfig, params: dict[str, float], number: int) -> DictConfig:
-    """The training config of member `number`: `cfg` with `params` set, `tune.max_epochs` epochs,
-    the harness metric every epoch and the checkpoint on `tune.metric` (no early stopping: the pruner)."""
-    member = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # callbacks read the keys below
-    member.pop("tune")
-    for key, value in params.items():
-        OmegaConf.update(member, key, value)
-    metric = cfg.tune.metric
-    member.trainer.max_epochs = int(cfg.tune.max_epochs)
-    member.callbacks.monitor = metric
-    member.callbacks.mode = "min" if metric.endswith("loss") else "max"
-    member.callbacks.eval_every_n_epochs = 1
-    member.callbacks.early_stopping_patience = 0
-    member.callbacks.figures = False
-    member.print_baselines = False
-    member.tune_member = {"study": str(cfg.tune.dir), "number": number, **params}
-    return member
 
 
 def train_member(cfg: DictConfig, run_dir: Path, reporter: ReportAndPrune) -> float:
@@ -120,19 +102,6 @@ def train_member(cfg: DictConfig, run_dir: Path, reporter: ReportAndPrune) -> fl
 
 
 # ----------------------------------------------------------------------------- the study and its workers
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def worker_threads(cfg: DictConfig) -> tuple[DictConfig, int]:
-    """Set torch's threads for one worker: `threads` as given, or (null, auto) this machine's cores
-    shared by the workers; returns the config with the number recorded, and the number."""
-    given = cfg.get("threads") not in (None, "auto")
-    threads = int(cfg.threads) if given else max(1, _cores() // int(cfg.tune.workers))
-    torch.set_num_threads(threads)
-    return OmegaConf.merge(cfg, {"threads": threads}), threads
 
 
 def run_worker(cfg: DictConfig, index: int = 0) -> None:

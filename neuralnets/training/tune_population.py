@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 
 from neuralnets.errors import ConfigError, NeuralnetsError
 from neuralnets.runs import error_line, write_status
-from neuralnets.training import tune as tuning
 from neuralnets.training.population import Population
 from neuralnets.training.population_members import POPULATION_MODELS
 from neuralnets.training.study import (
@@ -28,10 +27,13 @@ from neuralnets.training.study import (
     _locked,
     _optuna,
     fail_lost_trials,
+    member_config,
     open_storage,
     study_name,
     study_space,
+    worker_threads,
 )
+from neuralnets.training.tune_report import _maximised, counted
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _ask(cfg: DictConfig, study: Any, space: list[dict[str, Any]], worker: str) 
     tune_dir = Path(t.dir)
     with _locked(tune_dir / ".study.lock"):
         fail_lost_trials(study, tune_dir)
-        if tuning.counted(study) >= int(study.user_attrs.get("n_trials", t.n_trials)):
+        if counted(study) >= int(study.user_attrs.get("n_trials", t.n_trials)):
             return None
         trial = study.ask()
         trial.set_user_attr("worker", worker)
@@ -64,7 +66,7 @@ def _ask(cfg: DictConfig, study: Any, space: list[dict[str, Any]], worker: str) 
     run_dir = tune_dir / MEMBERS / f"{trial.number:03d}"
     trial.set_user_attr("run_dir", str(run_dir.relative_to(tune_dir)))
     trial.set_user_attr("population", True)
-    return _Slot(trial, tuning.member_config(cfg, params, trial.number), run_dir, params)
+    return _Slot(trial, member_config(cfg, params, trial.number), run_dir, params)
 
 
 def _tell(study: Any, slot: _Slot, status: str, value: float | None, error: str | None = None) -> None:
@@ -88,7 +90,7 @@ def run_population_worker(cfg: DictConfig, index: int = 0) -> None:
             f"tune.population={K}: populations train {sorted(POPULATION_MODELS)} (model={cfg.model.name})"
         )
     space = study_space(cfg)
-    cfg, threads = tuning.worker_threads(cfg)
+    cfg, threads = worker_threads(cfg)
     tune_dir = Path(t.dir)
     with WorkerLock(tune_dir) as me:
         study = optuna.load_study(study_name=study_name(cfg), storage=open_storage(cfg))
@@ -109,7 +111,7 @@ def run_population_worker(cfg: DictConfig, index: int = 0) -> None:
         pop.open_runs(tune_dir / "populations", run_dirs=[s.run_dir for s in slots])
         log.info("worker %s: a population of %d members (%d threads)", me.name, len(slots), threads)
         floor = t.get("prune_worse_than")
-        floor = None if floor is None else tuning._maximised(t.metric, float(floor))
+        floor = None if floor is None else _maximised(t.metric, float(floor))
         try:
             while any(s is not None for s in slots):
                 val = pop.run_epoch()
@@ -117,7 +119,7 @@ def run_population_worker(cfg: DictConfig, index: int = 0) -> None:
                     if slot is None:
                         continue
                     m = pop.members[k]
-                    value = tuning._maximised(t.metric, float(val[t.metric][k]))
+                    value = _maximised(t.metric, float(val[t.metric][k]))
                     value = value if math.isfinite(value) else -math.inf
                     slot.values[m.epoch - 1] = value
                     slot.trial.report(value, m.epoch - 1)
