@@ -52,6 +52,7 @@ from neuralnets.runs import recorded_run, write_config, write_metrics, write_sta
 from neuralnets.training.build import build_datamodule
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.run import finish_run, run_training
+from neuralnets.training.study import read_spaces, space_file
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,17 @@ def _flatten_space(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def search_bounds(cfg: DictConfig) -> dict[str, tuple[float, float, bool]]:
-    """`pbt.search_space` as {dotted config key: (low, high, log)}, checked against the config."""
+    """The PBT search space as {dotted config key: (low, high, log)}, checked against the config:
+    `pbt.search_space`, or where it is null the model family's (`pbt:` in its search-space file,
+    `ModelFamily.search_space`)."""
     space = cfg.pbt.get("search_space")
+    if space is None:
+        space = read_spaces(cfg).get("pbt")
+        if space is None:
+            raise ConfigError(
+                f"{space_file(cfg)} holds no `pbt:` search space for model {cfg.model.name!r}; give one "
+                "with pbt.search_space={module: {lr: {low: 1e-4, high: 1e-2, log: true}}}"
+            )
     flat = _flatten_space(space) if space else {}
     if not flat:
         raise ConfigError("pbt.search_space is empty: name at least one config key to search")
@@ -91,6 +101,10 @@ def search_bounds(cfg: DictConfig) -> dict[str, tuple[float, float, bool]]:
         if not numeric and current != "auto":  # `auto` (module.lr, ...): a number once resolved
             raise ConfigError(
                 f"pbt.search_space: {key!r} is not a numeric key of this config; got {current!r}"
+            )
+        if isinstance(current, int) and not isinstance(current, bool):  # x0.8 / x1.2 makes floats
+            raise ConfigError(
+                f"pbt.search_space: {key} is an integer setting ({current}); PBT searches real-valued ones"
             )
         try:
             low, high, use_log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
