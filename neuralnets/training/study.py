@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.config import CONFIG_DIR, compose, load_config_file
 from neuralnets.errors import ConfigError
-from neuralnets.files import atomic_path
+from neuralnets.files import atomic_path, held_lock
 from neuralnets.models import model_family
 from neuralnets.runs import STATUS_FILE, read_status, write_status
 from neuralnets.training.journal import check_journal, open_journal, repair_journal
@@ -201,20 +201,20 @@ class WorkerLock:
     def __init__(self, tune_dir: Path):
         self.dir = tune_dir / WORKERS
         self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.fd: int | None = None
+        self.path = self.dir / f"{self.name}.lock"
+        self._held = contextlib.ExitStack()
 
     def __enter__(self) -> WorkerLock:
+        # Created, then locked: no trial names this worker before the lock is held, so no other worker
+        # can judge it dead (`alive`) in between.
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{self.name}.tmp"
-        self.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.replace(tmp, self.dir / f"{self.name}.lock")  # visible only once locked
+        holder = f"neuralnets-tune worker pid {os.getpid()} on {socket.gethostname()}"
+        self._held.enter_context(held_lock(self.path, holder))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        (self.dir / f"{self.name}.lock").unlink(missing_ok=True)
-        if self.fd is not None:
-            os.close(self.fd)
+        self.path.unlink(missing_ok=True)  # before the lock goes: no stale file that looks alive
+        self._held.close()
 
     @staticmethod
     def alive(tune_dir: Path, name: str) -> bool:
