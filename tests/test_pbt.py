@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from tiny import TINY_LFADS
 
 from neuralnets.checkpoints import verify_checkpoint
-from neuralnets.config import compose
+from neuralnets.config import compose, load_saved_config
 from neuralnets.errors import ConfigError
 from neuralnets.runs import read_status
 from neuralnets.training.pbt import apply_hparams, check_config, clip_to_bounds, search_bounds, tune_metric
@@ -128,7 +128,7 @@ def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
     best = tmp_path / "best"
     on_disk = json.loads((best / "metrics.json").read_text())
     assert np.isfinite(on_disk["metrics"]["co_bps"]) and on_disk["pbt"] == record["pbt"]
-    saved = OmegaConf.load(best / "config.yaml")
+    saved = load_saved_config(best / "config.yaml")
     for key, (low, high, _) in search_bounds(cfg).items():
         value = OmegaConf.select(saved, key)
         assert value == pytest.approx(record["pbt"]["hparams"][key]) and low <= value <= high, key
