@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from tiny import TINY_DATA, TINY_LORENZ
 from torch import Tensor, nn
 
@@ -131,19 +132,27 @@ def test_a_model_added_by_the_recipe_is_tuned_and_analysed(tmp_path, toy_config_
     assert "no recurrent dynamics" in report.lower() or "has_recurrent_dynamics" in report
 
 
-def test_pbt_reads_the_added_familys_space(toy_config_dir):
-    """neuralnets-pbt's space for the family is its `pbt:` section. (A Ray population is not run here: its
-    workers are other processes, where this test's registry line does not exist; test_pbt.py runs one.)"""
+def test_pbt_reads_the_added_familys_space_and_trains_a_member(tmp_path, toy_config_dir):
+    """neuralnets-pbt's space for the family is its `pbt:` section, and a member's config (the space's
+    values set, as `pbt_trial` builds it) trains through the one lifecycle. (A Ray population is not run
+    here: its workers are other processes, where this test's registry line does not exist; test_pbt.py
+    runs one of LFADS, whose space comes the same way.)"""
     from neuralnets.config import compose as compose_config
-    from neuralnets.training.pbt import check_config, search_bounds
+    from neuralnets.training.pbt import check_config, member_config, search_bounds
+    from neuralnets.training.run import run_training
 
     cfg = compose_config(
         [f"hydra.searchpath=[file://{toy_config_dir}]", "model=linear_latents", *TINY_DATA,
-         "trainer.max_epochs=2", "pbt.perturbation_interval=1"],
+         "data.batch_size=16", "threads=1", "trainer.max_epochs=1", "pbt.perturbation_interval=1"],
         config_name="pbt",
     )  # fmt: skip
-    assert search_bounds(cfg) == {"module.lr": (1e-4, 1e-2, True)}
+    bounds = search_bounds(cfg)
+    assert bounds == {"module.lr": (1e-4, 1e-2, True)}
     check_config(cfg)
+    base = OmegaConf.to_container(cfg, resolve=True)
+    member = member_config(base, {"module.lr": 3e-3}, interval=1)
+    result = run_training(member, tmp_path / "member", score=False)
+    assert result.finished and result.steps == 2  # 24 train trials, batch 16
 
 
 def test_the_recipe_names_every_capability_and_every_file_a_model_provides():
