@@ -278,6 +278,8 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     cfg.tune.dir = str(cfg.tune.dir)  # resolved here: the only ${hydra:...} of the config
     tune_dir = Path(cfg.tune.dir)
+    if not cfg.tune.join:  # (a joining worker takes the study's saved config: checked below)
+        search_space(cfg)  # a model without a space, or a bad space, leaves no study directory behind
     tune_dir.mkdir(parents=True, exist_ok=True)
     with _locked(tune_dir / ".study.lock"):
         cfg = record_study_config(cfg, tune_dir)
