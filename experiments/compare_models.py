@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from omegaconf import OmegaConf
 
-from neuralnets.config import CONFIG_DIR, compose, config_names
+from neuralnets.config import CONFIG_DIR, compose, config_names, load_saved_config
 from neuralnets.eval.tables import cell, csv_table, markdown_table, save_tables
 from neuralnets.files import atomic_path
 from neuralnets.runs import CONFIG_FILE, METRICS_FILE, read_run, read_status
@@ -104,7 +104,7 @@ def run_settings(run_dir: Path) -> dict[str, Any] | None:
     config = run_dir / CONFIG_FILE
     if not config.is_file():
         return None
-    cfg = yaml.safe_load(config.read_text()) or {}
+    cfg = OmegaConf.to_container(load_saved_config(config))  # never resolved: a run's config is plain data
     status = read_status(run_dir)["status"]  # "finished" for an older run with metrics but no status
     return {
         "recipe": cfg.get("recipe"),

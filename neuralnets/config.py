@@ -25,7 +25,15 @@ from neuralnets.errors import ConfigError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["CONFIG_DIR", "compose", "config_groups", "config_names", "load_saved_config", "model_config"]
+__all__ = [
+    "CONFIG_DIR",
+    "compose",
+    "config_groups",
+    "config_names",
+    "load_config_file",
+    "load_saved_config",
+    "model_config",
+]
 
 
 def _config_dir() -> Path:
@@ -118,6 +126,13 @@ def load_saved_config(path: str | Path) -> DictConfig:
     """A run's saved `config.yaml`, never resolved: a ConfigError naming the file and the keys if it
     holds an interpolation (`${oc.env:VAR}`, `${now:...}`, `${a.b}`), which a saved config never
     needs (it is written resolved) and which would read the environment of whoever loads it."""
+    return load_config_file(path, "saved run config is written resolved and")
+
+
+def load_config_file(path: str | Path, what: str = "config file outside the config tree") -> DictConfig:
+    """A YAML config that is not part of the config tree (a run's `config.yaml`, a user's search-space
+    file), read as plain data: a ConfigError naming the file if it is not a readable mapping or holds an
+    interpolation (never resolved: it could read the environment). `what` names the file in that error."""
     from omegaconf import DictConfig, OmegaConf
 
     path = Path(path)
@@ -128,11 +143,11 @@ def load_saved_config(path: str | Path) -> DictConfig:
     except Exception as err:  # noqa: BLE001 - yaml and OmegaConf raise several types
         raise ConfigError(f"{path}: not a readable config ({' '.join(str(err).split())})") from None
     if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{path}: a run config must be a mapping; got a {type(cfg).__name__}")
+        raise ConfigError(f"{path}: a config must be a mapping; got a {type(cfg).__name__}")
     found = _interpolations(cfg, "")
     if found:
         raise ConfigError(
-            f"{path}: {found[0]} holds an interpolation ({len(found)} key(s) in all: {found[:5]}); a saved "
-            "run config is written resolved and is never resolved again (it could read the environment)"
+            f"{path}: {found[0]} holds an interpolation ({len(found)} key(s) in all: {found[:5]}); a "
+            f"{what} is never resolved (it could read the environment)"
         )
     return cfg

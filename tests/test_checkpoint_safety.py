@@ -18,7 +18,7 @@ from neuralnets import load_pretrained
 from neuralnets.checkpoints import digest_path as checksum_path
 from neuralnets.checkpoints import file_sha256
 from neuralnets.checkpoints import write_digest as write_checksum
-from neuralnets.config import compose
+from neuralnets.config import compose, load_saved_config
 from neuralnets.errors import CheckpointError, ConfigError
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.train import prepare_config, train
@@ -196,7 +196,7 @@ def test_a_checkpoint_without_a_record_is_refused_unless_trusted(run, caplog):
     assert _resume(run, max_epochs=2, trust=True)["steps"] == 2 * 2  # 24 train trials, batch 16
     written = [p for p in (run / "checkpoints").glob("*.ckpt") if before.get(p) != p.stat().st_mtime_ns]
     assert written and all(checksum_path(p).is_file() for p in written)  # new saves are recorded
-    assert OmegaConf.load(run / "config.yaml").trust_unverified is False
+    assert load_saved_config(run / "config.yaml").trust_unverified is False
 
 
 # ------------------------------------------------------------------------------ non-finite output

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from neuralnets.config import model_config
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.models.lfads import LFADS
 from neuralnets.models.lfads_unroll import lfads_unroll
@@ -294,9 +294,9 @@ def test_recurrence_option_and_fallback():
 
 
 def test_default_config_uses_the_fast_path():
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "model" / "lfads.yaml")
-    assert cfg.recurrence == "auto"
-    params = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
+    cfg = model_config("lfads")  # as neuralnets-train model=lfads composes it
+    assert cfg["recurrence"] == "auto"
+    params = {k: v for k, v in cfg.items() if k != "name"}
     assert LFADS(SPEC, **params).uses_fused()
 
 

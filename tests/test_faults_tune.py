@@ -179,3 +179,11 @@ def test_a_record_cut_short_while_the_study_runs_is_never_appended_to(tmp_path):
     with pytest.raises(ConfigError, match="cut short"):
         study.set_user_attr("b", 2)
     assert journal.read_bytes() == torn
+
+
+def test_a_model_without_a_search_space_is_one_line_and_leaves_no_study(tmp_path):
+    """GPFA's ModelFamily declares no search space: refused before the study's directory is made."""
+    cfg = compose(["model=gpfa", f"tune.dir={tmp_path / 'study'}", "threads=1"], config_name="tune")
+    with pytest.raises(ConfigError, match="model 'gpfa' declares no search space.*tune.space=FILE"):
+        tune(cfg)
+    assert not (tmp_path / "study").exists()

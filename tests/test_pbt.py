@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from tiny import TINY_LFADS
 
 from neuralnets.checkpoints import verify_checkpoint
-from neuralnets.config import compose
+from neuralnets.config import compose, load_saved_config
 from neuralnets.errors import ConfigError
 from neuralnets.runs import read_status
 from neuralnets.training.pbt import apply_hparams, check_config, clip_to_bounds, search_bounds, tune_metric
@@ -71,11 +71,18 @@ def test_apply_hparams_sets_dotted_keys():
     [
         (["pbt.num_samples=1"], "at least 2 members"),
         (["trainer.max_epochs=7", "pbt.perturbation_interval=5"], "multiple of pbt.perturbation_interval"),
-        (["+pbt.search_space.model.gen_dimm={low: 1, high: 2}"], "'model.gen_dimm' is not a numeric key"),
-        (["+pbt.search_space.module.likelihood={low: 1, high: 2}"], "'module.likelihood' is not a numeric"),
-        (["pbt.search_space.model.dropout=0.5"], "model.dropout must be {low, high, log}"),
-        (["pbt.search_space.module.lr.low=0.0"], "low > 0 with log"),
-        (["pbt.search_space.model.dropout.high=-1"], "need low < high"),
+        (
+            ["pbt.search_space={model: {gen_dimm: {low: 1, high: 2}}}"],
+            "'model.gen_dimm' is not a numeric key",
+        ),
+        (
+            ["pbt.search_space={module: {likelihood: {low: 1, high: 2}}}"],
+            "'module.likelihood' is not a numeric",
+        ),
+        (["pbt.search_space={model: {dropout: 0.5}}"], "model.dropout must be {low, high, log}"),
+        (["pbt.search_space={module: {lr: {low: 0.0, high: 1, log: true}}}"], "low > 0 with log"),
+        (["pbt.search_space={model: {dropout: {low: 0, high: -1}}}"], "need low < high"),
+        (["pbt.search_space={model: {gen_dim: {low: 4, high: 8}}}"], "model.gen_dim is an integer setting"),
         (["pbt.gpus_per_trial=0.5"], "trainer=gpu with gpus_per_trial"),
         (["trainer=ddp_cpu"], "trainer.devices=1"),
         (["pbt.metric=train/loss"], "validation metric"),
@@ -86,6 +93,15 @@ def test_bad_pbt_settings_are_clear_errors(overrides, message):
     cfg = pbt_cfg("trainer.max_epochs=10", *overrides)
     with pytest.raises(ConfigError, match=message):
         check_config(cfg)
+
+
+def test_the_pbt_space_is_the_model_familys_unless_given():
+    """pbt.search_space null: the family's `pbt:` space (ModelFamily.search_space); a family without one
+    is refused in one line naming the remedy."""
+    ndt = search_bounds(compose(["model=ndt"], config_name="pbt"))
+    assert set(ndt) == {"module.lr", "module.weight_decay", "model.dropout", "model.mask_ratio"}
+    with pytest.raises(ConfigError, match="model 'gpfa' declares no search space.*tune.space=FILE"):
+        search_bounds(compose(["model=gpfa"], config_name="pbt"))
 
 
 def _need_ray() -> None:
@@ -112,7 +128,7 @@ def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
     best = tmp_path / "best"
     on_disk = json.loads((best / "metrics.json").read_text())
     assert np.isfinite(on_disk["metrics"]["co_bps"]) and on_disk["pbt"] == record["pbt"]
-    saved = OmegaConf.load(best / "config.yaml")
+    saved = load_saved_config(best / "config.yaml")
     for key, (low, high, _) in search_bounds(cfg).items():
         value = OmegaConf.select(saved, key)
         assert value == pytest.approx(record["pbt"]["hparams"][key]) and low <= value <= high, key

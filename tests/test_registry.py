@@ -4,17 +4,18 @@ and one home for each default (configs/model/<name>.yaml == the class defaults).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from tiny import sine_batch
 
+from neuralnets.config import config_names
 from neuralnets.config import model_config as _model_config
 from neuralnets.data.spikedata import DataSpec
 from neuralnets.errors import ModelConfigError
 from neuralnets.models import (
+    FAMILIES,
     LFADS,
     MODELS,
     NDT,
@@ -25,7 +26,6 @@ from neuralnets.models import (
 )
 from neuralnets.training.module import TrainingModule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 SPEC = DataSpec(n_heldin=6, n_neurons=8, n_obs_bins=10, n_fwd_bins=2, bin_size=0.01)
 
 
@@ -76,16 +76,16 @@ def test_model_config_is_the_model_node_hydra_composes():
         _model_config("lfadz")
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_model_config_lists_every_option_with_the_class_default(name):
-    cfg = _model_config(name)
+    cfg = _model_config(FAMILIES[name].config)  # the config the family declares
     assert cfg.pop("name") == name
     assert cfg == model_options(MODELS[name])  # one value for each default, in both places
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_model_config_builds(path):
-    model = create_model(_model_config(path.stem), SPEC)
+@pytest.mark.parametrize("name", config_names("model"))
+def test_every_model_config_builds(name):
+    model = create_model(_model_config(name), SPEC)
     assert model(sine_batch(SPEC, 2)).rates.shape == (2, SPEC.n_bins, SPEC.n_neurons)
 
 

@@ -4,16 +4,23 @@ all-zero FLOPs column, epochs counted from 1 out of max_epochs."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import torch
 from test_training import tiny_cfg
 
-from neuralnets.training.terminal import LIGHTNING_INFO_LOGGER, EpochProgressBar, quiet_device_lines
+from neuralnets.training.terminal import (
+    LIGHTNING_INFO_LOGGER,
+    EpochProgressBar,
+    quiet_device_lines,
+    terminal_size,
+)
 from neuralnets.training.train import train
 
 
 def test_a_cpu_run_prints_no_absent_accelerators_no_flops_and_counts_epochs_from_one(
-    tmp_path, caplog, monkeypatch
+    tmp_path, caplog, monkeypatch, capsys
 ):
     described = []
     real = EpochProgressBar.on_train_epoch_start
@@ -24,6 +31,7 @@ def test_a_cpu_run_prints_no_absent_accelerators_no_flops_and_counts_epochs_from
         assert "v_num" not in self.get_metrics(trainer, args[0])
 
     monkeypatch.setattr(EpochProgressBar, "on_train_epoch_start", record)
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal: every bar fits in it (was 90 columns)
     cfg = tiny_cfg(
         "trainer.enable_progress_bar=true", "trainer.enable_model_summary=true", "print_baselines=false"
     )
@@ -35,6 +43,18 @@ def test_a_cpu_run_prints_no_absent_accelerators_no_flops_and_counts_epochs_from
     if not torch.cuda.is_available():
         assert "GPU available: False" not in text and "TPU available: False" not in text
     assert [d.split(":")[0] for d in described] == ["Epoch 1/2", "Epoch 2/2"]
+    bars = [line for line in re.split(r"[\r\n]", capsys.readouterr().out) if "Epoch 2/2" in line]
+    assert bars and max(len(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line)) for line in bars) <= 79
+
+
+def test_the_bar_is_as_wide_as_the_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("LINES", "30")
+    assert terminal_size(None) == (99, 29)
+    monkeypatch.delenv("COLUMNS")
+    monkeypatch.delenv("LINES")
+    with open(os.devnull, "w") as not_a_terminal:
+        assert terminal_size(not_a_terminal) == (79, 23)  # a pipe or a log: 80 columns, never unbounded
 
 
 def test_only_absent_accelerators_are_dropped(caplog):

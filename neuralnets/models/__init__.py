@@ -1,6 +1,8 @@
 """Model families, built by name: `create_model("lfads", spec, gen_dim=100)`.
 
-`MODELS` is the registry, an explicit dict (adding a model = one line here). A model config is a
+`FAMILIES` is the registry, an explicit dict: one `ModelFamily` record per family declares everything it
+provides (its class and so its capability flags, its model config, its tune and PBT search spaces), so
+adding a model is one line here; `MODELS` is the same registry seen as {name: class}. A model config is a
 registered name plus plain option values (numbers, strings, booleans, None, and lists/dicts of
 those): no config file can name a callable. Legacy configs and checkpoints that give the model as
 `_target_: neuralnets.models.lfads.LFADS` are accepted when that string is exactly the class path of
@@ -10,7 +12,9 @@ a registered model; any other `_target_` is refused without importing anything.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from neuralnets.data.sessions import MultiSessionSpec, spec_from_dict
@@ -24,14 +28,65 @@ from neuralnets.models.rnn import RNNSeq2Seq
 from neuralnets.models.stitched import Stitched
 from neuralnets.models.stndt import STNDT
 
-MODELS: dict[str, type[SpikeModel]] = {
-    "lfads": LFADS,
-    "rnn": RNNSeq2Seq,
-    "ndt": NDT,
-    "gpfa": GPFA,
-    "stitched": Stitched,
-    "stndt": STNDT,
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything a model family provides, declared once (docs/models.md, "Adding a model").
+
+    `model`: the `SpikeModel` subclass; its capability flags are its class attributes (`capabilities`).
+    `config`: its model config, `configs/model/<config>.yaml` (`model=<config>`).
+    `search_space`: its search spaces, `configs/tune/<name>.yaml` (a name) or a YAML file (a Path):
+    `params:` a list of `{key, low, high, log}` for `neuralnets-tune`, `pbt:` a nested
+    `{group: {key: {low, high, log}}}` for `neuralnets-pbt`; None: the family is not tuned.
+    """
+
+    model: type[SpikeModel]
+    config: str
+    search_space: str | Path | None = None
+
+    @property
+    def capabilities(self) -> dict[str, bool | float | None]:
+        """{flag: value} of every capability flag (`SpikeModel.CAPABILITIES`) of the family's class; None
+        where the flag depends on the options (a property, e.g. LFADS' `has_inferred_inputs`)."""
+        flags = {flag: inspect.getattr_static(self.model, flag) for flag in SpikeModel.CAPABILITIES}
+        return {flag: None if isinstance(value, property) else value for flag, value in flags.items()}
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    "lfads": ModelFamily(LFADS, config="lfads", search_space="lfads"),
+    "rnn": ModelFamily(RNNSeq2Seq, config="rnn", search_space="rnn"),
+    "ndt": ModelFamily(NDT, config="ndt", search_space="ndt"),
+    "gpfa": ModelFamily(GPFA, config="gpfa"),  # fitted by EM: nothing to tune by gradient
+    "stitched": ModelFamily(Stitched, config="stitched"),
+    "stndt": ModelFamily(STNDT, config="stndt", search_space="ndt"),
 }
+
+
+class _FamilyClasses(Mapping[str, type[SpikeModel]]):
+    """`FAMILIES` seen as {name: model class}: read-only, always in step with it."""
+
+    def __getitem__(self, name: str) -> type[SpikeModel]:
+        return FAMILIES[name].model
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FAMILIES)
+
+    def __len__(self) -> int:
+        return len(FAMILIES)
+
+    def __repr__(self) -> str:
+        return repr({name: family.model.__name__ for name, family in FAMILIES.items()})
+
+
+MODELS: Mapping[str, type[SpikeModel]] = _FamilyClasses()
+
+
+def model_family(name: str) -> ModelFamily:
+    """The registered family `name`, or a ModelConfigError listing the registered ones."""
+    if name not in FAMILIES:
+        raise ModelConfigError(f"unknown model name={name!r}; registered models: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
 
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -157,9 +212,11 @@ def create_model(
 
 
 __all__ = [
+    "FAMILIES",
     "GPFA",
     "LFADS",
     "MODELS",
+    "ModelFamily",
     "NDT",
     "ModelConfigError",
     "ModelOutput",
@@ -169,6 +226,7 @@ __all__ = [
     "Stitched",
     "check_plain",
     "create_model",
+    "model_family",
     "model_name",
     "model_options",
     "resolve_model_config",

@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralnets.checkpoints import load_checkpoint
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.errors import CheckpointError, ConfigError
 from neuralnets.eval import evaluate_splits
 from neuralnets.eval.tblog import log_to_tensorboard
-from neuralnets.runs import predict_chunks, write_metrics, write_predictions
+from neuralnets.runs import LAST_CHECKPOINT, predict_chunks, write_metrics, write_predictions
 from neuralnets.training.build import load_kwargs
 from neuralnets.training.callbacks import log_figures
 from neuralnets.training.module import TrainingModule
@@ -146,3 +147,16 @@ def finish_run(
         log_figures(logger, data, pred, split, step)
     logger.finalize("success")
     return record
+
+
+def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path, trust: bool = False) -> int:
+    """After `ddp_spawn` this process gets back the weights and the best path only: read the final
+    step from last.ckpt and the best monitored score from the best checkpoint's callback state."""
+    last = ckpt_dir / LAST_CHECKPOINT
+    step = read_verified(last, trust)["global_step"] if last.is_file() else 0
+    if checkpoint.best_model_score is None:
+        state = read_verified(Path(checkpoint.best_model_path), trust)
+        for key, cb_state in state.get("callbacks", {}).items():
+            if key.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None:
+                checkpoint.best_model_score = cb_state["best_model_score"]
+    return int(step)

@@ -6,13 +6,14 @@
         pbt.address=auto pbt.gpus_per_trial=0.25 pbt.num_samples=32        # on a running Ray cluster
 
 A population of `pbt.num_samples` models (each an ordinary `TrainingModule` trained by Lightning) starts
-from hyperparameters drawn from `pbt.search_space`. Every `pbt.perturbation_interval` epochs (one
-generation) each member reports its validation metrics and a checkpoint to Tune; Ray's
-`PopulationBasedTraining` scheduler then lets the worst `quantile_fraction` restart from a copy of
-a best member's checkpoint (weights, optimiser state, step counters) with that member's
-hyperparameters perturbed by x0.8 / x1.2 or resampled (`resample_probability`), kept inside the
-search bounds. The searched values are any config keys: AutoLFADS' set is the learning rate,
-dropout, coordinated-dropout rate and the KL / L2 penalty scales.
+from hyperparameters drawn from its search space (`search_bounds`: the model family's `pbt:` space, or
+`pbt.search_space`). Every `pbt.perturbation_interval` epochs (one generation) each member reports its
+validation metrics and a checkpoint to Tune; Ray's `PopulationBasedTraining` scheduler then lets the
+worst `quantile_fraction` restart from a copy of a best member's checkpoint (weights, optimiser state,
+step counters) with that member's hyperparameters perturbed by x0.8 / x1.2 or resampled
+(`resample_probability`), kept inside the search bounds. The searched values are any real-valued config
+keys: LFADS' space is AutoLFADS' set, the learning rate, dropout, coordinated-dropout rate and the KL /
+L2 penalty scales.
 
 Output, under the Hydra run directory (`runs/pbt/<model>_<data>/<time>/`, itself claimed and locked
 through `neuralnets.runs`, with config.yaml and status.json):

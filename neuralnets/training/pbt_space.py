@@ -9,40 +9,53 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.errors import ConfigError
+from neuralnets.training.study import read_spaces, space_file
 
 
-def _flatten_space(node: Any, prefix: str = "") -> dict[str, Any]:
-    """The nested `pbt.search_space` {module: {lr: {low, high, log}}} as {"module.lr": {...}}."""
+def _flatten_space(node: Any, where: str, prefix: str = "") -> dict[str, Any]:
+    """The nested space {module: {lr: {low, high, log}}} at `where` (pbt.search_space, or the family's
+    file) as {"module.lr": {...}}."""
     if not OmegaConf.is_dict(node):
-        raise ConfigError(f"pbt.search_space.{prefix.rstrip('.')} must be {{low, high, log}}; got {node}")
+        raise ConfigError(f"{where}.{prefix.rstrip('.')} must be {{low, high, log}}; got {node}")
     if "low" in node or "high" in node:
         return {prefix.rstrip("."): node}
     out: dict[str, Any] = {}
     for key, value in node.items():
-        out.update(_flatten_space(value, f"{prefix}{key}."))
+        out.update(_flatten_space(value, where, f"{prefix}{key}."))
     return out
 
 
 def search_bounds(cfg: DictConfig) -> dict[str, tuple[float, float, bool]]:
-    """`pbt.search_space` as {dotted config key: (low, high, log)}, checked against the config."""
-    space = cfg.pbt.get("search_space")
-    flat = _flatten_space(space) if space else {}
+    """The PBT search space as {dotted config key: (low, high, log)}, checked against the config:
+    `pbt.search_space`, or where it is null the model family's (`pbt:` in its search-space file,
+    `ModelFamily.search_space`). Errors name where the space came from."""
+    space, where = cfg.pbt.get("search_space"), "pbt.search_space"
+    if space is None:
+        space, where = read_spaces(cfg).get("pbt"), f"{space_file(cfg)}: pbt"
+        if space is None:
+            raise ConfigError(
+                f"{space_file(cfg)} holds no `pbt:` search space for model {cfg.model.name!r}; give one "
+                "with pbt.search_space={module: {lr: {low: 1e-4, high: 1e-2, log: true}}}"
+            )
+    flat = _flatten_space(space, where) if space else {}
     if not flat:
-        raise ConfigError("pbt.search_space is empty: name at least one config key to search")
+        raise ConfigError(f"{where} is empty: name at least one config key to search")
     bounds = {}
     for key, spec in flat.items():
         current = OmegaConf.select(cfg, key, default=None)
         numeric = isinstance(current, int | float) and not isinstance(current, bool)
         if not numeric and current != "auto":  # `auto` (module.lr, ...): a number once resolved
+            raise ConfigError(f"{where}: {key!r} is not a numeric key of this config; got {current!r}")
+        if isinstance(current, int) and not isinstance(current, bool):  # x0.8 / x1.2 makes floats
             raise ConfigError(
-                f"pbt.search_space: {key!r} is not a numeric key of this config; got {current!r}"
+                f"{where}: {key} is an integer setting ({current}); PBT searches real-valued ones"
             )
         try:
             low, high, use_log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
         except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"pbt.search_space.{key} must be {{low, high, log}}; got {spec}") from None
+            raise ConfigError(f"{where}.{key} must be {{low, high, log}}; got {spec}") from None
         if not low < high or (use_log and low <= 0):
-            raise ConfigError(f"pbt.search_space.{key}: need low < high (and low > 0 with log); got {spec}")
+            raise ConfigError(f"{where}.{key}: need low < high (and low > 0 with log); got {spec}")
         bounds[key] = (low, high, use_log)
     return bounds
 

@@ -40,19 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
 
-from neuralnets.checkpoints import checkpoint_of
-from neuralnets.config import load_saved_config
 from neuralnets.config_schema import validate
-from neuralnets.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
+from neuralnets.errors import ConfigError, DivergenceError, RunInterrupted
 from neuralnets.runs import (
     CHECKPOINT_DIR,
-    CONFIG_FILE,
-    LAST_CHECKPOINT,
     error_line,
-    read_status,
     recorded_run,
     write_config,
     write_metrics,
@@ -60,16 +54,21 @@ from neuralnets.runs import (
 )
 from neuralnets.training import build
 from neuralnets.training.assemble import RUN_DIR_ENV, Assembly, assemble  # noqa: F401 - RUN_DIR_ENV re-exported
-from neuralnets.training.finish import finish_run, read_verified
+from neuralnets.training.finish import finish_run, read_verified, recover_spawned_state  # noqa: F401 - re-exported
 from neuralnets.training.module import TrainingModule
+from neuralnets.training.resume import (  # noqa: F401 - re-exported: moved out of this module
+    RESUME_FIXED,
+    NothingToDo,
+    _flat_group,
+    check_resumable,
+    check_resume_config,
+    resume_checkpoint,
+    resume_dir,
+)
 
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train.log"
-
-
-class NothingToDo(Exception):
-    """resume= of a finished run without more epochs to train: nothing is changed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,20 +117,6 @@ def new_run_location(cfg: DictConfig) -> tuple[Path, str]:
     return Path(cfg.out_dir) / f"{model}_{cfg.data.name}", _timestamp()
 
 
-def resume_dir(resume: str | Path) -> Path:
-    """The run directory of `resume=` (a run directory, or a checkpoint in its checkpoints/)."""
-    path = Path(resume)
-    return path.parent.parent if path.suffix == ".ckpt" else path
-
-
-def resume_checkpoint(resume: str | Path) -> Path:
-    """`resume` is a run directory (its `checkpoints/last.ckpt`) or a checkpoint file (used as given)."""
-    try:
-        return checkpoint_of(resume, "last")
-    except CheckpointError as err:
-        raise ConfigError(f"resume={str(resume)!r}: {err}") from None
-
-
 def is_launch_rank_zero() -> bool:
     """False in the extra processes of a distributed run (Lightning's DDP relaunch of the command,
     torchrun, srun), known from the launcher's environment before any Trainer exists. Those processes
@@ -159,60 +144,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"unknown option(s) {['module.' + k for k in unknown]}; module options: {sorted(options)}"
         )
-
-
-def check_resumable(run_dir: Path, cfg: DictConfig, ckpt: dict) -> None:
-    """NothingToDo for a finished run, unless `trainer.max_epochs` asks for more epochs than it trained."""
-    status = read_status(run_dir)
-    if status["status"] != "finished":
-        return
-    trained = int(status.get("epochs") or ckpt.get("epoch", -1) + 1)
-    wanted = cfg.trainer.get("max_epochs")
-    if wanted is None or wanted < 0 or wanted > trained:
-        return
-    raise NothingToDo(
-        f"{run_dir} is a finished run ({trained} epochs); nothing to do (raise trainer.max_epochs above "
-        f"{trained} to train it further)"
-    )
-
-
-# The groups a resume must keep: another model or data cannot continue the run's checkpoint (others, e.g.
-# trainer.max_epochs, threads, callbacks.figures, may change).
-RESUME_FIXED = ("model", "data", "module", "seed")
-
-
-def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
-    """A ConfigError naming the first key of RESUME_FIXED whose value in `cfg` differs from the run's
-    saved config.yaml: raised before anything in the run is read or written."""
-    if not (run_dir / CONFIG_FILE).is_file():  # a run without one cannot be resumed from the command line
-        return
-    saved = load_saved_config(run_dir / CONFIG_FILE)
-    for group in RESUME_FIXED:
-        mine, theirs = _flat_group(cfg, group), _flat_group(saved, group)
-        for key in sorted(set(mine) | set(theirs)):
-            new, old = mine.get(key, "(absent)"), theirs.get(key, "(absent)")
-            if new != old:
-                raise ConfigError(
-                    f"resume={cfg.resume}: {key}={new!r}, but the run was trained with {key}={old!r} "
-                    f"({run_dir / CONFIG_FILE}); a resume continues the same model on the same data "
-                    f"({', '.join(RESUME_FIXED)} fixed): start a new run instead"
-                )
-
-
-def _flat_group(cfg: DictConfig, group: str) -> dict[str, Any]:
-    """{"group.a.b": value} of `cfg[group]`, resolved (a scalar group: {"group": value})."""
-    node = OmegaConf.select(cfg, group)
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    out: dict[str, Any] = {}
-    stack = [(group, node)]
-    while stack:
-        key, value = stack.pop()
-        if isinstance(value, dict):
-            stack += [(f"{key}.{k}", v) for k, v in value.items()]
-        else:
-            out[key] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- lifecycle
@@ -406,19 +337,6 @@ def _ended(run_dir: Path, status: str, trainer: pl.Trainer, seconds: float, erro
         run_dir, status, {}, monitor=monitor, epochs=trainer.current_epoch, steps=trainer.global_step,
         train_time_s=seconds, error=error,
     )  # fmt: skip
-
-
-def recover_spawned_state(checkpoint: ModelCheckpoint, ckpt_dir: Path, trust: bool = False) -> int:
-    """After `ddp_spawn` this process gets back the weights and the best path only: read the final
-    step from last.ckpt and the best monitored score from the best checkpoint's callback state."""
-    last = ckpt_dir / LAST_CHECKPOINT
-    step = read_verified(last, trust)["global_step"] if last.is_file() else 0
-    if checkpoint.best_model_score is None:
-        state = read_verified(Path(checkpoint.best_model_path), trust)
-        for key, cb_state in state.get("callbacks", {}).items():
-            if key.startswith("ModelCheckpoint") and cb_state.get("best_model_score") is not None:
-                checkpoint.best_model_score = cb_state["best_model_score"]
-    return int(step)
 
 
 def _float_or_none(x: Any) -> float | None:

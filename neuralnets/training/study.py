@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import re
 import secrets
@@ -18,9 +19,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from neuralnets.config import CONFIG_DIR, compose
+from neuralnets.config import CONFIG_DIR, compose, load_config_file
 from neuralnets.errors import ConfigError
-from neuralnets.files import atomic_path
+from neuralnets.files import atomic_path, held_lock
+from neuralnets.models import model_family
 from neuralnets.runs import STATUS_FILE, read_status, write_status
 from neuralnets.training.journal import check_journal, open_journal, repair_journal
 
@@ -51,30 +53,59 @@ def _optuna():
 
 
 def space_file(cfg: DictConfig) -> Path:
-    """The search-space file: `tune.space`, else `configs/tune/<model.name>.yaml`."""
-    return Path(cfg.tune.space) if cfg.tune.get("space") else CONFIG_DIR / "tune" / f"{cfg.model.name}.yaml"
+    """The search-space file: `tune.space`, else the model family's (`ModelFamily.search_space`: a name in
+    `configs/tune/`, or a file)."""
+    if cfg.get("tune") is not None and cfg.tune.get("space"):
+        return Path(cfg.tune.space)
+    name = str(cfg.model.name)
+    declared = model_family(name).search_space
+    if declared is None:
+        raise ConfigError(
+            f"model {name!r} declares no search space (ModelFamily.search_space in neuralnets/models); "
+            "give one with tune.space=FILE (neuralnets-tune) or pbt.search_space={...} (neuralnets-pbt)"
+        )
+    return Path(declared) if isinstance(declared, Path) else CONFIG_DIR / "tune" / f"{declared}.yaml"
 
 
-def search_space(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The `params` of the search-space file (`space_file`), each `{key, low, high, log}` with `key` an
-    existing config key."""
+def read_spaces(cfg: DictConfig) -> DictConfig:
+    """The search-space file's content (`space_file`): `params` for neuralnets-tune, `pbt` for
+    neuralnets-pbt. A file of the config tree is composed; any other is read as plain data."""
     path = space_file(cfg)
     if not path.is_file():
         raise ConfigError(f"no search space {path} for model {cfg.model.name!r} (set tune.space=FILE)")
-    space = (
-        OmegaConf.load(path) if cfg.tune.get("space") else compose(config_name=f"tune/{cfg.model.name}").tune
-    )
-    params = OmegaConf.to_container(space).get("params") or []
+    if path.parent == CONFIG_DIR / "tune":
+        return compose(config_name=f"tune/{path.stem}").tune
+    return load_config_file(path, "search-space file")
+
+
+def search_space(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The `params` of the search-space file (`space_file`), each `{key, low, high, log}` with `key` a
+    numeric setting of the config."""
+    path = space_file(cfg)
+    params = OmegaConf.to_container(read_spaces(cfg)).get("params") or []
     for p in params:
         key = p.get("key")
-        if OmegaConf.select(cfg, str(key)) is None:
+        default = OmegaConf.select(cfg, str(key))
+        if default is None:
             raise ConfigError(f"{path}: {key!r} is not a setting of this config (model {cfg.model.name})")
+        if isinstance(default, bool):
+            raise ConfigError(f"{path}: {key} is a yes/no setting ({default}); a search space holds numbers")
         low, high = p.get("low"), p.get("high")
         if not (isinstance(low, int | float) and isinstance(high, int | float) and low < high):
             raise ConfigError(f"{path}: {key}: need numbers low < high; got low={low!r}, high={high!r}")
         if p.get("log") and low <= 0:
             raise ConfigError(f"{path}: {key}: a log scale needs low > 0; got {low}")
+        if is_integer(p, default) and math.ceil(low) > math.floor(high):
+            raise ConfigError(f"{path}: {key} is an integer setting; no integer lies in [{low}, {high}]")
     return params
+
+
+def is_integer(param: dict[str, Any], default: Any) -> bool:
+    """Whether a searched key takes integers (a size, a count): its config default is an int, or, for a
+    default that is not a number (`auto`), both bounds are ints."""
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        return isinstance(default, int)
+    return isinstance(param.get("low"), int) and isinstance(param.get("high"), int)
 
 
 def study_space(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -171,20 +202,20 @@ class WorkerLock:
     def __init__(self, tune_dir: Path):
         self.dir = tune_dir / WORKERS
         self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.fd: int | None = None
+        self.path = self.dir / f"{self.name}.lock"
+        self._held = contextlib.ExitStack()
 
     def __enter__(self) -> WorkerLock:
+        # Created, then locked: no trial names this worker before the lock is held, so no other worker
+        # can judge it dead (`alive`) in between.
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{self.name}.tmp"
-        self.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.replace(tmp, self.dir / f"{self.name}.lock")  # visible only once locked
+        holder = f"neuralnets-tune worker pid {os.getpid()} on {socket.gethostname()}"
+        self._held.enter_context(held_lock(self.path, holder))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        (self.dir / f"{self.name}.lock").unlink(missing_ok=True)
-        if self.fd is not None:
-            os.close(self.fd)
+        self.path.unlink(missing_ok=True)  # before the lock goes: no stale file that looks alive
+        self._held.close()
 
     @staticmethod
     def alive(tune_dir: Path, name: str) -> bool:

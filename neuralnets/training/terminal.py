@@ -3,7 +3,8 @@
 - `QuietModelSummary`: the model summary without a FLOPs column and total when nothing was counted
   (the models have no example input, so Lightning's column is all zeros);
 - `EpochProgressBar`: epochs counted as people count them, "Epoch 1/100" for the first of 100 (Lightning
-  says "Epoch 0" and counts to max_epochs - 1), without Lightning's empty `v_num`;
+  says "Epoch 0" and counts to max_epochs - 1), without Lightning's empty `v_num`, and as wide as the
+  terminal (`terminal_size`: $COLUMNS where set), so a narrow one never wraps it;
 - `quiet_device_lines()`: Lightning's "GPU available: False" / "TPU available: False" lines dropped on a
   machine without such accelerators (lines that say True, i.e. one that exists, still print).
 `build.build_trainer` installs all three.
@@ -12,8 +13,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
-from typing import Any
+from typing import IO, Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelSummary, TQDMProgressBar
@@ -48,8 +50,40 @@ class QuietModelSummary(ModelSummary):
         log.info("\n%s", table)
 
 
+def terminal_size(stream: IO | None = None) -> tuple[int, int]:
+    """(columns, lines) a progress bar may use on `stream`: $COLUMNS / $LINES where set, else the size of
+    the terminal `stream` writes to, else 80 x 24; one column and one line kept spare (a line that fills
+    the last column wraps on some terminals), as tqdm keeps them."""
+    try:
+        size = os.get_terminal_size(stream.fileno())  # type: ignore[union-attr]
+        columns, lines = size.columns, size.lines
+    except (AttributeError, OSError, ValueError):  # not a terminal (a pipe, a log file, a notebook)
+        columns, lines = 80, 24
+    env = {k: os.environ.get(k, "") for k in ("COLUMNS", "LINES")}
+    columns = int(env["COLUMNS"]) if env["COLUMNS"].isdigit() and int(env["COLUMNS"]) > 1 else columns
+    lines = int(env["LINES"]) if env["LINES"].isdigit() and int(env["LINES"]) > 1 else lines
+    return columns - 1, lines - 1
+
+
 class EpochProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, the epoch counted from 1 and shown out of `max_epochs`."""
+    """Lightning's progress bar, the epoch counted from 1 and shown out of `max_epochs`, each bar as wide
+    as the terminal (tqdm trims the line to it; Lightning's own bars measure only a real terminal and
+    never trim a piped one, nor honour $COLUMNS)."""
+
+    def init_sanity_tqdm(self) -> Any:
+        return _fit(super().init_sanity_tqdm())
+
+    def init_train_tqdm(self) -> Any:
+        return _fit(super().init_train_tqdm())
+
+    def init_validation_tqdm(self) -> Any:
+        return _fit(super().init_validation_tqdm())
+
+    def init_test_tqdm(self) -> Any:
+        return _fit(super().init_test_tqdm())
+
+    def init_predict_tqdm(self) -> Any:
+        return _fit(super().init_predict_tqdm())
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
@@ -62,6 +96,13 @@ class EpochProgressBar(TQDMProgressBar):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+
+def _fit(bar: Any) -> Any:
+    """`bar` (a tqdm bar) re-measured on each refresh by `terminal_size`."""
+    bar.dynamic_ncols = terminal_size
+    bar.ncols, bar.nrows = terminal_size(bar.fp)
+    return bar
 
 
 class _AbsentAccelerators(logging.Filter):

@@ -67,6 +67,7 @@ from neuralnets.training.study import (
     _locked,
     _optuna,
     fail_lost_trials,
+    is_integer,
     member_config,
     open_storage,
     record_study_config,
@@ -168,15 +169,22 @@ def _signals_noted() -> Iterator[list[str]]:
             signal.signal(s, handler)
 
 
+def suggest(trial: Any, param: dict[str, Any], default: Any) -> int | float:
+    """The trial's value of one searched key: an int for an integer setting (`study.is_integer`: a size
+    sampled as a float would reach the model as 4.0), else a float."""
+    key, low, high, log = param["key"], param["low"], param["high"], bool(param.get("log"))
+    if is_integer(param, default):
+        return trial.suggest_int(key, math.ceil(low), math.floor(high), log=log)
+    return trial.suggest_float(key, low, high, log=log)
+
+
 def _run_member(
     cfg: DictConfig, study: Any, trial: Any, space: list[dict[str, Any]]
 ) -> tuple[str, str | None]:
     """Sample, train and record one member; returns its state (one of STATES) and error (or None)."""
     optuna = _optuna()
     t = cfg.tune
-    params = {
-        p["key"]: trial.suggest_float(p["key"], p["low"], p["high"], log=bool(p.get("log"))) for p in space
-    }
+    params = {p["key"]: suggest(trial, p, OmegaConf.select(cfg, p["key"])) for p in space}
     run_dir = Path(t.dir) / MEMBERS / f"{trial.number:03d}"
     trial.set_user_attr("run_dir", str(run_dir.relative_to(t.dir)))
     reporter = ReportAndPrune(trial, t.metric, t.get("prune_worse_than"), int(t.min_epochs))
@@ -254,6 +262,8 @@ def tune(cfg: DictConfig) -> list[dict[str, Any]]:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     cfg.tune.dir = str(cfg.tune.dir)  # resolved here: the only ${hydra:...} of the config
     tune_dir = Path(cfg.tune.dir)
+    if not cfg.tune.join:  # (a joining worker takes the study's saved config: checked below)
+        search_space(cfg)  # a model without a space, or a bad space, leaves no study directory behind
     tune_dir.mkdir(parents=True, exist_ok=True)
     with _locked(tune_dir / ".study.lock"):
         cfg = record_study_config(cfg, tune_dir)
