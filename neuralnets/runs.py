@@ -188,10 +188,18 @@ def recorded_run(run_dir: str | Path | tuple[str | Path, str], claim: bool = Tru
         try:
             yield path
         except BaseException as err:
-            if (path / STATUS_FILE).is_file() and read_status(path)["status"] == "running":
-                state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
-                write_status(path, state, error=error_line(err))
+            record_ending(path, err)
             raise
+
+
+def record_ending(run_dir: str | Path, err: BaseException) -> None:
+    """Record in status.json how a run still "running" ended with `err`: "interrupted" (Ctrl-C, SIGTERM,
+    a host's SystemExit) or "failed", with `error_line(err)`; any other status (one the run recorded
+    itself) is kept, and a directory without status.json (a start undone) records nothing."""
+    path = Path(run_dir)
+    if (path / STATUS_FILE).is_file() and read_status(path)["status"] == "running":
+        state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+        write_status(path, state, error=error_line(err))
 
 
 def write_config(run_dir: str | Path, cfg: Any) -> Path:

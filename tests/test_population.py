@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from tiny import TINY_DATA, TINY_LFADS
 
 from neuralnets.config import compose
-from neuralnets.errors import ConfigError
+from neuralnets.errors import ConfigError, RunInterrupted
+from neuralnets.runs import read_status
 from neuralnets.training.population import Population, resume_population, train_population
 from neuralnets.training.population_optim import MemberAdamW
 from neuralnets.training.run import run_training
@@ -158,6 +159,40 @@ def test_a_killed_population_resumes_every_member(tmp_path):
     for a, b in zip(resumed, straight, strict=True):
         assert a["steps"] == b["steps"]
         assert a["val_metrics"]["co_bps"] == pytest.approx(b["val_metrics"]["co_bps"], abs=1e-5)
+
+
+def test_an_interrupted_population_records_its_members_and_resumes(tmp_path):
+    """SIGTERM (here: Ctrl-C) in the second epoch: every member recorded interrupted, the command's error is
+    RunInterrupted (exit 75), and --resume continues every member from the first epoch's state."""
+    pop = Population(member_cfgs(2, MEMBERS[:2]))
+    pop_dir = pop.open_runs(tmp_path / "pop")
+    real, calls = pop.run_epoch, []
+
+    def second_epoch_interrupted():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real()
+
+    pop.run_epoch = second_epoch_interrupted
+    with pytest.raises(RunInterrupted, match="--resume"), pop.recorded():
+        pop.fit()
+    assert [read_status(m.run_dir)["status"] for m in pop.members] == ["interrupted", "interrupted"]
+    resumed = resume_population(pop_dir)
+    straight = train_population(member_cfgs(2, MEMBERS[:2]), tmp_path / "straight")
+    for a, b in zip(resumed, straight, strict=True):
+        assert a["steps"] == b["steps"]
+        assert a["val_metrics"]["co_bps"] == pytest.approx(b["val_metrics"]["co_bps"], abs=1e-5)
+        assert read_status(Path(a["run_dir"]))["status"] == "finished"
+
+
+@pytest.mark.parametrize("members", [["../elsewhere"], ["/tmp"], "member_000", []])
+def test_a_population_file_naming_paths_elsewhere_is_refused(tmp_path, members):
+    pop_dir = tmp_path / "pop"
+    pop_dir.mkdir()
+    (pop_dir / "population.json").write_text(json.dumps({"members": members, "K": 1}))
+    with pytest.raises(ConfigError, match="population.json"):
+        resume_population(pop_dir)
 
 
 def test_members_of_different_architecture_are_refused():

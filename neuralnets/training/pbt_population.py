@@ -110,9 +110,17 @@ def run_population_pbt(cfg: DictConfig, out: str | Path | None = None) -> list[d
         cfgs.append(member)
     pop = Population(cfgs)
     pop.open_runs(out)
+    with pop.recorded():  # member statuses recorded on a signal or an error
+        return _evolve(pop, p, bounds, rng)
+
+
+def _evolve(pop: Population, p: DictConfig, bounds: dict, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The generations: train `p.perturbation_interval` epochs, then the bottom quantile copies a top
+    member and perturbs or resamples its searched values; finally score every member (best first)."""
+    cfg0 = pop.members[0].cfg
     sign = 1.0 if p.mode == "max" else -1.0
     history: list[dict[str, Any]] = []
-    n_gen = int(cfg.trainer.max_epochs) // int(p.perturbation_interval)
+    n_gen = int(cfg0.trainer.max_epochs) // int(p.perturbation_interval)
     for gen in range(n_gen):
         for _ in range(int(p.perturbation_interval)):
             val = pop.run_epoch()

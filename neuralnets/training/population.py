@@ -21,6 +21,7 @@ equivalence with solo runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -29,28 +30,33 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from neuralnets.checkpoints import save_checkpoint
-from neuralnets.errors import ConfigError
+from neuralnets.config import load_saved_config
+from neuralnets.errors import ConfigError, RunInterrupted
 from neuralnets.eval.metrics import co_bps
+from neuralnets.files import atomic_path
 from neuralnets.models.lfads_population import stack_noise
 from neuralnets.runs import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     LAST_CHECKPOINT,
-    atomic_path,
     claim_run_dir,
     create_run_dir,
+    record_ending,
+    run_lock,
     write_config,
     write_status,
 )
 from neuralnets.training import build
+from neuralnets.training.interrupts import _Interrupts
 from neuralnets.training.population_members import POPULATION_MODELS, build_member, check_members
 from neuralnets.training.population_optim import (
     MemberAdamW,
@@ -390,6 +396,26 @@ class Population:
             for key, value in saved.items():
                 setattr(m, key, value)
 
+    @contextlib.contextmanager
+    def recorded(self) -> Iterator[None]:
+        """While the block runs the population directory is locked (a second process resuming it is
+        refused) and SIGTERM stops it as Ctrl-C does; if the block raises, every member still running is
+        recorded interrupted (resumable from the last epoch's population.pt) or failed
+        (`runs.record_ending`), and an interruption becomes `RunInterrupted` (exit 75)."""
+        with run_lock(self.dir), _Interrupts().installed():
+            try:
+                yield
+            except BaseException as err:
+                for m in self.members:
+                    if m.run_dir is not None:
+                        record_ending(m.run_dir, err)
+                if isinstance(err, KeyboardInterrupt):
+                    raise RunInterrupted(
+                        f"population {self.dir} interrupted at epoch {max(m.epoch for m in self.members)}; "
+                        f"neuralnets-population --resume {self.dir} continues every member"
+                    ) from None
+                raise
+
     def finish(self) -> list[dict[str, Any]]:
         """Score every member (`finish_member`); returns their records."""
         return [self.finish_member(k) for k in range(self.K)]
@@ -418,26 +444,45 @@ def train_population(cfgs: Sequence[DictConfig], parent: str | Path | None = Non
     """Train the members `cfgs` as one population and score each; returns their metrics records."""
     pop = Population(cfgs)
     pop.open_runs(parent)
-    pop.fit()
-    return pop.finish()
+    with pop.recorded():
+        pop.fit()
+        return pop.finish()
 
 
 def resume_population(pop_dir: str | Path) -> list[dict[str, Any]]:
     """Continue a killed population from its last saved epoch: every member, from its own run
     directory's config.yaml and the stacked state in population.pt."""
-    from neuralnets.runs import read_json
 
     pop_dir = Path(pop_dir)
-    record = read_json(pop_dir / POPULATION_FILE)
-    cfgs = [OmegaConf.load(pop_dir / name / "config.yaml") for name in record["members"]]
-    pop = Population(cfgs)
+    names = _member_names(pop_dir)
+    pop = Population([load_saved_config(pop_dir / name / CONFIG_FILE) for name in names])
     pop.dir = pop_dir
-    for m, name in zip(pop.members, record["members"], strict=True):
-        m.run_dir = pop_dir / name
-        write_status(m.run_dir, "running", error=None)
-        m.logger = build.build_logger(m.cfg, m.run_dir)
-    state_path = pop_dir / STATE_FILE
-    if state_path.is_file():
-        pop.load_state(torch.load(state_path, map_location="cpu", weights_only=True))
-    pop.fit()
-    return pop.finish()
+    with pop.recorded():  # locked before any member's status is touched
+        for m, name in zip(pop.members, names, strict=True):
+            m.run_dir = pop_dir / name
+            write_status(m.run_dir, "running", error=None)
+            m.logger = build.build_logger(m.cfg, m.run_dir)
+        state_path = pop_dir / STATE_FILE
+        if state_path.is_file():
+            pop.load_state(torch.load(state_path, map_location="cpu", weights_only=True))
+        pop.fit()
+        return pop.finish()
+
+
+def _member_names(pop_dir: Path) -> list[str]:
+    """The member directories population.json lists: names of folders directly inside `pop_dir` only
+    (the file is untrusted: a path elsewhere is refused)."""
+    from neuralnets.runs import read_json
+
+    path = pop_dir / POPULATION_FILE
+    if not path.is_file():
+        raise ConfigError(f"{pop_dir} is not a population directory (no {POPULATION_FILE})")
+    names = read_json(path).get("members") if isinstance(read_json(path), dict) else None
+    if not isinstance(names, list) or not names:
+        raise ConfigError(f"{path}: 'members' must be a non-empty list of member directory names")
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ConfigError(f"{path}: member {name!r} is not a directory inside {pop_dir}")
+        if not (pop_dir / name / CONFIG_FILE).is_file():
+            raise ConfigError(f"{path}: member {name!r} has no {CONFIG_FILE}")
+    return names

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from neuralnets.errors import ConfigError, NeuralnetsError
+from neuralnets.errors import ConfigError, NeuralnetsError, RunInterrupted
 from neuralnets.runs import error_line, write_status
 from neuralnets.training.population import Population
 from neuralnets.training.population_members import POPULATION_MODELS
@@ -113,30 +113,32 @@ def run_population_worker(cfg: DictConfig, index: int = 0) -> None:
         floor = t.get("prune_worse_than")
         floor = None if floor is None else _maximised(t.metric, float(floor))
         try:
-            while any(s is not None for s in slots):
-                val = pop.run_epoch()
-                for k, slot in enumerate(slots):
-                    if slot is None:
-                        continue
-                    m = pop.members[k]
-                    value = _maximised(t.metric, float(val[t.metric][k]))
-                    value = value if math.isfinite(value) else -math.inf
-                    slot.values[m.epoch - 1] = value
-                    slot.trial.report(value, m.epoch - 1)
-                    below = floor is not None and m.epoch >= int(t.min_epochs) and value < floor
-                    pruned = below or slot.trial.should_prune()
-                    if not (pruned or m.stopped):
-                        continue
-                    _finish_slot(pop, k, slot, study, pruned)
-                    slots[k] = _ask(cfg, study, space, me.name)
-                    if slots[k] is None:
-                        m.stopped = True  # an empty slot: frozen until the population ends
-                    else:
-                        pop.replace_member(k, slots[k].cfg, slots[k].run_dir)
+            with pop.recorded():  # member statuses recorded on a signal or an error
+                while any(s is not None for s in slots):
+                    val = pop.run_epoch()
+                    for k, slot in enumerate(slots):
+                        if slot is None:
+                            continue
+                        m = pop.members[k]
+                        value = _maximised(t.metric, float(val[t.metric][k]))
+                        value = value if math.isfinite(value) else -math.inf
+                        slot.values[m.epoch - 1] = value
+                        slot.trial.report(value, m.epoch - 1)
+                        below = floor is not None and m.epoch >= int(t.min_epochs) and value < floor
+                        pruned = below or slot.trial.should_prune()
+                        if not (pruned or m.stopped):
+                            continue
+                        _finish_slot(pop, k, slot, study, pruned)
+                        slots[k] = _ask(cfg, study, space, me.name)
+                        if slots[k] is None:
+                            m.stopped = True  # an empty slot: frozen until the population ends
+                        else:
+                            pop.replace_member(k, slots[k].cfg, slots[k].run_dir)
         except BaseException as err:  # a bug or an interruption: the running members are lost, recorded
+            state = "interrupted" if isinstance(err, RunInterrupted) else "failed"  # interrupted: not counted
             for slot in slots:
                 if slot is not None:
-                    slot.trial.set_user_attr("status", "failed")
+                    slot.trial.set_user_attr("status", state)
                     slot.trial.set_user_attr("error", error_line(err))
                     study.tell(slot.trial, state=optuna.trial.TrialState.FAIL)
             raise
