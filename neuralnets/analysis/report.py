@@ -26,12 +26,15 @@ import numpy as np
 from neuralnets.analysis.fixed_points import model_fixed_points, require_dynamics
 from neuralnets.analysis.ground_truth import attractor_diameter, fixed_point_distances, map_to_true_latents
 from neuralnets.analysis.inputs import (
-    choose_threshold,
-    detect_events,
+    MIN_SEPARATION,
+    NULL_EVENTS_PER_TRIAL,
+    detect_peaks,
     event_aligned,
     event_precision_recall,
     input_magnitude,
+    input_verdict,
     known_events,
+    null_inputs,
     require_inputs,
     trial_events,
 )
@@ -42,6 +45,7 @@ from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStat
 REPORT_FILE = "analysis.md"
 ALIGN_BINS = 10  # bins before and after a trial event in the event-aligned input magnitude
 MAX_TABLE_ROWS = 12  # fixed points listed in the report (slowest first)
+NULL_TRIALS_MAX = 256  # train trials the input-free null is simulated from
 
 
 @dataclass
@@ -164,8 +168,11 @@ def condition_section(data, latents: np.ndarray) -> Section:
     return Section(title, text, {"analysis/jpca": jpca_figure(res, shown)}, numbers)
 
 
-def inputs_section(model, data, inputs: np.ndarray | None, tolerance_bins: int) -> Section:
-    """Inferred-input events: threshold from train trials, aligned to trial events, scored vs known inputs."""
+def inputs_section(
+    model, data, inputs: np.ndarray | None, tolerance_bins: int, session: str | None = None, seed: int = 0
+) -> Section:
+    """Inferred-input events: peaks above a threshold set on an input-free null from the train trials, a
+    verdict against that null, alignment to trial events, and a score against known inputs."""
     title = "Inferred inputs"
     try:
         require_inputs(model)
@@ -174,19 +181,31 @@ def inputs_section(model, data, inputs: np.ndarray | None, tolerance_bins: int) 
     if inputs is None:
         return Section(title, "Skipped: the predictions hold no inferred inputs.")
     from neuralnets.analysis.figures import input_events_figure
-    from neuralnets.eval.metrics import INPUT_CORR_MAX_LAG, input_corr, input_readout_r2
+    from neuralnets.eval.metrics import INPUT_CORR_MAX_LAG, INPUT_CORR_MAX_LEAD, input_corr, input_readout_r2
 
     mag = input_magnitude(inputs)  # (trials, T_obs)
     train, test = _trials(data, "train"), _trials(data, "test")
-    thr = choose_threshold(mag[train])
-    detected = detect_events(mag[test], thr)
-    rate = len(detected) / (len(test) * mag.shape[1] * float(data.bin_size))
+    null_train = train[:NULL_TRIALS_MAX]
+    null = input_magnitude(null_inputs(model, data.heldin_obs[null_train], seed=seed, session=session))
+    verdict = input_verdict(mag[train], null)
+    thr = verdict.threshold
+    detected = detect_peaks(mag[test], thr)
+    per_trial = len(detected) / len(test)
     lines = [
-        f"Magnitude ‖u_t‖ of the {inputs.shape[2]} inferred inputs. Event threshold (median + 5 robust sd "
-        f"of the train trials): {thr:.3g}. Test trials: {len(detected)} events in {len(test)} trials "
-        f"({rate:.2f} events/s).",
+        f"**Verdict: {verdict.text}.**",
+        "",
+        f"Magnitude ‖u_t‖ of the {inputs.shape[2]} inferred inputs; an event is a peak of it (peaks "
+        f"closer than {MIN_SEPARATION} bins are one). The null: the model's own dynamics with the "
+        f"controller switched off, run from the initial states of {len(null_train)} train trials, Poisson "
+        "spikes drawn from its rates and fed back through the model: what it infers when no input drove "
+        f"the population. Threshold {thr:.3g}, set so that the null gives {NULL_EVENTS_PER_TRIAL:g} events "
+        f"per trial. Test trials: {len(detected)} events in {len(test)} trials ({per_trial:.2f} per trial).",
     ]
-    numbers: dict[str, Any] = {"threshold": thr, "n_events_test": len(detected), "events_per_s": rate}
+    numbers: dict[str, Any] = {
+        "threshold": thr, "verdict": verdict.text, "reliable_inputs": verdict.reliable,
+        "events_per_trial_test": per_trial, "events_per_trial_null": verdict.null_per_trial,
+        "verdict_p_value": verdict.p_value,
+    }  # fmt: skip
     aligned = {}
     for name, bins in trial_events(data).items():
         aligned[name] = event_aligned(mag, bins, ALIGN_BINS, ALIGN_BINS)
@@ -202,20 +221,28 @@ def inputs_section(model, data, inputs: np.ndarray | None, tolerance_bins: int) 
     if data.inputs is not None:
         t = min(mag.shape[1], data.n_obs)
         known = known_events(data.inputs[test, :t])
-        score = event_precision_recall(detect_events(mag[test, :t], thr), known, tolerance_bins)
-        numbers.update(precision=score.precision, recall=score.recall)
+        score = event_precision_recall(detect_peaks(mag[test, :t], thr), known, tolerance_bins)
+        false = (score.n_detected - score.n_matched) / len(test)
+        numbers.update(
+            precision=score.precision, recall=score.recall, median_lag_bins=score.median_lag_bins,
+            false_events_per_trial=false, lag_counts=score.lag_counts(),
+        )  # fmt: skip
+        counts = ", ".join(f"{k:+d}: {v}" for k, v in score.lag_counts().items())
         lines.append(
-            f"- against the known inputs' events (|u| above half its maximum) within ±{tolerance_bins} bins: "
-            f"precision {_fmt(score.precision)}, recall {_fmt(score.recall)} ({score.n_matched} of "
-            f"{score.n_known} known events matched; median lag {_fmt(score.median_lag_bins)} bins)."
+            f"- against the known inputs' events (peaks of |u| over half its maximum) within "
+            f"±{tolerance_bins} bins: precision {_fmt(score.precision)}, recall {_fmt(score.recall)} "
+            f"({score.n_matched} of {score.n_known} known events matched; {false:.2f} unmatched events per "
+            f"trial). Lags (detected − known, bins; negative: the model leads): {counts}; median "
+            f"{_fmt(score.median_lag_bins)}."
         )
-        if t >= INPUT_CORR_MAX_LAG + 2 and len(test) >= 2:
+        if t >= INPUT_CORR_MAX_LAG + INPUT_CORR_MAX_LEAD + 2 and len(test) >= 2:
             corr = input_corr(data.inputs[test, :t], inputs[test, :t])
             r2 = input_readout_r2(data.inputs[test, :t], inputs[test, :t])
             numbers.update(input_corr=corr, input_readout_r2=r2)
             lines.append(
-                f"- harness metrics on the test trials: input_corr (|known| vs inferred magnitude) "
-                f"{corr:.3f}, input_readout_r2 (cross-validated signed read-out) {r2:.3f}."
+                f"- harness metrics on the test trials (lags -{INPUT_CORR_MAX_LEAD}..+{INPUT_CORR_MAX_LAG} "
+                f"bins): input_corr (|known| vs inferred magnitude) {corr:.3f}, input_readout_r2 "
+                f"(cross-validated signed read-out) {r2:.3f}."
             )
     fig = input_events_figure(aligned, float(data.bin_size), thr) if aligned else None
     return Section(title, "\n".join(lines), {"analysis/input_events": fig} if fig else {}, numbers)
@@ -243,7 +270,7 @@ def analyze(
     return [
         fixed_points_section(model, data, latents, session, n_initial, n_iter, seed),
         condition_section(data, latents),
-        inputs_section(model, data, predictions.get("inputs"), tolerance_bins),
+        inputs_section(model, data, predictions.get("inputs"), tolerance_bins, session, seed),
     ]
 
 
