@@ -25,6 +25,7 @@ DIM_REL = 0.1  # an axis counts when its sd is at least this fraction of the gro
 DIM_ABS = 0.01  # ... and at least this fraction of the scale (a tight cluster is a point, not a line)
 RING_CV = 0.15  # a 2-D group is a ring when the sd of its radii is below this fraction of their mean ...
 RING_COVER = 0.75  # ... and its members span at least this fraction of the full circle
+ALIGN_MIN = 0.9  # |cos| between a line of slow points and the slowest mode: a line attractor
 
 
 @dataclass
@@ -138,3 +139,27 @@ def modes(eigenvalues: np.ndarray, bin_size: float, min_tau: float) -> list[dict
         if a > 1 or tau >= min_tau:
             out.append({"abs": a, "tau_s": tau, "hz": float(abs(np.angle(v)) / (2 * np.pi * bin_size))})
     return out
+
+
+def describe_group(group: PointGroup, alignment: float | None, slowest_tau: float, window: float) -> str:
+    """What a group is, in words: 'isolated point', or a 'line attractor' (a line along its slowest mode,
+    |cos| >= ALIGN_MIN) / 'ring attractor' / 'arc attractor' when its slowest time constant
+    `slowest_tau` (s) is longer than `window` (s, e.g. a trial), else its shape ('line', 'plane', ...)."""
+    if group.kind == "point":
+        return "isolated point"
+    slow = not np.isfinite(slowest_tau) or slowest_tau > window
+    if group.kind == "line" and alignment is not None and alignment >= ALIGN_MIN and slow:
+        return f"line attractor (along the slowest mode, |cos| {alignment:.2f})"
+    if group.kind in ("ring", "arc") and slow:
+        return f"{group.kind} attractor"
+    return group.kind
+
+
+def format_modes(ms: list[dict]) -> str:
+    """Modes (`modes`) as 'τ ms @ f Hz' items, slowest first, growing ones marked; 'none' for none."""
+    out = []
+    for m in ms:
+        tau = "∞" if not np.isfinite(m["tau_s"]) else f"{abs(m['tau_s']) * 1e3:.0f}"
+        hz = f" @ {m['hz']:.2f} Hz" if m["hz"] > 0 else ""
+        out.append(f"{'grows ' if m['abs'] > 1 else ''}{tau} ms{hz}")
+    return "; ".join(out) or "none"

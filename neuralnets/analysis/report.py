@@ -39,13 +39,29 @@ from neuralnets.analysis.inputs import (
     trial_events,
 )
 from neuralnets.analysis.jpca import condition_average, jpca
+from neuralnets.analysis.linear_dynamics import (
+    DISAGREE_HZ_REL,
+    DISAGREE_REL,
+    compare_modes,
+    fit_linear_dynamics,
+)
+from neuralnets.analysis.manifolds import (
+    LINK_FRAC,
+    describe_group,
+    format_modes,
+    group_points,
+    modes,
+    slowest_direction_alignment,
+)
 from neuralnets.cli import run_cli
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
+from neuralnets.eval.tables import markdown_table
 
 REPORT_FILE = "analysis.md"
 ALIGN_BINS = 10  # bins before and after a trial event in the event-aligned input magnitude
-MAX_TABLE_ROWS = 12  # fixed points listed in the report (slowest first)
 NULL_TRIALS_MAX = 256  # train trials the input-free null is simulated from
+MIN_TAU_BINS = 5  # modes slower than this many bins are listed (default of --min-tau-ms)
+DMD_RANK = 10  # principal components of the latent trajectories the data-driven linear fit runs in
 
 
 @dataclass
@@ -70,9 +86,12 @@ def _trials(data, split: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- sections
 def fixed_points_section(
-    model, data, latents: np.ndarray, session: str | None, n_initial: int, n_iter: int, seed: int
-) -> Section:
-    """Fixed/slow points from the train trials' states; with known fixed points, their distances."""
+    model, data, latents: np.ndarray, session: str | None, n_initial: int, n_iter: int, seed: int,
+    min_tau: float | None = None,
+) -> Section:  # fmt: skip
+    """Fixed/slow points from the train trials' states, grouped into the manifolds they form, each with
+    its modes slower than `min_tau` s (default `MIN_TAU_BINS` bins), beside a least-squares DMD of the
+    model's latent trajectories; with known fixed points, their distances."""
     title = "Fixed and slow points of the autonomous dynamics"
     try:
         require_dynamics(model)
@@ -80,54 +99,104 @@ def fixed_points_section(
         return Section(title, f"Skipped: {e}.")
     from neuralnets.analysis.figures import fixed_points_figure
 
+    dt = float(data.bin_size)
+    min_tau = MIN_TAU_BINS * dt if min_tau is None else min_tau
+    window = data.n_obs * dt  # a mode slower than the trial is, over a trial, an attractor
     train = _trials(data, "train")
     res = model_fixed_points(
         model, data.heldin_obs[train], session=session, n_initial=n_initial, n_iter=n_iter, seed=seed
     )
     fp = res.fixed_points
     n_fixed = int(fp.is_fixed.sum())
+    groups = group_points(fp.states, fp.scale, fp.q) if len(fp) and fp.scale > 0 else []
+    fit = fit_linear_dynamics(res.trajectory_latents, dt, rank=min(DMD_RANK, res.trajectory_latents.shape[2]))
+    data_modes = modes(fit.eigenvalues, dt, min_tau)
     lines = [
         f"Searched from {fp.n_initial} states the model visits on {len(train)} train trials (plus noise); "
-        f"{fp.n_converged} reached q < {fp.q_tol:g}; after merging: **{n_fixed} fixed points** "
-        f"(q < 1e-10) and **{len(fp) - n_fixed} slow points**. q = ½‖F(h) − h‖² per bin; modes by "
-        "decreasing |λ| of the Jacobian of the one-bin map; τ = −dt/ln|λ| (negative: growing); "
-        "frequency = angle(λ)/(2π dt).",
+        f"{fp.n_converged} reached q < {fp.q_tol:g}; after merging duplicates: {n_fixed} fixed points "
+        f"(q < 1e-10) and {len(fp) - n_fixed} slow points, which form **{len(groups)} group(s)** (points "
+        f"closer than {LINK_FRAC:g} × the visited states' spread are linked; a group's shape and extent "
+        "come from its members' spread). q = ½‖F(h) − h‖² per bin; τ = −dt/ln|λ| of the Jacobian of the "
+        f"one-bin map, frequency angle(λ)/(2π dt). Every mode slower than {min_tau * 1e3:.0f} ms is listed, "
+        "and every growing one, complex pairs once.",
         "",
     ]
-    if len(fp):
-        lines += [
-            "| point | fixed/slow | kind | q | growing modes | slowest modes: \\|λ\\| | τ (ms) | Hz |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for row in fp.table()[:MAX_TABLE_ROWS]:
-            lines.append(
-                f"| {row['point']} | {'fixed' if row['fixed'] else 'slow'} | {row['kind']} | "
-                f"{row['q']:.1e} | {row['n_unstable']} | {', '.join(f'{a:.3f}' for a in row['abs_eig'])} | "
-                f"{', '.join(_fmt(t * 1e3, '.0f') for t in row['tau_s'])} | "
-                f"{', '.join(f'{h:.2f}' for h in row['freq_hz'])} |"
-            )
-        if len(fp) > MAX_TABLE_ROWS:
-            lines.append(f"\n({len(fp) - MAX_TABLE_ROWS} more slow points not listed.)")
+    group_rows, numbers_groups = [], []
+    for i, g in enumerate(groups):
+        rep = g.representative
+        ms = modes(fp.eigenvalues[rep], dt, min_tau)
+        member_taus = [abs(fp.time_constants[j, 0]) for j in g.members]
+        align = slowest_direction_alignment(g, fp.eigenvectors[rep]) if fp.eigenvectors is not None else None
+        name = describe_group(g, align, abs(fp.time_constants[rep, 0]), window)
+        ext = ", ".join(f"{e / fp.scale:.2f}" for e in g.extent) or "0"
+        spread = (
+            f"{min(member_taus) * 1e3:.0f}–{max(member_taus) * 1e3:.0f} ms" if len(g.members) > 1 else "—"
+        )
+        vs_dmd = compare_modes(ms, data_modes)
+        agree = f"{sum(r['agree'] for r in vs_dmd)} of {len(vs_dmd)}" if vs_dmd else "—"
+        group_rows.append([
+            str(i), name, f"{len(g.members)} ({int(fp.is_fixed[g.members].sum())} fixed)", ext,
+            fp.kinds[rep], format_modes(ms), spread, agree,
+        ])  # fmt: skip
+        numbers_groups.append({
+            "kind": g.kind, "name": name, "n_points": len(g.members), "dimension": g.dimension,
+            "extent_rel": (g.extent / fp.scale).tolist(), "stability": fp.kinds[rep], "modes": ms,
+            "slowest_tau_range_s": [min(member_taus), max(member_taus)], "alignment": align,
+            "agrees_with_dmd": [r["agree"] for r in vs_dmd],
+        })  # fmt: skip
+    if groups:
+        lines.append(
+            markdown_table(
+                [
+                    "group",
+                    "what",
+                    "points",
+                    "extent / spread",
+                    "stability",
+                    "modes (slowest point)",
+                    "slowest τ over members",
+                    "DMD agrees",
+                ],
+                group_rows,
+            )  # fmt: skip
+        )
     else:
         lines.append(
             "No point reached the tolerance: search longer (`--n-iter`) or from more states (`--n-initial`)."
         )
-    numbers: dict[str, Any] = {"n_fixed": n_fixed, "n_slow": len(fp) - n_fixed, "kinds": fp.kinds}
+    disagree = [r for n in numbers_groups for r in n["agrees_with_dmd"] if not r]
+    lines += [
+        f"**Second opinion (data-driven).** A least-squares linear fit x_(t+1) = A x_t + b of the model's "
+        f"latent trajectories on the train trials (top {fit.A.shape[0]} principal components; one-step "
+        f"R² {fit.r2:.3f}) has modes: {format_modes(data_modes)}. "
+        + (
+            f"{len(disagree)} mode(s) of the fixed points have no match in it (decay rate within "
+            f"{DISAGREE_REL:.0%}, frequency within {DISAGREE_HZ_REL:.0%}): the fixed points' linearisation "
+            "and what the model does on the data differ there; trust neither number alone."
+            if disagree
+            else "Every listed mode of the fixed points has a match in it."
+        ),
+    ]
+    numbers: dict[str, Any] = {
+        "n_fixed": n_fixed, "n_slow": len(fp) - n_fixed, "kinds": fp.kinds, "groups": numbers_groups,
+        "dmd_modes": data_modes, "dmd_r2": fit.r2, "min_tau_s": min_tau,
+    }  # fmt: skip
     if len(fp) and data.latents is not None and "fixed_points" in data.meta:
         extent = attractor_diameter(data.latents)
         mapped = map_to_true_latents(fp.latents, latents, data.latents, train)
         rows = fixed_point_distances(mapped, np.asarray(data.meta["fixed_points"]), extent)
-        rel = [r["relative"] for r in rows]
-        numbers["true_fixed_point_distance_rel"] = rel
+        numbers["true_fixed_point_distance_rel"] = [r["relative"] for r in rows]
         lines += [
             "",
             "**Ground truth.** The found points, mapped into the true latent space by the linear map the "
             "harness fits for latent R² (train trials), against the system's own fixed points; distance "
             f"as a fraction of the attractor's diameter ({extent:.2f}):",
             "",
-            "| true fixed point | nearest found point | distance / diameter |",
-            "|---|---|---|",
-        ] + [f"| {r['true_point']} | {r['nearest']} | {r['relative']:.1%} |" for r in rows]
+            markdown_table(
+                ["true fixed point", "nearest found point", "distance / diameter"],
+                [[str(r["true_point"]), str(r["nearest"]), f"{r['relative']:.1%}"] for r in rows],
+            ),
+        ]
     fig = fixed_points_figure(res.trajectory_latents, fp)
     return Section(title, "\n".join(lines), {"analysis/fixed_points": fig}, numbers)
 
