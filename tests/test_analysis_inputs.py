@@ -43,7 +43,8 @@ def test_signed_kicks_are_detected_with_high_precision_and_recall():
     assert 0.1 < thr < 2.0  # above the noise, below the kicks
     detected = detect_events(input_magnitude(z[test]), thr)
     known = known_events(u[test])
-    assert len(known) == int((u[test] != 0).sum())
+    n_pulses = int((u[test] != 0).sum())
+    assert 0.85 * n_pulses <= len(known) <= n_pulses  # pulses < 3 bins apart are one event
     score = event_precision_recall(detected, known, tolerance_bins=2)
     assert score.precision > 0.9 and score.recall > 0.85  # kicks in adjacent bins make one event
     assert score.median_lag_bins == 2.0

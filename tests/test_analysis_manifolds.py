@@ -28,6 +28,9 @@ def test_a_line_of_points_is_one_line_with_its_extent_and_direction():
     jac_vecs = np.eye(10)[:, ::-1].copy()  # eigenvectors: slowest (column 0) along the line, the rest off it
     jac_vecs[:, 0] = axes[:, 0]
     assert slowest_direction_alignment(g, jac_vecs) == pytest.approx(1.0, abs=1e-6)
+    gappy = np.concatenate([pts[:20], pts[30:]])  # a gap in the search's coverage: still one line
+    (g,) = group_points(gappy, scale=1.0)
+    assert g.kind == "line" and len(g.members) == 46
 
 
 def test_a_ring_an_arc_and_a_plane_are_told_apart():

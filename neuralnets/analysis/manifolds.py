@@ -71,15 +71,53 @@ def _angular_cover(xy: np.ndarray, centre: np.ndarray) -> float:
     return float(1 - gaps.max() / (2 * np.pi))
 
 
+def _dimension(pts: np.ndarray, scale: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """(dimension, axes (d, H), centre (H,)) of points `pts (M, H)` from their principal axes' spread."""
+    center = pts.mean(0)
+    if len(pts) < 2:
+        return 0, np.zeros((0, pts.shape[1])), center
+    _, sv, vt = np.linalg.svd(pts - center, full_matrices=False)
+    sd = sv / np.sqrt(len(pts))  # (r,) sd along each principal axis
+    dim = int(((sd >= DIM_REL * sd[0]) & (sd >= DIM_ABS * scale)).sum())
+    return dim, vt[:dim], center
+
+
+def _merge_collinear(x: np.ndarray, labels: np.ndarray, scale: float) -> np.ndarray:
+    """Join linked groups that lie on one manifold: a line broken by a gap in the search's coverage is
+    one line. Two groups merge when one has a dimension, their union has no more dimensions than the
+    larger-dimensional one, and the gap between them is within the larger group's extent."""
+    from scipy.spatial.distance import cdist
+
+    changed = True
+    while changed:
+        changed = False
+        labs = list(np.unique(labels))
+        for i, la in enumerate(labs):
+            for lb in labs[i + 1 :]:
+                pa, pb = x[labels == la], x[labels == lb]
+                (da, _, _), (db, _, _) = _dimension(pa, scale), _dimension(pb, scale)
+                if max(da, db) == 0 or _dimension(np.concatenate([pa, pb]), scale)[0] > max(da, db):
+                    continue
+                big = pa if len(pa) >= len(pb) else pb
+                reach = np.sqrt(((big - big.mean(0)) ** 2).sum(1)).max() * 2  # the larger group's extent
+                if cdist(pa, pb).min() <= reach:
+                    labels = np.where(labels == lb, la, labels)
+                    changed = True
+                    break
+            if changed:
+                break
+    return labels
+
+
 def group_points(
     states: np.ndarray, scale: float, q: np.ndarray | None = None, link_frac: float = LINK_FRAC
 ) -> list[PointGroup]:
     """Group points `states (P, H)` into isolated points and the manifolds they trace.
 
     `scale`: the spread of the states the model visits (RMS distance from their mean), which sets both
-    the linking radius (`link_frac` × scale) and how wide a group must be to have a dimension. `q (P,)`:
-    the points' speeds (the representative is the slowest; default: the first member). Groups are
-    ordered by size, largest first."""
+    the linking radius (`link_frac` × scale) and how wide a group must be to have a dimension; linked
+    groups on one manifold are then joined (`_merge_collinear`). `q (P,)`: the points' speeds (the
+    representative is the slowest; default: the first member). Groups are ordered by size, largest first."""
     x = np.asarray(states, dtype=np.float64)
     if x.ndim != 2:
         raise AnalysisError(f"points must be (P, H); got shape {x.shape}")
@@ -88,16 +126,12 @@ def group_points(
     if len(x) == 0:
         return []
     qq = np.zeros(len(x)) if q is None else np.asarray(q, dtype=np.float64)
-    labels = _link(x, link_frac * scale)
+    labels = _merge_collinear(x, _link(x, link_frac * scale), scale)
     groups = []
     for lab in np.unique(labels):
         idx = np.flatnonzero(labels == lab)
         pts = x[idx]
-        center = pts.mean(0)
-        _, sv, vt = np.linalg.svd(pts - center, full_matrices=False)
-        sd = sv / np.sqrt(max(len(idx), 1))  # (r,) sd along each principal axis
-        dim = int(((sd >= DIM_REL * sd[0]) & (sd >= DIM_ABS * scale)).sum()) if len(idx) > 1 else 0
-        axes = vt[:dim]  # (d, H)
+        dim, axes, center = _dimension(pts, scale)  # axes (d, H)
         proj = (pts - center) @ axes.T  # (M, d)
         extent = proj.max(0) - proj.min(0) if dim else np.zeros(0)
         kind, radius = {0: "point", 1: "line", 2: "plane"}.get(dim, f"{dim}-dimensional"), None
