@@ -22,9 +22,8 @@ TINY = dict(n_trials=40, n_neurons=12, n_heldout=3, n_bins=60)
 def _search(a: np.ndarray, data, n: int = 64):
     """Fixed points of the map x -> A x from visited true states (float64)."""
     at = torch.as_tensor(a)
-    init = torch.as_tensor(
-        data.latents.astype(np.float64).reshape(-1, a.shape[0])[:: max(1, data.n_trials * data.n_bins // n)][:n]
-    )
+    visited = data.latents.astype(np.float64).reshape(-1, a.shape[0])  # (trials*T, L)
+    init = torch.as_tensor(visited[:: max(1, len(visited) // n)][:n])
     return find_fixed_points(lambda h: h @ at.T, init, data.bin_size, n_iter=200, q_tol=1e-12)
 
 
