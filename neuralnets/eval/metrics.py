@@ -71,11 +71,11 @@ METRICS: dict[str, str] = {
     # Not an NLB metric: the model sees these spikes, so echoing the (smoothed) input scores high here.
     "bps_heldin": "bits/spike on held-in neurons, observed bins (reconstruction of the input)",
     "input_corr": "known vs inferred inputs, sign-invariant: max over lags "
-    f"-{INPUT_CORR_MAX_LEAD}..{INPUT_CORR_MAX_LAG} bins of the Pearson r between each known input's magnitude |u| and the inferred-input L2 norm (eval "
-    "trials, observed bins), mean over inputs",
-    "input_readout_r2": f"R² of a linear read-out of the known inputs from the inferred inputs at lags "
-    f"-{INPUT_CORR_MAX_LEAD}..{INPUT_CORR_MAX_LAG} bins, {INPUT_READOUT_FOLDS}-fold cross-validated over the eval "
-    "trials, mean over inputs",
+    f"-{INPUT_CORR_MAX_LEAD}..{INPUT_CORR_MAX_LAG} bins of the Pearson r between each known input's "
+    "magnitude |u| and the inferred-input L2 norm (eval trials, observed bins), mean over inputs",
+    "input_readout_r2": "R² of a linear read-out of the known inputs from the inferred inputs at lags "
+    f"-{INPUT_CORR_MAX_LEAD}..{INPUT_CORR_MAX_LAG} bins, {INPUT_READOUT_FOLDS}-fold cross-validated over the "
+    "eval trials, mean over inputs",
     "rate_r2": "R² of predicted vs true rates per neuron (synthetic data)",
     "latent_r2": "R² of a linear map from model latents to true latents (synthetic data)",
 }
