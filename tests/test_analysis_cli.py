@@ -114,6 +114,11 @@ def test_analysis_of_a_tiny_model_gives_numbers_and_figures():
     assert len(fixed.numbers["true_fixed_point_distance_rel"]) == 3
     assert 0 <= cond.numbers["r2_skew"] <= cond.numbers["r2_full"] <= 1
     assert inputs.numbers["threshold"] > 0
+    assert inputs.numbers["verdict"].startswith(("inputs found", "no reliable inputs found"))
+    assert "**Verdict:" in inputs.text
+    groups = fixed.numbers["groups"]  # each group once, with its modes and the DMD's opinion of them
+    assert sum(g["n_points"] for g in groups) == fixed.numbers["n_fixed"] + fixed.numbers["n_slow"]
+    assert all(len(g["agrees_with_dmd"]) == len(g["modes"]) for g in groups) and fixed.numbers["dmd_modes"]
     assert set(fixed.figures) == {"analysis/fixed_points"} and set(cond.figures) == {"analysis/jpca"}
 
 
@@ -123,6 +128,8 @@ def test_bad_targets_and_options_are_one_line_errors(tmp_path, capsys):
         ([str(tmp_path / "nowhere")], "neither a bundled model"),
         ([str(tmp_path / "empty")], "holds no run"),
         (["lfads_lorenz", "--n-iter", "0"], "--n-iter must be >= 1"),
+        (["lfads_lorenz", "--min-tau-ms", "0"], "--min-tau-ms must be > 0"),
+        ([], "give a RUN_DIR"),
     ]:
         assert main(argv) == EXIT_USER_ERROR
         err = capsys.readouterr().err.strip()
@@ -146,3 +153,10 @@ def test_analyze_an_exported_model_folder_writes_next_to_it(tmp_path):
     shutil.copytree(CHECKPOINTS_DIR / "rnn_lorenz", folder)
     assert main([str(folder), *FAST]) == EXIT_OK
     assert "Bundled model" in (folder / REPORT_FILE).read_text()
+
+
+def test_compare_two_models_by_dsa_with_split_half_references(tmp_path, capsys):
+    assert main(["--compare", "lfads_lorenz", "rnn_lorenz", "--out", str(tmp_path)]) == EXIT_OK
+    text = (tmp_path / "compare.md").read_text()
+    assert "| A vs B |" in text and "A, even vs odd trials" in text and "rnn_lorenz" in text
+    assert "report:" in capsys.readouterr().out

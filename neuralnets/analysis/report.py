@@ -45,14 +45,8 @@ from neuralnets.analysis.linear_dynamics import (
     compare_modes,
     fit_linear_dynamics,
 )
-from neuralnets.analysis.manifolds import (
-    LINK_FRAC,
-    describe_group,
-    format_modes,
-    group_points,
-    modes,
-    slowest_direction_alignment,
-)
+from neuralnets.analysis.manifolds import LINK_FRAC, describe_group, format_modes, group_points, modes
+from neuralnets.analysis.manifolds import slowest_direction_alignment as line_alignment
 from neuralnets.cli import run_cli
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
 from neuralnets.eval.tables import markdown_table
@@ -62,6 +56,25 @@ ALIGN_BINS = 10  # bins before and after a trial event in the event-aligned inpu
 NULL_TRIALS_MAX = 256  # train trials the input-free null is simulated from
 MIN_TAU_BINS = 5  # modes slower than this many bins are listed (default of --min-tau-ms)
 DMD_RANK = 10  # principal components of the latent trajectories the data-driven linear fit runs in
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Every command-line option of `neuralnets-analyze` (kept here, in one place)."""
+    p = argparse.ArgumentParser(prog="neuralnets-analyze", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "target", metavar="RUN_DIR", nargs="?", help="a finished run directory or a bundled model name"
+    )
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                   help="compare two models' dynamics (DSA) instead; runs or bundled names")  # fmt: skip
+    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--session", default=None, help="the session to analyse (multi-session data)")
+    p.add_argument("--n-initial", type=int, default=256, help="initial states of the fixed-point search")
+    p.add_argument("--n-iter", type=int, default=1000, help="gradient steps of the fixed-point search")
+    p.add_argument("--tolerance-bins", type=int, default=2, help="±bins for input-event precision/recall")
+    p.add_argument("--min-tau-ms", type=float, default=None,
+                   help=f"list every mode slower than this (default: {MIN_TAU_BINS} bins)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    return p
 
 
 @dataclass
@@ -126,7 +139,7 @@ def fixed_points_section(
         rep = g.representative
         ms = modes(fp.eigenvalues[rep], dt, min_tau)
         member_taus = [abs(fp.time_constants[j, 0]) for j in g.members]
-        align = slowest_direction_alignment(g, fp.eigenvectors[rep]) if fp.eigenvectors is not None else None
+        align = line_alignment(g, fp.eigenvectors[rep]) if fp.eigenvectors is not None else None
         name = describe_group(g, align, abs(fp.time_constants[rep, 0]), window)
         ext = ", ".join(f"{e / fp.scale:.2f}" for e in g.extent) or "0"
         spread = (
@@ -328,6 +341,7 @@ def analyze(
     n_iter: int = 1000,
     tolerance_bins: int = 2,
     seed: int = 0,
+    min_tau: float | None = None,
 ) -> list[Section]:
     """Every analysis of `pretrained` (a `PretrainedModel`) on `data` (a SpikeData; one session of a
     multi-session model, named by `session`). `predictions`: its {"rates", "latents", "inputs"} for all
@@ -337,7 +351,7 @@ def analyze(
     model = pretrained.model
     latents = predictions["latents"]
     return [
-        fixed_points_section(model, data, latents, session, n_initial, n_iter, seed),
+        fixed_points_section(model, data, latents, session, n_initial, n_iter, seed, min_tau),
         condition_section(data, latents),
         inputs_section(model, data, predictions.get("inputs"), tolerance_bins, session, seed),
     ]
@@ -427,30 +441,28 @@ def _load(target: str, out: str | None, session: str | None):
     return pm, data, predictions, session, out_dir, about
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neuralnets-analyze", description=__doc__.split("\n")[0])
-    p.add_argument("target", metavar="RUN_DIR", help="a finished run directory or a bundled model name")
-    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
-    p.add_argument("--session", default=None, help="the session to analyse (multi-session data)")
-    p.add_argument("--n-initial", type=int, default=256, help="initial states of the fixed-point search")
-    p.add_argument("--n-iter", type=int, default=1000, help="gradient steps of the fixed-point search")
-    p.add_argument("--tolerance-bins", type=int, default=2, help="±bins for input-event precision/recall")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
 def _analyze(argv: list[str] | None) -> int:
-    """Analyse one run or bundled model; print where the report went. Raises NeuralnetsErrors."""
+    """Analyse one run or bundled model (or compare two); print where the report went. Raises
+    NeuralnetsErrors."""
     args = _parser().parse_args(argv)
     for name in ("n_initial", "n_iter"):
         if getattr(args, name) < 1:
             raise AnalysisError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.tolerance_bins < 0:
         raise AnalysisError(f"--tolerance-bins must be >= 0; got {args.tolerance_bins}")
+    if args.min_tau_ms is not None and not args.min_tau_ms > 0:
+        raise AnalysisError(f"--min-tau-ms must be > 0; got {args.min_tau_ms}")
+    if args.compare:
+        from neuralnets.analysis.compare import run_compare
+
+        return run_compare(args.compare, args.out, args.session, args.seed, _load)
+    if args.target is None:
+        raise AnalysisError("give a RUN_DIR (or a bundled model name) to analyse, or --compare A B")
     pm, data, predictions, session, out_dir, about = _load(args.target, args.out, args.session)
     sections = analyze(
         pm, data, predictions, session, n_initial=args.n_initial, n_iter=args.n_iter,
         tolerance_bins=args.tolerance_bins, seed=args.seed,
+        min_tau=None if args.min_tau_ms is None else args.min_tau_ms / 1e3,
     )  # fmt: skip
     caps = (
         f"Model: {type(pm.model).__name__}; recurrent dynamics: "
