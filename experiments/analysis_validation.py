@@ -305,12 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/analysis_validation"), help="where the runs go")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--render-only", action="store_true", help="rebuild the page from the runs' results.jsonl")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], 3
     torch.set_num_threads(1)
     start = time.time()
     results: dict = {}
+    log = args.runs / "results.jsonl"  # one line per analysed run, so a late failure loses nothing
+    if args.render_only:
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            results.setdefault((rec["system"], rec["model_name"]), []).append(rec)
+        args.systems = []
+    args.runs.mkdir(parents=True, exist_ok=True)
     for system in args.systems:
         for model in args.models:
             for i, seed in enumerate(args.seeds):
@@ -325,8 +333,10 @@ def main(argv: list[str] | None = None) -> int:
                 res["truth"] = true_modes(
                     load(run.get("data_source") or run["data"], **(run.get("data_kwargs") or {}))
                 )
-                res["run_dir"] = str(run_dir)
+                res.update(run_dir=str(run_dir), system=system, model_name=model, seed=seed)
                 results.setdefault((system, model), []).append(res)
+                with log.open("a") as f:
+                    f.write(json.dumps(res, default=float) + "\n")
                 print(
                     f"{system}/{model}/seed {seed}: {json.dumps({k: v for k, v in res.items() if k != 'truth'}, default=str)[:400]}",
                     flush=True,

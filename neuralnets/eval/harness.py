@@ -115,6 +115,8 @@ def skipped_metrics(
             reasons["fewshot_co_bps"] = "no held-out spikes recorded in the train trials"
     if data.inputs is None:
         reasons["input_corr"] = "no known inputs in the data"
+    elif not np.any(data.inputs[data.indices(split)] != data.inputs[data.indices(split)][:1, :1]):
+        reasons["input_corr"] = "the known inputs never vary on these trials (an input-free system)"
     elif inputs is None:
         reasons["input_corr"] = "no inferred inputs given"
     elif min(np.shape(inputs)[1], t_obs) < M.INPUT_CORR_MAX_LAG + M.INPUT_CORR_MAX_LEAD + 2:
