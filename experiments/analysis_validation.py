@@ -93,7 +93,8 @@ def match(truth: list[dict], found: list[dict]) -> list[dict]:
         if f is None:
             rows.append({"tau_err": None, "hz_err": None})
             continue
-        tau_err = None if not np.isfinite(t["tau_s"]) else (abs(f["tau_s"]) - t["tau_s"]) / t["tau_s"]
+        # signed τ (negative: growing), so a decaying mode found for a growing one shows as an error > 100 %
+        tau_err = None if not np.isfinite(t["tau_s"]) else (f["tau_s"] - t["tau_s"]) / abs(t["tau_s"])
         hz_err = (f["hz"] - t["hz"]) / t["hz"] if t["hz"] > 0 else None
         rows.append({"tau_err": tau_err, "hz_err": hz_err, "found_tau": f["tau_s"], "found_hz": f["hz"]})
     return rows

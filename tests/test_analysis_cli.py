@@ -85,7 +85,7 @@ def test_analyze_runs_on_a_tiny_run_of_each_family(family, tmp_path, capsys):
     else:
         assert "fixed points" in fixed and "Skipped" not in fixed
     if family in ("lfads", "stitched"):
-        assert "Event threshold" in inputs
+        assert "**Verdict:" in inputs and "set so that the null gives" in inputs
     else:
         assert "Skipped: input analysis needs a model with inferred inputs" in inputs
     assert "jPCA" in text and "unconstrained M" in text  # Lorenz data have conditions

@@ -179,7 +179,11 @@ def null_inputs(
             h = model.autonomous_step(h)
             path.append(h)
         latents = model.states_to_latents(torch.stack(path, dim=1))  # (B, T, K)
-        rates = positive_rates(model.readout(latents)).double().cpu().numpy()  # (B, T, N) counts per bin
+        # A multi-session (stitched) model reads each session out through its own layer.
+        readout = (
+            model.readouts[model.spec.index(session or 0)] if hasattr(model, "readouts") else model.readout
+        )
+        rates = positive_rates(readout(latents)).double().cpu().numpy()  # (B, T, N) counts per bin
     rng = np.random.default_rng(seed)
     spikes = rng.poisson(rates[:, : x.shape[1], :n_in]).astype(np.float32)  # (B, T_obs, N_in)
     out = model.predict(spikes, batch_size=batch_size, session=session)
