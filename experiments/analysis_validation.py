@@ -1,7 +1,7 @@
 """Validation of `neuralnets.analysis` on systems whose answers are known: truth vs what the analyses find.
 
     python experiments/analysis_validation.py --quick          # tiny: 1 seed, 3 epochs (a smoke run)
-    python experiments/analysis_validation.py --seeds 0 1 --epochs 30   # writes experiments/results/analysis_validation.md
+    python experiments/analysis_validation.py --seeds 0 1 --epochs 20   # the committed results page
 
 Systems (`neuralnets.data.synthetic_linear`, `neuralnets.data.synthetic`):
 - `pulses`: a linear latent system, a damped 3 Hz oscillator (0.4 s envelope), a 3 s integrator and an
@@ -49,15 +49,24 @@ SYSTEMS = {  # name: (dataset, load overrides as Hydra arguments)
 def train(system: str, model: str, seed: int, epochs: int, out_dir: Path, quick: bool) -> Path:
     """One `neuralnets-train` run; its run directory."""
     dataset, extra = SYSTEMS[system]
-    args = [f"model={model}", f"data={dataset}", f"seed={seed}", "threads=1", f"trainer.max_epochs={epochs}",
-            f"out_dir={out_dir / system / model / f'seed{seed}'}", "print_baselines=false", *extra]  # fmt: skip
+    args = [
+        f"model={model}",
+        f"data={dataset}",
+        f"seed={seed}",
+        "threads=1",
+        f"trainer.max_epochs={epochs}",
+        f"out_dir={out_dir / system / model / f'seed{seed}'}",
+        "print_baselines=false",
+        *extra,
+    ]
     if quick:
         args = [a for a in args if not a.startswith("data.load_kwargs.n_trials=")] + [
             "data.load_kwargs.n_trials=200"
         ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "neuralnets.training.train", *args], capture_output=True,
-                         text=True, env=env)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "neuralnets.training.train", *args], capture_output=True, text=True, env=env
+    )
     found = re.search(r"run directory: (\S+)", res.stdout)
     if res.returncode != 0 or not found:
         raise RuntimeError(
@@ -109,8 +118,13 @@ def analyse(run_dir: Path, system: str, seed: int, figures: bool) -> dict:
         map_to_true_latents,
     )
     from neuralnets.analysis.inputs import (
-        detect_peaks, event_precision_recall, input_magnitude, input_verdict, known_events, null_inputs,
-    )  # fmt: skip
+        detect_peaks,
+        event_precision_recall,
+        input_magnitude,
+        input_verdict,
+        known_events,
+        null_inputs,
+    )
     from neuralnets.analysis.linear_dynamics import fit_linear_dynamics
     from neuralnets.analysis.manifolds import describe_group, group_points, modes, slowest_direction_alignment
     from neuralnets.data import load
@@ -130,10 +144,15 @@ def analyse(run_dir: Path, system: str, seed: int, figures: bool) -> dict:
     for g in groups:
         rep = g.representative
         align = slowest_direction_alignment(g, fp.eigenvectors[rep])
-        out["groups"].append({
-            "kind": g.kind, "n": len(g.members), "stability": fp.kinds[rep], "n_growing": int(fp.n_unstable[rep]),
-            "name": describe_group(g, align, abs(fp.time_constants[rep, 0]), data.n_obs * dt),
-        })  # fmt: skip
+        out["groups"].append(
+            {
+                "kind": g.kind,
+                "n": len(g.members),
+                "stability": fp.kinds[rep],
+                "n_growing": int(fp.n_unstable[rep]),
+                "name": describe_group(g, align, abs(fp.time_constants[rep, 0]), data.n_obs * dt),
+            }
+        )
     truth = true_modes(data)
     if system == "lorenz":  # the wings' modes, at the found point nearest a wing
         mapped = (
@@ -245,21 +264,36 @@ def _plain(values, fmt=".2f") -> str:
 
 def render(results: dict, args, header: list[str]) -> str:
     """The results page."""
-    lines = header + ["", "## Fixed points and slow manifolds", "",
-                      "| system | model | groups found (per seed) | true |", "|---|---|---|---|"]  # fmt: skip
-    truth_fp = {"pulses": "1 isolated stable point", "line": "1 line attractor", "no_inputs": "1 isolated stable point",
-                "lorenz": "3 isolated saddles (origin: 1 growing mode; wings: 2)"}  # fmt: skip
+    lines = header + [
+        "",
+        "## Fixed points and slow manifolds",
+        "",
+        "| system | model | groups found (per seed) | true |",
+        "|---|---|---|---|",
+    ]
+    truth_fp = {
+        "pulses": "1 isolated stable point",
+        "line": "1 line attractor",
+        "no_inputs": "1 isolated stable point",
+        "lorenz": "3 isolated saddles (origin: 1 growing mode; wings: 2)",
+    }
     for (system, model), runs in results.items():
         per_seed = [
             "; ".join(f"{g['n']}× {g['name']} ({g['stability']})" for g in r["groups"]) or "none"
             for r in runs
         ]
         lines.append(f"| {system} | {model} | {' / '.join(per_seed)} | {truth_fp[system]} |")
-    lines += ["", "## Time constants and frequencies (relative error vs truth; median [min, max] over seeds)", "",
-              "Jacobian: at the slowest point of the largest group (Lorenz: the found point nearest the +x wing). "
-              "DMD: least-squares linear fit of the model's latent trajectories (the second opinion).", "",
-              "| system | model | true mode | τ error (Jacobian) | f error (Jacobian) | τ error (DMD) | f error (DMD) |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Time constants and frequencies (relative error vs truth; median [min, max] over seeds)",
+        "",
+        "Jacobian: at the slowest point of the largest group (Lorenz: the found point nearest the +x wing). "
+        "DMD: least-squares linear fit of the model's latent trajectories (the second opinion).",
+        "",
+        "| system | model | true mode | τ error (Jacobian) | f error (Jacobian) | τ error (DMD) "
+        "| f error (DMD) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (system, model), runs in results.items():
         for k, t in enumerate(runs[0]["truth"]):
             name = f"{'∞' if not np.isfinite(t['tau_s']) else format(t['tau_s'] * 1e3, '.0f')} ms" + (
@@ -270,29 +304,45 @@ def render(results: dict, args, header: list[str]) -> str:
                 for err in ("tau_err", "hz_err"):
                     cells.append(_spread([r[key][k].get(err) for r in runs]))
             lines.append(f"| {system} | {model} | {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Input events (LFADS; peaks above the null threshold, ±2 bins)", "",
-              "| system | verdict (per seed) | precision | recall | median lag (bins) | events per test trial |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    for (system, model), runs in results.items():
+    lines += [
+        "",
+        "## Input events (LFADS; peaks above the null threshold, ±2 bins)",
+        "",
+        "| system | verdict (per seed) | precision | recall | median lag (bins) | events per test trial |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (system, _model), runs in results.items():
         if "verdict" not in runs[0]:
             continue
-        lines.append(
-            f"| {system} | {' / '.join(r['verdict'] for r in runs)} | {_plain([r.get('precision') for r in runs])} | "
-            f"{_plain([r.get('recall') for r in runs])} | {_plain([r.get('median_lag') for r in runs], '.1f')} | "
-            f"{_plain([r['events_per_trial'] for r in runs])} |"
-        )
+        cells = [" / ".join(r["verdict"] for r in runs)]
+        cells += [_plain([r.get(k) for r in runs]) for k in ("precision", "recall")]
+        cells += [
+            _plain([r.get("median_lag") for r in runs], ".1f"),
+            _plain([r["events_per_trial"] for r in runs]),
+        ]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
     lorenz = [(m, r) for (s, m), r in results.items() if s == "lorenz"]
     if lorenz:
-        lines += ["", "## Lorenz: distance of the nearest found point to each true fixed point (/ attractor diameter)",
-                  "", "| model | origin | wing + | wing − | growing modes there (true 1, 2, 2) |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Lorenz: distance of the nearest found point to each true fixed point (/ attractor diameter)",
+            "",
+            "| model | origin | wing + | wing − | growing modes there (true 1, 2, 2) |",
+            "|---|---|---|---|---|",
+        ]
         for m, runs in lorenz:
             d = [_plain([r["lorenz_distance"][j] for r in runs], ".1%") for j in range(3)]
             g = " / ".join(str(r["lorenz_growing"]) for r in runs)
             lines.append(f"| {m} | {' | '.join(d)} | {g} |")
     line_cos = [(m, r) for (s, m), r in results.items() if s == "line"]
     if line_cos:
-        lines += ["", "Line attractor: |cos| between the found line (mapped into the true latent space) and the "
-                  "true line: " + "; ".join(f"{m} {_plain([r.get('line_cos') for r in runs], '.3f')}" for m, runs in line_cos) + "."]  # fmt: skip
+        lines += [
+            "",
+            "Line attractor: |cos| between the found line (mapped into the true latent space) and the "
+            "true line: "
+            + "; ".join(f"{m} {_plain([r.get('line_cos') for r in runs], '.3f')}" for m, runs in line_cos)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -338,10 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((system, model), []).append(res)
                 with log.open("a") as f:
                     f.write(json.dumps(res, default=float) + "\n")
-                print(
-                    f"{system}/{model}/seed {seed}: {json.dumps({k: v for k, v in res.items() if k != 'truth'}, default=str)[:400]}",
-                    flush=True,
-                )
+                shown = json.dumps({k: v for k, v in res.items() if k != "truth"}, default=str)
+                print(f"{system}/{model}/seed {seed}: {shown[:400]}", flush=True)
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -351,11 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python experiments/analysis_validation.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:])
     )
-    header = ["# Analysis validation: truth vs what the analyses find", "",
-              f"Command: `{cmd.strip()}` (torch threads 1). CPU: {cpu}, {os.cpu_count()} cores; load average at "
-              f"the end {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f} (1/5/15 min; the machine is shared). "
-              f"Wall time {(time.time() - start) / 60:.1f} min. Seeds {args.seeds}, {args.epochs} epochs per run.",
-              "", __doc__.split("\n\n", 2)[2].strip()]  # fmt: skip
+    header = [
+        "# Analysis validation: truth vs what the analyses find",
+        "",
+        f"Command: `{cmd.strip()}` (torch threads 1). CPU: {cpu}, {os.cpu_count()} cores; load average at "
+        f"the end {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f} (1/5/15 min; the machine is shared). "
+        f"Wall time {(time.time() - start) / 60:.1f} min. Seeds {args.seeds}, {args.epochs} epochs per run.",
+        "",
+        __doc__.split("\n\n", 2)[2].strip(),
+    ]
     text = render(results, args, header)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
