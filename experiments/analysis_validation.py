@@ -308,8 +308,9 @@ def render(results: dict, args, header: list[str]) -> str:
         "",
         "## Input events (LFADS; peaks above the null threshold, ±2 bins)",
         "",
-        "| system | verdict (per seed) | precision | recall | median lag (bins) | events per test trial |",
-        "|---|---|---|---|---|---|",
+        "| system | verdict (per seed) | precision | recall | median lag (bins) | events per test trial "
+        "| false events per test trial |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (system, _model), runs in results.items():
         if "verdict" not in runs[0]:
@@ -320,6 +321,9 @@ def render(results: dict, args, header: list[str]) -> str:
             _plain([r.get("median_lag") for r in runs], ".1f"),
             _plain([r["events_per_trial"] for r in runs]),
         ]
+        # unmatched events: all of them where the system has no inputs
+        false = [r["events_per_trial"] * (1 - r.get("precision", 0.0)) for r in runs]
+        cells.append(_plain(false))
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
     lorenz = [(m, r) for (s, m), r in results.items() if s == "lorenz"]
     if lorenz:
