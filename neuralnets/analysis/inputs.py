@@ -250,7 +250,7 @@ def input_verdict(
     if reliable:
         text = (
             f"inputs found: {real:.2f} events per train trial against {null:.2f} on the input-free null "
-            f"(p = {p:.1e})"
+            f"({'p < 1e-300' if p == 0 else f'p = {p:.1e}'})"
         )
     else:
         text = (

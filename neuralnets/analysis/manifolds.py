@@ -183,7 +183,7 @@ def describe_group(group: PointGroup, alignment: float | None, slowest_tau: floa
         return "isolated point"
     slow = not np.isfinite(slowest_tau) or slowest_tau > window
     if group.kind == "line" and alignment is not None and alignment >= ALIGN_MIN and slow:
-        return f"line attractor (along the slowest mode, |cos| {alignment:.2f})"
+        return f"line attractor (along its slowest mode: cos {alignment:.2f})"
     if group.kind in ("ring", "arc") and slow:
         return f"{group.kind} attractor"
     return group.kind

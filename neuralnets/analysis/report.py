@@ -168,7 +168,7 @@ def fixed_points_section(
                     "stability",
                     "modes (slowest point)",
                     "slowest τ over members",
-                    "DMD agrees",
+                    "modes DMD agrees with",
                 ],
                 group_rows,
             )  # fmt: skip
