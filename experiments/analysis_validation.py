@@ -109,7 +109,7 @@ def match(truth: list[dict], found: list[dict]) -> list[dict]:
     return rows
 
 
-def analyse(run_dir: Path, system: str, seed: int, figures: bool) -> dict:
+def analyse(run_dir: Path, system: str, seed: int, figures: Path | None) -> dict:
     """Everything the table needs from one trained run."""
     from neuralnets.analysis.fixed_points import model_fixed_points
     from neuralnets.analysis.ground_truth import (
@@ -190,9 +190,9 @@ def analyse(run_dir: Path, system: str, seed: int, figures: bool) -> dict:
             out.update(precision=score.precision, recall=score.recall, median_lag=score.median_lag_bins)
             out.update(oracle_events(run_dir))
         if figures:
-            save_figures(system, data, res, fp, groups, mag, verdict.threshold, test, truth)
+            save_figures(system, data, res, fp, groups, mag, verdict.threshold, test, truth, figures)
     elif figures:
-        save_figures(system, data, res, fp, groups, None, None, test, truth)
+        save_figures(system, data, res, fp, groups, None, None, test, truth, figures)
     return out
 
 
@@ -225,15 +225,15 @@ def oracle_events(run_dir: Path) -> dict:
     return {"oracle_precision": best[1], "oracle_recall": best[2]}
 
 
-def save_figures(system, data, res, fp, groups, mag, threshold, test, truth) -> None:
+def save_figures(system, data, res, fp, groups, mag, threshold, test, truth, folder: Path = FIGURES) -> None:
     """The docs' validation figures: latent flow with the fixed/slow points, eigenvalues vs the true ones,
     and input magnitude on test trials with the true pulses."""
     from matplotlib.figure import Figure
 
     from neuralnets.analysis.figures import fixed_points_figure
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fixed_points_figure(res.trajectory_latents, fp).savefig(FIGURES / f"{system}_fixed_points.png", dpi=90)
+    folder.mkdir(parents=True, exist_ok=True)
+    fixed_points_figure(res.trajectory_latents, fp).savefig(folder / f"{system}_fixed_points.png", dpi=90)
     fig = Figure(figsize=(4.2, 4))
     ax = fig.add_subplot()
     circle = np.exp(1j * np.linspace(0, 2 * np.pi, 200))
@@ -256,7 +256,7 @@ def save_figures(system, data, res, fp, groups, mag, threshold, test, truth) -> 
     ax.legend(fontsize=7)
     ax.set_title(f"{system}: eigenvalues at the largest group's slowest point", fontsize=8)
     fig.tight_layout()
-    fig.savefig(FIGURES / f"{system}_eigenvalues.png", dpi=90)
+    fig.savefig(folder / f"{system}_eigenvalues.png", dpi=90)
     if mag is None:
         return
     fig = Figure(figsize=(7, 4))
@@ -271,7 +271,7 @@ def save_figures(system, data, res, fp, groups, mag, threshold, test, truth) -> 
         ax.set_ylabel(f"trial {tr}", fontsize=7)
     ax.set_xlabel("time (s): inferred-input magnitude (blue), threshold (dashed), true pulses (red)")
     fig.tight_layout()
-    fig.savefig(FIGURES / f"{system}_input_events.png", dpi=90)
+    fig.savefig(folder / f"{system}_input_events.png", dpi=90)
 
 
 def _spread(values) -> str:
@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/analysis_validation"), help="where the runs go")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--figures", type=Path, default=FIGURES, help="where the docs' figures go")
     p.add_argument("--render-only", action="store_true", help="rebuild the page from the runs' results.jsonl")
     args = p.parse_args(argv)
     if args.quick:
@@ -417,9 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             for i, seed in enumerate(args.seeds):
                 run_dir = train(system, model, seed, args.epochs, args.runs.resolve(), args.quick)
-                res = analyse(
-                    run_dir, system, seed, figures=(i == 0 and model == "lfads" and not args.no_figures)
-                )
+                draw = i == 0 and model == "lfads" and not args.no_figures
+                res = analyse(run_dir, system, seed, figures=args.figures if draw else None)
                 from neuralnets.data import load
                 from neuralnets.runs import read_run
 
@@ -451,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         __doc__.split("\n\n", 2)[2].strip(),
     ]
+    if args.render_only and args.out.exists():  # keep the header of the run that made the numbers
+        kept = args.out.read_text().split("\n")[:3]
+        note = f"(Tables re-rendered from {log.name} by `--render-only`, which adds missing columns.)"
+        header = kept + ["", note, "", __doc__.split("\n\n", 2)[2].strip()]
     text = render(results, args, header)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
