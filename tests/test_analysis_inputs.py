@@ -9,6 +9,7 @@ import pytest
 from neuralnets.analysis.inputs import (
     choose_threshold,
     detect_events,
+    detect_input_events,
     detect_peaks,
     event_aligned,
     event_precision_recall,
@@ -179,3 +180,18 @@ def test_null_inputs_run_the_models_own_autonomous_dynamics():
     np.testing.assert_array_equal(a, b)  # seeded
     with pytest.raises(AnalysisError, match="inferred inputs"):
         null_inputs(create_model("rnn", spec), heldin)
+
+
+def test_peaks_at_the_trial_start_are_not_input_events():
+    # A controller that corrects the initial state: a bump in bin 1 of every trial, nothing else.
+    rng = np.random.default_rng(6)
+    null = 0.05 * np.abs(rng.standard_normal((100, 40)))
+    real = 0.05 * np.abs(rng.standard_normal((100, 40)))
+    real[:, 1] += 3.0
+    v = input_verdict(real, null)
+    assert not v.reliable and v.real_per_trial <= 0.1 and v.onset_per_trial == pytest.approx(1.0)
+    assert len(detect_input_events(real, v.threshold)) <= 10
+    real[:, 20] += 3.0  # and a real input mid-trial: found, at its bin
+    v = input_verdict(real, null)
+    events = detect_input_events(real, v.threshold)
+    assert v.reliable and (events[:, 1] == 20).sum() == 100

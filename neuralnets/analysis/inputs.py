@@ -28,6 +28,7 @@ from neuralnets.errors import AnalysisError
 MAD_TO_SD = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
 MIN_SEPARATION = 3  # bins: two peaks closer than this are one event (the larger one)
 NULL_EVENTS_PER_TRIAL = 0.05  # the detector's false-event rate on the null, per trial
+START_BINS = 3  # events in a trial's first bins are not counted: there a controller can stand in for the IC
 VERDICT_ALPHA = 0.01  # one-sided Poisson test: real events per trial above the null's
 VERDICT_MIN_RATIO = 2.0  # ... and at least twice the null's rate
 VERDICT_MIN_EXCESS = 0.25  # ... and at least this many events per trial more than the null (an effect size)
@@ -143,6 +144,17 @@ def detect_peaks(magnitude: np.ndarray, threshold: float, min_separation: int = 
     return rows[heights >= threshold]
 
 
+def detect_input_events(
+    magnitude: np.ndarray, threshold: float, skip_bins: int = START_BINS, min_separation: int = MIN_SEPARATION
+) -> np.ndarray:
+    """Input events of `magnitude (trials, T)`: peaks at or above `threshold` from bin `skip_bins` on
+    (`(E, 2)` (trial, bin) rows, bins counted from the trial's start). The first bins are left out: a
+    model whose initial state is off uses its controller there to correct it, an event of no input."""
+    rows = detect_peaks(np.asarray(magnitude)[:, skip_bins:], threshold, min_separation)
+    rows[:, 1] += skip_bins
+    return rows
+
+
 def known_events(inputs: np.ndarray, frac: float = 0.5) -> np.ndarray:
     """Events of known inputs `(trials, T, U)`: peaks of the input magnitude at or above `frac` × its
     largest value (`(E, 2)` (trial, bin) rows; a one-bin pulse is an event at its bin). Pulses closer than
@@ -214,7 +226,9 @@ def threshold_from_null(
 @dataclass
 class InputVerdict:
     """The detector against its null: `threshold`, events per trial on the real train trials and on the
-    null trials, the one-sided Poisson p-value of the real count given the null's rate, `reliable`
+    null trials (from bin START_BINS on), `onset_per_trial` the real trials' peaks above the threshold in
+    their first bins (not counted), the one-sided Poisson p-value of the real count given the null's rate,
+    `reliable`
     (p < VERDICT_ALPHA, at least VERDICT_MIN_RATIO times the null's rate and VERDICT_MIN_EXCESS more events
     per trial: a model whose imperfect dynamics lean on its controller now and then has no inputs to
     report) and the one-line `text`."""
@@ -225,6 +239,7 @@ class InputVerdict:
     p_value: float
     reliable: bool
     text: str
+    onset_per_trial: float = 0.0
 
 
 def input_verdict(
@@ -232,11 +247,15 @@ def input_verdict(
     null_magnitude: np.ndarray,
     events_per_trial: float = NULL_EVENTS_PER_TRIAL,
     min_separation: int = MIN_SEPARATION,
+    skip_bins: int = START_BINS,
 ) -> InputVerdict:
     """Choose the threshold on the null (`threshold_from_null`) and test whether the real train trials'
-    magnitudes `(trials, T)` hold more peaks above it than the null `(trials', T)` does."""
+    magnitudes `(trials, T)` hold more peaks above it than the null `(trials', T)` does, both from bin
+    `skip_bins` on."""
     from scipy.stats import poisson
 
+    full = np.asarray(magnitude_train)
+    magnitude_train, null_magnitude = full[:, skip_bins:], np.asarray(null_magnitude)[:, skip_bins:]
     thr = threshold_from_null(null_magnitude, events_per_trial, min_separation)
     n_real, n_null = len(magnitude_train), len(null_magnitude)
     k_real = len(detect_peaks(magnitude_train, thr, min_separation))
@@ -258,7 +277,8 @@ def input_verdict(
             f"{null:.2f} (p = {p:.2g}; needs p < {VERDICT_ALPHA:g}, {VERDICT_MIN_RATIO:g}x its rate and "
             f"{VERDICT_MIN_EXCESS:g} more events per trial)"
         )
-    return InputVerdict(thr, real, null, p, bool(reliable), text)
+    onset = int((detect_peaks(full, thr, min_separation)[:, 1] < skip_bins).sum()) / max(n_real, 1)
+    return InputVerdict(thr, real, null, p, bool(reliable), text, onset)
 
 
 @dataclass

@@ -28,7 +28,8 @@ from neuralnets.analysis.ground_truth import attractor_diameter, fixed_point_dis
 from neuralnets.analysis.inputs import (
     MIN_SEPARATION,
     NULL_EVENTS_PER_TRIAL,
-    detect_peaks,
+    START_BINS,
+    detect_input_events,
     event_aligned,
     event_precision_recall,
     input_magnitude,
@@ -271,7 +272,7 @@ def inputs_section(
     null = input_magnitude(null_inputs(model, data.heldin_obs[null_train], seed=seed, session=session))
     verdict = input_verdict(mag[train], null)
     thr = verdict.threshold
-    detected = detect_peaks(mag[test], thr)
+    detected = detect_input_events(mag[test], thr)
     per_trial = len(detected) / len(test)
     lines = [
         f"**Verdict: {verdict.text}.**",
@@ -281,7 +282,9 @@ def inputs_section(
         f"controller switched off, run from the initial states of {len(null_train)} train trials, Poisson "
         "spikes drawn from its rates and fed back through the model: what it infers when no input drove "
         f"the population. Threshold {thr:.3g}, set so that the null gives {NULL_EVENTS_PER_TRIAL:g} events "
-        f"per trial. Test trials: {len(detected)} events in {len(test)} trials ({per_trial:.2f} per trial).",
+        f"per trial. Test trials: {len(detected)} events in {len(test)} trials ({per_trial:.2f} per trial). "
+        f"Peaks in a trial's first {START_BINS} bins are not events (there the controller can stand in for "
+        f"an initial state the encoder missed): {verdict.onset_per_trial:.2f} per train trial.",
     ]
     numbers: dict[str, Any] = {
         "threshold": thr, "verdict": verdict.text, "reliable_inputs": verdict.reliable,
@@ -303,7 +306,8 @@ def inputs_section(
     if data.inputs is not None:
         t = min(mag.shape[1], data.n_obs)
         known = known_events(data.inputs[test, :t])
-        score = event_precision_recall(detect_peaks(mag[test, :t], thr), known, tolerance_bins)
+        known = known[known[:, 1] >= START_BINS]  # scored over the bins the detector looks at
+        score = event_precision_recall(detect_input_events(mag[test, :t], thr), known, tolerance_bins)
         false = (score.n_detected - score.n_matched) / len(test)
         numbers.update(
             precision=score.precision, recall=score.recall, median_lag_bins=score.median_lag_bins,
