@@ -160,3 +160,14 @@ def test_compare_two_models_by_dsa_with_split_half_references(tmp_path, capsys):
     text = (tmp_path / "compare.md").read_text()
     assert "| A vs B |" in text and "A, even vs odd trials" in text and "rnn_lorenz" in text
     assert "report:" in capsys.readouterr().out
+
+
+def test_spread_over_runs_gives_median_and_range(tmp_path, capsys):
+    argv = ["--spread", "rnn_lorenz", "rnn_lorenz", "--out", str(tmp_path), *FAST]
+    assert main(argv) == EXIT_OK
+    text = (tmp_path / "spread.md").read_text()
+    assert "| DMD |" in text and "over 2 runs" in text
+    import re
+
+    for lo, hi in re.findall(r"\[([-\d.]+), ([-\d.]+)\]", text):  # one model twice: no spread at all
+        assert lo == hi

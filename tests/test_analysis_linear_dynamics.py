@@ -57,3 +57,21 @@ def test_dsa_is_zero_for_conjugate_systems_and_large_for_different_ones():
     x3 = _run(b, noise=0.05)
     same, other = dsa(x1, x2, n_delays=1, rank=4), dsa(x1, x3, n_delays=1, rank=4)
     assert same < 0.1 and other > 3 * same
+
+
+def test_mode_spread_pairs_each_mode_across_runs():
+    from neuralnets.analysis.spread import mode_spread
+
+    runs = [
+        [{"tau_s": 1.0, "hz": 3.0}, {"tau_s": 0.08, "hz": 0.0}],
+        [{"tau_s": 0.07, "hz": 0.0}, {"tau_s": 1.1, "hz": 3.1}],  # the same modes, in another order
+        [{"tau_s": 0.9, "hz": 2.9}, {"tau_s": 0.09, "hz": 0.0}, {"tau_s": 0.01, "hz": 0.0}],
+        [],  # a run without modes
+    ]
+    osc, fast = mode_spread(runs)
+    np.testing.assert_allclose(osc["tau_s"][:3], [1.0, 1.1, 0.9])
+    np.testing.assert_allclose(osc["hz"][:3], [3.0, 3.1, 2.9])
+    np.testing.assert_allclose(fast["tau_s"][:3], [0.08, 0.07, 0.09])
+    assert np.isnan(osc["tau_s"][3])
+    with pytest.raises(AnalysisError, match="at least one run"):
+        mode_spread([])

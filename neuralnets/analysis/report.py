@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets.analysis.compare import run_compare
 from neuralnets.analysis.fixed_points import model_fixed_points, require_dynamics
 from neuralnets.analysis.ground_truth import attractor_diameter, fixed_point_distances, map_to_true_latents
 from neuralnets.analysis.inputs import (
@@ -48,6 +49,7 @@ from neuralnets.analysis.linear_dynamics import (
 )
 from neuralnets.analysis.manifolds import LINK_FRAC, describe_group, format_modes, group_points, modes
 from neuralnets.analysis.manifolds import slowest_direction_alignment as line_alignment
+from neuralnets.analysis.spread import run_spread
 from neuralnets.cli import run_cli
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
 from neuralnets.eval.tables import markdown_table
@@ -67,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                    help="compare two models' dynamics (DSA) instead; runs or bundled names")  # fmt: skip
+    p.add_argument("--spread", nargs="+", metavar="RUN", default=None,
+                   help="the modes' spread over runs of one configuration (seeds)")  # fmt: skip
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
     p.add_argument("--session", default=None, help="the session to analyse (multi-session data)")
     p.add_argument("--n-initial", type=int, default=256, help="initial states of the fixed-point search")
@@ -457,11 +461,16 @@ def _analyze(argv: list[str] | None) -> int:
     if args.min_tau_ms is not None and not args.min_tau_ms > 0:
         raise AnalysisError(f"--min-tau-ms must be > 0; got {args.min_tau_ms}")
     if args.compare:
-        from neuralnets.analysis.compare import run_compare
-
         return run_compare(args.compare, args.out, args.session, args.seed, _load)
+    if args.spread:
+        tau = None if args.min_tau_ms is None else args.min_tau_ms / 1e3
+        return run_spread(
+            args.spread, args.out, args.session, args.seed, args.n_initial, args.n_iter, tau, _load
+        )
     if args.target is None:
-        raise AnalysisError("give a RUN_DIR (or a bundled model name) to analyse, or --compare A B")
+        raise AnalysisError(
+            "give a RUN_DIR (or a bundled model name) to analyse, --compare A B or --spread RUN..."
+        )
     pm, data, predictions, session, out_dir, about = _load(args.target, args.out, args.session)
     sections = analyze(
         pm, data, predictions, session, n_initial=args.n_initial, n_iter=args.n_iter,
