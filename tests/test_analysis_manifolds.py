@@ -76,3 +76,10 @@ def test_modes_show_every_slow_mode_once_and_every_growing_one():
     assert got[2]["tau_s"] == pytest.approx(3.0) and got[3]["hz"] == pytest.approx(3.0)
     assert got[3]["tau_s"] == pytest.approx(0.4) and got[4]["tau_s"] == pytest.approx(0.08)
     assert len(modes(lam, dt, min_tau=0.001)) == 6
+
+
+def test_describe_kinds_shows_the_mix_only_when_there_is_one():
+    from neuralnets.analysis.manifolds import describe_kinds
+
+    assert describe_kinds(["stable"] * 3, "stable") == "stable"
+    assert describe_kinds(["stable", "saddle", "stable"], "stable") == "stable (1 saddle, 2 stable)"

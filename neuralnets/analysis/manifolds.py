@@ -197,3 +197,11 @@ def format_modes(ms: list[dict]) -> str:
         hz = f" @ {m['hz']:.2f} Hz" if m["hz"] > 0 else ""
         out.append(f"{'grows ' if m['abs'] > 1 else ''}{tau} ms{hz}")
     return "; ".join(out) or "none"
+
+
+def describe_kinds(kinds: list[str], representative: str) -> str:
+    """The slowest point's kind, with the mix of kinds over a group's members when they differ (points
+    along a slow line may be stable or saddles by a hair's breadth), e.g. 'stable (34 stable, 20 saddle)'."""
+    counts = {k: kinds.count(k) for k in sorted(set(kinds))}
+    mix = ", ".join(f"{n} {k}" for k, n in counts.items())
+    return representative if len(counts) <= 1 else f"{representative} ({mix})"

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from neuralnets.analysis import linear_dynamics as ld
+from neuralnets.analysis import manifolds as mf
 from neuralnets.analysis.compare import run_compare
 from neuralnets.analysis.fixed_points import model_fixed_points, require_dynamics
 from neuralnets.analysis.ground_truth import attractor_diameter, fixed_point_distances, map_to_true_latents
@@ -41,14 +43,6 @@ from neuralnets.analysis.inputs import (
     trial_events,
 )
 from neuralnets.analysis.jpca import condition_average, jpca
-from neuralnets.analysis.linear_dynamics import (
-    DISAGREE_HZ_REL,
-    DISAGREE_REL,
-    compare_modes,
-    fit_linear_dynamics,
-)
-from neuralnets.analysis.manifolds import LINK_FRAC, describe_group, format_modes, group_points, modes
-from neuralnets.analysis.manifolds import slowest_direction_alignment as line_alignment
 from neuralnets.analysis.spread import run_spread
 from neuralnets.cli import run_cli
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
@@ -126,14 +120,16 @@ def fixed_points_section(
     )
     fp = res.fixed_points
     n_fixed = int(fp.is_fixed.sum())
-    groups = group_points(fp.states, fp.scale, fp.q) if len(fp) and fp.scale > 0 else []
-    fit = fit_linear_dynamics(res.trajectory_latents, dt, rank=min(DMD_RANK, res.trajectory_latents.shape[2]))
-    data_modes = modes(fit.eigenvalues, dt, min_tau)
+    groups = mf.group_points(fp.states, fp.scale, fp.q) if len(fp) and fp.scale > 0 else []
+    fit = ld.fit_linear_dynamics(
+        res.trajectory_latents, dt, rank=min(DMD_RANK, res.trajectory_latents.shape[2])
+    )
+    data_modes = mf.modes(fit.eigenvalues, dt, min_tau)
     lines = [
         f"Searched from {fp.n_initial} states the model visits on {len(train)} train trials (plus noise); "
         f"{fp.n_converged} reached q < {fp.q_tol:g}; after merging duplicates: {n_fixed} fixed points "
         f"(q < 1e-10) and {len(fp) - n_fixed} slow points, which form **{len(groups)} group(s)** (points "
-        f"closer than {LINK_FRAC:g} × the visited states' spread are linked; a group's shape and extent "
+        f"closer than {mf.LINK_FRAC:g} × the visited states' spread are linked; a group's shape and extent "
         "come from its members' spread). q = ½‖F(h) − h‖² per bin; τ = −dt/ln|λ| of the Jacobian of the "
         f"one-bin map, frequency angle(λ)/(2π dt). Every mode slower than {min_tau * 1e3:.0f} ms is listed, "
         "and every growing one, complex pairs once.",
@@ -142,19 +138,22 @@ def fixed_points_section(
     group_rows, numbers_groups = [], []
     for i, g in enumerate(groups):
         rep = g.representative
-        ms = modes(fp.eigenvalues[rep], dt, min_tau)
+        ms = mf.modes(fp.eigenvalues[rep], dt, min_tau)
         member_taus = [abs(fp.time_constants[j, 0]) for j in g.members]
-        align = line_alignment(g, fp.eigenvectors[rep]) if fp.eigenvectors is not None else None
-        name = describe_group(g, align, abs(fp.time_constants[rep, 0]), window)
+        align = (
+            mf.slowest_direction_alignment(g, fp.eigenvectors[rep]) if fp.eigenvectors is not None else None
+        )
+        name = mf.describe_group(g, align, abs(fp.time_constants[rep, 0]), window)
         ext = ", ".join(f"{e / fp.scale:.2f}" for e in g.extent) or "0"
         spread = (
             f"{min(member_taus) * 1e3:.0f}–{max(member_taus) * 1e3:.0f} ms" if len(g.members) > 1 else "—"
         )
-        vs_dmd = compare_modes(ms, data_modes)
+        vs_dmd = ld.compare_modes(ms, data_modes)
         agree = f"{sum(r['agree'] for r in vs_dmd)} of {len(vs_dmd)}" if vs_dmd else "—"
         group_rows.append([
             str(i), name, f"{len(g.members)} ({int(fp.is_fixed[g.members].sum())} fixed)", ext,
-            fp.kinds[rep], format_modes(ms), spread, agree,
+            mf.describe_kinds([fp.kinds[j] for j in g.members], fp.kinds[rep]), mf.format_modes(ms), spread,
+            agree,
         ])  # fmt: skip
         numbers_groups.append({
             "kind": g.kind, "name": name, "n_points": len(g.members), "dimension": g.dimension,
@@ -186,11 +185,11 @@ def fixed_points_section(
     lines += [
         f"**Second opinion (data-driven).** A least-squares linear fit x_(t+1) = A x_t + b of the model's "
         f"latent trajectories on the train trials (top {fit.A.shape[0]} principal components; one-step "
-        f"R² {fit.r2:.3f}) has modes: {format_modes(data_modes)}. "
+        f"R² {fit.r2:.3f}) has modes: {mf.format_modes(data_modes)}. "
         + (
             f"{len(disagree)} mode(s) of the fixed points have no match in it (decay rate within "
-            f"{DISAGREE_REL:.0%}, frequency within {DISAGREE_HZ_REL:.0%}): the fixed points' linearisation "
-            "and what the model does on the data differ there; trust neither number alone."
+            f"{ld.DISAGREE_REL:.0%}, frequency within {ld.DISAGREE_HZ_REL:.0%}): the fixed points' "
+            "linearisation and what the model does on the data differ there; trust neither number alone."
             if disagree
             else "Every listed mode of the fixed points has a match in it."
         ),
