@@ -2,12 +2,15 @@
 
     neuralnets-analyze runs/lfads_lorenz/2026-12-04_10-00-00     # a finished training run
     neuralnets-analyze lfads_lorenz --out lorenz-analysis        # a bundled pretrained model
+    neuralnets-analyze --compare RUN_A RUN_B   /   --spread RUN1 RUN2 RUN3   # DSA; modes over seeds
 
 Runs every analysis the model's capabilities allow, on the data it was trained on:
-- fixed and slow points of its autonomous dynamics (`has_recurrent_dynamics`), with their Jacobian
-  spectra, and, on synthetic data with known fixed points (Lorenz), their distance to those;
+- fixed and slow points of its autonomous dynamics (`has_recurrent_dynamics`), grouped into the
+  manifolds they form, each group's modes beside a least-squares DMD of the latents, and, on synthetic
+  data with known fixed points (Lorenz), their distance to those;
 - condition-averaged latent trajectories, PCA and jPCA (data with trial conditions);
-- inferred-input events, aligned to the trial events and scored against known inputs (`has_inferred_inputs`).
+- inferred-input events (`has_inferred_inputs`): peaks above a threshold set on an input-free null, a
+  verdict, alignment to the trial events, a score against known inputs.
 An analysis the model or data cannot support is listed with the one-line reason. The report goes to
 `analysis.md` in the run directory (written atomically; for a bundled model in `--out`, default
 `./analysis-<name>`) and the figures and report text into TensorBoard event files there (the run's
