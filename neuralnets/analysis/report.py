@@ -164,26 +164,12 @@ def fixed_points_section(
             "slowest_tau_range_s": [min(member_taus), max(member_taus)], "alignment": align,
             "agrees_with_dmd": [r["agree"] for r in vs_dmd],
         })  # fmt: skip
-    if groups:
-        lines.append(
-            markdown_table(
-                [
-                    "group",
-                    "what",
-                    "points",
-                    "extent / spread",
-                    "stability",
-                    "modes (slowest point)",
-                    "slowest τ over members",
-                    "modes DMD agrees with",
-                ],
-                group_rows,
-            )  # fmt: skip
-        )
-    else:
-        lines.append(
-            "No point reached the tolerance: search longer (`--n-iter`) or from more states (`--n-initial`)."
-        )
+    header = ["group", "what", "points", "extent / spread", "stability", "modes (slowest point)",
+              "slowest τ over members", "modes DMD agrees with"]  # fmt: skip
+    no_points = (
+        "No point reached the tolerance: search longer (`--n-iter`) or from more states (`--n-initial`)."
+    )
+    lines.append(markdown_table(header, group_rows) if groups else no_points)
     disagree = [r for n in numbers_groups for r in n["agrees_with_dmd"] if not r]
     lines += [
         f"**Second opinion (data-driven).** A least-squares linear fit x_(t+1) = A x_t + b of the model's "
