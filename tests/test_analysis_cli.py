@@ -86,7 +86,7 @@ def test_analyze_runs_on_a_tiny_run_of_each_family(family, tmp_path, capsys):
     else:
         assert "fixed points" in fixed and "Skipped" not in fixed
     if family in ("lfads", "stitched"):
-        assert "Event threshold" in inputs
+        assert "**Verdict:" in inputs and "set so that the null gives" in inputs
     else:
         assert "Skipped: input analysis needs a model with inferred inputs" in inputs
     assert "jPCA" in text and "unconstrained M" in text  # Lorenz data have conditions
@@ -115,6 +115,11 @@ def test_analysis_of_a_tiny_model_gives_numbers_and_figures():
     assert len(fixed.numbers["true_fixed_point_distance_rel"]) == 3
     assert 0 <= cond.numbers["r2_skew"] <= cond.numbers["r2_full"] <= 1
     assert inputs.numbers["threshold"] > 0
+    assert inputs.numbers["verdict"].startswith(("inputs found", "no reliable inputs found"))
+    assert "**Verdict:" in inputs.text
+    groups = fixed.numbers["groups"]  # each group once, with its modes and the DMD's opinion of them
+    assert sum(g["n_points"] for g in groups) == fixed.numbers["n_fixed"] + fixed.numbers["n_slow"]
+    assert all(len(g["agrees_with_dmd"]) == len(g["modes"]) for g in groups) and fixed.numbers["dmd_modes"]
     assert set(fixed.figures) == {"analysis/fixed_points"} and set(cond.figures) == {"analysis/jpca"}
 
 
@@ -124,6 +129,8 @@ def test_bad_targets_and_options_are_one_line_errors(tmp_path, capsys):
         ([str(tmp_path / "nowhere")], "neither a bundled model"),
         ([str(tmp_path / "empty")], "holds no run"),
         (["lfads_lorenz", "--n-iter", "0"], "--n-iter must be >= 1"),
+        (["lfads_lorenz", "--min-tau-ms", "0"], "--min-tau-ms must be > 0"),
+        ([], "give a RUN_DIR"),
     ]:
         assert main(argv) == EXIT_USER_ERROR
         err = capsys.readouterr().err.strip()
@@ -163,3 +170,21 @@ def test_help_is_answered_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "RUN_DIR" in done.stdout
+
+
+def test_compare_two_models_by_dsa_with_split_half_references(tmp_path, capsys):
+    assert main(["--compare", "lfads_lorenz", "rnn_lorenz", "--out", str(tmp_path)]) == EXIT_OK
+    text = (tmp_path / "compare.md").read_text()
+    assert "| A vs B |" in text and "A, even vs odd trials" in text and "rnn_lorenz" in text
+    assert "report:" in capsys.readouterr().out
+
+
+def test_spread_over_runs_gives_median_and_range(tmp_path, capsys):
+    argv = ["--spread", "rnn_lorenz", "rnn_lorenz", "--out", str(tmp_path), *FAST]
+    assert main(argv) == EXIT_OK
+    text = (tmp_path / "spread.md").read_text()
+    assert "| DMD |" in text and "over 2 runs" in text
+    import re
+
+    for lo, hi in re.findall(r"\[([-\d.]+), ([-\d.]+)\]", text):  # one model twice: no spread at all
+        assert lo == hi

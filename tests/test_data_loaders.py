@@ -371,7 +371,7 @@ def test_load_dispatch_and_errors(tmp_path, tiny_data):
     assert load("chaotic_rnn", n_trials=10, n_bins=20, n_fwd=4).name == "chaotic_rnn"
     with pytest.raises(
         DataError,
-        match=r"'lorenzz' is neither a built-in dataset \['ca1_linear_track', 'chaotic_rnn', 'lorenz'",
+        match=r"'lorenzz' is neither a built-in dataset \['ca1_linear_track', 'chaotic_rnn', 'line_attr",
     ):
         load("lorenzz")
     with pytest.raises(DataError, match=r"known suffix \['.npz', '.h5', '.hdf5', '.nwb'\]"):

@@ -188,7 +188,7 @@ def test_evaluate_fewshot_co_bps_needs_latents_over_the_observed_bins():
 
 
 def test_evaluate_input_corr_compares_known_and_inferred_inputs_on_the_split():
-    t_obs = 16
+    t_obs = 30  # enough bins for the lagged read-out (leads 3 + lags 10)
     rng = np.random.default_rng(30)
     pulses = (rng.uniform(size=(24, t_obs + 3, 1)) < 0.2).astype(np.float64)  # (trials, T, U=1)
     data = make_data(t_obs=t_obs, inputs=pulses, behavior=rng.standard_normal((24, t_obs, 2)))
@@ -206,8 +206,11 @@ def test_evaluate_input_corr_compares_known_and_inferred_inputs_on_the_split():
     assert H.skipped_metrics(data, "test")["input_readout_r2"] == "no inferred inputs given"
     no_known = H.skipped_metrics(make_data(), "test", inputs=inferred)["input_corr"]
     assert no_known == "no known inputs in the data"
-    assert "must both cover 12 bins" in H.skipped_metrics(data, "test", inputs=inferred[:, :5])["input_corr"]
-    with pytest.raises(ValueError, match=r"inputs have shape \(3, 16, 2\)"):
+    silent = make_data(t_obs=t_obs, inputs=np.zeros_like(pulses))  # an input-free system: skipped, no error
+    assert "never vary" in H.skipped_metrics(silent, "test", inputs=inferred)["input_corr"]
+    assert "input_corr" not in H.evaluate(silent.rates, silent, "test", inputs=inferred)
+    assert "must both cover 15 bins" in H.skipped_metrics(data, "test", inputs=inferred[:, :5])["input_corr"]
+    with pytest.raises(ValueError, match=r"inputs have shape \(3, 30, 2\)"):
         H.evaluate(rates, data, "test", inputs=inferred[:3])
 
 

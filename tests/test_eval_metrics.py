@@ -498,10 +498,30 @@ def test_fewshot_co_bps_rewards_latents_that_determine_the_heldout_rates():
 
 
 # ---------------------------------------------------------------------------------------------- input_corr
-def _pearson_max_lag(u: np.ndarray, mag: np.ndarray, max_lag: int) -> float:
-    """Reference: for each lag, np.corrcoef over the pooled (trial, bin) pairs; max over lags."""
+def _pearson_max_lag(
+    u: np.ndarray, mag: np.ndarray, max_lag: int, max_lead: int = M.INPUT_CORR_MAX_LEAD
+) -> float:
+    """Reference: for each lag -max_lead..max_lag, np.corrcoef over the pooled (trial, bin) pairs with both
+    bins inside the trial; max over lags."""
     t = u.shape[1]
-    return max(np.corrcoef(u[:, : t - lag].ravel(), mag[:, lag:].ravel())[0, 1] for lag in range(max_lag + 1))
+    rs = []
+    for lag in range(-max_lead, max_lag + 1):
+        src = np.arange(t)[(np.arange(t) + lag >= 0) & (np.arange(t) + lag < t)]  # bins t with t + lag inside
+        rs.append(np.corrcoef(u[:, src].ravel(), mag[:, src + lag].ravel())[0, 1])
+    return max(rs)
+
+
+def test_input_corr_and_readout_search_leads_too():
+    rng = np.random.default_rng(45)
+    u = (rng.uniform(size=(30, 40, 1)) < 0.1) * rng.choice([-1.0, 1.0], size=(30, 40, 1))  # signed pulses
+    z = np.zeros((30, 40, 2))  # inferred inputs acting 2 bins BEFORE each pulse
+    z[:, :-2, 0] = u[:, 2:, 0]
+    assert M.input_corr(u, z) == pytest.approx(1.0, abs=1e-12)  # default search includes leads
+    assert M.input_corr(u, z, max_lead=0) < 0.5  # lags 0..10 only: the lead is missed
+    assert M.input_readout_r2(u, z) > 0.95
+    assert M.input_readout_r2(u, z, max_lead=0) < 0.2
+    with pytest.raises(ValueError, match="max_lead=30"):
+        M.input_corr(u, z, max_lead=30)
 
 
 def test_input_corr_is_one_for_a_delayed_copy_at_the_right_lag():
@@ -569,6 +589,9 @@ def test_input_readout_r2_by_hand_and_bad_inputs():
     feats = M.lagged_features(torch.as_tensor(z), 2)
     assert feats.shape == (10, 18, 6)
     np.testing.assert_allclose(feats[:, 5, 2:4].numpy(), z[:, 6])
+    feats = M.lagged_features(torch.as_tensor(z), 2, max_lead=1)  # bins 1..17: z[t-1], z[t], .., z[t+2]
+    assert feats.shape == (10, 17, 8)
+    np.testing.assert_allclose(feats[:, 5, 0:2].numpy(), z[:, 5])  # row 5 is bin 6
     with pytest.raises(ValueError, match="at least 2 trials"):
         M.input_readout_r2(u[:1], z[:1], max_lag=3)
     with pytest.raises(ValueError, match="input_readout_r2 is undefined"):

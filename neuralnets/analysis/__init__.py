@@ -1,6 +1,7 @@
-"""What a trained model found: fixed points and linearised dynamics, rotational structure (jPCA),
-inferred-input events; `neuralnets-analyze RUN_DIR` writes them as a report and TensorBoard figures
-(`neuralnets.analysis.report`). See docs/analysis.md.
+"""What a trained model found: fixed points and linearised dynamics, the slow manifolds they form, a
+data-driven second opinion (DMD) and dynamical similarity between models (DSA), rotational structure
+(jPCA), inferred-input events against an input-free null; `neuralnets-analyze RUN_DIR` writes them as a
+report and TensorBoard figures (`neuralnets.analysis.report`). See docs/analysis.md.
 
 The names below are imported when first used: `neuralnets.analysis.cli` (the command) must not pull in
 PyTorch before it has read its options."""
@@ -17,9 +18,13 @@ _WHERE = {
     "JPCA": "jpca",
     "condition_average": "jpca",
     "jpca": "jpca",
+    "dsa": "linear_dynamics",
+    "fit_linear_dynamics": "linear_dynamics",
+    "group_points": "manifolds",
+    "modes": "manifolds",
 }
 
-__all__ = ["JPCA", "FixedPoints", "condition_average", "find_fixed_points", "jpca", "model_fixed_points"]
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

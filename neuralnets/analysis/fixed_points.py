@@ -51,7 +51,8 @@ class FixedPoints:
     `states (P, H)`, `q (P,)` speed ½‖F(h) − h‖² per bin, `eigenvalues (P, H)` complex eigenvalues of
     the Jacobian of the map, sorted by decreasing |λ|, `latents (P, K)` the points in the model's latent
     space (None when no read-out was given), `n_initial` initial states searched, `n_converged` of them
-    below the q tolerance (before merging duplicates)."""
+    below the q tolerance (before merging duplicates), `eigenvectors (P, H, H)` the right eigenvectors
+    (columns, in the order of `eigenvalues`), `scale` the RMS spread of the initial states."""
 
     states: np.ndarray
     q: np.ndarray
@@ -61,6 +62,8 @@ class FixedPoints:
     n_initial: int = 0
     n_converged: int = 0
     q_tol: float = 0.0
+    eigenvectors: np.ndarray | None = None
+    scale: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -180,8 +183,8 @@ def find_fixed_points(
     keep = torch.isfinite(q) & (q < q_tol)
     h, q = h[keep], q[keep]
     n_converged = int(keep.sum())
+    spread = (h0 - h0.mean(0)).pow(2).sum(-1).mean().sqrt()
     if merge_tol is None:
-        spread = (h0 - h0.mean(0)).pow(2).sum(-1).mean().sqrt()
         merge_tol = MERGE_FRAC * float(spread) if float(spread) > 0 else 1e-6
     order = torch.argsort(q)
     kept: list[int] = []
@@ -191,10 +194,13 @@ def find_fixed_points(
     h, q = h[kept], q[kept]
     if len(kept):
         jac = jacobians(step, h).detach()  # (P, H, H)
-        eig = torch.linalg.eigvals(jac).cpu().numpy()  # (P, H) complex
-        eig = np.take_along_axis(eig, np.argsort(-np.abs(eig), axis=1, kind="stable"), axis=1)
+        eig, vecs = (x.cpu().numpy() for x in torch.linalg.eig(jac))  # (P, H), (P, H, H) complex
+        order = np.argsort(-np.abs(eig), axis=1, kind="stable")
+        eig = np.take_along_axis(eig, order, axis=1)
+        vecs = np.take_along_axis(vecs, order[:, None, :], axis=2)
     else:
         eig = np.zeros((0, h0.shape[1]), dtype=complex)
+        vecs = np.zeros((0, h0.shape[1], h0.shape[1]), dtype=complex)
     latents = None
     if to_latents is not None:
         with torch.no_grad():
@@ -208,6 +214,8 @@ def find_fixed_points(
         n_initial=int(h0.shape[0]),
         n_converged=n_converged,
         q_tol=float(q_tol),
+        eigenvectors=vecs,
+        scale=float(spread),
     )
 
 

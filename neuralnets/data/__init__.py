@@ -18,6 +18,7 @@ from neuralnets.data.options import parse_load_options
 from neuralnets.data.sessions import MultiSessionData, MultiSessionSpec
 from neuralnets.data.spikedata import DataSpec, SpikeData, default_split
 from neuralnets.data.synthetic import chaotic_rnn, lorenz, lorenz_sessions
+from neuralnets.data.synthetic_linear import line_attractor, linear_pulses
 from neuralnets.errors import DataError
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "SpikeDataModule",
     "MultiSessionDataModule",
     "chaotic_rnn",
+    "line_attractor",
+    "linear_pulses",
     "default_split",
     "load",
     "load_ca1_linear_track",

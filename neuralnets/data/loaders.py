@@ -29,6 +29,7 @@ from neuralnets.data.formats.nwb import load_nwb
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.data.spikedata import SpikeData
 from neuralnets.data.synthetic import chaotic_rnn, lorenz, lorenz_sessions
+from neuralnets.data.synthetic_linear import line_attractor, linear_pulses
 from neuralnets.errors import DataError
 
 __all__ = ["BUILTIN_DATASETS", "load"]
@@ -93,6 +94,8 @@ BUILTIN_DATASETS: dict[str, Callable[..., SpikeData | MultiSessionData]] = {
     "lorenz": lorenz,
     "lorenz_sessions": lorenz_sessions,
     "chaotic_rnn": chaotic_rnn,
+    "linear_pulses": linear_pulses,
+    "line_attractor": line_attractor,
     "mc_maze_small": load_mc_maze_small,
     "ca1_linear_track": load_ca1_linear_track,
 }
@@ -102,7 +105,9 @@ _SUFFIXES = (".npz", ".h5", ".hdf5", ".nwb")
 def load(path_or_name: str | Path, **kwargs) -> SpikeData | MultiSessionData:
     """Load a built-in dataset by name or a file by suffix; `kwargs` go to the loader/generator.
 
-    Names: 'lorenz', 'chaotic_rnn' (synthetic, see `neuralnets.data.synthetic`), 'lorenz_sessions'
+    Names: 'lorenz', 'chaotic_rnn' (synthetic, see `neuralnets.data.synthetic`), 'linear_pulses',
+    'line_attractor' (linear systems kicked by known pulses, `neuralnets.data.synthetic_linear`),
+    'lorenz_sessions'
     (several sessions of one Lorenz system: a `MultiSessionData`), 'mc_maze_small'
     (the bundled NLB MC_Maze_Small tensors), 'ca1_linear_track' (bundled rat CA1 laps with position,
     see `load_ca1_linear_track`). Files: `.npz` (`load_npz`), `.h5`/`.hdf5` (NLB layout if

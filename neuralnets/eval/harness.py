@@ -115,12 +115,15 @@ def skipped_metrics(
             reasons["fewshot_co_bps"] = "no held-out spikes recorded in the train trials"
     if data.inputs is None:
         reasons["input_corr"] = "no known inputs in the data"
+    elif not np.any(data.inputs[data.indices(split)] != data.inputs[data.indices(split)][:1, :1]):
+        reasons["input_corr"] = "the known inputs never vary on these trials (an input-free system)"
     elif inputs is None:
         reasons["input_corr"] = "no inferred inputs given"
-    elif min(np.shape(inputs)[1], t_obs) < M.INPUT_CORR_MAX_LAG + 2:
+    elif min(np.shape(inputs)[1], t_obs) < M.INPUT_CORR_MAX_LAG + M.INPUT_CORR_MAX_LEAD + 2:
         reasons["input_corr"] = (
             f"inferred inputs ({np.shape(inputs)[1]} bins) and observed bins ({t_obs}) must both cover "
-            f"{M.INPUT_CORR_MAX_LAG + 2} bins (lags 0..{M.INPUT_CORR_MAX_LAG})"
+            f"{M.INPUT_CORR_MAX_LAG + M.INPUT_CORR_MAX_LEAD + 2} bins "
+            f"(lags -{M.INPUT_CORR_MAX_LEAD}..{M.INPUT_CORR_MAX_LAG})"
         )
     if "input_corr" in reasons:
         reasons["input_readout_r2"] = reasons["input_corr"]

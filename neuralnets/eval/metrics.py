@@ -61,6 +61,7 @@ FEWSHOT_RESAMPLES = 10
 FEWSHOT_ALPHA = 1e-2  # on standardised latents, per-sample mean Poisson NLL (as the smoothing GLM)
 FEWSHOT_SEED = 0
 INPUT_CORR_MAX_LAG = 10  # bins: inferred inputs may trail the true input by 0..10 bins
+INPUT_CORR_MAX_LEAD = 3  # bins: or lead it (a model's controller may act a bin or two before the kick)
 INPUT_READOUT_FOLDS = 5  # cross-validation folds (over trials) of the input read-out
 
 # Every metric the harness (`neuralnets.eval.evaluate`) reports, in table order, with what it means.
@@ -76,12 +77,12 @@ METRICS: dict[str, str] = {
     f"train trials, mean of {FEWSHOT_RESAMPLES} resamples",
     # Not an NLB metric: the model sees these spikes, so echoing the (smoothed) input scores high here.
     "bps_heldin": "bits/spike on held-in neurons, observed bins (reconstruction of the input)",
-    "input_corr": f"known vs inferred inputs, sign-invariant: max over lags 0..{INPUT_CORR_MAX_LAG} bins "
-    "of the Pearson r between each known input's magnitude |u| and the inferred-input L2 norm (eval "
-    "trials, observed bins), mean over inputs",
-    "input_readout_r2": f"R² of a linear read-out of the known inputs from the inferred inputs at lags "
-    f"0..{INPUT_CORR_MAX_LAG} bins, {INPUT_READOUT_FOLDS}-fold cross-validated over the eval trials, "
-    "mean over inputs",
+    "input_corr": "known vs inferred inputs, sign-invariant: max over lags "
+    f"-{INPUT_CORR_MAX_LEAD}..{INPUT_CORR_MAX_LAG} bins of the Pearson r between each known input's "
+    "magnitude |u| and the inferred-input L2 norm (eval trials, observed bins), mean over inputs",
+    "input_readout_r2": "R² of a linear read-out of the known inputs from the inferred inputs at lags "
+    f"-{INPUT_CORR_MAX_LEAD}..{INPUT_CORR_MAX_LAG} bins, {INPUT_READOUT_FOLDS}-fold cross-validated over the "
+    "eval trials, mean over inputs",
     "rate_r2": "R² of predicted vs true rates per neuron (synthetic data)",
     "latent_r2": "R² of a linear map from model latents to true latents (synthetic data)",
 }
@@ -371,7 +372,7 @@ def psth_r2(
 
 # ---------------------------------------------------------------------------------------------- inputs
 def _check_input_pair(
-    true_inputs: ArrayLike, inferred_inputs: ArrayLike, max_lag: int
+    true_inputs: ArrayLike, inferred_inputs: ArrayLike, max_lag: int, max_lead: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Validated float64 (true (trials, T, U), inferred (trials, T, U')) on the inferred inputs' device."""
     z = as_tensor(inferred_inputs, "inferred_inputs")  # the work runs on the inferred inputs' device
@@ -383,37 +384,47 @@ def _check_input_pair(
         )
     if not 0 <= max_lag < u.shape[1] - 1:
         raise DataError(f"max_lag={max_lag} must be >= 0 and leave at least 2 of the {u.shape[1]} bins")
+    if not 0 <= max_lead < u.shape[1] - 1 - max_lag:
+        raise DataError(
+            f"max_lead={max_lead} must be >= 0 and, with max_lag={max_lag}, leave at least 2 of the "
+            f"{u.shape[1]} bins"
+        )
     check_values(u, "true_inputs", None, nonneg=False)
     check_values(z, "inferred_inputs", None, nonneg=False)
     return u, z
 
 
 def input_corr(
-    true_inputs: ArrayLike, inferred_inputs: ArrayLike, max_lag: int = INPUT_CORR_MAX_LAG
+    true_inputs: ArrayLike,
+    inferred_inputs: ArrayLike,
+    max_lag: int = INPUT_CORR_MAX_LAG,
+    max_lead: int = INPUT_CORR_MAX_LEAD,
 ) -> float:
     """How well the inferred inputs mark when the known inputs act, whatever their signs, in [-1, 1].
 
     true_inputs: (trials, T, U) known external inputs; inferred_inputs: (trials, T, U') a model's inferred
     inputs over the same trials and bins (e.g. an LFADS controller's output). The inferred-input magnitude
     m = ||inferred||₂ over U' (trials, T) is compared with each known input's magnitude |u|: for each lag ℓ
-    in 0..max_lag, the Pearson r between |u[:, t]| and m[:, t + ℓ], pooled over trials and the bins t with
-    t + ℓ < T (a model that responds ℓ bins after the input scores at lag ℓ). Per input, the max over
+    in -max_lead..max_lag, the Pearson r between |u[:, t]| and m[:, t + ℓ], pooled over trials and the bins
+    t with 0 <= t + ℓ < T (a model that responds ℓ bins after the input scores at lag ℓ; one whose
+    controller acts before the kick it explains, at a negative ℓ). Per input, the max over
     lags; returned: the mean over known inputs. Magnitudes on both sides make it sign-invariant: kicks of
     either sign count alike (the signed input against the unsigned magnitude would cancel to ~0).
     A known input whose magnitude is constant over the trials and bins is left out (no correlation is
     defined; ValueError if every one is); a constant inferred magnitude correlates with nothing: 0.
     `input_readout_r2` scores the signed inputs by a linear read-out.
     """
-    u, z = _check_input_pair(true_inputs, inferred_inputs, max_lag)
+    u, z = _check_input_pair(true_inputs, inferred_inputs, max_lag, max_lead)
     u = u.abs()
     mag = torch.linalg.vector_norm(z, dim=2)  # (trials, T)
     t, n_in = u.shape[1], u.shape[2]
     flat = u.reshape(-1, n_in)
     defined = (flat != flat[:1]).any(0)  # (U,) inputs that vary at all
     best = torch.full((n_in,), -float("inf"), dtype=u.dtype, device=u.device)
-    for lag in range(max_lag + 1):
-        x = u[:, : t - lag].reshape(-1, n_in)  # (S, U) true inputs at t
-        y = mag[:, lag:].reshape(-1, 1)  # (S, 1) magnitude at t + lag
+    for lag in range(-max_lead, max_lag + 1):
+        lo, hi = max(0, -lag), t - max(0, lag)  # bins t with 0 <= t + lag < T
+        x = u[:, lo:hi].reshape(-1, n_in)  # (S, U) true inputs at t
+        y = mag[:, lo + lag : hi + lag].reshape(-1, 1)  # (S, 1) magnitude at t + lag
         xc, yc = x - x.mean(0), y - y.mean(0)
         sx, sy = xc.pow(2).sum(0).sqrt(), yc.pow(2).sum(0).sqrt()  # (U,), (1,)
         # A series constant over these samples (up to round-off) correlates with nothing: r = 0.
@@ -424,11 +435,12 @@ def input_corr(
     return mean_defined(torch.where(defined, best, torch.full_like(best, float("nan"))), "input_corr")
 
 
-def lagged_features(x: Tensor, max_lag: int) -> Tensor:
-    """`x (trials, T, F)` -> `(trials, T - max_lag, F * (max_lag + 1))`: at bin t, x[t], x[t+1], ..,
-    x[t + max_lag] side by side (what a read-out of an input at t may use of a delayed response)."""
-    t = x.shape[1] - max_lag
-    return torch.cat([x[:, lag : lag + t] for lag in range(max_lag + 1)], dim=2)
+def lagged_features(x: Tensor, max_lag: int, max_lead: int = 0) -> Tensor:
+    """`x (trials, T, F)` -> `(trials, T - max_lag - max_lead, F * (max_lead + max_lag + 1))`: at bin
+    t = max_lead, .., T - max_lag - 1, x[t - max_lead], .., x[t], .., x[t + max_lag] side by side (what a
+    read-out of an input at t may use of a delayed response, or of one that anticipates it)."""
+    t = x.shape[1] - max_lag - max_lead
+    return torch.cat([x[:, k : k + t] for k in range(max_lead + max_lag + 1)], dim=2)
 
 
 def input_readout_r2(
@@ -436,24 +448,26 @@ def input_readout_r2(
     inferred_inputs: ArrayLike,
     max_lag: int = INPUT_CORR_MAX_LAG,
     n_folds: int = INPUT_READOUT_FOLDS,
+    max_lead: int = INPUT_CORR_MAX_LEAD,
     alpha: float = 1e-3,
 ) -> float:
     """Cross-validated R² of a linear read-out of the known inputs from the inferred ones.
 
     true_inputs (trials, T, U), inferred_inputs (trials, T, U'): the known input at bin t is predicted
-    from the inferred inputs at bins t..t + max_lag (`lagged_features`, bins t < T - max_lag) by ridge
+    from the inferred inputs at bins t - max_lead..t + max_lag (`lagged_features`, bins max_lead <= t <
+    T - max_lag) by ridge
     regression with an intercept (penalty `alpha` × the mean feature variance × samples, so scale-free),
     fitted on all but one of `n_folds` folds of the trials (contiguous, as `np.array_split`) and
     predicting the held-out fold. R² per known input over all held-out predictions (pooled), mean over
     the inputs that vary (ValueError if none does). A signed read-out: it rewards inferred inputs that
     carry the known inputs' signs and sizes, not only their timing (`input_corr`).
     """
-    u, z = _check_input_pair(true_inputs, inferred_inputs, max_lag)
+    u, z = _check_input_pair(true_inputs, inferred_inputs, max_lag, max_lead)
     n_trials = u.shape[0]
     if n_trials < 2:
         raise ValueError(f"input_readout_r2 needs at least 2 trials for cross-validation; got {n_trials}")
-    feats = lagged_features(z, max_lag)  # (trials, T', U'(L+1))
-    target = u[:, : feats.shape[1]]  # (trials, T', U)
+    feats = lagged_features(z, max_lag, max_lead)  # (trials, T', U'(L+1))
+    target = u[:, max_lead : max_lead + feats.shape[1]]  # (trials, T', U)
     folds = np.array_split(np.arange(n_trials), min(n_folds, n_trials))
     pred = torch.empty_like(target)
     for fold in folds:
