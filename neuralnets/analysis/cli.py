@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import argparse
 
+from neuralnets.analysis.manifolds import MIN_TAU_BINS  # numpy only
 from neuralnets.cli import run_cli
 from neuralnets.errors import AnalysisError
 
 DESCRIPTION = "What a trained model found, as a report and TensorBoard figures."
-MIN_TAU_BINS = 5  # modes slower than this many bins are listed: the default of --min-tau-ms
 
 
 def _parser() -> argparse.ArgumentParser:

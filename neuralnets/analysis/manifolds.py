@@ -20,6 +20,8 @@ import numpy as np
 
 from neuralnets.errors import AnalysisError
 
+MIN_TAU_BINS = 5  # modes slower than this many bins are listed (neuralnets-analyze --min-tau-ms's default)
+
 LINK_FRAC = 0.3  # points closer than this × the visited states' RMS spread are linked into one group
 DIM_REL = 0.1  # an axis counts when its sd is at least this fraction of the group's largest sd ...
 DIM_ABS = 0.01  # ... and at least this fraction of the scale (a tight cluster is a point, not a line)

@@ -27,7 +27,6 @@ import numpy as np
 
 from neuralnets.analysis import linear_dynamics as ld
 from neuralnets.analysis import manifolds as mf
-from neuralnets.analysis.cli import MIN_TAU_BINS
 from neuralnets.analysis.fixed_points import model_fixed_points, require_dynamics
 from neuralnets.analysis.ground_truth import attractor_diameter, fixed_point_distances, map_to_true_latents
 from neuralnets.analysis.inputs import (
@@ -45,6 +44,7 @@ from neuralnets.analysis.inputs import (
     trial_events,
 )
 from neuralnets.analysis.jpca import condition_average, jpca
+from neuralnets.analysis.manifolds import MIN_TAU_BINS
 from neuralnets.errors import AnalysisError, CheckpointError, DataError, RunStatusError
 from neuralnets.eval.tables import markdown_table
 
