@@ -361,3 +361,13 @@ def test_population_command_trains_seeds_as_ordinary_runs(tmp_path, capsys):
     members = json.loads((pop_dir / "population.json").read_text())["members"]
     seeds = [OmegaConf.load(pop_dir / m / "config.yaml").seed for m in members]
     assert seeds == [0, 1]
+
+
+@pytest.mark.parametrize("bad", ["+bogus=1", "trainer.max_epochs=abc", "model=lfadz"])
+def test_population_command_refuses_a_config_mistake_before_training(bad, capsys, tmp_path):
+    from neuralnets.training.population_cli import main
+
+    assert main([*BASE, f"out_dir={tmp_path}", bad, "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuralnets-population: error:") and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no population directory was made

@@ -17,7 +17,7 @@ import argparse
 import logging
 import shlex
 
-from neuralnets.cli import run_cli
+from neuralnets.cli import precheck, run_cli
 from neuralnets.config import compose
 from neuralnets.errors import ConfigError
 
@@ -46,14 +46,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # --help answers here, before PyTorch is imported
+    members = [] if args.resume else member_overrides(args.overrides, args.member, args.seeds)
+    for overrides in members:  # a config mistake too: each member's config checked by the schema
+        precheck("train", overrides)
     from neuralnets.training.population import resume_population, train_population
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] - %(message)s")
     if args.resume:
         records = resume_population(args.resume)
     else:
-        cfgs = [compose(o) for o in member_overrides(args.overrides, args.member, args.seeds)]
-        records = train_population(cfgs, args.out)
+        records = train_population([compose(o) for o in members], args.out)
     for r in records:
         val, test = r["val_metrics"].get("co_bps"), r["metrics"].get("co_bps")
         print(f"{r['run_dir']}\tval co-bps {val}\ttest co-bps {test}")
