@@ -371,3 +371,15 @@ def test_population_command_refuses_a_config_mistake_before_training(bad, capsys
     err = capsys.readouterr().err
     assert err.startswith("neuralnets-population: error:") and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # no population directory was made
+
+
+def test_a_refilled_slot_with_auto_settings_matches_the_built_members():
+    """`data.batch_size: auto` is resolved when a member is built: a new member's config (still `auto`)
+    is compared with the others once built (a tune population refilling its slots on CA1 failed here)."""
+    auto = [o for o in BASE if not o.startswith("data.batch_size")] + ["data.batch_size=auto"]
+    pop = Population([compose([*auto, "trainer.max_epochs=1", *m]) for m in MEMBERS[:2]])
+    pop.replace_member(1, compose([*auto, "trainer.max_epochs=1", *MEMBERS[2]]))
+    assert (
+        pop.members[1].cfg.seed == 2
+        and pop.members[1].cfg.data.batch_size == pop.members[0].cfg.data.batch_size
+    )

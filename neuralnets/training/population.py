@@ -258,8 +258,10 @@ class Population:
     def replace_member(self, k: int, cfg: DictConfig, run_dir: Path | None = None) -> None:
         """Put a new member (built from `cfg` as its solo run would start) into slot k, whose member has
         finished: its weights, optimiser state, schedule and settings replace the old ones."""
-        check_members([self.members[0].cfg, cfg])
-        new = build_member(cfg)
+        new = build_member(
+            cfg
+        )  # first: building resolves `auto` settings (data.batch_size) as member 0's were
+        check_members([self.members[0].cfg, new.cfg])
         self.members[k] = new
         self.model.load_member(k, {n: p.detach() for n, p in new.module.model.named_parameters()})
         self.model.dropout_p[k] = float(new.module.model.dropout.p)
