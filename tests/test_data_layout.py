@@ -18,6 +18,7 @@ LAYERS = {
     "options": 1,
     "formats.common": 1,
     "synthetic": 2,
+    "synthetic_linear": 3,  # builds on synthetic's helpers
     "formats.npz": 2,
     "formats.lfads_h5": 2,
     "formats.nlb_h5": 2,
