@@ -148,12 +148,12 @@ def test_short_run_scores_match_solo_and_runs_are_ordinary(tmp_path):
 def test_a_killed_population_resumes_every_member(tmp_path):
     cfgs = member_cfgs(2, MEMBERS[:2])
     pop = Population(cfgs)
-    pop_dir = pop.open_runs(tmp_path / "pop")
-    # one epoch, then "killed": the state on disk is the epoch's
-    for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
-        pop.training_step(batches)
-    pop.end_epoch(pop.validate())
-    pop.save_state()
+    with pop.recorded(tmp_path / "pop") as pop_dir:
+        # one epoch, then "killed" (SIGKILL: nothing recorded): the state on disk is the epoch's
+        for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
+            pop.training_step(batches)
+        pop.end_epoch(pop.validate())
+        pop.save_state()
     resumed = resume_population(pop_dir)
     straight = train_population(member_cfgs(2, MEMBERS[:2]), tmp_path / "straight")
     for a, b in zip(resumed, straight, strict=True):
@@ -165,7 +165,6 @@ def test_an_interrupted_population_records_its_members_and_resumes(tmp_path):
     """SIGTERM (here: Ctrl-C) in the second epoch: every member recorded interrupted, the command's error is
     RunInterrupted (exit 75), and --resume continues every member from the first epoch's state."""
     pop = Population(member_cfgs(2, MEMBERS[:2]))
-    pop_dir = pop.open_runs(tmp_path / "pop")
     real, calls = pop.run_epoch, []
 
     def second_epoch_interrupted():
@@ -175,7 +174,7 @@ def test_an_interrupted_population_records_its_members_and_resumes(tmp_path):
         return real()
 
     pop.run_epoch = second_epoch_interrupted
-    with pytest.raises(RunInterrupted, match="--resume"), pop.recorded():
+    with pytest.raises(RunInterrupted, match="--resume"), pop.recorded(tmp_path / "pop") as pop_dir:
         pop.fit()
     assert [read_status(m.run_dir)["status"] for m in pop.members] == ["interrupted", "interrupted"]
     resumed = resume_population(pop_dir)

@@ -109,8 +109,7 @@ def run_population_pbt(cfg: DictConfig, out: str | Path | None = None) -> list[d
             OmegaConf.update(member, key, _draw(rng, low, high, log_scale), merge=False)
         cfgs.append(member)
     pop = Population(cfgs)
-    pop.open_runs(out)
-    with pop.recorded():  # member statuses recorded on a signal or an error
+    with pop.recorded(out):  # member statuses recorded on a signal or an error
         return _evolve(pop, p, bounds, rng)
 
 

@@ -48,10 +48,8 @@ from neuralnets.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     LAST_CHECKPOINT,
-    claim_run_dir,
-    create_run_dir,
-    record_ending,
-    run_lock,
+    STATUS_FILE,
+    recorded_run,
     write_config,
     write_status,
 )
@@ -113,6 +111,7 @@ class Population:
         # -log y! of every trial, once: (trials, T, N) (lgamma is slow; the loss gathers it by trial index)
         self.log_fact = torch.lgamma(self.members[0].batches.tensors["spikes"] + 1.0).to(self.device)
         self.dir: Path | None = None
+        self._runs: contextlib.ExitStack | None = None  # the open run directories (`recorded`)
         self.train_time = 0.0
 
     @property
@@ -229,23 +228,46 @@ class Population:
         }
 
     # ------------------------------------------------------------------ run directories
-    def open_runs(self, parent: str | Path | None = None, run_dirs: Sequence[Path] | None = None) -> Path:
-        """Create the population directory (`<out_dir>/population/<time>_K<k>`, unique) and one ordinary
-        run directory per member: `member_<k>` inside it, or the given `run_dirs` (claimed: refused if
-        one holds a run), each with its config, status and logger."""
-        cfg0 = self.members[0].cfg
-        parent = Path(parent) if parent is not None else Path(cfg0.out_dir) / "population"
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        self.dir = create_run_dir(parent, f"{stamp}_K{self.K}")  # exclusive mkdir: never shared
-        (self.dir / "status.json").unlink(missing_ok=True)  # the population itself is not a run
-        for k in range(self.K):
-            self._open_member(k, None if run_dirs is None else run_dirs[k])
-        self._write_record()
-        return self.dir
+    @contextlib.contextmanager
+    def recorded(
+        self, parent: str | Path | None = None, run_dirs: Sequence[Path] | None = None
+    ) -> Iterator[Path]:
+        """The population's run directories for the block, each through `runs.recorded_run` (claimed,
+        locked, how it ended recorded in status.json: a signal -> interrupted, resumable from the last
+        epoch's population.pt; an error -> failed). A new population: its directory
+        `<parent>/<time>_K<k>` (default parent `<out_dir>/population`) holding `member_<k>` run
+        directories, or the given `run_dirs` (claimed: refused if one holds a run); a resumed one
+        (`self.dir` and the members' `run_dir` set): locked as they are. SIGTERM stops the block as
+        Ctrl-C does, and an interruption leaves it as `RunInterrupted` (exit 75)."""
+        try:
+            with contextlib.ExitStack() as stack, _Interrupts().installed():
+                self._runs = stack
+                if self.dir is None:
+                    cfg0 = self.members[0].cfg
+                    parent = Path(parent) if parent is not None else Path(cfg0.out_dir) / "population"
+                    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+                    self.dir = stack.enter_context(recorded_run((parent, f"{stamp}_K{self.K}")))
+                    (self.dir / STATUS_FILE).unlink(missing_ok=True)  # the population itself is not a run
+                    for k in range(self.K):
+                        self._open_member(k, None if run_dirs is None else run_dirs[k])
+                    self._write_record()
+                else:
+                    stack.enter_context(recorded_run(self.dir, claim=False))
+                    for m in self.members:
+                        stack.enter_context(recorded_run(m.run_dir, claim=False))
+                yield self.dir
+        except KeyboardInterrupt:  # the members were recorded interrupted on the way out
+            raise RunInterrupted(
+                f"population {self.dir} interrupted at epoch {max(m.epoch for m in self.members)}; "
+                f"neuralnets-population --resume {self.dir} continues every member"
+            ) from None
+        finally:
+            self._runs = None
 
     def _open_member(self, k: int, run_dir: Path | None) -> None:
+        """Member k's run directory (inside `recorded`): claimed, with its config, status and logger."""
         m = self.members[k]
-        m.run_dir = create_run_dir(self.dir, f"member_{k:03d}") if run_dir is None else claim_run_dir(run_dir)
+        m.run_dir = self._runs.enter_context(recorded_run(run_dir or (self.dir, f"member_{k:03d}")))
         write_config(m.run_dir, m.cfg)
         write_status(m.run_dir, "running", error=None, population=str(self.dir), member=k)
         m.logger = build.build_logger(m.cfg, m.run_dir)
@@ -276,7 +298,7 @@ class Population:
         opt.steps[k], opt.lr[k], self.lr0[k] = 0, float(hp.lr), float(hp.lr)
         opt.eps[k], opt.weight_decay[k] = float(hp.adam_eps), float(hp.weight_decay)
         self.cd[k] = float(hp.coordinated_dropout)
-        if self.dir is not None:
+        if self._runs is not None:
             self._open_member(k, run_dir)
             self._write_record()
 
@@ -398,26 +420,6 @@ class Population:
             for key, value in saved.items():
                 setattr(m, key, value)
 
-    @contextlib.contextmanager
-    def recorded(self) -> Iterator[None]:
-        """While the block runs the population directory is locked (a second process resuming it is
-        refused) and SIGTERM stops it as Ctrl-C does; if the block raises, every member still running is
-        recorded interrupted (resumable from the last epoch's population.pt) or failed
-        (`runs.record_ending`), and an interruption becomes `RunInterrupted` (exit 75)."""
-        with run_lock(self.dir), _Interrupts().installed():
-            try:
-                yield
-            except BaseException as err:
-                for m in self.members:
-                    if m.run_dir is not None:
-                        record_ending(m.run_dir, err)
-                if isinstance(err, KeyboardInterrupt):
-                    raise RunInterrupted(
-                        f"population {self.dir} interrupted at epoch {max(m.epoch for m in self.members)}; "
-                        f"neuralnets-population --resume {self.dir} continues every member"
-                    ) from None
-                raise
-
     def finish(self) -> list[dict[str, Any]]:
         """Score every member (`finish_member`); returns their records."""
         return [self.finish_member(k) for k in range(self.K)]
@@ -445,8 +447,7 @@ class Population:
 def train_population(cfgs: Sequence[DictConfig], parent: str | Path | None = None) -> list[dict[str, Any]]:
     """Train the members `cfgs` as one population and score each; returns their metrics records."""
     pop = Population(cfgs)
-    pop.open_runs(parent)
-    with pop.recorded():
+    with pop.recorded(parent):
         pop.fit()
         return pop.finish()
 
@@ -459,9 +460,10 @@ def resume_population(pop_dir: str | Path) -> list[dict[str, Any]]:
     names = _member_names(pop_dir)
     pop = Population([load_saved_config(pop_dir / name / CONFIG_FILE) for name in names])
     pop.dir = pop_dir
+    for m, name in zip(pop.members, names, strict=True):
+        m.run_dir = pop_dir / name
     with pop.recorded():  # locked before any member's status is touched
-        for m, name in zip(pop.members, names, strict=True):
-            m.run_dir = pop_dir / name
+        for m in pop.members:
             write_status(m.run_dir, "running", error=None)
             m.logger = build.build_logger(m.cfg, m.run_dir)
         state_path = pop_dir / STATE_FILE

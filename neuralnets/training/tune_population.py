@@ -108,12 +108,12 @@ def run_population_worker(cfg: DictConfig, index: int = 0) -> None:
         if not slots:
             return
         pop = Population([s.cfg for s in slots])
-        pop.open_runs(tune_dir / "populations", run_dirs=[s.run_dir for s in slots])
         log.info("worker %s: a population of %d members (%d threads)", me.name, len(slots), threads)
         floor = t.get("prune_worse_than")
         floor = None if floor is None else _maximised(t.metric, float(floor))
         try:
-            with pop.recorded():  # member statuses recorded on a signal or an error
+            # the members' run directories, claimed; their statuses recorded on a signal or an error
+            with pop.recorded(tune_dir / "populations", run_dirs=[s.run_dir for s in slots]):
                 while any(s is not None for s in slots):
                     val = pop.run_epoch()
                     for k, slot in enumerate(slots):
