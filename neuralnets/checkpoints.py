@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from neuralnets.digests import digest_path, file_sha256, record_text, recorded_digests
 from neuralnets.errors import CheckpointError, CheckpointNotFound
-from neuralnets.files import atomic_path, fsync_dir
+from neuralnets.files import fsync_dir, write_text_atomic
 from neuralnets.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, read_json
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def partial_path(path: str | Path) -> Path:
 
 
 def _write_record(path: Path, digests: list[str]) -> None:
-    with atomic_path(digest_path(path)) as tmp:
-        tmp.write_text(record_text(path, digests))
+    write_text_atomic(digest_path(path), record_text(path, digests))
 
 
 def write_digest(path: str | Path) -> str:

@@ -18,7 +18,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "exclusive_text", "fsync_dir", "held_lock", "replace_symlink", "umask"]
+__all__ = [
+    "atomic_path",
+    "exclusive_text",
+    "fsync_dir",
+    "held_lock",
+    "replace_symlink",
+    "umask",
+    "write_text_atomic",
+]
 
 
 @contextlib.contextmanager
@@ -51,6 +59,13 @@ def atomic_path(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through `atomic_path` (whole or not at all); returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def replace_symlink(link: str | Path, target: str | Path) -> Path:

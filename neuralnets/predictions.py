@@ -15,7 +15,7 @@ import numpy as np
 
 from neuralnets.digests import digest_path, file_sha256, record_text, recorded_digests
 from neuralnets.errors import CheckpointError, RunStatusError
-from neuralnets.files import atomic_path
+from neuralnets.files import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     from neuralnets.data.spikedata import SpikeData
@@ -129,8 +129,7 @@ def _recorded_or_none(path: Path) -> list[str]:
 
 
 def _record_predictions(path: Path, digests: list[str]) -> None:
-    with atomic_path(digest_path(path)) as tmp:
-        tmp.write_text(record_text(path, list(dict.fromkeys(digests))))
+    write_text_atomic(digest_path(path), record_text(path, list(dict.fromkeys(digests))))
 
 
 def verify_predictions(path: str | Path, trust_unverified: bool = False) -> None:

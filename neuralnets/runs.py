@@ -46,7 +46,7 @@ import numpy as np
 from neuralnets.errors import RunStatusError
 
 # atomic_path, fsync_dir: re-exported, they were defined here before neuralnets.files
-from neuralnets.files import atomic_path, exclusive_text, fsync_dir, held_lock  # noqa: F401
+from neuralnets.files import atomic_path, exclusive_text, fsync_dir, held_lock, write_text_atomic  # noqa: F401
 
 # predictions.h5: its reading and writing live in neuralnets.predictions, re-exported here.
 from neuralnets.predictions import (  # noqa: F401
@@ -243,8 +243,7 @@ def write_status(run_dir: str | Path, status: str | Mapping[str, Any], **fields:
     path = run_dir / STATUS_FILE
     previous = read_status(run_dir) if path.is_file() else {}
     merged = {**previous, **record, **fields, "updated": _now()}
-    with atomic_path(path) as tmp:
-        tmp.write_text(_status_text(merged))
+    write_text_atomic(path, _status_text(merged))
     return merged
 
 
@@ -292,8 +291,7 @@ def write_metrics(
     payload.update(dict(extra or {}))
     payload["metrics"] = {k: float(v) for k, v in metrics.items()}
     text = json.dumps(_finite_or_none(payload), indent=2, sort_keys=False) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_text_atomic(path, text)
     return path
 
 

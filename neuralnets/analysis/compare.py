@@ -74,7 +74,7 @@ def compare_text(
 def run_compare(targets: list[str], out: str | None, session: str | None, seed: int, load_target) -> int:
     """`neuralnets-analyze --compare A B`: load both (`load_target`: the CLI's loader of a run or bundled
     name), write `compare.md` atomically into `out` (default ./compare-<A>-<B>) and print it."""
-    from neuralnets.runs import atomic_path
+    from neuralnets.files import write_text_atomic
 
     a, b = targets
     pm_a, data_a, _, session_a, _, _ = load_target(a, None, session)
@@ -82,7 +82,6 @@ def run_compare(targets: list[str], out: str | None, session: str | None, seed: 
     text = compare_text(pm_a, data_a, pm_b, data_b, (a, b), (session_a, session_b), seed=seed)
     out_dir = Path(out) if out else Path.cwd() / f"compare-{Path(a).name}-{Path(b).name}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "compare.md") as tmp:
-        tmp.write_text(text)
+    write_text_atomic(out_dir / "compare.md", text)
     print(text + f"\nreport: {out_dir / 'compare.md'}")
     return 0

@@ -340,12 +340,11 @@ def write_report(sections: list[Section], out_dir: Path, text: str) -> Path:
     """`analysis.md` (atomically) and the figures and report text into TensorBoard in `out_dir`."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from neuralnets.files import atomic_path
+    from neuralnets.files import write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_text_atomic(path, text)
     with SummaryWriter(log_dir=str(out_dir)) as writer:
         for s in sections:
             for tag, fig in s.figures.items():

@@ -70,7 +70,7 @@ def run_spread(targets: list[str], out: str | None, session: str | None, seed: i
                n_iter: int, min_tau_s: float | None, load_target) -> int:  # fmt: skip
     """Load every target (`load_target`: the CLI's loader), write `spread.md` atomically into `out`
     (default ./spread-<first target>) and print it."""
-    from neuralnets.runs import atomic_path
+    from neuralnets.files import write_text_atomic
 
     jac, dmd, dt = [], [], None
     for t in targets:
@@ -97,7 +97,6 @@ def run_spread(targets: list[str], out: str | None, session: str | None, seed: i
     text = "\n".join(lines) + "\n"
     out_dir = Path(out) if out else Path.cwd() / f"spread-{Path(targets[0]).name}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "spread.md") as tmp:
-        tmp.write_text(text)
+    write_text_atomic(out_dir / "spread.md", text)
     print(text + f"\nreport: {out_dir / 'spread.md'}")
     return 0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from neuralnets.data.spikedata import SpikeData
-from neuralnets.files import atomic_path
+from neuralnets.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,6 @@ def _write_cache(key: dict, rows: list[dict]) -> None:
     entry = {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
     path = _cache_path(key)
     try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(entry, sort_keys=True, allow_nan=True))
+        write_text_atomic(path, json.dumps(entry, sort_keys=True, allow_nan=True))
     except OSError as err:
         log.warning("baseline cache %s not written (%s)", path, err)

@@ -28,7 +28,7 @@ from neuralnets.cli import run_cli
 from neuralnets.data.options import add_load_options_arg, parse_load_options
 from neuralnets.data.sessions import MultiSessionData
 from neuralnets.errors import ConfigError, NeuralnetsError, RunStatusError
-from neuralnets.files import atomic_path
+from neuralnets.files import write_text_atomic
 from neuralnets.runs import (
     METRICS_FILE,
     STATUS_FILE,
@@ -218,8 +218,7 @@ def _eval(argv: list[str] | None) -> int:
             )
         if args.out:
             record = {"model": model, "data": label, "split": split, "metrics": metrics}
-            with atomic_path(args.out) as tmp:
-                tmp.write_text(json.dumps(record, indent=2) + "\n")
+            write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
     if args.baselines:
         rows += baseline_rows(data, split, data_label=label, device=args.device)
     _emit(rows, args)

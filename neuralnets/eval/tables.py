@@ -25,7 +25,7 @@ from neuralnets.data.spikedata import SpikeData
 from neuralnets.errors import DataError
 from neuralnets.eval.baselines import baseline_rows
 from neuralnets.eval.metrics import METRICS
-from neuralnets.files import atomic_path
+from neuralnets.files import write_text_atomic
 from neuralnets.runs import load_run_data
 
 ID_COLUMNS = ("model", "data", "split")
@@ -63,8 +63,7 @@ def save_tables(files: Mapping[str | Path, str]) -> None:
     for path, text in files.items():
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
+        write_text_atomic(path, text)
 
 
 def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -174,8 +173,7 @@ def write_rows(rows: Sequence[Mapping[str, Any]], csv_path: str | Path, md_path:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in header) + " |" for r in rows]
     for path, text in ((csv_path, buf.getvalue()), (md_path, "\n".join(lines) + "\n")):
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
+        write_text_atomic(path, text)
 
 
 def format_table(

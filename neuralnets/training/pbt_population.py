@@ -24,8 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from neuralnets.errors import ConfigError
+from neuralnets.files import write_text_atomic
 from neuralnets.models.base import Ramp
-from neuralnets.runs import atomic_path
 from neuralnets.training.pbt_space import check_config, search_bounds
 from neuralnets.training.population import Population
 
@@ -144,8 +144,7 @@ def _evolve(pop: Population, p: DictConfig, bounds: dict, rng: np.random.Generat
             history.append({"generation": gen, "epoch": pop.members[int(dst)].epoch, "member": int(dst),
                             "copied": src, "values": values})  # fmt: skip
             log.info("pbt generation %d: member %d <- member %d, %s", gen, dst, src, values)
-        with atomic_path(pop.dir / HISTORY_FILE) as tmp:
-            tmp.write_text(json.dumps(history, indent=1))
+        write_text_atomic(pop.dir / HISTORY_FILE, json.dumps(history, indent=1))
     final = [sign * v if math.isfinite(v) else -math.inf for v in val[p.metric]]  # maximised
     records = pop.finish()
     for record, value in zip(records, final, strict=True):

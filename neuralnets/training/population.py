@@ -42,7 +42,7 @@ from neuralnets.checkpoints import save_checkpoint
 from neuralnets.config import load_saved_config
 from neuralnets.errors import ConfigError, RunInterrupted
 from neuralnets.eval.metrics import co_bps
-from neuralnets.files import atomic_path
+from neuralnets.files import atomic_path, write_text_atomic
 from neuralnets.models.lfads_population import stack_noise
 from neuralnets.runs import (
     CHECKPOINT_DIR,
@@ -274,8 +274,7 @@ class Population:
 
     def _write_record(self) -> None:
         record = {"members": [os.path.relpath(m.run_dir, self.dir) for m in self.members], "K": self.K}
-        with atomic_path(self.dir / POPULATION_FILE) as tmp:
-            tmp.write_text(json.dumps(record, indent=1))
+        write_text_atomic(self.dir / POPULATION_FILE, json.dumps(record, indent=1))
 
     def replace_member(self, k: int, cfg: DictConfig, run_dir: Path | None = None) -> None:
         """Put a new member (built from `cfg` as its solo run would start) into slot k, whose member has
