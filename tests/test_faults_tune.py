@@ -77,10 +77,19 @@ def test_sigterm_between_members_stops_the_tuner(tmp_path, monkeypatch):
 
 def test_sigterm_to_the_tune_command_reaches_its_workers_and_exits_75(tmp_path):
     """The issue's probe from the command line, with two worker processes: SIGTERM to the command
-    (not to its workers) is passed on; each member in training is interrupted; exit 75."""
+    (not to its workers) is passed on; each member in training is interrupted; exit 75. No member
+    can be pruned before the signal (first rung at epoch 500): a pruned first member would let its
+    worker start a third before the signal, a race with nothing to do with the probe."""
     study = tmp_path / "study"
     proc = _start_cli(
-        [*TINY, f"tune.dir={study}", "tune.n_trials=4", "tune.workers=2", "tune.max_epochs=500"]
+        [
+            *TINY,
+            f"tune.dir={study}",
+            "tune.n_trials=4",
+            "tune.workers=2",
+            "tune.max_epochs=500",
+            "tune.min_epochs=500",
+        ]
     )
     try:
         deadline = time.monotonic() + 300
