@@ -240,8 +240,16 @@ class SpikeData:
 PER_TRIAL_FIELDS = ("spikes", "split", "observed", "behavior", "inputs", "condition", "rates", "latents")
 
 
-def default_split(n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2, seed: int = 0) -> np.ndarray:
-    """Random train/val/test labels (trials,) with at least one train trial."""
+def default_split(
+    n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2, seed: int = 0, fold: int | None = None
+) -> np.ndarray:
+    """Random train/val/test labels (trials,) with at least one train trial.
+
+    `fold` (cross-validation): the trials that are not test are cut, in the seeded random order, into
+    `n_folds(n_trials, val_frac, test_frac)` blocks of round(val_frac * n_trials) trials; fold f makes
+    block f 'val' and the rest 'train'. The test trials are the same for every fold, and fold 0 is the
+    split without `fold`, so folds of one seed share the test set and fold 0 reproduces the default.
+    """
     if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
         raise DataError(f"split fractions val={val_frac}, test={test_frac} must be >= 0 and sum to < 1")
     rng = np.random.default_rng(seed)
@@ -252,9 +260,25 @@ def default_split(n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2, 
             f"{n_trials} trials are too few for val={val_frac}, test={test_frac} with a train trial"
         )
     labels = np.full(n_trials, "train", dtype="<U5")
-    labels[order[:n_val]] = "val"
     labels[order[n_val : n_val + n_test]] = "test"
+    if fold is None:
+        labels[order[:n_val]] = "val"
+        return labels
+    folds = n_folds(n_trials, val_frac, test_frac)
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < folds:
+        raise DataError(
+            f"fold={fold!r}: expected 0..{folds - 1} ({n_trials - n_test} non-test trials make {folds} "
+            f"folds of {n_val} validation trials at val_frac={val_frac})"
+        )
+    rest = np.concatenate([order[:n_val], order[n_val + n_test :]])  # the non-test trials, in order
+    labels[rest[fold * n_val : (fold + 1) * n_val]] = "val"
     return labels
+
+
+def n_folds(n_trials: int, val_frac: float = 0.2, test_frac: float = 0.2) -> int:
+    """How many disjoint validation folds `default_split(..., fold=f)` offers (0 when val_frac is 0)."""
+    n_val, n_test = int(round(val_frac * n_trials)), int(round(test_frac * n_trials))
+    return (n_trials - n_test) // n_val if n_val else 0
 
 
 # float32 holds every whole number up to 2**24 exactly; larger counts would be rounded by the cast.

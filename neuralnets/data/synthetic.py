@@ -79,6 +79,7 @@ def lorenz(
     sigma: float = 10.0,
     rho: float = 28.0,
     beta: float = 8.0 / 3.0,
+    fold: int | None = None,
 ) -> SpikeData:
     """Poisson neurons driven by the Lorenz attractor (the LFADS "Lorenz" benchmark).
 
@@ -95,6 +96,7 @@ def lorenz(
         n_heldout: the last `n_heldout` neurons are held out (never model input).
         n_fwd: the last `n_fwd` bins are forward-prediction bins.
         seed: random seed; the dataset is a deterministic function of all arguments.
+        fold: a cross-validation fold as the validation trials (`default_split`; None: the default).
         n_conditions: number of distinct initial states; trials are assigned to them evenly.
         ic_noise: std of each trial's perturbation of its condition's initial state (Lorenz units).
         lorenz_dt: Lorenz time units per bin (sets how fast the latents move; 0.02 gives one to two
@@ -155,7 +157,7 @@ def lorenz(
     wing = np.sqrt(beta * (rho - 1.0)) if rho > 1 else 0.0
     fixed = np.array([[0.0, 0.0, 0.0], [wing, wing, rho - 1.0], [-wing, -wing, rho - 1.0]])  # (3, 3)
     return _package("lorenz", params, spikes, rates, latents, behavior, condition,
-                    latents_note="z-scored Lorenz state (x, y, z)",
+                    latents_note="z-scored Lorenz state (x, y, z)", fold=fold,
                     fixed_points=((fixed - mean) / std).tolist())  # fmt: skip
 
 
@@ -251,6 +253,7 @@ def chaotic_rnn(
     base_rate: tuple[float, float] = (5.0, 20.0),
     modulation: float = 0.75,
     behavior_noise: float = 0.1,
+    fold: int | None = None,
 ) -> SpikeData:
     """Poisson neurons driven by a chaotic random RNN (the LFADS "chaotic RNN" benchmark).
 
@@ -260,7 +263,7 @@ def chaotic_rnn(
     Neurons read out the network activity `r = tanh(x)` log-linearly through a random projection.
 
     Args:
-        n_trials, n_neurons, n_bins, bin_size, n_heldout, n_fwd, seed: as in `lorenz`.
+        n_trials, n_neurons, n_bins, bin_size, n_heldout, n_fwd, seed, fold: as in `lorenz`.
         n_conditions, base_rate, modulation, behavior_noise: as in `lorenz`.
         n_rnn: number of RNN units.
         g: gain of the recurrent weights (chaos for g > 1).
@@ -337,22 +340,33 @@ def chaotic_rnn(
     return _package(
         "chaotic_rnn", params, spikes, rates, latents, behavior, condition,
         latents_note=f"top {n_latents} principal components of tanh(x)", latent_variance_explained=explained,
+        fold=fold,
     )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- helpers
 def _package(
-    generator: str, params: dict, spikes, rates, latents, behavior, condition, latents_note: str, **meta
+    generator: str,
+    params: dict,
+    spikes,
+    rates,
+    latents,
+    behavior,
+    condition,
+    latents_note: str,
+    fold: int | None = None,
+    **meta,
 ) -> SpikeData:
-    """The generated arrays as a SpikeData: the last `n_heldout` neurons held out, the default split,
-    and the generator's name and parameters in `meta` (so that the data can be regenerated)."""
+    """The generated arrays as a SpikeData: the last `n_heldout` neurons held out, the default split
+    (or its validation `fold`), and the generator's name and parameters in `meta` (so that the data can
+    be regenerated)."""
     seed = params["seed"]
     return SpikeData(
         spikes=spikes,
         bin_size=params["bin_size"],
         n_heldin=params["n_neurons"] - params["n_heldout"],
         n_fwd=params["n_fwd"],
-        split=default_split(params["n_trials"], seed=seed),
+        split=default_split(params["n_trials"], seed=seed, fold=fold),
         behavior=behavior,
         condition=condition,
         rates=rates,

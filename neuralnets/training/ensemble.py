@@ -11,6 +11,10 @@ output is an ordinary run directory: `predictions.h5` (mean rates `(trials, T, N
 members' latent spaces differ), `metrics.json` (test metrics, `val_metrics`, `members`, `k`, `status`)
 and a TensorBoard hparams row, so `neuralnets-eval`, `neuralnets-compare` and TensorBoard read it
 like a trained run.
+
+Runs that differ only in their cross-validation fold (`data.load_kwargs.fold`) are bagged: k counts
+configurations (each averaged over its folds), ranked and chosen by cross-validation
+(`neuralnets.training.fold_ensemble`); metrics.json adds `cv_metrics` (out-of-fold, every fold's trials).
 """
 
 from __future__ import annotations
@@ -36,20 +40,9 @@ from neuralnets.runs import (
     write_predictions,
     write_status,
 )
+from neuralnets.training.fold_ensemble import bagged_ensemble, base_data, differ_only_in_fold
 
 SELECT_METRIC = "co_bps"  # validation metric that ranks members and chooses k
-
-
-def check_same_data(runs: Sequence[dict[str, Any]]) -> None:
-    """Raise a DataError naming the first run whose data source or load kwargs differ from the first's."""
-    first = runs[0]
-    for run in runs[1:]:
-        for k in ("data_source", "data_kwargs"):
-            if (run.get(k) or None) != (first.get(k) or None):
-                raise DataError(
-                    f"{run['run_dir']} was trained on {k}={run.get(k)!r}, but {first['run_dir']} on "
-                    f"{first.get(k)!r}: an ensemble needs runs on the same data"
-                )
 
 
 def choose_members(
@@ -129,8 +122,8 @@ def ensemble(
             f"(skipped: {named})"
         )
     runs = [read_run(r) for r in finished]
-    check_same_data(runs)
-    data = load_run_data(runs[0])
+    folds = differ_only_in_fold(runs)  # members on different folds: bagged, chosen by cross-validation
+    data, data_kwargs = base_data(runs) if folds else (load_run_data(runs[0]), runs[0].get("data_kwargs"))
     rates = []
     for run in runs:
         r = read_predictions(run["run_dir"], trust_unverified)["rates"]
@@ -141,36 +134,48 @@ def ensemble(
                 f"trials" + (f" and {runs[0]['run_dir']} predicted {rates[0].shape}" if rates else "")
             )
         rates.append(r)
-    chosen, scores, curve = choose_members(rates, data, k)
-    mean = _mean([rates[i] for i in chosen])
-    with recorded_run(out):
-        write_predictions(out, {"rates": mean})
-        val = evaluate(mean, data, "val")
-        test = evaluate(mean, data, "test")
+    extra: dict[str, Any] = {}
+    if folds:
+        bag = bagged_ensemble(rates, runs, data, k)
+        mean, members, chosen_runs, curve, k_rule = (
+            bag[x] for x in ("rates", "members", "chosen", "curve", "k_rule")
+        )
+        skipped = skipped + bag["skipped"]
+        extra = {"cv_metrics": bag["cv_metrics"], "n_members": len(chosen_runs)}
+    else:
+        chosen_runs, scores, curve = choose_members(rates, data, k)
+        mean = _mean([rates[i] for i in chosen_runs])
         members = [
             {
                 "run_dir": run["run_dir"],
                 "model": run["model"],
                 f"val_{SELECT_METRIC}": s,
-                "chosen": i in chosen,
+                "chosen": i in chosen_runs,
             }
             for i, (run, s) in enumerate(zip(runs, scores, strict=True))
         ]
-        models = sorted({runs[i]["model"] for i in chosen})
+        k_rule = f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else "")
+    with recorded_run(out):
+        write_predictions(out, {"rates": mean})
+        val = evaluate(mean, data, "val")
+        test = evaluate(mean, data, "test")
+        models = sorted({runs[i]["model"] for i in chosen_runs})
+        k_chosen = bag["k"] if folds else len(chosen_runs)
         record = {
-            "model": f"Ensemble({'+'.join(models)}, k={len(chosen)})",
+            "model": f"Ensemble({'+'.join(models)}, k={k_chosen})",
             "data": runs[0]["data"],
             "data_source": runs[0].get("data_source"),
-            "data_kwargs": runs[0].get("data_kwargs") or {},
+            "data_kwargs": data_kwargs or {},
             "split": "test",
             "val_metrics": val,
             "train_time_s": None,
             "n_parameters": None,
-            "k": len(chosen),
-            "k_rule": f"top-k by val {SELECT_METRIC}" + (" (k chosen on val)" if k == "auto" else ""),
+            "k": k_chosen,
+            "k_rule": k_rule,
             f"val_{SELECT_METRIC}_by_k": {str(n): v for n, v in curve.items()},
             "members": members,
             "skipped": skipped,
+            **extra,
         }
         write_metrics(test, out, extra=record)
         _log_hparams(out, record, test)

@@ -197,29 +197,33 @@ class Population:
     def validate(self) -> dict[str, list[float]]:
         """Each member's `val/loss` (the mean over validation batches weighted by their size, as Lightning
         averages it), `val/recon` (its reconstruction part) and `val/co_bps` (the harness's co-smoothing
-        bits/spike on the validation trials)."""
+        bits/spike on the validation trials), each on its own validation trials (members on different
+        folds hold as many validation trials, in different trials)."""
         self.model.eval()
-        dm = self.members[0].dm
         total, recon_total, count = (
             torch.zeros(self.K, dtype=torch.float64),
             torch.zeros(self.K, dtype=torch.float64),
             0,
         )
         rates, spikes, observed = [], [], []
-        for batch in dm.val_dataloader():
-            B = batch["spikes"].shape[0]
-            loss, r, recon = self.loss([batch] * self.K, {"g0_eps": None}, [None] * self.K, train=False)
+        for batches in zip(*(m.dm.val_dataloader() for m in self.members), strict=True):
+            B = batches[0]["spikes"].shape[0]
+            loss, r, recon = self.loss(batches, {"g0_eps": None}, [None] * self.K, train=False)
             total += loss.double().cpu() * B
             recon_total += recon.double().cpu() * B
             count += B
             rates.append(r.cpu())  # (K, B, T, N)
-            spikes.append(batch["spikes"].cpu())
-            observed.append(batch.get("observed"))
+            spikes.append(torch.stack([b["spikes"] for b in batches]).cpu())  # (K, B, T, N)
+            if batches[0].get("observed") is not None:
+                observed.append(torch.stack([b["observed"] for b in batches]).cpu())
         spec = self.model.spec
-        y = torch.cat(spikes)  # (n_val, T, N)
-        obs = None if observed[0] is None else torch.cat(observed).cpu()
+        y = torch.cat(spikes, dim=1)  # (K, n_val, T, N)
+        obs = torch.cat(observed, dim=1) if observed else None
         lam = torch.cat(rates, dim=1)  # (K, n_val, T, N)
-        cobps = [co_bps(lam[k], y, spec.n_heldin, spec.n_fwd_bins, obs) for k in range(self.K)]
+        cobps = [
+            co_bps(lam[k], y[k], spec.n_heldin, spec.n_fwd_bins, None if obs is None else obs[k])
+            for k in range(self.K)
+        ]
         n = max(count, 1)
         return {
             "val/loss": (total / n).tolist(),

@@ -65,7 +65,8 @@ class Member:
 
 
 def check_members(cfgs: Sequence[DictConfig]) -> None:
-    """Members must share architecture, data and batch size: one line naming the first difference."""
+    """Members must share architecture, data (folds aside) and batch size: one line naming the first
+    difference."""
     first = cfgs[0]
     for i, cfg in enumerate(cfgs):
         if cfg.model.name not in POPULATION_MODELS:
@@ -86,11 +87,13 @@ def check_members(cfgs: Sequence[DictConfig]) -> None:
                     f"population member {i}: module.{key}={cfg.module.get(key)!r} differs from member 0's "
                     f"{first.module.get(key)!r}; members may differ in {sorted(MEMBER_MODULE_OPTIONS)}"
                 )
-        for key in ("data", "logger"):
-            if OmegaConf.to_container(cfg[key]) != OmegaConf.to_container(first[key]):
-                raise ConfigError(
-                    f"population member {i}: {key} differs from member 0's (one data set per population)"
-                )
+        if _without_fold(cfg.data) != _without_fold(first.data):
+            raise ConfigError(
+                f"population member {i}: data differs from member 0's (one data set per population; "
+                "members may differ only in data.load_kwargs.fold)"
+            )
+        if OmegaConf.to_container(cfg.logger) != OmegaConf.to_container(first.logger):
+            raise ConfigError(f"population member {i}: logger differs from member 0's")
         hp = cfg.module
         if hp.get("sample_validation") or hp.get("augment_shift") or hp.get("augment_jitter"):
             raise ConfigError(
@@ -111,6 +114,14 @@ def check_members(cfgs: Sequence[DictConfig]) -> None:
             raise ConfigError(
                 f"population member {i}: trainer.precision={cfg.trainer.precision}; populations run fp32"
             )
+
+
+def _without_fold(data: DictConfig) -> dict:
+    """The data config with `load_kwargs.fold` left out: members may train on different folds of one
+    data set (their validation trials differ, their test trials do not; `data.spikedata.default_split`)."""
+    out = OmegaConf.to_container(data)
+    out.get("load_kwargs", {}).pop("fold", None)
+    return out
 
 
 def build_member(cfg: DictConfig) -> Member:

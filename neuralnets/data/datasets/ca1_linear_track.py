@@ -47,6 +47,7 @@ def load_ca1_linear_track(
     test_frac: float = 0.2,
     seed: int = 0,
     name: str | None = None,
+    fold: int | None = None,
 ) -> SpikeData:
     """Rat CA1 place cells on a linear track (nelpy example data, bundled), cut into trials.
 
@@ -79,7 +80,7 @@ def load_ca1_linear_track(
     0: none) is held out; held-in units come first (`meta['unit_ids']`, [tetrode, cell], 1-based).
     Behaviour `(trials, T_obs, D)` at the observed bins' centres: 'position' (px along the track) and/or
     'velocity' (px/s along the track, positive towards larger x), linearly interpolated between tracked
-    samples. Splits: `default_split(n_trials, val_frac, test_frac, seed)`.
+    samples. Splits: `default_split(n_trials, val_frac, test_frac, seed, fold)`.
 
     Returns:
         SpikeData `spikes (trials, window_s / bin_size + n_fwd, N)`; N = 31 units for the bundled data.
@@ -199,7 +200,7 @@ def load_ca1_linear_track(
         bin_size=bin_size,
         n_heldin=int((~heldout).sum()),
         n_fwd=n_fwd,
-        split=default_split(len(starts), val_frac=val_frac, test_frac=test_frac, seed=seed),
+        split=default_split(len(starts), val_frac=val_frac, test_frac=test_frac, seed=seed, fold=fold),
         behavior=beh,
         condition=condition,
         name=name or "ca1_linear_track",

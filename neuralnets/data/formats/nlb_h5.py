@@ -56,6 +56,7 @@ def load_nlb_h5(
     val_frac: float = 0.2,
     seed: int = 0,
     name: str | None = None,
+    fold: int | None = None,
 ) -> SpikeData:
     """Read the official Neural Latents Benchmark tensor layout (e.g. `mc_maze_small_full.h5`).
 
@@ -67,7 +68,8 @@ def load_nlb_h5(
 
     Result: one SpikeData of `n_train + n_eval` trials x `T_obs + T_fwd` bins x `N_in + N_out` neurons,
     held-in neurons first, train trials first. Splits: the NLB train trials become 'train'/'val'
-    (`val_frac` of them 'val', chosen with `seed`); the NLB eval trials become 'test'.
+    (`val_frac` of them 'val', chosen with `seed`; or validation fold `fold` of them, see
+    `default_split`); the NLB eval trials become 'test'.
     Parts the file lacks (eval forward bins; eval held-out neurons in test-phase files) are marked
     `observed=False` and stored as 0.
 
@@ -148,7 +150,10 @@ def load_nlb_h5(
                 observed[ev, tt, nn] = False  # not in the file: unobserved, stored as 0
 
     split = np.concatenate(
-        [default_split(n_train, val_frac=val_frac, test_frac=0.0, seed=seed), np.full(n_eval, "test")]
+        [
+            default_split(n_train, val_frac=val_frac, test_frac=0.0, seed=seed, fold=fold),
+            np.full(n_eval, "test"),
+        ]
     )
     behavior, meta = None, {"nlb_keys": keys, "n_nlb_train": n_train, "n_nlb_eval": n_eval}
     if ignored:

@@ -92,6 +92,7 @@ def load_nlb_nwb(
     val_frac: float = 0.2,
     seed: int = 0,
     name: str | None = None,
+    fold: int | None = None,
 ) -> SpikeData:
     """Bin NLB DANDI NWB files with NLB's preprocessing of `dataset` (see the module docstring).
 
@@ -107,6 +108,7 @@ def load_nlb_nwb(
             be the train file's held-in units (same ids); the held-out neurons come from the train file.
         behavior: behaviour series; default the preset's ('hand_vel'); None for none.
         val_frac, seed: the share of NLB train-phase trials put in SpikeData 'val' and its seed.
+        fold: a cross-validation fold of the train-phase trials as 'val' instead (`default_split`).
 
     Returns:
         SpikeData `spikes (trials, T_obs + T_fwd, N_in + N_out)` (140 + 40 bins at 5 ms), held-in units
@@ -155,7 +157,9 @@ def load_nlb_nwb(
     is_train = np.isin(nlb_split, train_splits)
     split = np.full(len(nlb_split), "test", dtype="<U5")
     if is_train.any():
-        split[is_train] = default_split(int(is_train.sum()), val_frac=val_frac, test_frac=0.0, seed=seed)
+        split[is_train] = default_split(
+            int(is_train.sum()), val_frac=val_frac, test_frac=0.0, seed=seed, fold=fold
+        )
     spikes, observed = data.spikes.copy(), data.observed_mask().copy()
     hidden = nlb_split == "test"  # NLB withholds these trials' forward bins and held-out neurons
     if hidden.any():
