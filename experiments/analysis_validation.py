@@ -46,7 +46,15 @@ SYSTEMS = {  # name: (dataset, load overrides as Hydra arguments)
 }
 
 
-def train(system: str, model: str, seed: int, epochs: int, out_dir: Path, quick: bool) -> Path:
+def train(
+    system: str,
+    model: str,
+    seed: int,
+    epochs: int,
+    out_dir: Path,
+    quick: bool,
+    overrides: tuple[str, ...] = (),
+) -> Path:
     """One `neuralnets-train` run; its run directory."""
     dataset, extra = SYSTEMS[system]
     args = [
@@ -58,6 +66,7 @@ def train(system: str, model: str, seed: int, epochs: int, out_dir: Path, quick:
         f"out_dir={out_dir / system / model / f'seed{seed}'}",
         "print_baselines=false",
         *extra,
+        *overrides,
     ]
     if quick:
         args = [a for a in args if not a.startswith("data.load_kwargs.n_trials=")] + [
@@ -409,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rescore-inputs", action="store_true", help="with --render-only: rerun the input detector"
     )
+    p.add_argument(
+        "--overrides",
+        nargs="+",
+        default=[],
+        help="Hydra overrides for every training run (e.g. model.co_tau_init=1)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], 3
@@ -428,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     for system in args.systems:
         for model in args.models:
             for i, seed in enumerate(args.seeds):
-                run_dir = train(system, model, seed, args.epochs, args.runs.resolve(), args.quick)
+                run_dir = train(
+                    system, model, seed, args.epochs, args.runs.resolve(), args.quick, tuple(args.overrides)
+                )
                 draw = i == 0 and model == "lfads" and not args.no_figures
                 res = analyse(run_dir, system, seed, figures=args.figures if draw else None)
                 from neuralnets.data import load
