@@ -31,16 +31,21 @@ from neuralnets.runs import CONFIG_FILE, load_run_data
 SETTINGS = ("seed", "module", "model", "data", "trainer", "callbacks")  # what makes a configuration
 
 
+def without_fold(kwargs: Any) -> dict:
+    """Load kwargs (a dict or DictConfig; None: none) without `fold`: what folds of one data set share."""
+    items = OmegaConf.to_container(kwargs) if OmegaConf.is_config(kwargs) else dict(kwargs or {})
+    return {k: v for k, v in items.items() if k != "fold"}
+
+
 def differ_only_in_fold(runs: Sequence[dict[str, Any]]) -> bool:
     """True when the runs share their data except `fold` and at least two folds occur; False when all
     share the data exactly; a DataError naming the first run whose data differs in more."""
     first = runs[0]
-    base = dict(first.get("data_kwargs") or {})
-    base.pop("fold", None)
+    base = without_fold(first.get("data_kwargs"))
     folds = set()
     for run in runs:
-        kwargs = dict(run.get("data_kwargs") or {})
-        folds.add(kwargs.pop("fold", None))
+        folds.add((run.get("data_kwargs") or {}).get("fold"))
+        kwargs = without_fold(run.get("data_kwargs"))
         pairs = [("data_source", run.get("data_source") or None, first.get("data_source") or None)]
         pairs += [(f"data_kwargs.{k}", kwargs.get(k), base.get(k)) for k in sorted(set(kwargs) | set(base))]
         for key, mine, theirs in pairs:
@@ -60,7 +65,8 @@ def fold_groups(runs: Sequence[dict[str, Any]]) -> list[list[int]]:
     for i, run in enumerate(runs):
         cfg = OmegaConf.to_container(load_saved_config(Path(run["run_dir"]) / CONFIG_FILE))
         settings = {key: cfg.get(key) for key in SETTINGS}
-        (settings.get("data") or {}).get("load_kwargs", {}).pop("fold", None)
+        if settings.get("data"):
+            settings["data"]["load_kwargs"] = without_fold(settings["data"].get("load_kwargs"))
         groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(i)
     return list(groups.values())
 
@@ -192,6 +198,5 @@ def bagged_ensemble(
 
 def base_data(runs: Sequence[dict[str, Any]]) -> tuple[SpikeData, dict[str, Any]]:
     """The data without `fold` (the default split; the same test trials as every fold) and its kwargs."""
-    kwargs = dict(runs[0].get("data_kwargs") or {})
-    kwargs.pop("fold", None)
+    kwargs = without_fold(runs[0].get("data_kwargs"))
     return load_run_data({**runs[0], "data_kwargs": kwargs}), kwargs

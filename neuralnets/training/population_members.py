@@ -19,6 +19,7 @@ from neuralnets.models.population import PopulationModel
 from neuralnets.models.rnn_population import RNN_MEMBER_OPTIONS, PopulationRNN
 from neuralnets.training import build
 from neuralnets.training.build import build_datamodule, build_module
+from neuralnets.training.fold_ensemble import without_fold
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.population_optim import Plateau
 
@@ -119,9 +120,7 @@ def check_members(cfgs: Sequence[DictConfig]) -> None:
 def _without_fold(data: DictConfig) -> dict:
     """The data config with `load_kwargs.fold` left out: members may train on different folds of one
     data set (their validation trials differ, their test trials do not; `data.spikedata.default_split`)."""
-    out = OmegaConf.to_container(data)
-    out.get("load_kwargs", {}).pop("fold", None)
-    return out
+    return {**OmegaConf.to_container(data), "load_kwargs": without_fold(data.get("load_kwargs"))}
 
 
 def build_member(cfg: DictConfig) -> Member:
