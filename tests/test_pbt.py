@@ -112,6 +112,33 @@ def _need_ray() -> None:
         pytest.skip("Ray is not installed (pip install 'neuralnets[ray]')")
 
 
+def test_settling_waits_for_a_member_and_records_one_that_vanished(tmp_path):
+    """Tune ends members without waiting for them: the study waits for each segment's lock, keeps what a
+    member recorded itself, and records a segment left "running" by a vanished worker as interrupted."""
+    import threading
+    import time
+
+    from neuralnets.runs import create_run_dir, run_lock, write_status
+    from neuralnets.training.pbt import SEGMENT, settle_segments
+
+    late, vanished = (create_run_dir(tmp_path / f"pbt_trial_{i}", SEGMENT) for i in (0, 1))  # "running"
+    locked = threading.Event()
+
+    def member_still_ending():
+        with run_lock(late):
+            locked.set()
+            time.sleep(0.5)
+            write_status(late, "interrupted", error="stopped by its host (SystemExit(0)) at step 2")
+
+    thread = threading.Thread(target=member_still_ending)
+    thread.start()
+    locked.wait()
+    settle_segments(tmp_path)
+    thread.join()
+    assert read_status(late)["error"].startswith("stopped by its host")  # waited for, kept as written
+    assert read_status(vanished)["status"] == "interrupted" and "Ray Tune" in read_status(vanished)["error"]
+
+
 def test_tiny_population_exploits_and_writes_the_best_run(tmp_path):
     _need_ray()
     from neuralnets.training.pbt import run_pbt

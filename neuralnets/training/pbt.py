@@ -47,9 +47,18 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from neuralnets.checkpoints import copy_checkpoint, last_checkpoint, load_checkpoint, save_checkpoint
 from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR
-from neuralnets.errors import ConfigError
+from neuralnets.errors import ConfigError, RunStatusError
 from neuralnets.eval.tables import format_table
-from neuralnets.runs import recorded_run, write_config, write_metrics, write_status
+from neuralnets.runs import (
+    holds_run,
+    read_status,
+    record_ending,
+    recorded_run,
+    run_lock,
+    write_config,
+    write_metrics,
+    write_status,
+)
 from neuralnets.training.build import build_datamodule
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.pbt_space import check_config, clip_to_bounds, search_bounds  # noqa: F401 - re-exported
@@ -134,12 +143,12 @@ def member_config(base: dict, hparams: dict[str, Any], interval: int) -> DictCon
     return cfg
 
 
-def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
+def pbt_trial(config: dict[str, Any], base: dict, interval: int, tune_dir: str | None = None) -> None:
     """One population member (runs in a Ray worker) as an ordinary run through the one lifecycle
     (`training.run.run_training`): each segment (a start, or a restart from the checkpoint PBT hands
-    it: its own or a better member's) is a run directory `segment[_N]` in the member's Tune directory,
-    restored from that checkpoint (its sha256 record verified), trained to `trainer.max_epochs` and
-    reporting every `interval` epochs. Not scored: `best/` is."""
+    it: its own or a better member's) is a run directory `segment[_N]` in the member's Tune directory
+    (`tune_dir/<trial>`), restored from that checkpoint (its sha256 record verified), trained to
+    `trainer.max_epochs` and reporting every `interval` epochs. Not scored: `best/` is."""
     from ray import tune
 
     ctx = tune.get_context()
@@ -148,7 +157,11 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int) -> None:
     cfg.threads = max(1, int(cpus))
     # A different initialisation for each member (trial ids end in a running number).
     cfg.seed = int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1])
+    # Written straight into the study's directory: Ray's own trial directory is a staging copy that it
+    # syncs to storage in the background, so files written there can miss its last sync.
     trial_dir = Path(ctx.get_trial_dir())
+    if tune_dir is not None:
+        trial_dir = Path(tune_dir) / trial_dir.name
     checkpoint = tune.get_checkpoint()
     lr = cfg.module.lr
     callbacks = [_SetLearningRate(lr if lr == "auto" else float(lr)), _ReportToTune(interval)]
@@ -215,7 +228,7 @@ def run_pbt(
     )
     interval = int(p.perturbation_interval)
     trainable = tune.with_resources(
-        tune.with_parameters(pbt_trial, base=base, interval=interval),
+        tune.with_parameters(pbt_trial, base=base, interval=interval, tune_dir=str(run_dir / TUNE_DIR)),
         {"cpu": float(p.cpus_per_trial), "gpu": float(p.gpus_per_trial)},
     )
     # The study's own directory: refused if it holds a run or an earlier study.
@@ -259,6 +272,7 @@ def _run_population(cfg, base, trainable, scheduler, space, run_dir: Path, metri
             ),
         )
         results = tuner.fit()
+        settle_segments(run_dir / TUNE_DIR)  # before shutdown ends the workers
     finally:
         if started_ray:
             ray.shutdown()
@@ -269,6 +283,27 @@ def _run_population(cfg, base, trainable, scheduler, space, run_dir: Path, metri
         log.warning("%d of %d PBT members failed: %s", len(results.errors), len(results), results.errors[0])
     best = results.get_best_result(metric=metric, mode=p.mode, scope="last")
     return _write_best(cfg, base, best, run_dir / BEST_DIR, train_time, metric)
+
+
+def settle_segments(tune_dir: Path, timeout_s: float = 60.0) -> None:
+    """Tune ends a member without waiting for its thread to return, so a segment can still be writing
+    its end when the study returns. Wait (up to `timeout_s` in all) for each segment's lock to be let go,
+    and record a segment whose worker vanished while "running" as interrupted by Tune."""
+    deadline = time.monotonic() + timeout_s
+    for segment in sorted(tune_dir.glob(f"*/{SEGMENT}*")):
+        if not holds_run(segment):
+            continue
+        while True:
+            try:
+                with run_lock(segment):
+                    if read_status(segment)["status"] == "running":
+                        record_ending(segment, SystemExit("stopped by Ray Tune before it recorded its end"))
+                break
+            except RunStatusError:
+                if time.monotonic() > deadline:
+                    log.warning("%s is still held by its member after the study ended", segment)
+                    break
+                time.sleep(0.2)
 
 
 def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: float, metric: str) -> dict:
