@@ -112,3 +112,18 @@ def test_fold_members_are_bagged_by_configuration_and_chosen_out_of_fold(tmp_pat
     oof = (made[0, 1][1] + made[2, 1][1]) / 2
     np.testing.assert_allclose(out[held_on_1], oof[held_on_1], rtol=1e-5)
     assert runs.read_run(tmp_path / "ens")["data_kwargs"] == KWARGS  # the data without a fold
+
+
+def test_one_fold_twice_in_a_configuration_is_refused_naming_the_run(tmp_path, data):
+    paths = [_fold_run(tmp_path / f"f{f}", data, 0.3, f, rng_seed=f)[0] for f in range(n_folds(40, 0.2, 0.2))]
+    twice = _fold_run(tmp_path / "f1_again", data, 0.3, 1, rng_seed=7)[0]  # same settings, same fold
+    with pytest.raises(DataError, match=r"f1_again.*overlap.*fold 1 twice"):
+        ensemble([*paths, twice], tmp_path / "ens")
+    assert not (tmp_path / "ens").exists() or not runs.holds_run(tmp_path / "ens")
+
+
+def test_no_configuration_on_every_fold_is_refused(tmp_path, data):
+    # configuration 0 on folds 0 and 1, configuration 1 on folds 2 and 3: neither covers the folds
+    paths = [_fold_run(tmp_path / f"c{f // 2}_f{f}", data, 0.3 + f // 2, f, rng_seed=f)[0] for f in range(4)]
+    with pytest.raises(DataError, match="no configuration was trained on every fold"):
+        ensemble(paths, tmp_path / "ens")
