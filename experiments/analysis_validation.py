@@ -475,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{cmd.strip()}` (torch threads 1). CPU: {cpu}, {os.cpu_count()} cores; load average at "
         f"the end {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f} (1/5/15 min; the machine is shared). "
-        f"Wall time {(time.time() - start) / 60:.1f} min. Seeds {args.seeds}, {args.epochs} epochs per run.",
+        f"Wall time {(time.time() - start) / 60:.1f} min. Seeds {args.seeds}, {args.epochs} epochs per run."
+        if not args.render_only
+        else f"Rendered from {log} ({len(records)} runs, seeds {sorted({r['seed'] for r in records})}); "
+        "how they were trained (epochs, wall time) is the runs' own: see the notes.",
         "",
         __doc__.split("\n\n", 2)[2].strip(),
     ]
