@@ -82,15 +82,20 @@ def test_initial_weights_equal_the_solo_models():
             assert torch.equal(value, theirs[name]), (k, name)
 
 
+def first_losses(pop: Population, n: int) -> torch.Tensor:
+    """The population's first `n` training losses `(n, K)`, validated at each epoch's end as in training."""
+    losses = []
+    while len(losses) < n:
+        for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
+            losses.append(pop.training_step(batches))
+        pop.end_epoch(pop.validate())
+    return torch.stack(losses[:n])
+
+
 def test_training_losses_match_solo_runs_over_20_steps(tmp_path):
     cfgs = member_cfgs(7)  # 24 training trials, batch 8: 3 steps per epoch, 7 epochs >= 20 steps
     pop = Population(cfgs)
-    pop_losses = []
-    while len(pop_losses) < 20:
-        for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
-            pop_losses.append(pop.training_step(batches))
-        pop.end_epoch(pop.validate())
-    pop_losses = torch.stack(pop_losses[:20])  # (20, K)
+    pop_losses = first_losses(pop, 20)  # (20, K)
     for k, cfg in enumerate(member_cfgs(7)):
         losses, _ = solo(cfg, tmp_path, f"solo{k}")
         ref = torch.tensor(losses[:20], dtype=torch.float64)
@@ -337,12 +342,7 @@ def test_rnn_members_match_solo_runs_over_20_steps(tmp_path):
         theirs = dict(build_member(cfg).module.model.named_parameters())
         for name, value in pop.model.member_state_dict(k).items():
             assert torch.equal(value, theirs[name]), (k, name)
-    pop_losses = []
-    while len(pop_losses) < 20:
-        for batches in zip(*[iter(m.batches) for m in pop.members], strict=True):
-            pop_losses.append(pop.training_step(batches))
-        pop.end_epoch(pop.validate())
-    pop_losses = torch.stack(pop_losses[:20])  # (20, K)
+    pop_losses = first_losses(pop, 20)  # (20, K)
     for k, m in enumerate(RNN_MEMBERS):
         losses, _ = solo(compose([*RNN, *m]), tmp_path, f"solo{k}")
         ref = torch.tensor(losses[:20], dtype=torch.float64)
