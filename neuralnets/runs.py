@@ -37,6 +37,7 @@ import datetime
 import json
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,6 +201,21 @@ def record_ending(run_dir: str | Path, err: BaseException) -> None:
     if (path / STATUS_FILE).is_file() and read_status(path)["status"] == "running":
         state = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
         write_status(path, state, error=error_line(err))
+
+
+def settle_run(run_dir: str | Path, deadline: float, err: BaseException) -> bool:
+    """Wait (until `time.monotonic()` passes `deadline`) for the process holding `run_dir` to let go of it,
+    then record a run it left "running" as ended by `err` (`record_ending`): for hosts that end a run's
+    process without waiting for it. False if the run is still held at the deadline."""
+    while True:
+        try:
+            with run_lock(run_dir):
+                record_ending(run_dir, err)
+            return True
+        except RunStatusError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
 
 
 def write_config(run_dir: str | Path, cfg: Any) -> Path:

@@ -45,3 +45,16 @@ def test_only_the_run_owner_claims_locks_or_spells_the_status_error():
         if name != "neuralnets.runs" and by_hand.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_settling_a_run_still_held_at_the_deadline_records_nothing(tmp_path):
+    import time
+
+    from neuralnets.runs import create_run_dir, settle_run
+
+    run_dir = create_run_dir(tmp_path, "run")
+    with run_lock(run_dir):  # its process still holds it
+        assert settle_run(run_dir, time.monotonic() + 0.3, SystemExit("gone")) is False
+    assert read_status(run_dir)["status"] == "running"
+    assert settle_run(run_dir, time.monotonic(), SystemExit("gone")) is True  # let go: recorded
+    assert read_status(run_dir)["status"] == "interrupted"

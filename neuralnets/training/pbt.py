@@ -47,18 +47,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from neuralnets.checkpoints import copy_checkpoint, last_checkpoint, load_checkpoint, save_checkpoint
 from neuralnets.cli import hydra_task, run_cli
 from neuralnets.config import CONFIG_DIR
-from neuralnets.errors import ConfigError, RunStatusError
+from neuralnets.errors import ConfigError
 from neuralnets.eval.tables import format_table
-from neuralnets.runs import (
-    holds_run,
-    read_status,
-    record_ending,
-    recorded_run,
-    run_lock,
-    write_config,
-    write_metrics,
-    write_status,
-)
+from neuralnets.runs import holds_run, recorded_run, settle_run, write_config, write_metrics, write_status
 from neuralnets.training.build import build_datamodule
 from neuralnets.training.module import TrainingModule
 from neuralnets.training.pbt_space import check_config, clip_to_bounds, search_bounds  # noqa: F401 - re-exported
@@ -287,23 +278,13 @@ def _run_population(cfg, base, trainable, scheduler, space, run_dir: Path, metri
 
 def settle_segments(tune_dir: Path, timeout_s: float = 60.0) -> None:
     """Tune ends a member without waiting for its thread to return, so a segment can still be writing
-    its end when the study returns. Wait (up to `timeout_s` in all) for each segment's lock to be let go,
-    and record a segment whose worker vanished while "running" as interrupted by Tune."""
+    its end when the study returns. Wait (up to `timeout_s` in all) for each segment to be let go of, and
+    record a segment whose worker vanished while "running" as interrupted by Tune."""
     deadline = time.monotonic() + timeout_s
+    stopped = SystemExit("stopped by Ray Tune before it recorded its end")
     for segment in sorted(tune_dir.glob(f"*/{SEGMENT}*")):
-        if not holds_run(segment):
-            continue
-        while True:
-            try:
-                with run_lock(segment):
-                    if read_status(segment)["status"] == "running":
-                        record_ending(segment, SystemExit("stopped by Ray Tune before it recorded its end"))
-                break
-            except RunStatusError:
-                if time.monotonic() > deadline:
-                    log.warning("%s is still held by its member after the study ended", segment)
-                    break
-                time.sleep(0.2)
+        if holds_run(segment) and not settle_run(segment, deadline, stopped):
+            log.warning("%s is still held by its member after the study ended", segment)
 
 
 def _write_best(cfg: DictConfig, base: dict, best, best_dir: Path, train_time: float, metric: str) -> dict:
