@@ -249,7 +249,7 @@ def test_a_member_trains_through_the_shared_builders_and_restores(tmp_path, monk
     fake = _FakeTune(tmp_path / "first")
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(tune=fake))
     monkeypatch.setitem(sys.modules, "ray.tune", fake)
-    pbt_trial(hparams, base=base, interval=1)
+    pbt_trial(hparams, base=base, interval=1, tune_dir=str(tmp_path))
     assert [m["epoch"] for m, _ in fake.reports] == [1, 2]
     assert all(np.isfinite(m["val_co_bps"]) for m, _ in fake.reports)
     # Each start of a member is an ordinary run directory (status, config, TensorBoard run, checkpoints).
@@ -263,6 +263,6 @@ def test_a_member_trains_through_the_shared_builders_and_restores(tmp_path, monk
     second = _FakeTune(tmp_path / "second", checkpoint_dir=donor)
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(tune=second))
     monkeypatch.setitem(sys.modules, "ray.tune", second)
-    pbt_trial({**hparams, "module.lr": 1e-3}, base=base, interval=1)
+    pbt_trial({**hparams, "module.lr": 1e-3}, base=base, interval=1, tune_dir=str(tmp_path))
     assert [m["epoch"] for m, _ in second.reports] == [2]  # restored at epoch 1, trained one more
     assert read_status(tmp_path / "second" / "segment")["status"] == "finished"

@@ -134,7 +134,7 @@ def member_config(base: dict, hparams: dict[str, Any], interval: int) -> DictCon
     return cfg
 
 
-def pbt_trial(config: dict[str, Any], base: dict, interval: int, tune_dir: str | None = None) -> None:
+def pbt_trial(config: dict[str, Any], base: dict, interval: int, tune_dir: str) -> None:
     """One population member (runs in a Ray worker) as an ordinary run through the one lifecycle
     (`training.run.run_training`): each segment (a start, or a restart from the checkpoint PBT hands
     it: its own or a better member's) is a run directory `segment[_N]` in the member's Tune directory
@@ -150,9 +150,7 @@ def pbt_trial(config: dict[str, Any], base: dict, interval: int, tune_dir: str |
     cfg.seed = int(cfg.seed) + int(ctx.get_trial_id().rsplit("_", 1)[-1])
     # Written straight into the study's directory: Ray's own trial directory is a staging copy that it
     # syncs to storage in the background, so files written there can miss its last sync.
-    trial_dir = Path(ctx.get_trial_dir())
-    if tune_dir is not None:
-        trial_dir = Path(tune_dir) / trial_dir.name
+    trial_dir = Path(tune_dir) / Path(ctx.get_trial_dir()).name
     checkpoint = tune.get_checkpoint()
     lr = cfg.module.lr
     callbacks = [_SetLearningRate(lr if lr == "auto" else float(lr)), _ReportToTune(interval)]
